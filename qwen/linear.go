@@ -1,0 +1,63 @@
+package qwen
+
+import (
+	"github.com/qbench/qbench/lora"
+	"github.com/qbench/qbench/tensor"
+)
+
+// Linear is one projection: y = W·x + b, plus scale·B(A·x) for rows whose
+// adapter touches this module. W is held widened to fp32; where the checkpoint
+// is NF4, Quant keeps the packed form (for the GPU and for inspect) and W holds
+// its exact bitsandbytes dequantisation.
+type Linear struct {
+	Name    string
+	Out, In int
+	W       []float32      // [Out, In]
+	Bias    []float32      // [Out], or nil
+	Quant   *tensor.NF4    // packed NF4 weight, or nil for a 16-bit module
+	LoRA    []*lora.Module // indexed by adapter; nil where that adapter leaves this module alone
+	DType   tensor.DType   // dtype the weight was stored in (informational)
+}
+
+// Forward computes y[r] = W·x[r] + b (+ the LoRA delta of adapters[r]) for
+// rows r of x [rows, In] into y [rows, Out]. adapters may be nil (all base).
+// tmp must hold rows·maxRank floats; it carries A·x between the two LoRA steps.
+func (l *Linear) Forward(y, x []float32, rows int, adapters []int, tmp []float32) {
+	in, out := l.In, l.Out
+	parallelFor(out, func(lo, hi int) {
+		for o := lo; o < hi; o++ {
+			w := l.W[o*in : (o+1)*in]
+			var b float32
+			if l.Bias != nil {
+				b = l.Bias[o]
+			}
+			for r := 0; r < rows; r++ {
+				y[r*out+o] = dot(w, x[r*in:(r+1)*in]) + b
+			}
+		}
+	})
+	for r := 0; r < rows; r++ {
+		if adapters == nil || adapters[r] < 0 || adapters[r] >= len(l.LoRA) || l.LoRA[adapters[r]] == nil {
+			continue
+		}
+		m := l.LoRA[adapters[r]]
+		m.Apply(y[r*out:(r+1)*out], x[r*in:(r+1)*in], tmp[:m.Rank])
+	}
+}
+
+// dot is Σ a[i]·b[i] in fp32, four partial sums to shorten the dependency chain.
+func dot(a, b []float32) float32 {
+	b = b[:len(a)]
+	var s0, s1, s2, s3 float32
+	i := 0
+	for ; i+4 <= len(a); i += 4 {
+		s0 += a[i] * b[i]
+		s1 += a[i+1] * b[i+1]
+		s2 += a[i+2] * b[i+2]
+		s3 += a[i+3] * b[i+3]
+	}
+	for ; i < len(a); i++ {
+		s0 += a[i] * b[i]
+	}
+	return (s0 + s1) + (s2 + s3)
+}

@@ -1,0 +1,30 @@
+package qwen
+
+import (
+	"runtime"
+	"sync"
+)
+
+// parallelFor splits [0,n) into one contiguous chunk per CPU and runs fn on
+// each; small n runs inline.
+func parallelFor(n int, fn func(lo, hi int)) {
+	p := runtime.GOMAXPROCS(0)
+	if p > n/16 {
+		p = n / 16
+	}
+	if p <= 1 {
+		fn(0, n)
+		return
+	}
+	var wg sync.WaitGroup
+	chunk := (n + p - 1) / p
+	for lo := 0; lo < n; lo += chunk {
+		hi := min(lo+chunk, n)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			fn(lo, hi)
+		}()
+	}
+	wg.Wait()
+}

@@ -1,0 +1,230 @@
+package tensor
+
+import (
+	"fmt"
+	"math"
+)
+
+// NF4Table is bitsandbytes' 4-bit NormalFloat code book: quantiles of N(0,1)
+// scaled to [-1, 1], with an exact zero at code 7.
+var NF4Table = [16]float32{
+	-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
+	-0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
+	0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
+	0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
+}
+
+// DynamicMap8 returns bitsandbytes' signed 8-bit dynamic code (256 values, ascending).
+func DynamicMap8() []float32 {
+	m := make([]float32, 256)
+	for i, b := range dynamicMap8 {
+		m[i] = math.Float32frombits(b)
+	}
+	return m
+}
+
+const (
+	NF4BlockSize    = 64  // elements per absmax
+	NestedBlockSize = 256 // absmax values per nested absmax (double quantisation)
+)
+
+// NF4 is a weight quantised as bitsandbytes stores it. The weight is
+// flattened row-major; element 2j is the high nibble of Packed[j], 2j+1 the
+// low; block b covers elements [64b, 64b+64) whatever the row boundaries.
+type NF4 struct {
+	Shape     []int  // the original weight's shape, [out, in]
+	Packed    []byte // [n/2] codes
+	BlockSize int    // 64
+	Compute   DType  // BF16 or F16: dequantised weights are rounded to it
+
+	// Without double quantisation: Absmax holds one fp32 scale per block.
+	Absmax []float32 // [ceil(n/64)]
+
+	// With double quantisation: the scales are 8-bit codes into NestedCode,
+	// scaled per 256 scales by NestedAbsmax, plus Offset (their mean).
+	QAbsmax         []byte    // [ceil(n/64)]
+	NestedAbsmax    []float32 // [ceil(n/64/256)]
+	NestedCode      []float32 // [256]
+	NestedBlockSize int       // 256
+	Offset          float32
+}
+
+// Double reports whether the scales are double-quantised.
+func (q *NF4) Double() bool { return q.QAbsmax != nil }
+
+// Len is the number of weight elements.
+func (q *NF4) Len() int { return NumElements(q.Shape) }
+
+// quantizeNF4 maps x (already divided by its block's absmax) to a code by the
+// decision tree of bitsandbytes' dQuantizeNF4: thresholds are the midpoints of
+// neighbouring codes, compared in fp32. NaN falls through to code 0.
+func quantizeNF4(x float32) byte {
+	if x > 0.03979014977812767 {
+		if x > 0.3893125355243683 {
+			if x > 0.6427869200706482 {
+				if x > 0.8614784181118011 {
+					return 15
+				}
+				return 14
+			}
+			if x > 0.5016634166240692 {
+				return 13
+			}
+			return 12
+		}
+		if x > 0.2035212516784668 {
+			if x > 0.2920137718319893 {
+				return 11
+			}
+			return 10
+		}
+		if x > 0.1202552504837513 {
+			return 9
+		}
+		return 8
+	}
+	if x > -0.33967943489551544 {
+		if x > -0.13791173323988914 {
+			if x > -0.045525018125772476 {
+				return 7
+			}
+			return 6
+		}
+		if x > -0.23460740596055984 {
+			return 5
+		}
+		return 4
+	}
+	if x > -0.6106329262256622 {
+		if x > -0.4599952697753906 {
+			return 3
+		}
+		return 2
+	}
+	if x > -0.8480964004993439 {
+		return 1
+	}
+	return 0
+}
+
+// quantizeDynamic maps x in [-1,1] to the nearest entry of the sorted 256-entry
+// code by bitsandbytes' dQuantize: a 7-step binary search from the middle,
+// then a midpoint comparison with the bracketing neighbour.
+func quantizeDynamic(code []float32, x float32) byte {
+	pivot, upperPivot, lowerPivot := 127, 255, 0
+	lower, upper := float32(-1), float32(1)
+	val := code[pivot]
+	for i := 64; i > 0; i >>= 1 {
+		if x > val {
+			lowerPivot, lower = pivot, val
+			pivot += i
+		} else {
+			upperPivot, upper = pivot, val
+			pivot -= i
+		}
+		val = code[pivot]
+	}
+	if upperPivot == 255 {
+		upper = code[upperPivot]
+	}
+	if lowerPivot == 0 {
+		lower = code[lowerPivot]
+	}
+	if x > val {
+		if x > (upper+val)*0.5 {
+			return byte(upperPivot)
+		}
+		return byte(pivot)
+	}
+	if x < (lower+val)*0.5 {
+		return byte(lowerPivot)
+	}
+	return byte(pivot)
+}
+
+// blockAbsmax returns max |v| over each block of size bs of v.
+func blockAbsmax(v []float32, bs int) []float32 {
+	out := make([]float32, (len(v)+bs-1)/bs)
+	for i, x := range v {
+		if a := float32(math.Abs(float64(x))); a > out[i/bs] {
+			out[i/bs] = a
+		}
+	}
+	return out
+}
+
+// QuantizeNF4 quantises w (values already in the compute dtype, e.g. bf16
+// widened to fp32) of the given shape exactly as bitsandbytes' quantize_4bit
+// with blocksize 64: x·(1/absmax) is coded by the NF4 decision tree. With
+// double, the absmax vector minus its mean is quantised blockwise (256) to the
+// 8-bit dynamic map.
+func QuantizeNF4(w []float32, shape []int, compute DType, double bool) (*NF4, error) {
+	n := NumElements(shape)
+	if n != len(w) || n%2 != 0 {
+		return nil, fmt.Errorf("nf4: %d values for shape %v (need an even count equal to the shape)", len(w), shape)
+	}
+	q := &NF4{Shape: append([]int(nil), shape...), BlockSize: NF4BlockSize, Compute: compute, Packed: make([]byte, n/2)}
+	absmax := blockAbsmax(w, NF4BlockSize)
+	for b, a := range absmax {
+		inv := 1 / a
+		lo, hi := b*NF4BlockSize, min((b+1)*NF4BlockSize, n)
+		for i := lo; i < hi; i += 2 {
+			q.Packed[i/2] = quantizeNF4(w[i]*inv)<<4 | quantizeNF4(w[i+1]*inv)
+		}
+	}
+	if !double {
+		q.Absmax = absmax
+		return q, nil
+	}
+	// offset = absmax.mean() in fp32; the sum is carried in float64 and rounded once.
+	var sum float64
+	for _, a := range absmax {
+		sum += float64(a)
+	}
+	q.Offset = float32(sum / float64(len(absmax)))
+	centered := make([]float32, len(absmax))
+	for i, a := range absmax {
+		centered[i] = a - q.Offset
+	}
+	q.NestedCode = DynamicMap8()
+	q.NestedBlockSize = NestedBlockSize
+	q.NestedAbsmax = blockAbsmax(centered, NestedBlockSize)
+	q.QAbsmax = make([]byte, len(absmax))
+	for i, c := range centered {
+		q.QAbsmax[i] = quantizeDynamic(q.NestedCode, c*(1/q.NestedAbsmax[i/NestedBlockSize]))
+	}
+	return q, nil
+}
+
+// AbsmaxF32 returns the per-block scales in fp32, rebuilding double-quantised
+// ones as bitsandbytes does: code[q]·nested_absmax[b/256] + offset.
+func (q *NF4) AbsmaxF32() []float32 {
+	if !q.Double() {
+		return q.Absmax
+	}
+	out := make([]float32, len(q.QAbsmax))
+	for i, c := range q.QAbsmax {
+		out[i] = float32(q.NestedCode[c]*q.NestedAbsmax[i/q.NestedBlockSize]) + q.Offset // two roundings, as two torch ops
+	}
+	return out
+}
+
+// Dequantize returns the weight as bitsandbytes' dequantize_4bit does:
+// round_compute(NF4[code]·absmax), widened back to fp32.
+func (q *NF4) Dequantize() []float32 {
+	absmax := q.AbsmaxF32()
+	n := q.Len()
+	out := make([]float32, n)
+	round := RoundBF16
+	if q.Compute == F16 {
+		round = RoundF16
+	}
+	for i := 0; i < n; i++ {
+		code := q.Packed[i/2] >> 4
+		if i%2 == 1 {
+			code = q.Packed[i/2] & 0xf
+		}
+		out[i] = round(NF4Table[code] * absmax[i/q.BlockSize])
+	}
+	return out
+}

@@ -1,0 +1,162 @@
+package tensor
+
+import (
+	"encoding/binary"
+	"errors"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestBF16Rounding(t *testing.T) {
+	cases := []struct {
+		in   uint32 // f32 bits
+		want uint16
+	}{
+		{0x3f800000, 0x3f80}, // 1.0 exact
+		{0x3f808000, 0x3f80}, // halfway, even below: stays
+		{0x3f818000, 0x3f82}, // halfway, odd below: rounds up to even
+		{0x3f808001, 0x3f81}, // just above halfway: up
+		{0x3f807fff, 0x3f80}, // just below halfway: down
+		{0x7f7fffff, 0x7f80}, // max float rounds to +Inf, as PyTorch does
+		{0xff800000, 0xff80}, // -Inf
+	}
+	for _, c := range cases {
+		if got := F32ToBF16(math.Float32frombits(c.in)); got != c.want {
+			t.Errorf("F32ToBF16(%#08x) = %#04x, want %#04x", c.in, got, c.want)
+		}
+	}
+	if !math.IsNaN(float64(BF16ToF32(F32ToBF16(float32(math.NaN()))))) {
+		t.Error("NaN did not stay NaN")
+	}
+	for b := 0; b < 1<<16; b++ { // every finite bf16 survives the round trip
+		f := BF16ToF32(uint16(b))
+		if !math.IsNaN(float64(f)) && F32ToBF16(f) != uint16(b) {
+			t.Fatalf("round trip of %#04x gave %#04x", b, F32ToBF16(f))
+		}
+	}
+}
+
+func TestWriteOpenRoundTrip(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "x.safetensors")
+	a := []float32{1, -2.5, 3.25, 0, 7, 8}
+	in := []*Tensor{
+		{Name: "a", DType: F32, Shape: []int{2, 3}, Data: F32Bytes(a)},
+		{Name: "b", DType: BF16, Shape: []int{3}, Data: BF16Bytes([]float32{1, 2, 3})},
+		{Name: "c", DType: I64, Shape: []int{2}, Data: I64Bytes([]int64{-1, 151936})},
+		{Name: "empty", DType: U8, Shape: []int{0}, Data: []byte{}},
+	}
+	if err := Write(path, in, map[string]string{"format": "pt"}); err != nil {
+		t.Fatal(err)
+	}
+	f, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if f.Metadata["format"] != "pt" {
+		t.Errorf("metadata = %v", f.Metadata)
+	}
+	ta, _ := f.Get("a")
+	for i, v := range ta.F32() {
+		if v != a[i] {
+			t.Errorf("a[%d] = %v, want %v", i, v, a[i])
+		}
+	}
+	tc, _ := f.Get("c")
+	if c, _ := tc.I64(); c[0] != -1 || c[1] != 151936 {
+		t.Errorf("c = %v", c)
+	}
+	if _, err := f.Get("nope"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("missing tensor: %v", err)
+	}
+}
+
+// header builds a file from a raw JSON header and n data bytes.
+func header(js string, n int) []byte {
+	b := make([]byte, 8+len(js)+n)
+	binary.LittleEndian.PutUint64(b, uint64(len(js)))
+	copy(b[8:], js)
+	return b
+}
+
+func TestParseRejects(t *testing.T) {
+	huge := make([]byte, 8)
+	binary.LittleEndian.PutUint64(huge, MaxHeaderSize+1)
+	cases := []struct {
+		name string
+		b    []byte
+		want string
+	}{
+		{"short", []byte{1, 2}, "truncated"},
+		{"header past end", header(`{}`, 0)[:9], "truncated"},
+		{"huge header", huge, "exceeds"},
+		{"not json", header(`{"a":`, 0), "not a JSON object"},
+		{"array", header(`[1]`, 0), "not a JSON object"},
+		{"bad dtype", header(`{"a":{"dtype":"Q4","shape":[1],"data_offsets":[0,1]}}`, 1), "unsupported dtype"},
+		{"size mismatch", header(`{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}`, 4), "needs 8 bytes"},
+		{"past end", header(`{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}`, 4), "outside the data section"},
+		{"negative", header(`{"a":{"dtype":"U8","shape":[-1],"data_offsets":[0,0]}}`, 0), "bad shape"},
+		{"overlap", header(`{"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},"b":{"dtype":"U8","shape":[2],"data_offsets":[2,4]}}`, 4), "overlap"},
+		{"offsets", header(`{"a":{"dtype":"U8","shape":[4],"data_offsets":[4]}}`, 4), "data_offsets"},
+	}
+	for _, c := range cases {
+		_, err := Parse("f.safetensors", c.b)
+		if err == nil || !strings.Contains(err.Error(), c.want) || !strings.HasPrefix(err.Error(), "f.safetensors") {
+			t.Errorf("%s: err = %v, want one naming the file and containing %q", c.name, err, c.want)
+		}
+	}
+}
+
+func TestOpenTruncatedFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "model.safetensors")
+	if err := Write(path, []*Tensor{{Name: "w", DType: F32, Shape: []int{64}, Data: F32Bytes(make([]float32, 64))}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(path)
+	os.WriteFile(path, b[:len(b)-10], 0o644)
+	if _, err := OpenCheckpoint(dir); err == nil || !strings.Contains(err.Error(), "outside the data section") {
+		t.Errorf("truncated checkpoint: err = %v", err)
+	}
+}
+
+func TestShardedCheckpoint(t *testing.T) {
+	dir := t.TempDir()
+	Write(filepath.Join(dir, "a.safetensors"), []*Tensor{{Name: "x", DType: U8, Shape: []int{1}, Data: []byte{7}}}, nil)
+	Write(filepath.Join(dir, "b.safetensors"), []*Tensor{{Name: "y", DType: U8, Shape: []int{1}, Data: []byte{9}}}, nil)
+	os.WriteFile(filepath.Join(dir, "model.safetensors.index.json"),
+		[]byte(`{"metadata":{},"weight_map":{"x":"a.safetensors","y":"b.safetensors"}}`), 0o644)
+	c, err := OpenCheckpoint(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	y, err := c.Get("y")
+	if err != nil || y.Data[0] != 9 {
+		t.Fatalf("y = %v, %v", y, err)
+	}
+	if len(c.Names()) != 2 {
+		t.Errorf("names = %v", c.Names())
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add(header(`{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}`, 4))
+	f.Add(header(`{"__metadata__":{"k":"v"},"b":{"dtype":"BF16","shape":[2,1],"data_offsets":[0,4]}}`, 4))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		file, err := Parse("fuzz", b)
+		if err != nil {
+			return
+		}
+		for _, tn := range file.Tensors { // every accepted tensor must be readable
+			if tn.Len()*tn.DType.Size() != len(tn.Data) {
+				t.Fatalf("%s: size mismatch accepted", tn.Name)
+			}
+			_ = tn.F32()
+		}
+	})
+}
