@@ -24,7 +24,7 @@ type Linear struct {
 // tmp must hold rows·maxRank floats; it carries A·x between the two LoRA steps.
 func (l *Linear) Forward(y, x []float32, rows int, adapters []int, tmp []float32) {
 	in, out := l.In, l.Out
-	parallelFor(out, func(lo, hi int) {
+	parallelFor(out, 16, func(lo, hi int) {
 		for o := lo; o < hi; o++ {
 			w := l.W[o*in : (o+1)*in]
 			var b float32

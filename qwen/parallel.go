@@ -5,12 +5,12 @@ import (
 	"sync"
 )
 
-// parallelFor splits [0,n) into one contiguous chunk per CPU and runs fn on
-// each; small n runs inline.
-func parallelFor(n int, fn func(lo, hi int)) {
+// parallelFor splits [0,n) into one contiguous chunk per CPU, each at least
+// minChunk long, and runs fn on each; a small n runs inline.
+func parallelFor(n, minChunk int, fn func(lo, hi int)) {
 	p := runtime.GOMAXPROCS(0)
-	if p > n/16 {
-		p = n / 16
+	if p > n/minChunk {
+		p = n / minChunk
 	}
 	if p <= 1 {
 		fn(0, n)

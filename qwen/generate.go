@@ -1,0 +1,75 @@
+package qwen
+
+import "fmt"
+
+// GenerateOptions controls decoding.
+type GenerateOptions struct {
+	MaxNewTokens int
+	StopIDs      []int // generation stops after emitting one of these (ignored when empty)
+	// OnToken, if set, is called with each sequence's index and new token as
+	// it is produced (for streaming).
+	OnToken func(seq, token int)
+}
+
+// Generate continues each prompt with its own adapter (−1 = base) and
+// sampler, all sequences sharing every forward pass, and returns the new
+// tokens of each (the stop token included when one ends it).
+func (r *Runner) Generate(prompts [][]int, adapters []int, samplers []*Sampler, opt GenerateOptions) ([][]int, error) {
+	m := r.m
+	n := len(prompts)
+	if len(adapters) != n || len(samplers) != n {
+		return nil, fmt.Errorf("generate: %d prompts, %d adapters, %d samplers", n, len(adapters), len(samplers))
+	}
+	seqs := make([]*Seq, n)
+	hist := make([][]int, n)
+	out := make([][]int, n)
+	for i, p := range prompts {
+		if len(p) == 0 {
+			return nil, fmt.Errorf("generate: prompt %d is empty", i)
+		}
+		seqs[i] = m.NewSeq(len(p)+opt.MaxNewTokens, adapters[i])
+		hist[i] = append(make([]int, 0, len(p)+opt.MaxNewTokens), p...)
+	}
+	if opt.MaxNewTokens <= 0 {
+		return out, nil
+	}
+	V := m.Config.Vocab
+	active := make([]int, n) // indices of unfinished sequences
+	for i := range active {
+		active[i] = i
+	}
+	seqBuf, tokBuf := make([]*Seq, 0, n), make([][]int, 0, n)
+	stepSeqs, stepToks := seqs, prompts
+	for step := 0; len(active) > 0; step++ {
+		logits, err := r.Forward(stepSeqs, stepToks, false)
+		if err != nil {
+			return nil, err
+		}
+		next := active[:0]
+		stepSeqs, stepToks = seqBuf[:0], tokBuf[:0]
+		for j, i := range active {
+			tok := samplers[i].Next(logits[j*V:(j+1)*V], hist[i])
+			hist[i] = append(hist[i], tok)
+			out[i] = append(out[i], tok)
+			if opt.OnToken != nil {
+				opt.OnToken(i, tok)
+			}
+			if len(out[i]) < opt.MaxNewTokens && !contains(opt.StopIDs, tok) {
+				next = append(next, i)
+				stepSeqs = append(stepSeqs, seqs[i])
+				stepToks = append(stepToks, hist[i][len(hist[i])-1:])
+			}
+		}
+		active = next
+	}
+	return out, nil
+}
+
+func contains(v []int, x int) bool {
+	for _, y := range v {
+		if y == x {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,330 @@
+package qwen
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/qbench/qbench/lora"
+	"github.com/qbench/qbench/tensor"
+)
+
+// Model is a loaded Qwen2 checkpoint; fields mirror the safetensors keys.
+type Model struct {
+	Config      *Config
+	Gen         *GenerationConfig
+	Dir         string
+	Quant       string         // "bf16" (16-bit as stored), "nf4" or "nf4-dq"
+	EmbedTokens []float32      // [vocab, hidden] model.embed_tokens.weight
+	Layers      []DecoderLayer // model.layers.{i}
+	Norm        []float32      // [hidden] model.norm.weight
+	LMHead      *Linear        // lm_head.weight; W aliases EmbedTokens when tied
+	Adapters    []*lora.Adapter
+}
+
+// DecoderLayer is model.layers.{i}.
+type DecoderLayer struct {
+	InputLayernorm         []float32 // [hidden]
+	SelfAttn               Attention
+	PostAttentionLayernorm []float32 // [hidden]
+	MLP                    MLP
+}
+
+// Attention is model.layers.{i}.self_attn.
+type Attention struct {
+	QProj *Linear // [heads*headDim, hidden], with bias
+	KProj *Linear // [kvHeads*headDim, hidden], with bias
+	VProj *Linear // [kvHeads*headDim, hidden], with bias
+	OProj *Linear // [hidden, heads*headDim]
+}
+
+// MLP is model.layers.{i}.mlp.
+type MLP struct {
+	GateProj *Linear // [intermediate, hidden]
+	UpProj   *Linear // [intermediate, hidden]
+	DownProj *Linear // [hidden, intermediate]
+}
+
+// Linears lists the seven projections of a layer in checkpoint order.
+func (l *DecoderLayer) Linears() []*Linear {
+	return []*Linear{l.SelfAttn.QProj, l.SelfAttn.KProj, l.SelfAttn.VProj, l.SelfAttn.OProj,
+		l.MLP.GateProj, l.MLP.UpProj, l.MLP.DownProj}
+}
+
+// Quantisation modes for LoadOptions.Quant.
+const (
+	QuantNone  = ""       // as stored: 16-bit stays 16-bit, a bitsandbytes checkpoint stays NF4
+	QuantBF16  = "bf16"   // 16-bit weights, computed in fp32
+	QuantNF4   = "nf4"    // quantise q/k/v/o/gate/up/down at load, fp32 absmax
+	QuantNF4DQ = "nf4-dq" // as nf4, with double-quantised absmax
+)
+
+// LoadOptions select quantisation at load and the LoRA adapters to attach.
+type LoadOptions struct {
+	Quant    string
+	Adapters []string // PEFT adapter directories; adapter index i is Adapters[i]
+}
+
+// ProjNames are the seven projection module names of a Qwen2 layer, in the
+// order Linears returns them.
+var ProjNames = []string{"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+	"mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}
+
+// Load reads a Hugging Face Qwen2 model directory (config.json,
+// generation_config.json, model.safetensors or shards).
+func Load(dir string, opt LoadOptions) (*Model, error) {
+	switch opt.Quant {
+	case QuantNone, QuantBF16, QuantNF4, QuantNF4DQ:
+	default:
+		return nil, fmt.Errorf("unknown quantisation %q (want bf16, nf4 or nf4-dq)", opt.Quant)
+	}
+	cfg, err := LoadConfig(dir)
+	if err != nil {
+		return nil, err
+	}
+	gen, err := LoadGenerationConfig(dir, cfg.EosIDs)
+	if err != nil {
+		return nil, err
+	}
+	ck, err := tensor.OpenCheckpoint(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer ck.Close() // every weight is copied out below
+	m := &Model{Config: cfg, Gen: gen, Dir: dir}
+	ld := loader{ck: ck, cfg: cfg, quant: opt.Quant}
+	if m.EmbedTokens, err = ld.vector("model.embed_tokens.weight", cfg.Vocab, cfg.Hidden); err != nil {
+		return nil, err
+	}
+	if m.Norm, err = ld.vector("model.norm.weight", cfg.Hidden); err != nil {
+		return nil, err
+	}
+	if cfg.TieEmbeddings {
+		m.LMHead = &Linear{Name: "lm_head (tied to model.embed_tokens)", Out: cfg.Vocab, In: cfg.Hidden, W: m.EmbedTokens, DType: tensor.BF16}
+	} else if m.LMHead, err = ld.dense("lm_head", cfg.Vocab, cfg.Hidden, false); err != nil {
+		return nil, err
+	}
+	qDim, kvDim := cfg.Heads*cfg.HeadDim, cfg.KVHeads*cfg.HeadDim
+	shapes := [][3]int{ // out, in, bias
+		{qDim, cfg.Hidden, 1}, {kvDim, cfg.Hidden, 1}, {kvDim, cfg.Hidden, 1}, {cfg.Hidden, qDim, 0},
+		{cfg.Intermediate, cfg.Hidden, 0}, {cfg.Intermediate, cfg.Hidden, 0}, {cfg.Hidden, cfg.Intermediate, 0},
+	}
+	m.Layers = make([]DecoderLayer, cfg.Layers)
+	for i := range m.Layers {
+		l := &m.Layers[i]
+		pre := fmt.Sprintf("model.layers.%d.", i)
+		if l.InputLayernorm, err = ld.vector(pre+"input_layernorm.weight", cfg.Hidden); err != nil {
+			return nil, err
+		}
+		if l.PostAttentionLayernorm, err = ld.vector(pre+"post_attention_layernorm.weight", cfg.Hidden); err != nil {
+			return nil, err
+		}
+		ptrs := []**Linear{&l.SelfAttn.QProj, &l.SelfAttn.KProj, &l.SelfAttn.VProj, &l.SelfAttn.OProj,
+			&l.MLP.GateProj, &l.MLP.UpProj, &l.MLP.DownProj}
+		for j, p := range ptrs {
+			if *p, err = ld.linear(pre+ProjNames[j], shapes[j][0], shapes[j][1], shapes[j][2] == 1); err != nil {
+				return nil, err
+			}
+		}
+	}
+	m.Quant = ld.mode()
+	for _, a := range opt.Adapters {
+		if err := m.AttachAdapter(a); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+// AttachAdapter loads a PEFT adapter directory and gives it the next adapter index.
+func (m *Model) AttachAdapter(dir string) error {
+	a, err := lora.Load(dir)
+	if err != nil {
+		return err
+	}
+	idx := len(m.Adapters)
+	seen := 0
+	for i := range m.Layers {
+		for j, l := range m.Layers[i].Linears() {
+			name := fmt.Sprintf("model.layers.%d.%s", i, ProjNames[j])
+			mod := a.Modules[name]
+			for len(l.LoRA) <= idx {
+				l.LoRA = append(l.LoRA, nil)
+			}
+			if mod == nil {
+				continue
+			}
+			if mod.In != l.In || mod.Out != l.Out {
+				return fmt.Errorf("%s: %s is [%d→%d] in the adapter but [%d→%d] in the model %s", a.File, name, mod.In, mod.Out, l.In, l.Out, m.Dir)
+			}
+			l.LoRA[idx] = mod
+			seen++
+		}
+	}
+	if seen != len(a.Modules) {
+		for name := range a.Modules {
+			if !m.hasLinear(name) {
+				return fmt.Errorf("%s: adapter module %s does not exist in the model %s (%d layers)", a.File, name, m.Dir, len(m.Layers))
+			}
+		}
+	}
+	m.Adapters = append(m.Adapters, a)
+	return nil
+}
+
+func (m *Model) hasLinear(name string) bool {
+	for i := range m.Layers {
+		for _, p := range ProjNames {
+			if name == fmt.Sprintf("model.layers.%d.%s", i, p) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// MaxRank is the largest LoRA rank over all attached adapters (0 without any).
+func (m *Model) MaxRank() int {
+	r := 0
+	for _, a := range m.Adapters {
+		for _, mod := range a.Modules {
+			r = max(r, mod.Rank)
+		}
+	}
+	return r
+}
+
+// loader binds checkpoint tensors to model fields, checking shapes.
+type loader struct {
+	ck      *tensor.Checkpoint
+	cfg     *Config
+	quant   string
+	nf4, dq int // modules held as NF4, of which double-quantised
+	dense16 int // projection modules held 16-bit
+}
+
+func (ld *loader) mode() string {
+	switch {
+	case ld.nf4 == 0:
+		return QuantBF16
+	case ld.dq == ld.nf4:
+		return QuantNF4DQ
+	default:
+		return QuantNF4
+	}
+}
+
+func (ld *loader) tensor(name string, shape ...int) (*tensor.Tensor, error) {
+	t, err := ld.ck.Get(name)
+	if errors.Is(err, tensor.ErrNotFound) {
+		return nil, fmt.Errorf("%s: missing tensor %s", ld.ck.Dir, name)
+	} else if err != nil {
+		return nil, err
+	}
+	if !sameShape(t.Shape, shape) {
+		return nil, fmt.Errorf("%s: tensor %s has shape %v, config.json implies %v", t.File, name, t.Shape, shape)
+	}
+	switch t.DType {
+	case tensor.F32, tensor.BF16, tensor.F16:
+	default:
+		return nil, fmt.Errorf("%s: tensor %s has dtype %v, want F32, BF16 or F16", t.File, name, t.DType)
+	}
+	return t, nil
+}
+
+func (ld *loader) vector(name string, shape ...int) ([]float32, error) {
+	t, err := ld.tensor(name, shape...)
+	if err != nil {
+		return nil, err
+	}
+	return t.F32(), nil
+}
+
+// dense loads a 16-bit projection as is.
+func (ld *loader) dense(module string, out, in int, bias bool) (*Linear, error) {
+	w, err := ld.tensor(module+".weight", out, in)
+	if err != nil {
+		return nil, err
+	}
+	l := &Linear{Name: module, Out: out, In: in, W: w.F32(), DType: w.DType}
+	if bias {
+		if l.Bias, err = ld.vector(module+".bias", out); err != nil {
+			return nil, err
+		}
+	}
+	return l, nil
+}
+
+// linear loads a projection: NF4 from a bitsandbytes checkpoint, quantised now
+// if asked, or 16-bit.
+func (ld *loader) linear(module string, out, in int, bias bool) (*Linear, error) {
+	var q *tensor.NF4
+	var err error
+	if ld.ck.Has(module + ".weight" + BnbStateSuffix) {
+		if ld.quant != QuantNone {
+			return nil, fmt.Errorf("%s: the checkpoint is already quantised by bitsandbytes; leave out --quant (got %q)", ld.ck.Dir, ld.quant)
+		}
+		if q, err = readBnb(ld.ck, module, out, in); err != nil {
+			return nil, err
+		}
+	} else if ld.cfg.Quantization != nil && ld.cfg.Quantization.LoadIn4Bit && !skipped(ld.cfg.Quantization.SkipModules, module) {
+		return nil, fmt.Errorf("%s: config.json says load_in_4bit but %s has no %s entry", ld.ck.Dir, module+".weight", BnbStateSuffix)
+	}
+	var l *Linear
+	if q != nil {
+		l = &Linear{Name: module, Out: out, In: in, W: q.Dequantize(), Quant: q, DType: tensor.U8}
+		if bias {
+			if l.Bias, err = ld.vector(module+".bias", out); err != nil {
+				return nil, err
+			}
+		}
+	} else {
+		if l, err = ld.dense(module, out, in, bias); err != nil {
+			return nil, err
+		}
+		if ld.quant == QuantNF4 || ld.quant == QuantNF4DQ {
+			w := l.W
+			if l.DType == tensor.F32 { // bitsandbytes quantises the weight as loaded in the compute dtype
+				for i := range w {
+					w[i] = tensor.RoundBF16(w[i])
+				}
+			}
+			if l.Quant, err = tensor.QuantizeNF4(w, []int{out, in}, tensor.BF16, ld.quant == QuantNF4DQ); err != nil {
+				return nil, fmt.Errorf("%s: %v", module, err)
+			}
+			l.W = l.Quant.Dequantize()
+		}
+	}
+	if l.Quant != nil {
+		ld.nf4++
+		if l.Quant.Double() {
+			ld.dq++
+		}
+	} else {
+		ld.dense16++
+	}
+	return l, nil
+}
+
+// skipped reports whether transformers would leave module unquantised:
+// llm_int8_skip_modules entries match as substrings of the module name.
+func skipped(skip []string, module string) bool {
+	for _, s := range skip {
+		if s != "" && strings.Contains(module, s) {
+			return true
+		}
+	}
+	return false
+}
+
+func sameShape(a, b []int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}

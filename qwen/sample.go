@@ -1,0 +1,192 @@
+package qwen
+
+import (
+	"math"
+	"math/rand/v2"
+	"sort"
+)
+
+// Sampling selects how the next token is chosen. Temperature 0 is greedy.
+// The transforms run in transformers' order: repetition penalty, temperature,
+// top-k, top-p; then one draw from the softmax with the sampler's own RNG.
+type Sampling struct {
+	Temperature       float32
+	TopK              int     // 0 = off
+	TopP              float32 // 1 = off
+	RepetitionPenalty float32 // 1 = off
+	Seed              uint64
+}
+
+// Sampler draws tokens for one sequence; it owns a seeded RNG so a run is
+// reproducible whatever else runs beside it.
+type Sampler struct {
+	S     Sampling
+	rng   *rand.Rand
+	order []int     // [vocab] scratch for top-p
+	probs []float32 // [vocab] scratch
+}
+
+// NewSampler makes a sampler whose draws depend only on s.Seed.
+func NewSampler(s Sampling) *Sampler {
+	return &Sampler{S: s, rng: rand.New(rand.NewPCG(s.Seed, 0x9e3779b97f4a7c15))}
+}
+
+// Next picks the next token from logits (modified in place) given the
+// sequence so far (prompt and generated tokens, for the repetition penalty).
+func (s *Sampler) Next(logits []float32, history []int) int {
+	if s.S.RepetitionPenalty != 0 && s.S.RepetitionPenalty != 1 {
+		RepetitionPenalty(logits, history, s.S.RepetitionPenalty)
+	}
+	if s.S.Temperature <= 0 {
+		return Argmax(logits)
+	}
+	Temperature(logits, s.S.Temperature)
+	if s.S.TopK > 0 {
+		TopK(logits, s.S.TopK)
+	}
+	if cap(s.order) < len(logits) {
+		s.order, s.probs = make([]int, len(logits)), make([]float32, len(logits))
+	}
+	if s.S.TopP > 0 && s.S.TopP < 1 {
+		TopP(logits, s.S.TopP, s.order[:len(logits)], s.probs[:len(logits)])
+	}
+	p := s.probs[:len(logits)]
+	Softmax(p, logits)
+	u := s.rng.Float32()
+	var acc float32
+	last := 0
+	for i, v := range p {
+		if v > 0 {
+			acc += v
+			last = i
+			if u < acc {
+				return i
+			}
+		}
+	}
+	return last // u fell in the rounding gap at the top
+}
+
+// Argmax returns the index of the largest value, the first on ties (as torch.argmax).
+func Argmax(v []float32) int {
+	best := 0
+	for i, x := range v {
+		if x > v[best] {
+			best = i
+		}
+	}
+	return best
+}
+
+// RepetitionPenalty divides positive logits of tokens already seen by p and
+// multiplies negative ones by p (transformers' RepetitionPenaltyLogitsProcessor).
+// Each distinct token is penalised once.
+func RepetitionPenalty(logits []float32, history []int, p float32) {
+	for i, t := range history {
+		if t < 0 || t >= len(logits) || seenBefore(history[:i], t) {
+			continue
+		}
+		if logits[t] < 0 {
+			logits[t] *= p
+		} else {
+			logits[t] /= p
+		}
+	}
+}
+
+func seenBefore(h []int, t int) bool {
+	for _, x := range h {
+		if x == t {
+			return true
+		}
+	}
+	return false
+}
+
+// Temperature divides every logit by t.
+func Temperature(logits []float32, t float32) {
+	for i := range logits {
+		logits[i] /= t
+	}
+}
+
+// TopK sets to −Inf every logit below the k-th largest (ties with it are kept).
+func TopK(logits []float32, k int) {
+	if k >= len(logits) {
+		return
+	}
+	kth := kthLargest(logits, k)
+	for i, v := range logits {
+		if v < kth {
+			logits[i] = float32(math.Inf(-1))
+		}
+	}
+}
+
+// kthLargest finds the k-th largest value with a bounded min-heap of size k.
+func kthLargest(v []float32, k int) float32 {
+	h := make([]float32, 0, k)
+	for _, x := range v {
+		if len(h) < k {
+			h = append(h, x)
+			for i := len(h) - 1; i > 0 && h[(i-1)/2] > h[i]; i = (i - 1) / 2 {
+				h[i], h[(i-1)/2] = h[(i-1)/2], h[i]
+			}
+		} else if x > h[0] {
+			h[0] = x
+			for i := 0; ; {
+				l, r, m := 2*i+1, 2*i+2, i
+				if l < k && h[l] < h[m] {
+					m = l
+				}
+				if r < k && h[r] < h[m] {
+					m = r
+				}
+				if m == i {
+					break
+				}
+				h[i], h[m] = h[m], h[i]
+				i = m
+			}
+		}
+	}
+	return h[0]
+}
+
+// TopP keeps the smallest set of most likely tokens whose probability reaches
+// p, as transformers' TopPLogitsWarper: sort ascending, drop tokens while the
+// cumulative probability stays ≤ 1−p, always keep the most likely one.
+// order and probs are scratch of len(logits).
+func TopP(logits []float32, p float32, order []int, probs []float32) {
+	Softmax(probs, logits)
+	for i := range order {
+		order[i] = i
+	}
+	sort.SliceStable(order, func(a, b int) bool { return logits[order[a]] < logits[order[b]] })
+	var cum float32
+	for j, i := range order[:len(order)-1] {
+		cum += probs[i]
+		if cum > 1-p {
+			break
+		}
+		logits[order[j]] = float32(math.Inf(-1))
+	}
+}
+
+// Softmax writes exp(v−max)/Σ to dst; −Inf entries get 0.
+func Softmax(dst, v []float32) {
+	m := float32(math.Inf(-1))
+	for _, x := range v {
+		m = max(m, x)
+	}
+	var sum float64
+	for i, x := range v {
+		e := float32(math.Exp(float64(x - m)))
+		dst[i] = e
+		sum += float64(e)
+	}
+	inv := float32(1 / sum)
+	for i := range dst {
+		dst[i] *= inv
+	}
+}
