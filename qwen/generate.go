@@ -11,11 +11,35 @@ type GenerateOptions struct {
 	OnToken func(seq, token int)
 }
 
+// Engine runs forward passes of one model on one device. The CPU Runner is
+// the reference; the CUDA engine implements the same contract.
+type Engine interface {
+	// NewSeq starts a sequence whose KV cache holds capacity tokens, decoded
+	// with adapter (−1 = base).
+	NewSeq(capacity, adapter int) (*Seq, error)
+	// Forward appends tokens[i] to seqs[i] and returns logits [n, vocab]: for
+	// every new token when all is set, else for each sequence's last one.
+	Forward(seqs []*Seq, tokens [][]int, all bool) ([]float32, error)
+	// Release frees a sequence's cache.
+	Release(*Seq)
+	// Model is the model the engine runs.
+	Model() *Model
+}
+
+// NewSeq implements Engine.
+func (r *Runner) NewSeq(capacity, adapter int) (*Seq, error) { return r.m.NewSeq(capacity, adapter), nil }
+
+// Release implements Engine; the CPU cache is garbage-collected.
+func (r *Runner) Release(*Seq) {}
+
+// Model implements Engine.
+func (r *Runner) Model() *Model { return r.m }
+
 // Generate continues each prompt with its own adapter (−1 = base) and
 // sampler, all sequences sharing every forward pass, and returns the new
 // tokens of each (the stop token included when one ends it).
-func (r *Runner) Generate(prompts [][]int, adapters []int, samplers []*Sampler, opt GenerateOptions) ([][]int, error) {
-	m := r.m
+func Generate(e Engine, prompts [][]int, adapters []int, samplers []*Sampler, opt GenerateOptions) ([][]int, error) {
+	m := e.Model()
 	n := len(prompts)
 	if len(adapters) != n || len(samplers) != n {
 		return nil, fmt.Errorf("generate: %d prompts, %d adapters, %d samplers", n, len(adapters), len(samplers))
@@ -27,7 +51,12 @@ func (r *Runner) Generate(prompts [][]int, adapters []int, samplers []*Sampler, 
 		if len(p) == 0 {
 			return nil, fmt.Errorf("generate: prompt %d is empty", i)
 		}
-		seqs[i] = m.NewSeq(len(p)+opt.MaxNewTokens, adapters[i])
+		s, err := e.NewSeq(len(p)+opt.MaxNewTokens, adapters[i])
+		if err != nil {
+			return nil, err
+		}
+		defer e.Release(s)
+		seqs[i] = s
 		hist[i] = append(make([]int, 0, len(p)+opt.MaxNewTokens), p...)
 	}
 	if opt.MaxNewTokens <= 0 {
@@ -41,7 +70,7 @@ func (r *Runner) Generate(prompts [][]int, adapters []int, samplers []*Sampler, 
 	seqBuf, tokBuf := make([]*Seq, 0, n), make([][]int, 0, n)
 	stepSeqs, stepToks := seqs, prompts
 	for step := 0; len(active) > 0; step++ {
-		logits, err := r.Forward(stepSeqs, stepToks, false)
+		logits, err := e.Forward(stepSeqs, stepToks, false)
 		if err != nil {
 			return nil, err
 		}

@@ -70,6 +70,14 @@ type LoadOptions struct {
 var ProjNames = []string{"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
 	"mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}
 
+// ProjShape is the [out, in] shape of projection ProjNames[j].
+func (c *Config) ProjShape(j int) (out, in int) {
+	qDim, kvDim := c.Heads*c.HeadDim, c.KVHeads*c.HeadDim
+	shapes := [7][2]int{{qDim, c.Hidden}, {kvDim, c.Hidden}, {kvDim, c.Hidden}, {c.Hidden, qDim},
+		{c.Intermediate, c.Hidden}, {c.Intermediate, c.Hidden}, {c.Hidden, c.Intermediate}}
+	return shapes[j][0], shapes[j][1]
+}
+
 // Load reads a Hugging Face Qwen2 model directory (config.json,
 // generation_config.json, model.safetensors or shards).
 func Load(dir string, opt LoadOptions) (*Model, error) {
@@ -104,11 +112,6 @@ func Load(dir string, opt LoadOptions) (*Model, error) {
 	} else if m.LMHead, err = ld.dense("lm_head", cfg.Vocab, cfg.Hidden, false); err != nil {
 		return nil, err
 	}
-	qDim, kvDim := cfg.Heads*cfg.HeadDim, cfg.KVHeads*cfg.HeadDim
-	shapes := [][3]int{ // out, in, bias
-		{qDim, cfg.Hidden, 1}, {kvDim, cfg.Hidden, 1}, {kvDim, cfg.Hidden, 1}, {cfg.Hidden, qDim, 0},
-		{cfg.Intermediate, cfg.Hidden, 0}, {cfg.Intermediate, cfg.Hidden, 0}, {cfg.Hidden, cfg.Intermediate, 0},
-	}
 	m.Layers = make([]DecoderLayer, cfg.Layers)
 	for i := range m.Layers {
 		l := &m.Layers[i]
@@ -122,7 +125,8 @@ func Load(dir string, opt LoadOptions) (*Model, error) {
 		ptrs := []**Linear{&l.SelfAttn.QProj, &l.SelfAttn.KProj, &l.SelfAttn.VProj, &l.SelfAttn.OProj,
 			&l.MLP.GateProj, &l.MLP.UpProj, &l.MLP.DownProj}
 		for j, p := range ptrs {
-			if *p, err = ld.linear(pre+ProjNames[j], shapes[j][0], shapes[j][1], shapes[j][2] == 1); err != nil {
+			out, in := cfg.ProjShape(j)
+			if *p, err = ld.linear(pre+ProjNames[j], out, in, j < 3); err != nil { // q, k, v have biases
 				return nil, err
 			}
 		}

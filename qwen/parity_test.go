@@ -99,7 +99,7 @@ func checkParity(t *testing.T, m *Model, variant string, adapter int, tol float3
 			}
 		}
 		want := g.ints(name + "." + variant + ".greedy")
-		got, err := r.Generate([][]int{ids}, []int{adapter}, []*Sampler{NewSampler(Sampling{})}, GenerateOptions{MaxNewTokens: 16})
+		got, err := Generate(r, [][]int{ids}, []int{adapter}, []*Sampler{NewSampler(Sampling{})}, GenerateOptions{MaxNewTokens: 16})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,0 +1,37 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+
+	"github.com/qbench/qbench/qwen"
+)
+
+// modelFlags are the flags every command that runs a model shares.
+type modelFlags struct {
+	model    string
+	adapters multiFlag
+	quant    string
+	device   string
+}
+
+func (m *modelFlags) register(fs *flag.FlagSet, multiAdapter bool) {
+	fs.StringVar(&m.model, "model", "", "Hugging Face model `DIR` (config.json, safetensors; bf16/f16/f32 or bitsandbytes 4-bit)")
+	help := "PEFT LoRA adapter `DIR`"
+	if multiAdapter {
+		help += " (repeat for several)"
+	}
+	fs.Var(&m.adapters, "adapter", help)
+	fs.StringVar(&m.quant, "quant", "", "quantise a 16-bit model at load: bf16 (none), nf4 or nf4-dq; omit for a pre-quantised model")
+	fs.StringVar(&m.device, "device", defaultDevice(), "cpu or cuda")
+}
+
+func (m *modelFlags) load() (*qwen.Model, error) {
+	if m.model == "" {
+		return nil, fmt.Errorf("--model is required")
+	}
+	if err := checkDevice(m.device); err != nil {
+		return nil, err
+	}
+	return qwen.Load(m.model, qwen.LoadOptions{Quant: m.quant, Adapters: m.adapters})
+}

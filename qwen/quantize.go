@@ -1,0 +1,113 @@
+package qwen
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+
+	"github.com/qbench/qbench/tensor"
+)
+
+// projWeight matches the weights bitsandbytes quantises in a Qwen2 model.
+var projWeight = regexp.MustCompile(`^(model\.layers\.\d+\.(?:self_attn\.[qkvo]_proj|mlp\.(?:gate|up|down)_proj))\.weight$`)
+
+// Quantize writes to outDir a copy of the 16-bit model in srcDir whose
+// q/k/v/o/gate/up/down weights are NF4 (double-quantised with double), in
+// bitsandbytes' own layout: the tensors, dtypes, shapes and JSON blob that
+// transformers writes for a load_in_4bit model, and quantization_config in
+// config.json. Embeddings, norms, biases and lm_head are copied unchanged.
+// progress, if set, is called once per tensor.
+func Quantize(srcDir, outDir string, double bool, progress func(done, total int)) error {
+	cfgPath := filepath.Join(srcDir, "config.json")
+	cfgBytes, err := os.ReadFile(cfgPath)
+	if err != nil {
+		return err
+	}
+	cfg, err := ParseConfig(cfgPath, cfgBytes)
+	if err != nil {
+		return err
+	}
+	if cfg.Quantization != nil {
+		return fmt.Errorf("%s: the model is already quantised (%s)", cfgPath, cfg.Quantization.Method)
+	}
+	ck, err := tensor.OpenCheckpoint(srcDir)
+	if err != nil {
+		return err
+	}
+	defer ck.Close()
+	if err := os.MkdirAll(outDir, 0o755); err != nil {
+		return err
+	}
+	names := ck.Names()
+	var out []*tensor.Tensor
+	for i, name := range names {
+		t, _ := ck.Get(name)
+		if m := projWeight.FindStringSubmatch(name); m != nil {
+			if t.DType != tensor.BF16 && t.DType != tensor.F16 && t.DType != tensor.F32 {
+				return fmt.Errorf("%s: tensor %s has dtype %v, cannot quantise", t.File, name, t.DType)
+			}
+			w := t.F32()
+			compute := tensor.BF16
+			if t.DType == tensor.F16 {
+				compute = tensor.F16
+			}
+			for j := range w { // bitsandbytes quantises the weight in the compute dtype
+				if compute == tensor.BF16 {
+					w[j] = tensor.RoundBF16(w[j])
+				} else {
+					w[j] = tensor.RoundF16(w[j])
+				}
+			}
+			q, err := tensor.QuantizeNF4(w, t.Shape, compute, double)
+			if err != nil {
+				return fmt.Errorf("%s: %s: %v", t.File, name, err)
+			}
+			out = append(out, BnbTensors(m[1], q)...)
+		} else {
+			out = append(out, t)
+		}
+		if progress != nil {
+			progress(i+1, len(names))
+		}
+	}
+	if err := tensor.Write(filepath.Join(outDir, "model.safetensors"), out, map[string]string{"format": "pt"}); err != nil {
+		return err
+	}
+	// config.json with quantization_config as transformers writes it.
+	var raw map[string]any
+	if err := json.Unmarshal(cfgBytes, &raw); err != nil {
+		return fmt.Errorf("%s: bad JSON: %v", cfgPath, err)
+	}
+	computeName := "bfloat16"
+	if cfg.TorchDType == "float16" {
+		computeName = "float16"
+	}
+	raw["quantization_config"] = map[string]any{
+		"_load_in_4bit": true, "_load_in_8bit": false, "bnb_4bit_compute_dtype": computeName,
+		"bnb_4bit_quant_storage": "uint8", "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": double,
+		"llm_int8_enable_fp32_cpu_offload": false, "llm_int8_has_fp16_weight": false, "llm_int8_skip_modules": nil,
+		"llm_int8_threshold": 6.0, "load_in_4bit": true, "load_in_8bit": false, "quant_method": "bitsandbytes",
+	}
+	js, err := json.MarshalIndent(raw, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(outDir, "config.json"), append(js, '\n'), 0o644); err != nil {
+		return err
+	}
+	// Everything else a model directory carries (generation config, tokenizer) is copied.
+	for _, f := range []string{"generation_config.json", "tokenizer.json", "tokenizer.json.gz", "tokenizer_config.json", "chat_template.jinja", "vocab.json", "merges.txt", "special_tokens_map.json"} {
+		b, err := os.ReadFile(filepath.Join(srcDir, f))
+		if os.IsNotExist(err) {
+			continue
+		} else if err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(outDir, f), b, 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
