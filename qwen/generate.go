@@ -27,7 +27,9 @@ type Engine interface {
 }
 
 // NewSeq implements Engine.
-func (r *Runner) NewSeq(capacity, adapter int) (*Seq, error) { return r.m.NewSeq(capacity, adapter), nil }
+func (r *Runner) NewSeq(capacity, adapter int) (*Seq, error) {
+	return r.m.NewSeq(capacity, adapter), nil
+}
 
 // Release implements Engine; the CPU cache is garbage-collected.
 func (r *Runner) Release(*Seq) {}

@@ -1,0 +1,67 @@
+package eval
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/qbench/qbench/qwen"
+	"github.com/qbench/qbench/tokenizer"
+)
+
+// TestEvalTinyModel runs the seed evaluation on the shipped tiny model and
+// adapter, checks the four outputs, then resumes and refuses other settings.
+func TestEvalTinyModel(t *testing.T) {
+	m, err := qwen.Load("../testdata/tiny-qwen2", qwen.LoadOptions{Adapters: []string{"../testdata/tiny-qwen2-lora"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := tokenizer.Load("../testdata/tiny-qwen2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	qs, _, err := LoadQuestions("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	set := Settings{Model: "tiny", Quant: m.Quant, MaxNewTokens: 8, StopIDs: m.Gen.EosIDs,
+		Adapters: []AdapterInfo{{Name: "lora", Dir: "../testdata/tiny-qwen2-lora"}}}
+	out := t.TempDir()
+	opt := Options{Out: out, Batch: 6}
+	sum, err := Eval(qwen.NewRunner(m), tok, qs, set, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"results.jsonl", "summary.json", "report.md", "report.html"} {
+		if st, err := os.Stat(filepath.Join(out, f)); err != nil || st.Size() == 0 {
+			t.Errorf("%s: %v", f, err)
+		}
+	}
+	b, _ := os.ReadFile(filepath.Join(out, "results.jsonl"))
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) != 20 {
+		t.Fatalf("%d result lines, want 20", len(lines))
+	}
+	var r Result
+	if err := json.Unmarshal([]byte(lines[1]), &r); err != nil || r.Variant != "lora" || r.ID != "q1" || len(r.Tokens) == 0 {
+		t.Errorf("second line = %+v, %v", r, err)
+	}
+	c := sum.Comparisons[len(sum.Comparisons)-1]
+	if c.Metric != MetricLogLik || c.N != 10 || c.Better+c.Worse+c.Similar != 10 {
+		t.Errorf("loglik comparison = %+v", c)
+	}
+	// A rerun resumes: nothing is generated again, the answers are the same.
+	sum2, err := Eval(qwen.NewRunner(m), tok, qs, set, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum2.PerQuestion[3].Answers["lora"] != sum.PerQuestion[3].Answers["lora"] {
+		t.Error("resumed run changed an answer")
+	}
+	set.MaxNewTokens = 9
+	if _, err := Eval(qwen.NewRunner(m), tok, qs, set, opt); err == nil || !strings.Contains(err.Error(), "--force") {
+		t.Errorf("other settings: err = %v", err)
+	}
+}

@@ -1,0 +1,402 @@
+package eval
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+
+	"github.com/qbench/qbench/qwen"
+	"github.com/qbench/qbench/tensor"
+	"github.com/qbench/qbench/tokenizer"
+)
+
+// Settings are everything that determines the answers; a resumed run must
+// have the same ones.
+type Settings struct {
+	Model         string        `json:"model"`
+	ModelPrint    string        `json:"model_fingerprint"` // sha256 of config.json and the safetensors headers and sizes
+	Quant         string        `json:"quantization"`
+	Adapters      []AdapterInfo `json:"adapters"`
+	Questions     string        `json:"questions"`
+	QuestionsHash string        `json:"questions_sha256"`
+	System        string        `json:"system_prompt,omitempty"`
+	MaxNewTokens  int           `json:"max_new_tokens"`
+	Sampling      qwen.Sampling `json:"sampling"`
+	StopIDs       []int         `json:"stop_ids"`
+}
+
+// AdapterInfo describes one fine-tune variant.
+type AdapterInfo struct {
+	Name   string   `json:"name"`
+	Dir    string   `json:"dir"`
+	SHA256 string   `json:"sha256"` // of adapter_config.json and adapter_model.safetensors
+	Rank   int      `json:"r"`
+	Alpha  float64  `json:"lora_alpha"`
+	RSLoRA bool     `json:"use_rslora,omitempty"`
+	Ranks  []int    `json:"ranks"`
+	Target []string `json:"target_modules"`
+}
+
+// Options are the run's settings that do not change answers.
+type Options struct {
+	Out      string
+	Batch    int     // sequences per forward pass
+	Tie      float64 // |difference| ≤ Tie is "similar"
+	Force    bool    // discard results made with other settings
+	Device   string
+	Seed     uint64 // also seeds the bootstrap
+	Progress func(done, total int)
+	Version  string
+	// ModelSHA256, if set, is called once generation is over for the content
+	// hash of the model's weights (computed meanwhile, off the critical path).
+	ModelSHA256 func() (string, error)
+}
+
+// Result is one (question, variant) answer; a line of results.jsonl.
+type Result struct {
+	ID        string             `json:"id"`
+	Variant   string             `json:"variant"`
+	Question  string             `json:"question"`
+	Expected  string             `json:"expected"`
+	Prompt    string             `json:"prompt"`
+	Answer    string             `json:"answer"`
+	Tokens    []int              `json:"tokens"`
+	Stop      string             `json:"stop"` // "eos" or "length"
+	Metrics   map[string]float64 `json:"metrics"`
+	BatchMS   float64            `json:"batch_ms"`   // wall time of the batch that generated it
+	BatchRows int                `json:"batch_rows"` // sequences in that batch
+	LogLikMS  float64            `json:"loglik_ms"`
+}
+
+// Eval runs the evaluation, resuming from opt.Out when it holds results of
+// the same settings, and writes results.jsonl, summary.json, report.md and
+// report.html there. It returns the summary.
+func Eval(e qwen.Engine, tok *tokenizer.Tokenizer, qs []Question, set Settings, opt Options) (*Summary, error) {
+	m := e.Model()
+	start := time.Now()
+	if err := os.MkdirAll(opt.Out, 0o755); err != nil {
+		return nil, err
+	}
+	variants := []string{"base"}
+	for _, a := range set.Adapters {
+		variants = append(variants, a.Name)
+	}
+	done, err := resume(opt, set)
+	if err != nil {
+		return nil, err
+	}
+	// Prompts through the model's chat template.
+	type item struct {
+		q           Question
+		prompt      string
+		ids, expIDs []int
+	}
+	items := make([]item, len(qs))
+	for i, q := range qs {
+		var msgs []tokenizer.Message
+		if set.System != "" {
+			msgs = append(msgs, tokenizer.Message{Role: "system", Content: set.System})
+		}
+		text, err := tok.ApplyChatTemplate(append(msgs, tokenizer.Message{Role: "user", Content: q.Question}), true)
+		if err != nil {
+			return nil, err
+		}
+		items[i] = item{q, text, tok.Encode(text), tok.Encode(q.Expected)}
+	}
+	type pair struct{ q, v int }
+	var todo []pair
+	for i := range items {
+		for v := range variants {
+			if _, ok := done[key(items[i].q.ID, variants[v])]; !ok {
+				todo = append(todo, pair{i, v})
+			}
+		}
+	}
+	results := make([]Result, 0, len(items)*len(variants))
+	for _, r := range done {
+		results = append(results, r)
+	}
+	batch := max(opt.Batch, 1)
+	for lo := 0; lo < len(todo); lo += batch {
+		chunk := todo[lo:min(lo+batch, len(todo))]
+		prompts := make([][]int, len(chunk))
+		adapters := make([]int, len(chunk))
+		samplers := make([]*qwen.Sampler, len(chunk))
+		for j, p := range chunk {
+			prompts[j], adapters[j] = items[p.q].ids, p.v-1
+			s := set.Sampling
+			s.Seed = pairSeed(s.Seed, items[p.q].q.ID, variants[p.v]) // independent of batching
+			samplers[j] = qwen.NewSampler(s)
+		}
+		t0 := time.Now()
+		outs, err := qwen.Generate(e, prompts, adapters, samplers, qwen.GenerateOptions{MaxNewTokens: set.MaxNewTokens, StopIDs: set.StopIDs})
+		if err != nil {
+			return nil, err
+		}
+		batchMS := msSince(t0)
+		for j, p := range chunk {
+			it := items[p.q]
+			toks := outs[j]
+			stop := "length"
+			if n := len(toks); n > 0 && contains(set.StopIDs, toks[n-1]) {
+				stop = "eos"
+			}
+			answer := tok.Decode(toks, true)
+			t1 := time.Now()
+			ll, err := LogLikelihood(e, it.ids, it.expIDs, p.v-1)
+			if err != nil {
+				return nil, err
+			}
+			r := Result{ID: it.q.ID, Variant: variants[p.v], Question: it.q.Question, Expected: it.q.Expected,
+				Prompt: it.prompt, Answer: answer, Tokens: toks, Stop: stop, Metrics: TextMetrics(it.q.Expected, answer),
+				BatchMS: batchMS, BatchRows: len(chunk), LogLikMS: msSince(t1)}
+			if r.Tokens == nil {
+				r.Tokens = []int{}
+			}
+			r.Metrics[MetricLogLik] = ll
+			results = append(results, r)
+		}
+		if err := writeResults(opt.Out, set, results); err != nil {
+			return nil, err
+		}
+		if opt.Progress != nil {
+			opt.Progress(lo+len(chunk), len(todo))
+		}
+	}
+	if len(todo) == 0 { // nothing new: make sure the settings file exists
+		if err := writeResults(opt.Out, set, results); err != nil {
+			return nil, err
+		}
+	}
+	order := map[string]int{}
+	for i, q := range qs {
+		order[q.ID] = i
+	}
+	vorder := map[string]int{}
+	for i, v := range variants {
+		vorder[v] = i
+	}
+	sort.SliceStable(results, func(i, j int) bool {
+		a, b := results[i], results[j]
+		if order[a.ID] != order[b.ID] {
+			return order[a.ID] < order[b.ID]
+		}
+		return vorder[a.Variant] < vorder[b.Variant]
+	})
+	sum := Summarize(results, qs, variants, opt.Tie, opt.Seed)
+	if opt.ModelSHA256 != nil {
+		if sum.Repro.ModelSHA256, err = opt.ModelSHA256(); err != nil {
+			return nil, err
+		}
+	}
+	sum.Repro = Repro{ModelSHA256: sum.Repro.ModelSHA256, Version: opt.Version, Settings: set, Device: opt.Device, Date: time.Now().UTC().Format(time.RFC3339),
+		Batch: batch, Tie: opt.Tie, Seed: opt.Seed, WallSeconds: time.Since(start).Seconds(), Variants: variants,
+		Model: ModelInfo{Layers: m.Config.Layers, Hidden: m.Config.Hidden, Vocab: m.Config.Vocab, Quant: m.Quant}}
+	if err := writeReports(opt.Out, sum, results); err != nil {
+		return nil, err
+	}
+	return sum, nil
+}
+
+func key(id, variant string) string { return id + "\x00" + variant }
+
+// pairSeed derives a sampler seed for one (question, variant) from the run's seed.
+func pairSeed(seed uint64, id, variant string) uint64 {
+	h := fnv.New64a()
+	fmt.Fprintf(h, "%d\x00%s\x00%s", seed, id, variant)
+	return h.Sum64()
+}
+
+func msSince(t time.Time) float64 { return float64(time.Since(t).Microseconds()) / 1000 }
+
+func contains(v []int, x int) bool {
+	for _, y := range v {
+		if x == y {
+			return true
+		}
+	}
+	return false
+}
+
+// LogLikelihood is the mean log-probability per token of expected following
+// prompt, teacher-forced in one forward pass, under the given adapter.
+func LogLikelihood(e qwen.Engine, prompt, expected []int, adapter int) (float64, error) {
+	if len(expected) == 0 {
+		return math.NaN(), nil
+	}
+	all := append(append([]int(nil), prompt...), expected...)
+	s, err := e.NewSeq(len(all), adapter)
+	if err != nil {
+		return 0, err
+	}
+	defer e.Release(s)
+	logits, err := e.Forward([]*qwen.Seq{s}, [][]int{all}, true)
+	if err != nil {
+		return 0, err
+	}
+	V := e.Model().Config.Vocab
+	var sum float64
+	for i, t := range expected {
+		row := logits[(len(prompt)-1+i)*V : (len(prompt)+i)*V]
+		sum += logSoftmaxAt(row, t)
+	}
+	return sum / float64(len(expected)), nil
+}
+
+// logSoftmaxAt is log(softmax(row)[t]), in float64.
+func logSoftmaxAt(row []float32, t int) float64 {
+	m := math.Inf(-1)
+	for _, v := range row {
+		m = math.Max(m, float64(v))
+	}
+	var s float64
+	for _, v := range row {
+		s += math.Exp(float64(v) - m)
+	}
+	return float64(row[t]) - m - math.Log(s)
+}
+
+const settingsFile = "settings.json"
+
+// resume returns the finished results in out, if made with the same
+// settings; with other settings it refuses unless opt.Force.
+func resume(opt Options, set Settings) (map[string]Result, error) {
+	done := map[string]Result{}
+	b, err := os.ReadFile(filepath.Join(opt.Out, settingsFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return done, nil
+	} else if err != nil {
+		return nil, err
+	}
+	want, _ := json.Marshal(set)
+	var prev Settings
+	if err := json.Unmarshal(b, &prev); err != nil {
+		if !opt.Force {
+			return nil, fmt.Errorf("%s: bad JSON (%v); use --force to start over", filepath.Join(opt.Out, settingsFile), err)
+		}
+		return done, nil
+	}
+	got, _ := json.Marshal(prev)
+	if !bytes.Equal(got, want) {
+		if !opt.Force {
+			return nil, fmt.Errorf("%s holds results made with other settings (model, adapters, questions or decoding); use another --out, or --force to discard them", opt.Out)
+		}
+		return done, nil
+	}
+	f, err := os.Open(filepath.Join(opt.Out, "results.jsonl"))
+	if errors.Is(err, os.ErrNotExist) {
+		return done, nil
+	} else if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(nil, 64<<20)
+	for n := 1; sc.Scan(); n++ {
+		var r Result
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+			return nil, fmt.Errorf("%s: line %d: %v", f.Name(), n, err)
+		}
+		done[key(r.ID, r.Variant)] = r
+	}
+	return done, sc.Err()
+}
+
+// writeResults rewrites settings.json and results.jsonl atomically.
+func writeResults(out string, set Settings, results []Result) error {
+	if err := writeJSON(filepath.Join(out, settingsFile), set); err != nil {
+		return err
+	}
+	return tensor.WriteFileAtomic(filepath.Join(out, "results.jsonl"), func(f *os.File) error {
+		w := bufio.NewWriter(f)
+		enc := json.NewEncoder(w)
+		enc.SetEscapeHTML(false)
+		for _, r := range results {
+			if err := enc.Encode(r); err != nil {
+				return err
+			}
+		}
+		return w.Flush()
+	})
+}
+
+func writeJSON(path string, v any) error {
+	return tensor.WriteFileAtomic(path, func(f *os.File) error {
+		enc := json.NewEncoder(f)
+		enc.SetEscapeHTML(false)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	})
+}
+
+// Fingerprint hashes a model directory's config.json and, for each
+// safetensors file, its header and size: cheap, and it changes whenever the
+// weights' layout or any file is replaced.
+func Fingerprint(dir string) (string, error) {
+	h := sha256.New()
+	for _, name := range []string{"config.json", "generation_config.json", "model.safetensors.index.json"} {
+		if b, err := os.ReadFile(filepath.Join(dir, name)); err == nil {
+			h.Write(b)
+		}
+	}
+	files, _ := filepath.Glob(filepath.Join(dir, "*.safetensors"))
+	sort.Strings(files)
+	for _, p := range files {
+		f, err := os.Open(p)
+		if err != nil {
+			return "", err
+		}
+		st, _ := f.Stat()
+		var n [8]byte
+		io.ReadFull(f, n[:])
+		fmt.Fprintf(h, "%s %d ", filepath.Base(p), st.Size())
+		io.Copy(h, io.LimitReader(f, int64(min(uint64(1<<26), leUint64(n[:])))))
+		f.Close()
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// HashFiles is the sha256 of the concatenated contents of the given files
+// (those that exist), in order.
+func HashFiles(paths ...string) (string, error) {
+	h := sha256.New()
+	for _, p := range paths {
+		f, err := os.Open(p)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		} else if err != nil {
+			return "", err
+		}
+		_, err = io.Copy(h, f)
+		f.Close()
+		if err != nil {
+			return "", err
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// SHA256 is the hex sha256 of b.
+func SHA256(b []byte) string {
+	h := sha256.Sum256(b)
+	return hex.EncodeToString(h[:])
+}
+
+func leUint64(b []byte) uint64 {
+	var v uint64
+	for i := 7; i >= 0; i-- {
+		v = v<<8 | uint64(b[i])
+	}
+	return v
+}
