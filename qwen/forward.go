@@ -107,65 +107,16 @@ func (r *Runner) Forward(seqs []*Seq, tokens [][]int, all bool) ([]float32, erro
 		ctx = max(ctx, s.Len+len(tokens[i]))
 	}
 	r.reserve(rows, ctx)
-	H, hd, half := c.Hidden, c.HeadDim, c.HeadDim/2
-	qDim, kvDim := c.Heads*hd, c.KVHeads*hd
-
-	// Embedding, and each row's sequence, position, adapter and RoPE angles.
-	row := 0
-	for i, s := range seqs {
-		for j, tok := range tokens[i] {
-			if tok < 0 || tok >= c.Vocab {
-				return nil, fmt.Errorf("forward: token id %d outside the vocabulary [0,%d)", tok, c.Vocab)
-			}
-			copy(r.x[row*H:(row+1)*H], m.EmbedTokens[tok*H:(tok+1)*H])
-			r.rowSeq[row], r.rowPos[row], r.adapters[row] = i, s.Len+j, s.Adapter
-			for f, inv := range r.invFreq {
-				angle := float32(r.rowPos[row]) * inv
-				r.cos[row*half+f] = float32(math.Cos(float64(angle)))
-				r.sin[row*half+f] = float32(math.Sin(float64(angle)))
-			}
-			row++
-		}
+	if err := r.embed(seqs, tokens); err != nil {
+		return nil, err
 	}
-	x, xn := r.x[:rows*H], r.xn[:rows*H]
 	for li := range m.Layers {
-		l := &m.Layers[li]
-		// Attention block: norm, q/k/v with bias, RoPE, append to the cache.
-		rmsNorm(xn, x, l.InputLayernorm, c.RMSEps)
-		l.SelfAttn.QProj.Forward(r.q, xn, rows, r.adapters, r.loraTmp)
-		l.SelfAttn.KProj.Forward(r.k, xn, rows, r.adapters, r.loraTmp)
-		l.SelfAttn.VProj.Forward(r.v, xn, rows, r.adapters, r.loraTmp)
-		for i := 0; i < rows; i++ {
-			cos, sin := r.cos[i*half:(i+1)*half], r.sin[i*half:(i+1)*half]
-			for h := 0; h < c.Heads; h++ {
-				rope(r.q[i*qDim+h*hd:i*qDim+(h+1)*hd], cos, sin)
-			}
-			for h := 0; h < c.KVHeads; h++ {
-				rope(r.k[i*kvDim+h*hd:i*kvDim+(h+1)*hd], cos, sin)
-			}
-			s := seqs[r.rowSeq[i]]
-			at := (li*s.Cap + r.rowPos[i]) * kvDim
-			copy(s.K[at:at+kvDim], r.k[i*kvDim:(i+1)*kvDim])
-			copy(s.V[at:at+kvDim], r.v[i*kvDim:(i+1)*kvDim])
-		}
-		// Causal grouped-query attention over each row's cache, then o_proj and the residual.
-		r.attention(seqs, li, rows)
-		l.SelfAttn.OProj.Forward(r.o, r.att, rows, r.adapters, r.loraTmp)
-		add(x, r.o[:rows*H])
-		// MLP block: norm, down(silu(gate)·up), residual.
-		rmsNorm(xn, x, l.PostAttentionLayernorm, c.RMSEps)
-		l.MLP.GateProj.Forward(r.gate, xn, rows, r.adapters, r.loraTmp)
-		l.MLP.UpProj.Forward(r.up, xn, rows, r.adapters, r.loraTmp)
-		g, u := r.gate[:rows*c.Intermediate], r.up[:rows*c.Intermediate]
-		for i := range g {
-			g[i] = silu(g[i]) * u[i]
-		}
-		l.MLP.DownProj.Forward(r.o, g, rows, r.adapters, r.loraTmp)
-		add(x, r.o[:rows*H])
+		r.layer(li, seqs, rows)
 	}
 	for i, s := range seqs {
 		s.Len += len(tokens[i])
 	}
+	H, x := c.Hidden, r.x[:rows*c.Hidden]
 	// Final norm on the rows that need logits, then lm_head.
 	n := len(seqs)
 	if all {
@@ -185,6 +136,71 @@ func (r *Runner) Forward(seqs []*Seq, tokens [][]int, all bool) ([]float32, erro
 	rmsNorm(hr, hr, m.Norm, c.RMSEps)
 	m.LMHead.Forward(r.logits, hr, n, nil, nil)
 	return r.logits[:n*c.Vocab], nil
+}
+
+// embed fills each new row's embedding, sequence, position, adapter and
+// RoPE angles.
+func (r *Runner) embed(seqs []*Seq, tokens [][]int) error {
+	m, c := r.m, r.m.Config
+	H, half := c.Hidden, c.HeadDim/2
+	row := 0
+	for i, s := range seqs {
+		for j, tok := range tokens[i] {
+			if tok < 0 || tok >= c.Vocab {
+				return fmt.Errorf("forward: token id %d outside the vocabulary [0,%d)", tok, c.Vocab)
+			}
+			copy(r.x[row*H:(row+1)*H], m.EmbedTokens[tok*H:(tok+1)*H])
+			r.rowSeq[row], r.rowPos[row], r.adapters[row] = i, s.Len+j, s.Adapter
+			for f, inv := range r.invFreq {
+				angle := float32(r.rowPos[row]) * inv
+				r.cos[row*half+f] = float32(math.Cos(float64(angle)))
+				r.sin[row*half+f] = float32(math.Sin(float64(angle)))
+			}
+			row++
+		}
+	}
+	return nil
+}
+
+// layer runs decoder layer li on the residual stream r.x of rows rows.
+func (r *Runner) layer(li int, seqs []*Seq, rows int) {
+	c := r.m.Config
+	l := &r.m.Layers[li]
+	H, hd, half := c.Hidden, c.HeadDim, c.HeadDim/2
+	qDim, kvDim := c.Heads*hd, c.KVHeads*hd
+	x, xn := r.x[:rows*H], r.xn[:rows*H]
+	// Attention block: norm, q/k/v with bias, RoPE, append to the cache.
+	rmsNorm(xn, x, l.InputLayernorm, c.RMSEps)
+	l.SelfAttn.QProj.Forward(r.q, xn, rows, r.adapters, r.loraTmp)
+	l.SelfAttn.KProj.Forward(r.k, xn, rows, r.adapters, r.loraTmp)
+	l.SelfAttn.VProj.Forward(r.v, xn, rows, r.adapters, r.loraTmp)
+	for i := 0; i < rows; i++ {
+		cos, sin := r.cos[i*half:(i+1)*half], r.sin[i*half:(i+1)*half]
+		for h := 0; h < c.Heads; h++ {
+			rope(r.q[i*qDim+h*hd:i*qDim+(h+1)*hd], cos, sin)
+		}
+		for h := 0; h < c.KVHeads; h++ {
+			rope(r.k[i*kvDim+h*hd:i*kvDim+(h+1)*hd], cos, sin)
+		}
+		s := seqs[r.rowSeq[i]]
+		at := (li*s.Cap + r.rowPos[i]) * kvDim
+		copy(s.K[at:at+kvDim], r.k[i*kvDim:(i+1)*kvDim])
+		copy(s.V[at:at+kvDim], r.v[i*kvDim:(i+1)*kvDim])
+	}
+	// Causal grouped-query attention over each row's cache, then o_proj and the residual.
+	r.attention(seqs, li, rows)
+	l.SelfAttn.OProj.Forward(r.o, r.att, rows, r.adapters, r.loraTmp)
+	add(x, r.o[:rows*H])
+	// MLP block: norm, down(silu(gate)·up), residual.
+	rmsNorm(xn, x, l.PostAttentionLayernorm, c.RMSEps)
+	l.MLP.GateProj.Forward(r.gate, xn, rows, r.adapters, r.loraTmp)
+	l.MLP.UpProj.Forward(r.up, xn, rows, r.adapters, r.loraTmp)
+	g, u := r.gate[:rows*c.Intermediate], r.up[:rows*c.Intermediate]
+	for i := range g {
+		g[i] = silu(g[i]) * u[i]
+	}
+	l.MLP.DownProj.Forward(r.o, g, rows, r.adapters, r.loraTmp)
+	add(x, r.o[:rows*H])
 }
 
 // attention computes, for every row i and head h, softmax(q·Kᵀ/√d)·V over
