@@ -32,7 +32,8 @@ type Runner struct {
 	o         []float32 // [rows, hidden]
 	gate, up  []float32 // [rows, intermediate]
 	cos, sin  []float32 // [rows, headDim/2]
-	loraTmp   []float32 // [maxRank]
+	ws        Workspace
+	att1      attentionJob
 	scores    []float32 // [heads, ctx]
 	rowSeq    []int     // [rows] which sequence each row belongs to
 	rowPos    []int     // [rows] position of each row in its sequence
@@ -71,8 +72,8 @@ func (r *Runner) reserve(rows, ctx int) {
 		r.scoresCap = ctx
 		r.scores = make([]float32, c.Heads*ctx)
 	}
-	if n := r.m.MaxRank(); len(r.loraTmp) < n {
-		r.loraTmp = make([]float32, n)
+	if n := r.m.MaxRank(); len(r.ws.loraTmp) < n {
+		r.ws.loraTmp = make([]float32, n)
 	}
 }
 
@@ -104,7 +105,7 @@ func (r *Runner) Forward(seqs []*Seq, tokens [][]int, all bool) ([]float32, erro
 			return nil, fmt.Errorf("forward: adapter index %d, the model has %d adapters", s.Adapter, len(m.Adapters))
 		}
 		rows += len(tokens[i])
-		ctx = max(ctx, s.Len+len(tokens[i]))
+		ctx = max(ctx, s.Cap) // size the scores by capacity: no reallocation as a sequence grows
 	}
 	r.reserve(rows, ctx)
 	if err := r.embed(seqs, tokens); err != nil {
@@ -134,7 +135,7 @@ func (r *Runner) Forward(seqs []*Seq, tokens [][]int, all bool) ([]float32, erro
 	}
 	hr := r.headRows[:n*H]
 	rmsNorm(hr, hr, m.Norm, c.RMSEps)
-	m.LMHead.Forward(r.logits, hr, n, nil, nil)
+	m.LMHead.Forward(r.logits, hr, n, nil, &r.ws)
 	return r.logits[:n*c.Vocab], nil
 }
 
@@ -171,9 +172,9 @@ func (r *Runner) layer(li int, seqs []*Seq, rows int) {
 	x, xn := r.x[:rows*H], r.xn[:rows*H]
 	// Attention block: norm, q/k/v with bias, RoPE, append to the cache.
 	rmsNorm(xn, x, l.InputLayernorm, c.RMSEps)
-	l.SelfAttn.QProj.Forward(r.q, xn, rows, r.adapters, r.loraTmp)
-	l.SelfAttn.KProj.Forward(r.k, xn, rows, r.adapters, r.loraTmp)
-	l.SelfAttn.VProj.Forward(r.v, xn, rows, r.adapters, r.loraTmp)
+	l.SelfAttn.QProj.Forward(r.q, xn, rows, r.adapters, &r.ws)
+	l.SelfAttn.KProj.Forward(r.k, xn, rows, r.adapters, &r.ws)
+	l.SelfAttn.VProj.Forward(r.v, xn, rows, r.adapters, &r.ws)
 	for i := 0; i < rows; i++ {
 		cos, sin := r.cos[i*half:(i+1)*half], r.sin[i*half:(i+1)*half]
 		for h := 0; h < c.Heads; h++ {
@@ -189,60 +190,71 @@ func (r *Runner) layer(li int, seqs []*Seq, rows int) {
 	}
 	// Causal grouped-query attention over each row's cache, then o_proj and the residual.
 	r.attention(seqs, li, rows)
-	l.SelfAttn.OProj.Forward(r.o, r.att, rows, r.adapters, r.loraTmp)
+	l.SelfAttn.OProj.Forward(r.o, r.att, rows, r.adapters, &r.ws)
 	add(x, r.o[:rows*H])
 	// MLP block: norm, down(silu(gate)·up), residual.
 	rmsNorm(xn, x, l.PostAttentionLayernorm, c.RMSEps)
-	l.MLP.GateProj.Forward(r.gate, xn, rows, r.adapters, r.loraTmp)
-	l.MLP.UpProj.Forward(r.up, xn, rows, r.adapters, r.loraTmp)
+	l.MLP.GateProj.Forward(r.gate, xn, rows, r.adapters, &r.ws)
+	l.MLP.UpProj.Forward(r.up, xn, rows, r.adapters, &r.ws)
 	g, u := r.gate[:rows*c.Intermediate], r.up[:rows*c.Intermediate]
 	for i := range g {
 		g[i] = silu(g[i]) * u[i]
 	}
-	l.MLP.DownProj.Forward(r.o, g, rows, r.adapters, r.loraTmp)
+	l.MLP.DownProj.Forward(r.o, g, rows, r.adapters, &r.ws)
 	add(x, r.o[:rows*H])
 }
 
 // attention computes, for every row i and head h, softmax(q·Kᵀ/√d)·V over
 // positions 0..pos(i) of the row's sequence; query head h reads KV head
-// h/(heads/kvHeads).
+// h/(heads/kvHeads). The heads run in parallel.
 func (r *Runner) attention(seqs []*Seq, layer, rows int) {
-	c := r.m.Config
+	j := &r.att1
+	j.r, j.seqs, j.layer, j.rows = r, seqs, layer, rows
+	parallelFor(r.m.Config.Heads, 1, j)
+}
+
+type attentionJob struct {
+	jobGroup
+	r           *Runner
+	seqs        []*Seq
+	layer, rows int
+}
+
+func (j *attentionJob) run(lo, hi int) {
+	r, c := j.r, j.r.m.Config
 	hd, qDim, kvDim := c.HeadDim, c.Heads*c.HeadDim, c.KVHeads*c.HeadDim
 	group := c.Heads / c.KVHeads
 	scale := float32(1 / math.Sqrt(float64(hd)))
-	parallelFor(c.Heads, 1, func(lo, hi int) {
-		for h := lo; h < hi; h++ {
-			g := h / group
-			scores := r.scores[h*r.scoresCap : (h+1)*r.scoresCap]
-			for i := 0; i < rows; i++ {
-				s := seqs[r.rowSeq[i]]
-				n := r.rowPos[i] + 1
-				q := r.q[i*qDim+h*hd : i*qDim+(h+1)*hd]
-				base := layer * s.Cap * kvDim
-				maxv := float32(math.Inf(-1))
-				for t := 0; t < n; t++ {
-					k := s.K[base+t*kvDim+g*hd : base+t*kvDim+(g+1)*hd]
-					scores[t] = dot(q, k) * scale
-					maxv = max(maxv, scores[t])
-				}
-				var sum float32
-				for t := 0; t < n; t++ {
-					scores[t] = float32(math.Exp(float64(scores[t] - maxv)))
-					sum += scores[t]
-				}
-				out := r.att[i*qDim+h*hd : i*qDim+(h+1)*hd]
-				clear(out)
-				for t := 0; t < n; t++ {
-					p := scores[t] / sum
-					v := s.V[base+t*kvDim+g*hd : base+t*kvDim+(g+1)*hd]
-					for d := range out {
-						out[d] += p * v[d]
-					}
+	for h := lo; h < hi; h++ {
+		g := h / group
+		scores := r.scores[h*r.scoresCap : (h+1)*r.scoresCap]
+		for i := 0; i < j.rows; i++ {
+			s := j.seqs[r.rowSeq[i]]
+			n := r.rowPos[i] + 1
+			q := r.q[i*qDim+h*hd : i*qDim+(h+1)*hd]
+			base := j.layer * s.Cap * kvDim
+			maxv := float32(math.Inf(-1))
+			for t := 0; t < n; t++ {
+				k := s.K[base+t*kvDim+g*hd : base+t*kvDim+(g+1)*hd]
+				scores[t] = dot(q, k) * scale
+				maxv = max(maxv, scores[t])
+			}
+			var sum float32
+			for t := 0; t < n; t++ {
+				scores[t] = float32(math.Exp(float64(scores[t] - maxv)))
+				sum += scores[t]
+			}
+			out := r.att[i*qDim+h*hd : i*qDim+(h+1)*hd]
+			clear(out)
+			for t := 0; t < n; t++ {
+				p := scores[t] / sum
+				v := s.V[base+t*kvDim+g*hd : base+t*kvDim+(g+1)*hd]
+				for d := range out {
+					out[d] += p * v[d]
 				}
 			}
 		}
-	})
+	}
 }
 
 // rmsNorm computes dst = x / √(mean(x²) + eps) · w per row of width len(w),

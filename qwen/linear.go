@@ -19,29 +19,47 @@ type Linear struct {
 	DType   tensor.DType   // dtype the weight was stored in (informational)
 }
 
+// Workspace is the scratch a Linear needs; one per Runner.
+type Workspace struct {
+	loraTmp []float32 // [maxRank] A·x between the two LoRA steps
+	mv      matvec
+}
+
+// matvec is the parallel part of Linear.Forward, kept in the workspace so
+// that dispatching it allocates nothing.
+type matvec struct {
+	jobGroup
+	l    *Linear
+	y, x []float32
+	rows int
+}
+
+func (j *matvec) run(lo, hi int) {
+	l, in, out := j.l, j.l.In, j.l.Out
+	for o := lo; o < hi; o++ {
+		w := l.W[o*in : (o+1)*in]
+		var b float32
+		if l.Bias != nil {
+			b = l.Bias[o]
+		}
+		for r := 0; r < j.rows; r++ {
+			j.y[r*out+o] = dot(w, j.x[r*in:(r+1)*in]) + b
+		}
+	}
+}
+
 // Forward computes y[r] = W·x[r] + b (+ the LoRA delta of adapters[r]) for
 // rows r of x [rows, In] into y [rows, Out]. adapters may be nil (all base).
-// tmp must hold rows·maxRank floats; it carries A·x between the two LoRA steps.
-func (l *Linear) Forward(y, x []float32, rows int, adapters []int, tmp []float32) {
+func (l *Linear) Forward(y, x []float32, rows int, adapters []int, ws *Workspace) {
 	in, out := l.In, l.Out
-	parallelFor(out, 16, func(lo, hi int) {
-		for o := lo; o < hi; o++ {
-			w := l.W[o*in : (o+1)*in]
-			var b float32
-			if l.Bias != nil {
-				b = l.Bias[o]
-			}
-			for r := 0; r < rows; r++ {
-				y[r*out+o] = dot(w, x[r*in:(r+1)*in]) + b
-			}
-		}
-	})
+	ws.mv.l, ws.mv.y, ws.mv.x, ws.mv.rows = l, y, x, rows
+	parallelFor(out, 16, &ws.mv)
 	for r := 0; r < rows; r++ {
 		if adapters == nil || adapters[r] < 0 || adapters[r] >= len(l.LoRA) || l.LoRA[adapters[r]] == nil {
 			continue
 		}
 		m := l.LoRA[adapters[r]]
-		m.Apply(y[r*out:(r+1)*out], x[r*in:(r+1)*in], tmp[:m.Rank])
+		m.Apply(y[r*out:(r+1)*out], x[r*in:(r+1)*in], ws.loraTmp[:m.Rank])
 	}
 }
 
