@@ -1,0 +1,138 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestMain lets the tests run the real binary: the test executable re-runs
+// itself as qbench when QBENCH_MAIN is set.
+func TestMain(m *testing.M) {
+	if os.Getenv("QBENCH_MAIN") == "1" {
+		os.Args = append([]string{"qbench"}, strings.Fields(os.Getenv("QBENCH_ARGS"))...)
+		main()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// qbench runs the binary with args (split on spaces) and returns stdout,
+// stderr and the exit code.
+func qbench(t *testing.T, stdin string, args ...string) (string, string, int) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), "QBENCH_MAIN=1", "QBENCH_ARGS="+strings.Join(args, " "))
+	cmd.Stdin = strings.NewReader(stdin)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return out.String(), errb.String(), code
+}
+
+const tiny = "../../testdata/tiny-qwen2"
+
+func TestLogitsCommand(t *testing.T) {
+	out, errs, code := qbench(t, "", "logits", "--model", tiny, "--tokens", "9707,11,1879", "--top", "4", "--out", filepath.Join(t.TempDir(), "l.safetensors"))
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	var res struct {
+		Positions []struct {
+			IDs    []int
+			Logits []float32
+		}
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil || len(res.Positions) != 3 || len(res.Positions[0].IDs) != 4 {
+		t.Fatalf("output %q: %v", out, err)
+	}
+	if l := res.Positions[2].Logits; l[0] < l[1] || l[1] < l[2] {
+		t.Errorf("logits not descending: %v", l)
+	}
+}
+
+func TestGenerateJSON(t *testing.T) {
+	out, errs, code := qbench(t, "", "generate", "--model", tiny, "--tokens", "9707,11", "--max-new-tokens", "5", "--json", "--no-stop")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	var res struct {
+		Tokens []int
+		Text   string
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil || len(res.Tokens) != 5 || res.Text == "" {
+		t.Errorf("output %q: %v", out, err)
+	}
+}
+
+func TestTokenizeMessages(t *testing.T) {
+	out, _, code := qbench(t, `{"messages":[{"role":"user","content":"hi"}],"k":1}`+"\n", "tokenize", "--tokenizer", tiny)
+	if code != 0 || !strings.Contains(out, `"text":"<|im_start|>system`) || !strings.Contains(out, `"k":1`) || !strings.Contains(out, `"ids":[151644,`) {
+		t.Errorf("output %q", out)
+	}
+	out, _, _ = qbench(t, "", "tokenize", "--tokenizer", tiny, "Hello,", "world!")
+	if strings.TrimSpace(out) != "[9707,11,1879,0]" {
+		t.Errorf("ids %q", out)
+	}
+	_, errs, code := qbench(t, "{\"text\":\"a\"}\n[1]\n", "tokenize", "--tokenizer", tiny)
+	if code == 0 || !strings.Contains(errs, "stdin line 2") {
+		t.Errorf("bad line: exit %d, %q", code, errs)
+	}
+}
+
+// TestBadInputOneLine: broken files give one line on stderr naming the file,
+// and a non-zero exit — never a Go panic trace.
+func TestBadInputOneLine(t *testing.T) {
+	dir := t.TempDir()
+	for _, f := range []string{"config.json", "generation_config.json", "model.safetensors"} {
+		b, _ := os.ReadFile(filepath.Join(tiny, f))
+		if f == "model.safetensors" {
+			b = b[:len(b)-1000]
+		}
+		os.WriteFile(filepath.Join(dir, f), b, 0o644)
+	}
+	_, errs, code := qbench(t, "", "logits", "--model", dir, "--tokens", "1,2")
+	if code == 0 || strings.Count(errs, "\n") != 1 || !strings.Contains(errs, "model.safetensors") || !strings.HasPrefix(errs, "qbench: logits: ") {
+		t.Errorf("truncated weights: exit %d, stderr %q", code, errs)
+	}
+	cfg, _ := os.ReadFile(filepath.Join(tiny, "config.json"))
+	os.WriteFile(filepath.Join(dir, "config.json"), []byte(strings.Replace(string(cfg), `"num_hidden_layers": 3,`, "", 1)), 0o644)
+	_, errs, code = qbench(t, "", "generate", "--model", dir, "--tokens", "1,2")
+	if code == 0 || strings.Count(errs, "\n") != 1 || !strings.Contains(errs, `config.json: missing required field "num_hidden_layers"`) {
+		t.Errorf("missing field: exit %d, stderr %q", code, errs)
+	}
+	_, errs, code = qbench(t, "", "logits", "--model", tiny, "--tokens", "1,x")
+	if code == 0 || !strings.Contains(errs, `"x" is not an integer`) {
+		t.Errorf("bad --tokens: exit %d, stderr %q", code, errs)
+	}
+}
+
+func TestHelpEverywhere(t *testing.T) {
+	for _, c := range commands {
+		out, errs, code := qbench(t, "", c.name, "--help")
+		if code != 0 || !strings.Contains(out, "Usage: qbench "+c.name) {
+			t.Errorf("%s --help: exit %d, stdout %q, stderr %q", c.name, code, out, errs)
+		}
+	}
+}
+
+func TestInspectAndQuantize(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "q")
+	if _, errs, code := qbench(t, "", "quantize", "--model", tiny, "--out", out, "--quant", "nf4-dq"); code != 0 {
+		t.Fatalf("quantize: %s", errs)
+	}
+	text, errs, code := qbench(t, "", "inspect", "--model", out, "--adapter", "../../testdata/tiny-qwen2-lora")
+	if code != 0 || !strings.Contains(text, "self_attn.q_proj NF4 double-quant, blocksize 64, compute bfloat16 ×3 layers") || !strings.Contains(text, "r=8 alpha=16 scale 2") {
+		t.Errorf("inspect: exit %d\n%s%s", code, text, errs)
+	}
+}

@@ -1,0 +1,118 @@
+package qwen
+
+import (
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/qbench/qbench/tensor"
+)
+
+func TestConfigLayouts(t *testing.T) {
+	classic, err := LoadConfig(tinyDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	newer, err := LoadConfig(bnbDir) // rope_parameters layout, quantization_config
+	if err != nil {
+		t.Fatal(err)
+	}
+	if classic.RopeTheta != 1e6 || newer.RopeTheta != 1e6 || classic.HeadDim != 16 || classic.KVHeads != 1 {
+		t.Errorf("classic %+v, newer %+v", classic, newer)
+	}
+	if newer.Quantization == nil || !newer.Quantization.DoubleQuant || newer.Quantization.QuantType != "nf4" {
+		t.Errorf("quantization_config = %+v", newer.Quantization)
+	}
+	// head_dim derived from hidden_size / heads when absent.
+	c, err := ParseConfig("c.json", []byte(`{"model_type":"qwen2","hidden_size":64,"intermediate_size":8,"num_hidden_layers":1,
+		"num_attention_heads":4,"vocab_size":10,"rms_norm_eps":1e-6,"rope_theta":10000,"eos_token_id":[1,2]}`))
+	if err != nil || c.HeadDim != 16 || c.KVHeads != 4 || len(c.EosIDs) != 2 {
+		t.Errorf("derived config %+v, %v", c, err)
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	base, _ := os.ReadFile(tinyDir + "/config.json")
+	cases := map[string]string{
+		strings.Replace(string(base), `"hidden_size": 32,`, "", 1):                      `missing required field "hidden_size"`,
+		strings.Replace(string(base), `"model_type": "qwen2"`, `"model_type": "llama"`, 1): `model_type "llama" is not supported`,
+		strings.Replace(string(base), `"rope_theta": 1000000.0,`, "", 1):                 "missing required field \"rope_theta",
+		`{`: "bad JSON",
+		strings.Replace(string(base), `"num_key_value_heads": 1`, `"num_key_value_heads": 3`, 1): "does not divide",
+	}
+	for in, want := range cases {
+		_, err := ParseConfig("x/config.json", []byte(in))
+		if err == nil || !strings.Contains(err.Error(), want) || !strings.HasPrefix(err.Error(), "x/config.json: ") {
+			t.Errorf("err = %v, want %q", err, want)
+		}
+	}
+}
+
+func FuzzParseConfig(f *testing.F) {
+	b, _ := os.ReadFile(tinyDir + "/config.json")
+	f.Add(b)
+	b, _ = os.ReadFile(bnbDir + "/config.json")
+	f.Add(b)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := ParseConfig("fuzz", b)
+		if err != nil {
+			return
+		}
+		if c.Hidden <= 0 || c.Heads <= 0 || c.KVHeads <= 0 || c.Heads%c.KVHeads != 0 || c.HeadDim <= 0 || c.HeadDim%2 != 0 {
+			t.Fatalf("accepted an unusable config %+v", c)
+		}
+	})
+}
+
+// TestBadCheckpoints: broken model directories fail with one line naming
+// the file and the problem.
+func TestBadCheckpoints(t *testing.T) {
+	copyDir := func(src string) string {
+		dst := t.TempDir()
+		for _, f := range []string{"config.json", "generation_config.json", "model.safetensors"} {
+			b, err := os.ReadFile(src + "/" + f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			os.WriteFile(dst+"/"+f, b, 0o644)
+		}
+		return dst
+	}
+	// Truncated weights.
+	d := copyDir(tinyDir)
+	b, _ := os.ReadFile(d + "/model.safetensors")
+	os.WriteFile(d+"/model.safetensors", b[:len(b)/2], 0o644)
+	if _, err := Load(d, LoadOptions{}); err == nil || !strings.Contains(err.Error(), "model.safetensors") || !strings.Contains(err.Error(), "outside the data section") {
+		t.Errorf("truncated: %v", err)
+	}
+	// A shape that does not fit config.json.
+	d = copyDir(tinyDir)
+	cfg, _ := os.ReadFile(d + "/config.json")
+	os.WriteFile(d+"/config.json", []byte(strings.Replace(string(cfg), `"intermediate_size": 128`, `"intermediate_size": 64`, 1)), 0o644)
+	if _, err := Load(d, LoadOptions{}); err == nil || !strings.Contains(err.Error(), "mlp.gate_proj.weight has shape [128 32], config.json implies [64 32]") {
+		t.Errorf("wrong shape: %v", err)
+	}
+	// A 4-bit checkpoint with a missing quant_state.
+	d = copyDir(bnbDir)
+	f, err := tensor.Open(bnbDir + "/model.safetensors")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keep []*tensor.Tensor
+	for _, name := range f.Names() {
+		if name != "model.layers.1.mlp.up_proj.weight"+BnbStateSuffix {
+			keep = append(keep, f.Tensors[name])
+		}
+	}
+	if err := tensor.Write(d+"/model.safetensors", keep, nil); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if _, err := Load(d, LoadOptions{}); err == nil || !strings.Contains(err.Error(), "load_in_4bit but model.layers.1.mlp.up_proj.weight has no") {
+		t.Errorf("missing quant_state: %v", err)
+	}
+	d = copyDir(bnbDir)
+	if _, err := Load(d, LoadOptions{Quant: QuantNF4}); err == nil || !strings.Contains(err.Error(), "already quantised") {
+		t.Errorf("--quant on a 4-bit checkpoint: %v", err)
+	}
+}
