@@ -34,9 +34,9 @@ func TestConfigLayouts(t *testing.T) {
 func TestConfigErrors(t *testing.T) {
 	base, _ := os.ReadFile(tinyDir + "/config.json")
 	cases := map[string]string{
-		strings.Replace(string(base), `"hidden_size": 32,`, "", 1):                      `missing required field "hidden_size"`,
+		strings.Replace(string(base), `"hidden_size": 32,`, "", 1):                         `missing required field "hidden_size"`,
 		strings.Replace(string(base), `"model_type": "qwen2"`, `"model_type": "llama"`, 1): `model_type "llama" is not supported`,
-		strings.Replace(string(base), `"rope_theta": 1000000.0,`, "", 1):                 "missing required field \"rope_theta",
+		strings.Replace(string(base), `"rope_theta": 1000000.0,`, "", 1):                   "missing required field \"rope_theta",
 		`{`: "bad JSON",
 		strings.Replace(string(base), `"num_key_value_heads": 1`, `"num_key_value_heads": 3`, 1): "does not divide",
 	}
