@@ -6,8 +6,7 @@ import (
 )
 
 // Qwen05B is the Qwen2.5-0.5B architecture.
-var Qwen05B = &Config{ModelType: "qwen2", Hidden: 896, Intermediate: 4864, Layers: 24, Heads: 14, KVHeads: 2,
-	HeadDim: 64, Vocab: 151936, RMSEps: 1e-6, RopeTheta: 1e6, TieEmbeddings: true}
+var Qwen05B = Shapes["qwen2.5-0.5b"]
 
 // benchDecode prefills 32 tokens, then times one-token decode steps; it
 // reports tok/s. Weights are random (uniform, not zeros).

@@ -10,7 +10,8 @@ type Seq struct {
 	Adapter int       // index into Model.Adapters, −1 = base model
 	Len     int       // tokens already in the cache
 	Cap     int       // cache capacity in tokens
-	K, V    []float32 // [layers, Cap, kvHeads*headDim]
+	K, V    []float32 // [layers, Cap, kvHeads*headDim] (CPU engine)
+	Handle  any       // engine-owned state, e.g. the GPU engine's device cache
 }
 
 // NewSeq makes a sequence whose cache holds capacity tokens.

@@ -26,6 +26,13 @@ type Engine interface {
 	Model() *Model
 }
 
+// GreedyEngine is implemented by engines that can pick greedy tokens on the
+// device, so that only ids come back. ForwardArgmax is Forward(seqs, tokens,
+// false) followed by Argmax of each sequence's logits.
+type GreedyEngine interface {
+	ForwardArgmax(seqs []*Seq, tokens [][]int) ([]int, error)
+}
+
 // NewSeq implements Engine.
 func (r *Runner) NewSeq(capacity, adapter int) (*Seq, error) {
 	return r.m.NewSeq(capacity, adapter), nil
@@ -65,6 +72,12 @@ func Generate(e Engine, prompts [][]int, adapters []int, samplers []*Sampler, op
 		return out, nil
 	}
 	V := m.Config.Vocab
+	greedy, canGreedy := e.(GreedyEngine)
+	for _, s := range samplers {
+		if s.S.Temperature > 0 || (s.S.RepetitionPenalty != 0 && s.S.RepetitionPenalty != 1) {
+			canGreedy = false
+		}
+	}
 	active := make([]int, n) // indices of unfinished sequences
 	for i := range active {
 		active[i] = i
@@ -72,14 +85,26 @@ func Generate(e Engine, prompts [][]int, adapters []int, samplers []*Sampler, op
 	seqBuf, tokBuf := make([]*Seq, 0, n), make([][]int, 0, n)
 	stepSeqs, stepToks := seqs, prompts
 	for step := 0; len(active) > 0; step++ {
-		logits, err := e.Forward(stepSeqs, stepToks, false)
+		var logits []float32
+		var ids []int
+		var err error
+		if canGreedy {
+			ids, err = greedy.ForwardArgmax(stepSeqs, stepToks)
+		} else {
+			logits, err = e.Forward(stepSeqs, stepToks, false)
+		}
 		if err != nil {
 			return nil, err
 		}
 		next := active[:0]
 		stepSeqs, stepToks = seqBuf[:0], tokBuf[:0]
 		for j, i := range active {
-			tok := samplers[i].Next(logits[j*V:(j+1)*V], hist[i])
+			var tok int
+			if canGreedy {
+				tok = ids[j]
+			} else {
+				tok = samplers[i].Next(logits[j*V:(j+1)*V], hist[i])
+			}
 			hist[i] = append(hist[i], tok)
 			out[i] = append(out[i], tok)
 			if opt.OnToken != nil {

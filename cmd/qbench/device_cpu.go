@@ -30,6 +30,3 @@ func runBench(args []string) error {
 	}
 	return fmt.Errorf("bench measures the GPU engine: this qbench was built without GPU support (build with -tags cuda)")
 }
-
-const benchDoc = `Profiles the GPU engine: copy bandwidth, each kernel, prefill and decode
-throughput. Needs a qbench built with -tags cuda.`

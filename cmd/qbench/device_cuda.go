@@ -1,0 +1,228 @@
+//go:build cuda
+
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/qbench/qbench/kernels"
+	"github.com/qbench/qbench/qwen"
+)
+
+// A qbench built with -tags cuda needs the NVIDIA driver and a GPU to start:
+// gorgonia.org/cu initialises the driver when the program starts.
+func defaultDevice() string { return "cuda" }
+
+func checkDevice(d string) error {
+	if d != "cpu" && d != "cuda" {
+		return fmt.Errorf("--device %q: want cpu or cuda", d)
+	}
+	return nil
+}
+
+var (
+	devOnce sync.Once
+	dev     *kernels.Device
+	devErr  error
+)
+
+func openDevice() (*kernels.Device, error) {
+	devOnce.Do(func() { dev, devErr = kernels.Open(0) })
+	return dev, devErr
+}
+
+// newEngine returns the forward-pass engine for the device.
+func newEngine(m *qwen.Model, device string) (qwen.Engine, error) {
+	if device == "cpu" {
+		return qwen.NewRunner(m), nil
+	}
+	d, err := openDevice()
+	if err != nil {
+		return nil, err
+	}
+	return kernels.NewEngine(d, m, 8192)
+}
+
+type benchRow struct {
+	Batch         int                  `json:"batch"`
+	PrefillTokS   float64              `json:"prefill_tok_s"`
+	DecodeOn      float64              `json:"decode_tok_s_adapter_on"`
+	DecodeOff     float64              `json:"decode_tok_s_adapter_off"`
+	DecodeNoGraph float64              `json:"decode_tok_s_adapter_on_no_graphs"`
+	Kernels       []kernels.KernelTime `json:"kernels_adapter_on"`
+}
+
+func runBench(args []string) error {
+	fs := newFlags("bench", "[--shape qwen2.5-0.5b|1.5b|3b|7b | --model DIR] [flags]", benchDoc)
+	shape := fs.String("shape", "qwen2.5-3b", "synthetic model `NAME`: "+strings.Join(shapeNames(), ", "))
+	model := fs.String("model", "", "benchmark a real model `DIR` instead")
+	quant := fs.String("quant", "", "with --model: bf16, nf4 or nf4-dq at load")
+	rank := fs.Int("adapter-rank", 16, "rank of the synthetic LoRA adapter on all seven projections")
+	batches := fs.String("batch", "1,20", "comma-separated batch sizes")
+	promptLen := fs.Int("prompt-len", 64, "prompt tokens per sequence")
+	newTokens := fs.Int("new-tokens", 128, "decode steps timed")
+	asJSON := fs.Bool("json", false, "print JSON instead of tables")
+	quiet := fs.Bool("quiet", false, "no progress bar")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	var bs []int
+	for _, f := range strings.Split(*batches, ",") {
+		b, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || b <= 0 {
+			return fmt.Errorf("--batch: %q is not a positive integer", f)
+		}
+		bs = append(bs, b)
+	}
+	d, err := openDevice()
+	if err != nil {
+		return err
+	}
+	bar := newBar(2+3*len(bs), "bench", *quiet)
+	copyGBs, err := d.CopyBandwidth(1<<30, 20)
+	if err != nil {
+		return err
+	}
+	bar.Add(1)
+	var m *qwen.Model
+	name := *shape
+	if *model != "" {
+		name = *model
+		if m, err = qwen.Load(*model, qwen.LoadOptions{Quant: *quant}); err != nil {
+			return err
+		}
+	} else {
+		cfg, ok := qwen.Shapes[*shape]
+		if !ok {
+			return fmt.Errorf("--shape %q: want one of %s", *shape, strings.Join(shapeNames(), ", "))
+		}
+		m = kernels.SyntheticModel(cfg, 1)
+	}
+	bar.Add(1)
+	rows := make([]benchRow, len(bs))
+	maxRows := 0
+	for _, b := range bs {
+		maxRows = max(maxRows, b**promptLen)
+	}
+	// Adapter off: an engine without LoRA at all.
+	eng, err := kernels.NewEngine(d, m, maxRows)
+	if err != nil {
+		return err
+	}
+	for i, b := range bs {
+		rows[i].Batch = b
+		seqs, _, err := prefill(eng, b, *promptLen, *newTokens, -1)
+		if err != nil {
+			return err
+		}
+		if rows[i].DecodeOff, err = eng.DecodeRate(seqs, *newTokens, true); err != nil {
+			return err
+		}
+		release(eng, seqs)
+		bar.Add(1)
+	}
+	eng.Close()
+	// Adapter on.
+	kernels.AddSyntheticAdapter(m, *rank, 2)
+	if eng, err = kernels.NewEngine(d, m, maxRows); err != nil {
+		return err
+	}
+	defer eng.Close()
+	for i, b := range bs {
+		seqs, rate, err := prefill(eng, b, *promptLen, *newTokens, 0)
+		if err != nil {
+			return err
+		}
+		rows[i].PrefillTokS = rate
+		if rows[i].Kernels, err = eng.ProfileStep(seqs, firstTokens(b), copyGBs); err != nil {
+			return err
+		}
+		bar.Add(1)
+		if rows[i].DecodeOn, err = eng.DecodeRate(seqs, *newTokens, true); err != nil {
+			return err
+		}
+		release(eng, seqs)
+		if seqs, _, err = prefill(eng, b, *promptLen, *newTokens, 0); err != nil {
+			return err
+		}
+		if rows[i].DecodeNoGraph, err = eng.DecodeRate(seqs, min(*newTokens, 32), false); err != nil {
+			return err
+		}
+		release(eng, seqs)
+		bar.Add(1)
+	}
+	bar.Finish()
+	res := map[string]any{"device": d.Name, "model": name, "quantization": m.Quant, "adapter_rank": *rank,
+		"copy_gb_s": copyGBs, "prompt_len": *promptLen, "new_tokens": *newTokens, "results": rows}
+	if *asJSON {
+		return json.NewEncoder(os.Stdout).Encode(res)
+	}
+	fmt.Printf("device %s, model %s (%s), LoRA r%d on all projections, copy bandwidth %.0f GB/s\n\n", d.Name, name, m.Quant, *rank, copyGBs)
+	fmt.Printf("%6s %12s %16s %16s %16s %10s\n", "batch", "prefill t/s", "decode t/s on", "decode t/s off", "on, no graphs", "on vs off")
+	for _, r := range rows {
+		fmt.Printf("%6d %12.0f %16.1f %16.1f %16.1f %+9.1f%%\n", r.Batch, r.PrefillTokS, r.DecodeOn, r.DecodeOff, r.DecodeNoGraph, 100*(r.DecodeOn/r.DecodeOff-1))
+	}
+	for _, r := range rows {
+		fmt.Printf("\nper-kernel breakdown of one decode step, batch %d, adapter on (direct launches, event-timed):\n", r.Batch)
+		fmt.Printf("%-24s %6s %10s %12s %9s %7s\n", "kernel", "calls", "µs/step", "bytes/step", "GB/s", "% copy")
+		var total float64
+		for _, k := range r.Kernels {
+			total += k.Micros
+			fmt.Printf("%-24s %6d %10.1f %12d %9.0f %6.1f%%\n", k.Label, k.Calls, k.Micros, k.Bytes, k.GBs, k.PctCopy)
+		}
+		fmt.Printf("%-24s %6s %10.1f\n", "total kernel time", "", total)
+	}
+	return nil
+}
+
+func shapeNames() []string {
+	var n []string
+	for k := range qwen.Shapes {
+		n = append(n, k)
+	}
+	sort.Strings(n)
+	return n
+}
+
+func firstTokens(b int) [][]int {
+	t := make([][]int, b)
+	for i := range t {
+		t[i] = []int{1000 + i}
+	}
+	return t
+}
+
+// prefill starts b sequences with a prompt of n tokens each in one pass and
+// returns them with the prefill rate in tokens/s.
+func prefill(e *kernels.Engine, b, n, room, adapter int) ([]*qwen.Seq, float64, error) {
+	seqs := make([]*qwen.Seq, b)
+	toks := make([][]int, b)
+	for i := range seqs {
+		s, err := e.NewSeq(n+room+8, adapter)
+		if err != nil {
+			return nil, 0, err
+		}
+		seqs[i] = s
+		toks[i] = make([]int, n)
+		for j := range toks[i] {
+			toks[i][j] = (i*7919 + j*104729) % e.Model().Config.Vocab
+		}
+	}
+	start := nowSeconds()
+	if _, err := e.ForwardArgmax(seqs, toks); err != nil {
+		return nil, 0, err
+	}
+	return seqs, float64(b*n) / (nowSeconds() - start), nil
+}
+
+func release(e *kernels.Engine, seqs []*qwen.Seq) {
+	for _, s := range seqs {
+		e.Release(s)
+	}
+}

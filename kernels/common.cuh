@@ -1,0 +1,92 @@
+// common.cuh: the structs shared by the kernels and their Go launchers
+// (kernels/desc.go mirrors them field for field; TestStructLayout checks it),
+// and small device helpers. Conventions: row-major, fp32 activations and
+// accumulation, weights [N, K] as PyTorch stores them (y = W·x).
+#pragma once
+#include <stdint.h>
+
+#define MAX_ADAPTERS 8 // LoRA adapters one model can carry at once
+#define MAX_SLOTS 3    // modules sharing one LoRA shrink (q, k, v)
+#define WARP 32
+
+// Formats of a weight matrix.
+#define FMT_NF4 0  // bitsandbytes NF4 codes, two per byte, element 2j in the high nibble
+#define FMT_BF16 1 // bfloat16
+#define FMT_F32 2  // float32
+
+// Epilogues of the matrix-vector kernel.
+#define MODE_STORE 0  // y[m, n] = W·x + b (+ LoRA)
+#define MODE_RESID 1  // y[m, n] += W·x + b (+ LoRA): residual add
+#define MODE_QKV 2    // three matrices q, k, v: bias, RoPE, q to y, k/v into each row's cache
+#define MODE_GATEUP 3 // two matrices gate, up: y[m, n] = silu(gate)·up
+
+// Mat is one weight matrix on the device (224 bytes).
+struct Mat {
+  const uint8_t* packed;   // FMT_NF4: [N*K/2] codes
+  const uint16_t* bf16;    // FMT_BF16: [N*K]
+  const float* f32;        // FMT_F32: [N*K]
+  const uint8_t* qabsmax;  // NF4 double quantisation: [N*K/block] 8-bit codes into code[], or null
+  const float* absmax;     // NF4 without double quantisation: [N*K/block] fp32 scales
+  const float* nested;     // NF4 double quantisation: [ceil(blocks/nestedBlock)] scales of the codes
+  const float* code;       // NF4 double quantisation: the 256-entry dynamic map
+  const float* bias;       // [N], or null
+  const float* loraB[MAX_ADAPTERS]; // [N, rank] per adapter; null where the adapter skips this matrix
+  float loraScale[MAX_ADAPTERS];
+  int32_t loraRank[MAX_ADAPTERS];
+  float offset;            // NF4 double quantisation: the mean added back to every scale
+  int32_t N, K;
+  int32_t fmt;
+  int32_t blockShift;      // log2 of the NF4 block size (64 → 6)
+  int32_t nestedShift;     // log2 of the nested block size (256 → 8)
+  int32_t round;           // dequantised weights rounded to: 0 bf16, 1 f16, 2 not rounded
+  int32_t loraSlot;        // where this matrix's A·x sits in the shrink buffer; −1 = no LoRA
+};
+
+// RowMeta describes one row of a batch (32 bytes).
+struct RowMeta {
+  int32_t tok;     // token id
+  int32_t pos;     // position in its sequence (the cache slot this row writes)
+  int32_t adapter; // −1 = base model
+  int32_t cap;     // cache capacity of its sequence, in tokens
+  float* k;        // its sequence's K cache [layers, cap, kvHeads*headDim]
+  float* v;        // its sequence's V cache, same shape
+};
+
+// GemvOp is one launch of the matrix-vector kernel.
+struct GemvOp {
+  struct Mat mat[3];
+  const float* x;        // input [M, K]
+  float* y;              // output, see the mode
+  const float* t;        // LoRA A·x for this op [M, tStride], or null
+  const struct RowMeta* rows;
+  int32_t nmat, mode;
+  int32_t ldy;           // row stride of y, in floats
+  int32_t tStride, rmax; // shrink buffer: floats per row, floats per slot
+  int32_t layer, headDim, kvDim;
+  double ropeTheta;
+};
+
+// ShrinkOp computes t[m, slot, j] = Σ_k A[adapter(m)][slot][j, k]·x[m, k].
+struct ShrinkOp {
+  const float* A[MAX_SLOTS][MAX_ADAPTERS]; // [rank, K], or null
+  int32_t rank[MAX_SLOTS][MAX_ADAPTERS];
+  const float* x;        // [M, K]
+  float* t;              // [M, tStride]
+  const struct RowMeta* rows;
+  int32_t nslots, K, tStride, rmax;
+};
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// bf16 bits → float, exact.
+__device__ __forceinline__ float bf16f(uint16_t b) { return __uint_as_float(((uint32_t)b) << 16); }

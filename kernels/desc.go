@@ -1,0 +1,50 @@
+package kernels
+
+// Go mirrors of the structs in common.cuh, field for field; device pointers
+// are uint64. TestStructLayout checks the sizes and offsets against the
+// compiled kernels.
+
+const (
+	maxAdapters = 8 // MAX_ADAPTERS
+	maxSlots    = 3 // MAX_SLOTS
+)
+
+// Matrix formats and gemv epilogue modes (FMT_*, MODE_* in common.cuh).
+const (
+	fmtNF4  = 0
+	fmtBF16 = 1
+	fmtF32  = 2
+
+	modeStore  = 0
+	modeResid  = 1
+	modeQKV    = 2
+	modeGateUp = 3
+)
+
+type mat struct {
+	Packed, BF16, F32, QAbsmax, Absmax, Nested, Code, Bias uint64
+	LoraB                                                  [maxAdapters]uint64
+	LoraScale                                              [maxAdapters]float32
+	LoraRank                                               [maxAdapters]int32
+	Offset                                                 float32
+	N, K, Fmt, BlockShift, NestedShift, Round, LoraSlot    int32
+}
+
+type rowMeta struct {
+	Tok, Pos, Adapter, Cap int32
+	K, V                   uint64
+}
+
+type gemvOp struct {
+	Mat                                                   [3]mat
+	X, Y, T, Rows                                         uint64
+	Nmat, Mode, Ldy, TStride, Rmax, Layer, HeadDim, KVDim int32
+	RopeTheta                                             float64
+}
+
+type shrinkOp struct {
+	A                        [maxSlots][maxAdapters]uint64
+	Rank                     [maxSlots][maxAdapters]int32
+	X, T, Rows               uint64
+	NSlots, K, TStride, Rmax int32
+}

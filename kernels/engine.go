@@ -1,0 +1,682 @@
+//go:build cuda
+
+package kernels
+
+import (
+	"fmt"
+	"math/bits"
+	"unsafe"
+
+	"github.com/qbench/qbench/qwen"
+	"github.com/qbench/qbench/tensor"
+)
+
+// Engine runs a qwen.Model on the GPU; it implements qwen.Engine and
+// qwen.GreedyEngine. Weights, LoRA and the per-layer launch descriptors are
+// uploaded once; activations are sized for MaxRows rows; each sequence's KV
+// cache is allocated by NewSeq. A decode step (one token per sequence) is one
+// CUDA graph launch, captured once per batch size.
+type Engine struct {
+	Dev     *Device
+	m       *qwen.Model
+	cfg     *qwen.Config
+	MaxRows int // rows one forward pass may hold (prefill tokens of all sequences)
+	maxHead int // rows of logits one pass may return
+
+	bufs      []*Buf // everything to free on Close
+	embed     Buf
+	embedB16  bool
+	norm      Buf
+	layers    []layerDesc
+	head      Buf // gemvOp of lm_head
+	headFmt   int
+	headBytes int64
+	prof      *profile // non-nil while profiling: every launch is timed
+	rmax      int      // largest LoRA rank (0 without adapters)
+
+	x, xn, q, att, act, xnHead Buf
+	tQKV, tO, tGU, tD          Buf
+	meta, headIdx, ids, logits Buf
+	part                       Buf
+
+	hostMeta []rowMeta
+	hostIdx  []int32
+	hostIDs  []int32
+	out      []float32
+}
+
+type layerDesc struct {
+	inNorm, postNorm          Buf
+	qkv, o, gateup, down      Buf // gemvOp descriptors on the device
+	shQKV, shO, shGU, shD     Buf // shrinkOp descriptors
+	qkvFmt, oFmt, guFmt, dFmt int
+	// bytes of weights each launch reads (for the profile)
+	qkvBytes, oBytes, guBytes, dBytes, shQKVBytes, shOBytes, shGUBytes, shDBytes int64
+}
+
+// devSeq is a sequence's device state.
+type devSeq struct{ k, v Buf }
+
+// NewEngine uploads m to the device. maxRows bounds the rows of one forward
+// pass (prefill tokens summed over sequences).
+func NewEngine(d *Device, m *qwen.Model, maxRows int) (*Engine, error) {
+	if len(m.Adapters) > maxAdapters {
+		return nil, fmt.Errorf("cuda: %d adapters, the GPU engine carries at most %d", len(m.Adapters), maxAdapters)
+	}
+	e := &Engine{Dev: d, m: m, cfg: m.Config, MaxRows: maxRows, maxHead: min(maxRows, 1024), rmax: m.MaxRank()}
+	err := d.Do(e.upload)
+	if err != nil {
+		e.Close()
+		return nil, err
+	}
+	return e, nil
+}
+
+// Model implements qwen.Engine.
+func (e *Engine) Model() *qwen.Model { return e.m }
+
+func (e *Engine) alloc(bytes int64, what string) (Buf, error) {
+	b, err := e.Dev.Alloc(bytes, what)
+	if err == nil {
+		e.bufs = append(e.bufs, &b)
+	}
+	return b, err
+}
+
+func uploadTo[T any](e *Engine, v []T, what string) (Buf, error) {
+	b, err := Upload(e.Dev, v, what)
+	if err == nil {
+		e.bufs = append(e.bufs, &b)
+	}
+	return b, err
+}
+
+func (e *Engine) uploadDesc(v any, size int, what string) (Buf, error) {
+	var b []byte
+	switch d := v.(type) {
+	case *gemvOp:
+		b = unsafe.Slice((*byte)(unsafe.Pointer(d)), size)
+	case *shrinkOp:
+		b = unsafe.Slice((*byte)(unsafe.Pointer(d)), size)
+	}
+	return uploadTo(e, b, what)
+}
+
+// Close frees every device buffer of the engine (sequences are freed by Release).
+func (e *Engine) Close() {
+	e.Dev.Do(func() error {
+		for _, b := range e.bufs {
+			e.Dev.Free(b)
+		}
+		return nil
+	})
+	e.bufs = nil
+}
+
+func bf16Bits(w []float32) []uint16 {
+	out := make([]uint16, len(w))
+	for i, v := range w {
+		out[i] = tensor.F32ToBF16(v)
+	}
+	return out
+}
+
+// uploadMat puts one Linear on the device; slot is its place in the LoRA
+// shrink buffer (−1 = none).
+func (e *Engine) uploadMat(l *qwen.Linear, slot int) (mat, int, error) {
+	mt, kind, _, err := e.uploadMatBytes(l, slot)
+	return mt, kind, err
+}
+
+// matBytes is what one pass over a matrix reads: codes and scales for NF4,
+// the weights otherwise, plus its bias and LoRA B matrices.
+func matBytes(l *qwen.Linear) int64 {
+	n := int64(l.Out) * int64(l.In)
+	var b int64
+	switch {
+	case l.Quant != nil && l.Quant.Double():
+		blocks := n / int64(l.Quant.BlockSize)
+		b = n/2 + blocks + 4*(blocks/int64(l.Quant.NestedBlockSize)+1)
+	case l.Quant != nil:
+		b = n/2 + 4*n/int64(l.Quant.BlockSize)
+	case l.DType == tensor.BF16 || l.DType == tensor.U8:
+		b = 2 * n
+	default:
+		b = 4 * n
+	}
+	if l.Bias != nil {
+		b += 4 * int64(l.Out)
+	}
+	for _, mod := range l.LoRA {
+		if mod != nil {
+			b += 4 * int64(len(mod.B))
+		}
+	}
+	return b
+}
+
+func (e *Engine) uploadMatBytes(l *qwen.Linear, slot int) (mat, int, int64, error) {
+	mt, kind, err := e.uploadMatOnly(l, slot)
+	return mt, kind, matBytes(l), err
+}
+
+func (e *Engine) uploadMatOnly(l *qwen.Linear, slot int) (mat, int, error) {
+	mt := mat{N: int32(l.Out), K: int32(l.In), LoraSlot: int32(slot), Round: 2}
+	var err error
+	var b Buf
+	switch {
+	case l.Quant != nil:
+		q := l.Quant
+		if l.In%32 != 0 || q.BlockSize%32 != 0 || bits.OnesCount(uint(q.BlockSize)) != 1 {
+			return mt, 0, fmt.Errorf("cuda: %s: NF4 on the GPU needs in-features %% 32 == 0 and a power-of-two block size ≥ 32 (have %d, %d)", l.Name, l.In, q.BlockSize)
+		}
+		mt.Fmt = fmtNF4
+		mt.BlockShift = int32(bits.TrailingZeros(uint(q.BlockSize)))
+		switch q.Compute {
+		case tensor.BF16:
+			mt.Round = 0
+		case tensor.F16:
+			mt.Round = 1
+		}
+		if b, err = uploadTo(e, q.Packed, l.Name+" codes"); err != nil {
+			return mt, 0, err
+		}
+		mt.Packed = uint64(b.Ptr)
+		if q.Double() {
+			if bits.OnesCount(uint(q.NestedBlockSize)) != 1 {
+				return mt, 0, fmt.Errorf("cuda: %s: nested block size %d is not a power of two", l.Name, q.NestedBlockSize)
+			}
+			mt.NestedShift = int32(bits.TrailingZeros(uint(q.NestedBlockSize)))
+			mt.Offset = q.Offset
+			if b, err = uploadTo(e, q.QAbsmax, l.Name+" absmax codes"); err != nil {
+				return mt, 0, err
+			}
+			mt.QAbsmax = uint64(b.Ptr)
+			if b, err = uploadTo(e, q.NestedAbsmax, l.Name+" nested absmax"); err != nil {
+				return mt, 0, err
+			}
+			mt.Nested = uint64(b.Ptr)
+			if b, err = uploadTo(e, q.NestedCode, l.Name+" nested code"); err != nil {
+				return mt, 0, err
+			}
+			mt.Code = uint64(b.Ptr)
+		} else {
+			if b, err = uploadTo(e, q.Absmax, l.Name+" absmax"); err != nil {
+				return mt, 0, err
+			}
+			mt.Absmax = uint64(b.Ptr)
+		}
+	case l.DType == tensor.BF16 || l.DType == tensor.U8:
+		if l.In%8 != 0 {
+			return mt, 0, fmt.Errorf("cuda: %s: in-features %d must be a multiple of 8", l.Name, l.In)
+		}
+		mt.Fmt = fmtBF16
+		if b, err = uploadTo(e, bf16Bits(l.W), l.Name); err != nil {
+			return mt, 0, err
+		}
+		mt.BF16 = uint64(b.Ptr)
+	default:
+		if l.In%8 != 0 {
+			return mt, 0, fmt.Errorf("cuda: %s: in-features %d must be a multiple of 8", l.Name, l.In)
+		}
+		mt.Fmt = fmtF32
+		if b, err = uploadTo(e, l.W, l.Name); err != nil {
+			return mt, 0, err
+		}
+		mt.F32 = uint64(b.Ptr)
+	}
+	if l.Bias != nil {
+		if b, err = uploadTo(e, l.Bias, l.Name+" bias"); err != nil {
+			return mt, 0, err
+		}
+		mt.Bias = uint64(b.Ptr)
+	}
+	for a, mod := range l.LoRA {
+		if mod == nil || slot < 0 {
+			continue
+		}
+		if b, err = uploadTo(e, mod.B, l.Name+" lora_B"); err != nil {
+			return mt, 0, err
+		}
+		mt.LoraB[a], mt.LoraScale[a], mt.LoraRank[a] = uint64(b.Ptr), mod.Scale, int32(mod.Rank)
+	}
+	kind := int(mt.Fmt)
+	if kind == fmtF32 {
+		kind = fmtBF16 // gemv_dense handles both dense formats
+	}
+	return mt, kind, nil
+}
+
+func shrinkBytes(ls []*qwen.Linear) int64 {
+	var b int64
+	for _, l := range ls {
+		for _, mod := range l.LoRA {
+			if mod != nil {
+				b += 4 * int64(len(mod.A))
+			}
+		}
+	}
+	return b
+}
+
+// shrinkFor builds the shrink descriptor of the modules sharing input x.
+func (e *Engine) shrinkFor(ls []*qwen.Linear, x, t Buf, k int) (Buf, error) {
+	op := shrinkOp{X: uint64(x.Ptr), T: uint64(t.Ptr), Rows: uint64(e.meta.Ptr), NSlots: int32(len(ls)), K: int32(k),
+		TStride: int32(len(ls) * e.rmax), Rmax: int32(e.rmax)}
+	for s, l := range ls {
+		for a, mod := range l.LoRA {
+			if mod == nil {
+				continue
+			}
+			b, err := uploadTo(e, mod.A, l.Name+" lora_A")
+			if err != nil {
+				return Buf{}, err
+			}
+			op.A[s][a], op.Rank[s][a] = uint64(b.Ptr), int32(mod.Rank)
+		}
+	}
+	return e.uploadDesc(&op, int(unsafe.Sizeof(op)), "shrink descriptor")
+}
+
+func (e *Engine) upload() error {
+	c := e.cfg
+	var err error
+	R := int64(e.MaxRows)
+	qDim, kvDim := c.Heads*c.HeadDim, c.KVHeads*c.HeadDim
+	// Activations.
+	for _, a := range []struct {
+		b     *Buf
+		elems int64
+		what  string
+	}{
+		{&e.x, R * int64(c.Hidden), "residual stream"}, {&e.xn, R * int64(c.Hidden), "normed activations"},
+		{&e.q, R * int64(qDim), "queries"}, {&e.att, R * int64(qDim), "attention output"},
+		{&e.act, R * int64(c.Intermediate), "MLP activations"}, {&e.xnHead, int64(e.maxHead) * int64(c.Hidden), "head input"},
+		{&e.logits, int64(e.maxHead) * int64(c.Vocab), "logits"},
+		{&e.tQKV, R * int64(3*max(e.rmax, 1)), "LoRA q/k/v shrink"}, {&e.tO, R * int64(max(e.rmax, 1)), "LoRA o shrink"},
+		{&e.tGU, R * int64(2*max(e.rmax, 1)), "LoRA gate/up shrink"}, {&e.tD, R * int64(max(e.rmax, 1)), "LoRA down shrink"},
+	} {
+		if *a.b, err = e.alloc(4*a.elems, a.what); err != nil {
+			return err
+		}
+	}
+	if e.meta, err = e.alloc(R*int64(unsafe.Sizeof(rowMeta{})), "row metadata"); err != nil {
+		return err
+	}
+	if e.headIdx, err = e.alloc(4*R, "head rows"); err != nil {
+		return err
+	}
+	if e.ids, err = e.alloc(4*R, "token ids"); err != nil {
+		return err
+	}
+	// Embedding (shared with a tied lm_head) and final norm.
+	m := e.m
+	e.embedB16 = true
+	if e.embed, err = uploadTo(e, bf16Bits(m.EmbedTokens), "model.embed_tokens"); err != nil {
+		return err
+	}
+	if e.norm, err = uploadTo(e, m.Norm, "model.norm"); err != nil {
+		return err
+	}
+	var head mat
+	if c.TieEmbeddings {
+		head = mat{N: int32(c.Vocab), K: int32(c.Hidden), Fmt: fmtBF16, BF16: uint64(e.embed.Ptr), LoraSlot: -1, Round: 2}
+		e.headFmt = fmtBF16
+		e.headBytes = 2 * int64(c.Vocab) * int64(c.Hidden)
+	} else if head, e.headFmt, e.headBytes, err = e.uploadMatBytes(m.LMHead, -1); err != nil {
+		return err
+	}
+	hop := gemvOp{Nmat: 1, Mode: modeStore, X: uint64(e.xnHead.Ptr), Y: uint64(e.logits.Ptr), Rows: uint64(e.meta.Ptr), Ldy: int32(c.Vocab)}
+	hop.Mat[0] = head
+	if e.head, err = e.uploadDesc(&hop, int(unsafe.Sizeof(hop)), "lm_head descriptor"); err != nil {
+		return err
+	}
+	lora := len(m.Adapters) > 0
+	slot := func(s int) int {
+		if lora {
+			return s
+		}
+		return -1
+	}
+	e.layers = make([]layerDesc, c.Layers)
+	for i := range m.Layers {
+		l, ld := &m.Layers[i], &e.layers[i]
+		if ld.inNorm, err = uploadTo(e, l.InputLayernorm, "input_layernorm"); err != nil {
+			return err
+		}
+		if ld.postNorm, err = uploadTo(e, l.PostAttentionLayernorm, "post_attention_layernorm"); err != nil {
+			return err
+		}
+		base := gemvOp{Rows: uint64(e.meta.Ptr), Layer: int32(i), HeadDim: int32(c.HeadDim), KVDim: int32(kvDim),
+			RopeTheta: c.RopeTheta, Rmax: int32(e.rmax)}
+		build := func(ls []*qwen.Linear, mode int, x, y, t Buf, ldy int, what string) (Buf, int, int64, error) {
+			op := base
+			op.Nmat, op.Mode, op.X, op.Y, op.T, op.Ldy = int32(len(ls)), int32(mode), uint64(x.Ptr), uint64(y.Ptr), uint64(t.Ptr), int32(ldy)
+			op.TStride = int32(len(ls) * e.rmax)
+			kind := -1
+			var bytes int64
+			for s, lin := range ls {
+				mt, k, n, err := e.uploadMatBytes(lin, slot(s))
+				if err != nil {
+					return Buf{}, 0, 0, err
+				}
+				if kind >= 0 && k != kind {
+					return Buf{}, 0, 0, fmt.Errorf("cuda: %s mixes NF4 and 16-bit matrices in one fused launch", what)
+				}
+				kind, op.Mat[s], bytes = k, mt, bytes+n
+			}
+			b, err := e.uploadDesc(&op, int(unsafe.Sizeof(op)), what+" descriptor")
+			return b, kind, bytes, err
+		}
+		att, mlp := &l.SelfAttn, &l.MLP
+		if ld.qkv, ld.qkvFmt, ld.qkvBytes, err = build([]*qwen.Linear{att.QProj, att.KProj, att.VProj}, modeQKV, e.xn, e.q, e.tQKV, qDim, "q/k/v"); err != nil {
+			return err
+		}
+		if ld.o, ld.oFmt, ld.oBytes, err = build([]*qwen.Linear{att.OProj}, modeResid, e.att, e.x, e.tO, c.Hidden, "o_proj"); err != nil {
+			return err
+		}
+		if ld.gateup, ld.guFmt, ld.guBytes, err = build([]*qwen.Linear{mlp.GateProj, mlp.UpProj}, modeGateUp, e.xn, e.act, e.tGU, c.Intermediate, "gate/up"); err != nil {
+			return err
+		}
+		if ld.down, ld.dFmt, ld.dBytes, err = build([]*qwen.Linear{mlp.DownProj}, modeResid, e.act, e.x, e.tD, c.Hidden, "down_proj"); err != nil {
+			return err
+		}
+		if lora {
+			if ld.shQKV, err = e.shrinkFor([]*qwen.Linear{att.QProj, att.KProj, att.VProj}, e.xn, e.tQKV, c.Hidden); err != nil {
+				return err
+			}
+			ld.shQKVBytes = shrinkBytes([]*qwen.Linear{att.QProj, att.KProj, att.VProj})
+			ld.shOBytes = shrinkBytes([]*qwen.Linear{att.OProj})
+			ld.shGUBytes = shrinkBytes([]*qwen.Linear{mlp.GateProj, mlp.UpProj})
+			ld.shDBytes = shrinkBytes([]*qwen.Linear{mlp.DownProj})
+			if ld.shO, err = e.shrinkFor([]*qwen.Linear{att.OProj}, e.att, e.tO, qDim); err != nil {
+				return err
+			}
+			if ld.shGU, err = e.shrinkFor([]*qwen.Linear{mlp.GateProj, mlp.UpProj}, e.xn, e.tGU, c.Hidden); err != nil {
+				return err
+			}
+			if ld.shD, err = e.shrinkFor([]*qwen.Linear{mlp.DownProj}, e.act, e.tD, c.Intermediate); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// NewSeq implements qwen.Engine: the sequence's K and V caches on the device.
+func (e *Engine) NewSeq(capacity, adapter int) (*qwen.Seq, error) {
+	c := e.cfg
+	bytes := int64(c.Layers) * int64(capacity) * int64(c.KVHeads*c.HeadDim) * 4
+	ds := &devSeq{}
+	err := e.Dev.Do(func() error {
+		var err error
+		if ds.k, err = e.Dev.Alloc(bytes, "K cache"); err != nil {
+			return err
+		}
+		if ds.v, err = e.Dev.Alloc(bytes, "V cache"); err != nil {
+			e.Dev.Free(&ds.k)
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &qwen.Seq{Adapter: adapter, Cap: capacity, Handle: ds}, nil
+}
+
+// Release implements qwen.Engine.
+func (e *Engine) Release(s *qwen.Seq) {
+	if ds, ok := s.Handle.(*devSeq); ok {
+		e.Dev.Do(func() error {
+			e.Dev.Free(&ds.k)
+			e.Dev.Free(&ds.v)
+			return nil
+		})
+		s.Handle = nil
+	}
+}
+
+// prepare fills the host-side row metadata and head-row list; it returns the
+// rows, the head rows and the attention splits.
+func (e *Engine) prepare(seqs []*qwen.Seq, tokens [][]int, all bool) (rows, nHead, splits int, err error) {
+	c := e.cfg
+	if len(seqs) != len(tokens) {
+		return 0, 0, 0, fmt.Errorf("forward: %d sequences, %d token lists", len(seqs), len(tokens))
+	}
+	e.hostMeta, e.hostIdx = e.hostMeta[:0], e.hostIdx[:0]
+	maxLen := 0
+	for i, s := range seqs {
+		ds, ok := s.Handle.(*devSeq)
+		if !ok || ds.k.Ptr == 0 {
+			return 0, 0, 0, fmt.Errorf("forward: sequence %d was not made by this engine", i)
+		}
+		if len(tokens[i]) == 0 || s.Len+len(tokens[i]) > s.Cap {
+			return 0, 0, 0, fmt.Errorf("forward: sequence %d: %d new tokens at length %d, capacity %d", i, len(tokens[i]), s.Len, s.Cap)
+		}
+		if s.Adapter >= len(e.m.Adapters) {
+			return 0, 0, 0, fmt.Errorf("forward: adapter index %d, the model has %d adapters", s.Adapter, len(e.m.Adapters))
+		}
+		for j, t := range tokens[i] {
+			if t < 0 || t >= c.Vocab {
+				return 0, 0, 0, fmt.Errorf("forward: token id %d outside the vocabulary [0,%d)", t, c.Vocab)
+			}
+			e.hostMeta = append(e.hostMeta, rowMeta{Tok: int32(t), Pos: int32(s.Len + j), Adapter: int32(s.Adapter), Cap: int32(s.Cap),
+				K: uint64(ds.k.Ptr), V: uint64(ds.v.Ptr)})
+			if all || j == len(tokens[i])-1 {
+				e.hostIdx = append(e.hostIdx, int32(len(e.hostMeta)-1))
+			}
+		}
+		maxLen = max(maxLen, s.Len+len(tokens[i]))
+	}
+	rows, nHead = len(e.hostMeta), len(e.hostIdx)
+	if rows > e.MaxRows {
+		return 0, 0, 0, fmt.Errorf("forward: %d rows in one pass, the engine holds %d", rows, e.MaxRows)
+	}
+	if nHead > e.maxHead {
+		return 0, 0, 0, fmt.Errorf("forward: logits for %d rows in one pass, the engine returns at most %d", nHead, e.maxHead)
+	}
+	return rows, nHead, (maxLen + attnChunk - 1) / attnChunk, nil
+}
+
+const attnChunk = 64 // CHUNK in attention.cu
+
+// ensurePart sizes the split-attention scratch (outside any capture).
+func (e *Engine) ensurePart(rows, splits int) error {
+	c := e.cfg
+	need := int64(rows) * int64(c.Heads) * int64(splits) * int64(c.HeadDim+2) * 4
+	if need <= e.part.Bytes {
+		return nil
+	}
+	if e.part.Ptr != 0 {
+		e.Dev.Free(&e.part)
+	}
+	for k, g := range e.Dev.graphs { // they hold the old address
+		g.destroy()
+		delete(e.Dev.graphs, k)
+	}
+	var err error
+	e.part, err = e.Dev.Alloc(need, "attention partials")
+	return err
+}
+
+func gemvName(fmt int) string {
+	if fmt == fmtNF4 {
+		return "gemv_nf4"
+	}
+	return "gemv_dense"
+}
+
+// record launches one forward pass of rows rows whose metadata is on the
+// device, ending with logits of nHead rows (and their argmax when argmax).
+// Each launch carries a label and the bytes it must move, for the profile.
+func (e *Engine) record(rows, nHead, splits int, argmax bool) error {
+	c := e.cfg
+	eps := c.RMSEps
+	qDim, kvDim := c.Heads*c.HeadDim, c.KVHeads*c.HeadDim
+	const warps = 8 // per 256-thread block
+	blocks := func(n int) [3]int { return [3]int{(n + warps - 1) / warps} }
+	R, H, I := int64(rows), int64(c.Hidden), int64(c.Intermediate)
+	embedFlag := 0
+	if e.embedB16 {
+		embedFlag = 1
+	}
+	var err error
+	k := func(label string, bytes int64, name string, grid [3]int, block int, args ...any) {
+		if err == nil {
+			err = e.kernel(label, bytes, name, grid, block, args...)
+		}
+	}
+	k("embed", R*H*6, "embed", [3]int{rows}, 256, e.x, e.embed, embedFlag, e.meta, c.Hidden)
+	lora := len(e.m.Adapters) > 0
+	shrink := func(label string, op Buf, slots int, bytes, kdim int64) {
+		if lora {
+			k(label, bytes+R*kdim*4, "lora_shrink", blocks(rows*slots*e.rmax), 256, op, rows)
+		}
+	}
+	normBytes := 8*R*H + 4*H
+	for i := range e.layers {
+		ld := &e.layers[i]
+		k("rmsnorm", normBytes, "rmsnorm", [3]int{rows}, 256, e.xn, e.x, ld.inNorm, 0, c.Hidden, eps)
+		shrink("lora_shrink q/k/v", ld.shQKV, 3, ld.shQKVBytes, H)
+		k("gemv q/k/v+rope", ld.qkvBytes+R*H*4+R*int64(qDim+2*kvDim)*4, gemvName(ld.qkvFmt), blocks((qDim+2*kvDim)/2), 256, ld.qkv, rows)
+		k("attention", e.attnBytes(), "attn_split", [3]int{c.Heads, rows, splits}, 128, e.part, e.q, e.meta, i, c.Heads, c.KVHeads, c.HeadDim, splits)
+		k("attention combine", R*int64(c.Heads*splits*(c.HeadDim+2)+qDim)*4, "attn_combine", [3]int{c.Heads, rows}, 128, e.att, e.part, c.Heads, c.HeadDim, splits)
+		shrink("lora_shrink o", ld.shO, 1, ld.shOBytes, int64(qDim))
+		k("gemv o_proj+residual", ld.oBytes+R*int64(qDim)*4+2*R*H*4, gemvName(ld.oFmt), blocks((c.Hidden+1)/2), 256, ld.o, rows)
+		k("rmsnorm", normBytes, "rmsnorm", [3]int{rows}, 256, e.xn, e.x, ld.postNorm, 0, c.Hidden, eps)
+		shrink("lora_shrink gate/up", ld.shGU, 2, ld.shGUBytes, H)
+		k("gemv gate/up+silu", ld.guBytes+R*H*4+R*I*4, gemvName(ld.guFmt), blocks(c.Intermediate), 256, ld.gateup, rows)
+		shrink("lora_shrink down", ld.shD, 1, ld.shDBytes, I)
+		k("gemv down+residual", ld.dBytes+R*I*4+2*R*H*4, gemvName(ld.dFmt), blocks((c.Hidden+1)/2), 256, ld.down, rows)
+	}
+	NH := int64(nHead)
+	k("rmsnorm", 8*NH*H+4*H, "rmsnorm", [3]int{nHead}, 256, e.xnHead, e.x, e.norm, e.headIdx, c.Hidden, eps)
+	k("gemv lm_head", e.headBytes+NH*H*4+NH*int64(c.Vocab)*4, gemvName(e.headFmt), blocks((c.Vocab+1)/2), 256, e.head, nHead)
+	if argmax {
+		k("argmax", NH*int64(c.Vocab)*4, "argmax", [3]int{nHead}, 1024, e.ids, e.logits, c.Vocab)
+	}
+	return err
+}
+
+// attnBytes is what one attn_split launch must read: each row's K and V up
+// to its position, once per KV head (from the host copy of the metadata).
+func (e *Engine) attnBytes() int64 {
+	var b int64
+	kvDim := int64(e.cfg.KVHeads * e.cfg.HeadDim)
+	for _, r := range e.hostMeta {
+		b += 2 * int64(r.Pos+1) * kvDim * 4
+	}
+	return b
+}
+
+// kernel launches one kernel, timing it when profiling.
+func (e *Engine) kernel(label string, bytes int64, name string, grid [3]int, block int, args ...any) error {
+	if e.prof == nil {
+		return e.Dev.launch(name, grid, block, 0, args...)
+	}
+	start, end, err := e.prof.events()
+	if err != nil {
+		return err
+	}
+	if err := start.Record(e.Dev.stream); err != nil {
+		return err
+	}
+	if err := e.Dev.launch(name, grid, block, 0, args...); err != nil {
+		return err
+	}
+	if err := end.Record(e.Dev.stream); err != nil {
+		return err
+	}
+	e.prof.spans = append(e.prof.spans, span{label, bytes, start, end})
+	return nil
+}
+
+// run uploads the metadata and runs one pass: a replayed graph for decode
+// steps, direct launches otherwise.
+func (e *Engine) run(seqs []*qwen.Seq, tokens [][]int, all, argmax bool) (nHead int, err error) {
+	rows, nHead, splits, err := e.prepare(seqs, tokens, all)
+	if err != nil {
+		return 0, err
+	}
+	decode := !all && rows == len(seqs)
+	if decode { // a graph is keyed by rows and splits: size splits by capacity so it survives the whole generation
+		maxCap := 0
+		for _, s := range seqs {
+			maxCap = max(maxCap, s.Cap)
+		}
+		splits = (maxCap + attnChunk - 1) / attnChunk
+	}
+	err = e.Dev.Do(func() error {
+		if err := e.ensurePart(rows, splits); err != nil {
+			return err
+		}
+		if err := Write(e.meta, e.hostMeta); err != nil {
+			return err
+		}
+		if err := Write(e.headIdx, e.hostIdx); err != nil {
+			return err
+		}
+		if !decode {
+			if err := e.record(rows, nHead, splits, argmax); err != nil {
+				return err
+			}
+			return e.Dev.Sync()
+		}
+		key := graphKey{rows, splits}
+		g := e.Dev.graphs[key]
+		if g == nil {
+			var err error
+			if g, err = e.Dev.Capture(func() error { return e.record(rows, nHead, splits, true) }); err != nil {
+				return err
+			}
+			e.Dev.graphs[key] = g
+		}
+		if err := e.Dev.Launch(g); err != nil {
+			return err
+		}
+		return e.Dev.Sync()
+	})
+	if err != nil {
+		return 0, err
+	}
+	for i, s := range seqs {
+		s.Len += len(tokens[i])
+	}
+	return nHead, nil
+}
+
+// Forward implements qwen.Engine.
+func (e *Engine) Forward(seqs []*qwen.Seq, tokens [][]int, all bool) ([]float32, error) {
+	n, err := e.run(seqs, tokens, all, false)
+	if err != nil {
+		return nil, err
+	}
+	V := e.cfg.Vocab
+	if cap(e.out) < n*V {
+		e.out = make([]float32, n*V)
+	}
+	out := e.out[:n*V]
+	err = e.Dev.Do(func() error { return Read(out, e.logits) })
+	return out, err
+}
+
+// ForwardArgmax implements qwen.GreedyEngine: only the ids come back.
+func (e *Engine) ForwardArgmax(seqs []*qwen.Seq, tokens [][]int) ([]int, error) {
+	n, err := e.run(seqs, tokens, false, true)
+	if err != nil {
+		return nil, err
+	}
+	if cap(e.hostIDs) < n {
+		e.hostIDs = make([]int32, n)
+	}
+	ids := e.hostIDs[:n]
+	if err := e.Dev.Do(func() error { return Read(ids, e.ids) }); err != nil {
+		return nil, err
+	}
+	out := make([]int, n)
+	for i, v := range ids {
+		out[i] = int(v)
+	}
+	return out, nil
+}

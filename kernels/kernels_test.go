@@ -1,0 +1,415 @@
+//go:build cuda
+
+package kernels
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"os"
+	"sync"
+	"testing"
+	"unsafe"
+
+	"github.com/qbench/qbench/lora"
+	"github.com/qbench/qbench/qwen"
+	"github.com/qbench/qbench/tensor"
+)
+
+var (
+	devOnce sync.Once
+	dev     *Device
+	devErr  error
+)
+
+// device opens GPU 0 once for all tests, or skips with a one-line reason.
+func device(t testing.TB) *Device {
+	devOnce.Do(func() { dev, devErr = Open(0) })
+	if devErr != nil {
+		t.Skipf("no usable CUDA device: %v", devErr)
+	}
+	return dev
+}
+
+func TestMain(m *testing.M) { os.Exit(m.Run()) }
+
+func TestStructLayout(t *testing.T) {
+	d := device(t)
+	got := make([]int64, 9)
+	err := d.Do(func() error {
+		b, err := d.Alloc(9*8, "layout")
+		if err != nil {
+			return err
+		}
+		defer d.Free(&b)
+		if err := d.launch("layout", [3]int{1}, 1, 0, b); err != nil {
+			return err
+		}
+		return Read(got, b)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []int64{int64(unsafe.Sizeof(mat{})), int64(unsafe.Sizeof(rowMeta{})), int64(unsafe.Sizeof(gemvOp{})), int64(unsafe.Sizeof(shrinkOp{})),
+		int64(unsafe.Offsetof(mat{}.LoraScale)), int64(unsafe.Offsetof(mat{}.Offset)), int64(unsafe.Offsetof(gemvOp{}.X)),
+		int64(unsafe.Offsetof(gemvOp{}.RopeTheta)), int64(unsafe.Offsetof(shrinkOp{}.X))}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("C layout %v, Go %v", got, want)
+	}
+}
+
+func randSlice(rng *rand.Rand, n int, scale float64) []float32 {
+	v := make([]float32, n)
+	for i := range v {
+		v[i] = float32(rng.NormFloat64() * scale)
+	}
+	return v
+}
+
+// randLinear makes an [out, in] projection in format f ("nf4", "nf4dq",
+// "bf16", "f32") with a bias and LoRA modules for adapters 0 (rank 4) and 1
+// (rank 8, absent when skip1).
+func randLinear(rng *rand.Rand, name string, out, in int, f string, skip1 bool) *qwen.Linear {
+	w := randSlice(rng, out*in, 1/math.Sqrt(float64(in)))
+	l := &qwen.Linear{Name: name, Out: out, In: in, W: w, Bias: randSlice(rng, out, 0.3), DType: tensor.F32}
+	switch f {
+	case "nf4", "nf4dq":
+		for i := range w {
+			w[i] = tensor.RoundBF16(w[i])
+		}
+		q, err := tensor.QuantizeNF4(w, []int{out, in}, tensor.BF16, f == "nf4dq")
+		if err != nil {
+			panic(err)
+		}
+		l.Quant, l.W = q, q.Dequantize()
+	case "bf16":
+		for i := range w {
+			w[i] = tensor.RoundBF16(w[i])
+		}
+		l.DType = tensor.BF16
+	}
+	for a, r := range []int{4, 8} {
+		if a == 1 && skip1 {
+			l.LoRA = append(l.LoRA, nil)
+			continue
+		}
+		l.LoRA = append(l.LoRA, &lora.Module{Rank: r, In: in, Out: out, A: randSlice(rng, r*in, 0.1), B: randSlice(rng, out*r, 0.1), Scale: 1.5})
+	}
+	return l
+}
+
+// relErr is max|got − want| / max|want|; NaN anywhere fails.
+func relErr(got, want []float32) float64 {
+	var d, m float64
+	for i := range want {
+		if math.IsNaN(float64(got[i])) {
+			return math.Inf(1)
+		}
+		d = math.Max(d, math.Abs(float64(got[i]-want[i])))
+		m = math.Max(m, math.Abs(float64(want[i])))
+	}
+	return d / m
+}
+
+func firstMismatch(got, want []float32, tol float64) string {
+	var mx float64
+	for _, v := range want {
+		mx = math.Max(mx, math.Abs(float64(v)))
+	}
+	for i := range want {
+		if d := math.Abs(float64(got[i] - want[i])); !(d <= tol*mx) {
+			return fmt.Sprintf("first mismatch at %d: got %v want %v", i, got[i], want[i])
+		}
+	}
+	return ""
+}
+
+const fp32Tol = 1e-5 // fp32 accumulation in a different order than the float64 reference
+
+// TestGemv runs every epilogue mode and weight format against RefLinear on
+// fresh random inputs: sizes that are not multiples of the tiles, 11 batch
+// rows (not a multiple of 8) with the adapter pattern −1, 0, 1, … (adapter 1
+// skips the second matrix), outputs poisoned with NaN first.
+func TestGemv(t *testing.T) {
+	d := device(t)
+	seed := rand.Uint64()
+	rng := rand.New(rand.NewPCG(seed, 3))
+	t.Logf("seed %d", seed)
+	const M, K, hd = 11, 96, 16
+	adapters := make([]int, M)
+	for m := range adapters {
+		adapters[m] = m%3 - 1
+	}
+	for _, f := range []string{"nf4dq", "nf4", "bf16", "f32"} {
+		for _, mode := range []int{modeStore, modeResid, modeGateUp, modeQKV} {
+			t.Run(fmt.Sprintf("%s/mode%d", f, mode), func(t *testing.T) {
+				var ls []*qwen.Linear
+				switch mode {
+				case modeStore, modeResid:
+					ls = []*qwen.Linear{randLinear(rng, "o_proj", 40, K, f, false)}
+				case modeGateUp:
+					ls = []*qwen.Linear{randLinear(rng, "gate_proj", 24, K, f, false), randLinear(rng, "up_proj", 24, K, f, true)}
+				case modeQKV:
+					ls = []*qwen.Linear{randLinear(rng, "q_proj", 2*hd, K, f, false), randLinear(rng, "k_proj", hd, K, f, true), randLinear(rng, "v_proj", hd, K, f, false)}
+				}
+				checkGemv(t, d, rng, ls, mode, adapters, hd)
+			})
+		}
+	}
+}
+
+func checkGemv(t *testing.T, d *Device, rng *rand.Rand, ls []*qwen.Linear, mode int, adapters []int, hd int) {
+	M, K := len(adapters), ls[0].In
+	x := randSlice(rng, M*K, 1)
+	e := &Engine{Dev: d, rmax: 8}
+	defer e.Close()
+	const layers, capTok, layer = 2, 8, 1
+	kvDim := hd
+	pos := make([]int, M)
+	meta := make([]rowMeta, M)
+	var caches []Buf
+	var yInit []float32
+	ldy := ls[0].Out
+	if mode == modeQKV {
+		ldy = ls[0].Out
+	}
+	var got []float32
+	var kGot, vGot [][]float32
+	err := d.Do(func() error {
+		for m := range meta {
+			pos[m] = rng.IntN(capTok)
+			kc, err := e.alloc(int64(layers*capTok*kvDim*4), "k")
+			if err != nil {
+				return err
+			}
+			vc, err := e.alloc(int64(layers*capTok*kvDim*4), "v")
+			if err != nil {
+				return err
+			}
+			d.Poison(kc)
+			d.Poison(vc)
+			caches = append(caches, kc, vc)
+			meta[m] = rowMeta{Tok: 0, Pos: int32(pos[m]), Adapter: int32(adapters[m]), Cap: capTok, K: uint64(kc.Ptr), V: uint64(vc.Ptr)}
+		}
+		var err error
+		if e.meta, err = uploadTo(e, meta, "meta"); err != nil {
+			return err
+		}
+		xb, err := uploadTo(e, x, "x")
+		if err != nil {
+			return err
+		}
+		y, err := e.alloc(int64(M*ldy*4), "y")
+		if err != nil {
+			return err
+		}
+		if mode == modeResid {
+			yInit = randSlice(rng, M*ldy, 1)
+			if err := Write(y, yInit); err != nil {
+				return err
+			}
+		} else if err := d.Poison(y); err != nil {
+			return err
+		}
+		tb, err := e.alloc(int64(M*len(ls)*e.rmax*4), "t")
+		if err != nil {
+			return err
+		}
+		d.Poison(tb)
+		sh, err := e.shrinkFor(ls, xb, tb, K)
+		if err != nil {
+			return err
+		}
+		op := gemvOp{Nmat: int32(len(ls)), Mode: int32(mode), X: uint64(xb.Ptr), Y: uint64(y.Ptr), T: uint64(tb.Ptr), Rows: uint64(e.meta.Ptr),
+			Ldy: int32(ldy), TStride: int32(len(ls) * e.rmax), Rmax: int32(e.rmax), Layer: layer, HeadDim: int32(hd), KVDim: int32(kvDim), RopeTheta: 1e6}
+		kind := 0
+		for s, l := range ls {
+			if op.Mat[s], kind, err = e.uploadMat(l, s); err != nil {
+				return err
+			}
+		}
+		ob, err := e.uploadDesc(&op, int(unsafe.Sizeof(op)), "op")
+		if err != nil {
+			return err
+		}
+		if err := d.launch("lora_shrink", [3]int{(M*len(ls)*e.rmax + 7) / 8}, 256, 0, sh, M); err != nil {
+			return err
+		}
+		pairs := (ls[0].Out + 1) / 2
+		switch mode {
+		case modeGateUp:
+			pairs = ls[0].Out
+		case modeQKV:
+			pairs = (ls[0].Out + ls[1].Out + ls[2].Out) / 2
+		}
+		if err := d.launch(gemvName(kind), [3]int{(pairs + 7) / 8}, 256, 0, ob, M); err != nil {
+			return err
+		}
+		if err := d.Sync(); err != nil {
+			return err
+		}
+		got = make([]float32, M*ldy)
+		if err := Read(got, y); err != nil {
+			return err
+		}
+		if mode == modeQKV {
+			for m := range meta {
+				k := make([]float32, layers*capTok*kvDim)
+				v := make([]float32, layers*capTok*kvDim)
+				Read(k, caches[2*m])
+				Read(v, caches[2*m+1])
+				at := (layer*capTok + pos[m]) * kvDim
+				kGot, vGot = append(kGot, k[at:at+kvDim]), append(vGot, v[at:at+kvDim])
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []float32
+	switch mode {
+	case modeStore:
+		want = RefLinear(ls[0], x, adapters)
+	case modeResid:
+		want = RefLinear(ls[0], x, adapters)
+		for i := range want {
+			want[i] += yInit[i]
+		}
+	case modeGateUp:
+		g, u := RefLinear(ls[0], x, adapters), RefLinear(ls[1], x, adapters)
+		want = make([]float32, len(g))
+		for i := range g {
+			want[i] = float32(float64(g[i]) / (1 + math.Exp(-float64(g[i]))) * float64(u[i]))
+		}
+	case modeQKV:
+		want = RefLinear(ls[0], x, adapters)
+		RefRoPE(want, pos, hd, 1e6)
+		kw := RefLinear(ls[1], x, adapters)
+		RefRoPE(kw, pos, hd, 1e6)
+		vw := RefLinear(ls[2], x, adapters)
+		var kg, vg []float32
+		for m := range kGot {
+			kg, vg = append(kg, kGot[m]...), append(vg, vGot[m]...)
+		}
+		if r := relErr(kg, kw); r > fp32Tol {
+			t.Errorf("k cache: relative error %.3g > %g; %s", r, fp32Tol, firstMismatch(kg, kw, fp32Tol))
+		}
+		if r := relErr(vg, vw); r > fp32Tol {
+			t.Errorf("v cache: relative error %.3g > %g; %s", r, fp32Tol, firstMismatch(vg, vw, fp32Tol))
+		}
+	}
+	if r := relErr(got, want); r > fp32Tol {
+		t.Errorf("relative error %.3g > %g; %s", r, fp32Tol, firstMismatch(got, want, fp32Tol))
+	}
+}
+
+func TestRMSNormAndAttention(t *testing.T) {
+	d := device(t)
+	rng := rand.New(rand.NewPCG(rand.Uint64(), 4))
+	const M, H = 5, 96
+	x, w := randSlice(rng, M*H, 2), randSlice(rng, H, 1)
+	rows := []int32{4, 0, 2}
+	var got []float32
+	err := d.Do(func() error {
+		xb, _ := Upload(d, x, "x")
+		wb, _ := Upload(d, w, "w")
+		rb, _ := Upload(d, rows, "rows")
+		ob, _ := d.Alloc(int64(len(rows)*H*4), "out")
+		defer func() { d.Free(&xb); d.Free(&wb); d.Free(&rb); d.Free(&ob) }()
+		d.Poison(ob)
+		if err := d.launch("rmsnorm", [3]int{len(rows)}, 256, 0, ob, xb, wb, rb, H, float32(1e-6)); err != nil {
+			return err
+		}
+		got = make([]float32, len(rows)*H)
+		return Read(got, ob)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []float32
+	for _, r := range rows {
+		want = append(want, RefRMSNorm(x[int(r)*H:(int(r)+1)*H], w, 1e-6)...)
+	}
+	if r := relErr(got, want); r > fp32Tol {
+		t.Errorf("rmsnorm: relative error %.3g; %s", r, firstMismatch(got, want, fp32Tol))
+	}
+
+	// Attention: 3 rows at positions 0, 70 and 130 (splits of 64), 4 heads over 2 KV heads, hd 32.
+	const heads, kvHeads, hd, layers, capTok = 4, 2, 32, 2, 200
+	poss := []int{0, 70, 130}
+	kvDim := kvHeads * hd
+	q := randSlice(rng, len(poss)*heads*hd, 1)
+	var Ks, Vs [][]float32
+	var att []float32
+	err = d.Do(func() error {
+		var meta []rowMeta
+		var bufs []Buf
+		for m, p := range poss {
+			K, V := randSlice(rng, layers*capTok*kvDim, 1), randSlice(rng, layers*capTok*kvDim, 1)
+			Ks, Vs = append(Ks, K), append(Vs, V)
+			kb, _ := Upload(d, K, "K")
+			vb, _ := Upload(d, V, "V")
+			bufs = append(bufs, kb, vb)
+			meta = append(meta, rowMeta{Pos: int32(p), Cap: capTok, Adapter: int32(m - 1), K: uint64(kb.Ptr), V: uint64(vb.Ptr)})
+		}
+		mb, _ := Upload(d, meta, "meta")
+		qb, _ := Upload(d, q, "q")
+		splits := (capTok + attnChunk - 1) / attnChunk
+		pb, _ := d.Alloc(int64(len(poss)*heads*splits*(hd+2)*4), "part")
+		ab, _ := d.Alloc(int64(len(poss)*heads*hd*4), "att")
+		bufs = append(bufs, mb, qb, pb, ab)
+		defer func() {
+			for i := range bufs {
+				d.Free(&bufs[i])
+			}
+		}()
+		d.Poison(ab)
+		if err := d.launch("attn_split", [3]int{heads, len(poss), splits}, 128, 0, pb, qb, mb, 1, heads, kvHeads, hd, splits); err != nil {
+			return err
+		}
+		if err := d.launch("attn_combine", [3]int{heads, len(poss)}, 128, 0, ab, pb, heads, hd, splits); err != nil {
+			return err
+		}
+		att = make([]float32, len(poss)*heads*hd)
+		return Read(att, ab)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for m, p := range poss {
+		off := 1 * capTok * kvDim // layer 1
+		want := RefAttention(q[m*heads*hd:(m+1)*heads*hd], Ks[m][off:], Vs[m][off:], p, heads, kvHeads, hd)
+		g := att[m*heads*hd : (m+1)*heads*hd]
+		if r := relErr(g, want); r > fp32Tol {
+			t.Errorf("attention row %d (pos %d): relative error %.3g; %s", m, p, r, firstMismatch(g, want, fp32Tol))
+		}
+	}
+}
+
+func TestArgmax(t *testing.T) {
+	d := device(t)
+	rng := rand.New(rand.NewPCG(rand.Uint64(), 5))
+	const M, V = 3, 151936
+	l := randSlice(rng, M*V, 1)
+	l[0*V+777], l[0*V+90000] = 50, 50 // a tie: the lower index wins
+	l[1*V+V-1] = 60
+	l[2*V+0] = 70
+	var ids []int32
+	err := d.Do(func() error {
+		lb, _ := Upload(d, l, "logits")
+		ib, _ := d.Alloc(M*4, "ids")
+		defer func() { d.Free(&lb); d.Free(&ib) }()
+		if err := d.launch("argmax", [3]int{M}, 1024, 0, ib, lb, V); err != nil {
+			return err
+		}
+		ids = make([]int32, M)
+		return Read(ids, ib)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ids[0] != 777 || ids[1] != V-1 || ids[2] != 0 {
+		t.Errorf("argmax = %v, want [777 %d 0]", ids, V-1)
+	}
+}

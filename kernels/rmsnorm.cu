@@ -1,0 +1,39 @@
+// rmsnorm.cu: RMSNorm and the embedding gather.
+//
+// rmsnorm: out[i, :] = x[src(i), :] / sqrt(mean(x²) + eps) · w, one block per
+// row; src(i) = rows[i] when a row list is given (the final norm of only the
+// rows that need logits), else i. The mean is summed in double and rounded
+// once, as the CPU reference does. Bytes per call: 2·M·H·4 + H·4; flops ~4·M·H.
+//
+// embed: x[m, :] = table[tok(m), :], bf16 or fp32 rows widened to fp32.
+// Bytes: M·H·(2 or 4) read, M·H·4 written.
+#include "common.cuh"
+
+extern "C" __global__ void rmsnorm(float* out, const float* x, const float* w, const int32_t* rows,
+                                   long long H, float eps) {
+  const int i = blockIdx.x;
+  const float* xr = x + (long long)(rows ? rows[i] : i) * H;
+  __shared__ double part[32];
+  double ss = 0;
+  for (long long k = threadIdx.x; k < H; k += blockDim.x) ss += (double)xr[k] * (double)xr[k];
+  for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = ss;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double t = 0;
+    for (int j = 0; j < (int)(blockDim.x >> 5); j++) t += part[j];
+    part[0] = t;
+  }
+  __syncthreads();
+  const float inv = 1.0f / (float)sqrt((double)((float)(part[0] / (double)H) + eps));
+  float* o = out + (long long)i * H;
+  for (long long k = threadIdx.x; k < H; k += blockDim.x) o[k] = w[k] * (xr[k] * inv);
+}
+
+extern "C" __global__ void embed(float* x, const void* table, long long isBF16, const struct RowMeta* rows, long long H) {
+  const int m = blockIdx.x;
+  const long long tok = rows[m].tok;
+  for (long long k = threadIdx.x; k < H; k += blockDim.x) {
+    x[m * H + k] = isBF16 ? bf16f(((const uint16_t*)table)[tok * H + k]) : ((const float*)table)[tok * H + k];
+  }
+}

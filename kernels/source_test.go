@@ -1,0 +1,23 @@
+package kernels
+
+import "testing"
+
+// TestPTXUpToDate fails when a .cu (or common.cuh) changed without
+// `go generate ./kernels`; it needs no GPU and runs in CI.
+func TestPTXUpToDate(t *testing.T) {
+	if len(modules) == 0 {
+		t.Fatal("no embedded modules")
+	}
+	for _, m := range modules {
+		h, err := SourceHash(m.name + ".cu")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h != m.source {
+			t.Errorf("%s.cu changed since its PTX was generated: run go generate ./kernels", m.name)
+		}
+		if len(m.ptx) == 0 {
+			t.Errorf("%s: empty PTX", m.name)
+		}
+	}
+}
