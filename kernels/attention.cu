@@ -1,19 +1,25 @@
 // attention.cu: causal grouped-query attention over each row's KV cache,
 // split-K ("flash-decoding") in two kernels.
 //
-// attn_split: grid (heads, M, splits), block 128. Block (h, m, s) takes
-// positions [s·CHUNK, min((s+1)·CHUNK, pos(m)+1)) of row m's sequence and
-// query head h, which reads KV head h/(heads/kvHeads); it writes its partial
-// max, sum of exp and un-normalised output to part[m, h, s, :].
+// attn_split: grid (heads, M, splits), block 128 (4 warps). Block (h, m, s)
+// takes positions [s·CHUNK, min((s+1)·CHUNK, pos(m)+1)) of row m's sequence
+// for query head h, which reads KV head h/(heads/kvHeads); it writes its
+// partial max, sum of exp and un-normalised output to part[m, h, s, :].
+// Scores: each warp takes CHUNK/4 positions, 4 at a time with independent
+// 16-byte loads (a lane holds 4 of the head's dims); values: a thread per dim,
+// positions unrolled by 8.
 // attn_combine: grid (heads, M), block 128: merges the splits,
 // out[m, h·hd + d] = Σ_s e^{max_s − max} acc_s[d] / Σ_s e^{max_s − max} sum_s.
 //
-// Bytes per row: 2·(pos+1)·headDim·4 per KV head read (each of the
-// heads/kvHeads query heads of a group reads them again, from L2);
-// flops ~4·heads·(pos+1)·headDim.
+// Bytes per row: 2·(pos+1)·headDim·4 per KV head (the heads/kvHeads query
+// heads of a group read them again, from L2); flops ~4·heads·(pos+1)·headDim.
+// Needs headDim % 4 == 0 and headDim ≤ 512.
+//
+// Versions: v1 — CHUNK 64, one position at a time (48 µs a launch at ~130
+// positions, H200); v2 (this file) — CHUNK 32, 4 positions in flight a warp.
 #include "common.cuh"
 
-#define CHUNK 64
+#define CHUNK 32
 
 extern "C" __global__ void __launch_bounds__(128) attn_split(float* part, const float* q, const struct RowMeta* rows,
     long long layer, long long heads, long long kvHeads, long long hd, long long splits) {
@@ -37,11 +43,34 @@ extern "C" __global__ void __launch_bounds__(128) attn_split(float* part, const 
   const float scale = 1.0f / sqrtf((float)hd);
   __shared__ float sc[CHUNK];
   __shared__ float red[4];
-  for (int t = lo + warp; t < hi; t += 4) {
-    float d = 0.0f;
-    for (int i = lane; i < hd; i += 32) d += qh[i] * K[(long long)t * kvDim + i];
-    d = warp_sum(d);
-    if (lane == 0) sc[t - lo] = d * scale;
+  // This lane's 4-dim slices of q (up to 4 slices: hd ≤ 512).
+  float4 qv[4];
+#pragma unroll
+  for (int c = 0; c < 4; c++) {
+    const int i = lane * 4 + c * 128;
+    qv[c] = i < hd ? *(const float4*)(qh + i) : make_float4(0, 0, 0, 0);
+  }
+  for (int t0 = lo + warp * 4; t0 < hi; t0 += 16) {
+    float d[4] = {0, 0, 0, 0};
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+      const int t = t0 + u;
+      if (t < hi) {
+#pragma unroll
+        for (int c = 0; c < 4; c++) {
+          const int i = lane * 4 + c * 128;
+          if (i < hd) {
+            const float4 kv = *(const float4*)(K + (long long)t * kvDim + i);
+            d[u] += qv[c].x * kv.x + qv[c].y * kv.y + qv[c].z * kv.z + qv[c].w * kv.w;
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+      const float v = warp_sum(d[u]);
+      if (lane == 0 && t0 + u < hi) sc[t0 + u - lo] = v * scale;
+    }
   }
   __syncthreads();
   float mx = -INFINITY;
@@ -65,9 +94,14 @@ extern "C" __global__ void __launch_bounds__(128) attn_split(float* part, const 
     out[1] = red[0] + red[1] + red[2] + red[3];
   }
   for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-    float acc = 0.0f;
-    for (int t = lo; t < hi; t++) acc += sc[t - lo] * V[(long long)t * kvDim + d];
-    out[2 + d] = acc;
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int t = lo;
+    for (; t + 8 <= hi; t += 8) {
+#pragma unroll
+      for (int u = 0; u < 8; u++) acc[u] += sc[t + u - lo] * V[(long long)(t + u) * kvDim + d];
+    }
+    for (; t < hi; t++) acc[0] += sc[t - lo] * V[(long long)t * kvDim + d];
+    out[2 + d] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
   }
 }
 

@@ -13,6 +13,7 @@
 #define FMT_NF4 0  // bitsandbytes NF4 codes, two per byte, element 2j in the high nibble
 #define FMT_BF16 1 // bfloat16
 #define FMT_F32 2  // float32
+#define FMT_NF4_TILED 3 // NF4 whose codes are reordered within each 1024-column tile (coalesced x loads)
 
 // Epilogues of the matrix-vector kernel.
 #define MODE_STORE 0  // y[m, n] = W·x + b (+ LoRA)
@@ -59,6 +60,7 @@ struct GemvOp {
   float* y;              // output, see the mode
   const float* t;        // LoRA A·x for this op [M, tStride], or null
   const struct RowMeta* rows;
+  const float* rope;     // MODE_QKV: [M, headDim/2, 2] cos and sin of each row's angles
   int32_t nmat, mode;
   int32_t ldy;           // row stride of y, in floats
   int32_t tStride, rmax; // shrink buffer: floats per row, floats per slot

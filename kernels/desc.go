@@ -14,6 +14,11 @@ const (
 	fmtNF4  = 0
 	fmtBF16 = 1
 	fmtF32  = 2
+	// fmtNF4Tiled is NF4 whose codes the engine reordered within each
+	// 1024-column tile (tileNF4), so that a warp's x loads coalesce.
+	fmtNF4Tiled = 3
+
+	fmtNF4Round = 4 // launcher-only kind: NF4 with an f16 or no rounding, the gemv_nf4r kernels
 
 	modeStore  = 0
 	modeResid  = 1
@@ -37,7 +42,7 @@ type rowMeta struct {
 
 type gemvOp struct {
 	Mat                                                   [3]mat
-	X, Y, T, Rows                                         uint64
+	X, Y, T, Rows, Rope                                   uint64
 	Nmat, Mode, Ldy, TStride, Rmax, Layer, HeadDim, KVDim int32
 	RopeTheta                                             float64
 }

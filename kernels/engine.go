@@ -4,6 +4,7 @@ package kernels
 
 import (
 	"fmt"
+	"math"
 	"math/bits"
 	"unsafe"
 
@@ -35,6 +36,7 @@ type Engine struct {
 	rmax      int      // largest LoRA rank (0 without adapters)
 
 	x, xn, q, att, act, xnHead Buf
+	rope, invFreq              Buf // [MaxRows, headDim/2, 2] cos/sin per row; [headDim/2] inverse frequencies
 	tQKV, tO, tGU, tD          Buf
 	meta, headIdx, ids, logits Buf
 	part                       Buf
@@ -178,7 +180,11 @@ func (e *Engine) uploadMatOnly(l *qwen.Linear, slot int) (mat, int, error) {
 		case tensor.F16:
 			mt.Round = 1
 		}
-		if b, err = uploadTo(e, q.Packed, l.Name+" codes"); err != nil {
+		codes := q.Packed
+		if l.In%1024 == 0 {
+			codes, mt.Fmt = tileNF4(q.Packed, l.Out, l.In), fmtNF4Tiled
+		}
+		if b, err = uploadTo(e, codes, l.Name+" codes"); err != nil {
 			return mt, 0, err
 		}
 		mt.Packed = uint64(b.Ptr)
@@ -241,10 +247,34 @@ func (e *Engine) uploadMatOnly(l *qwen.Linear, slot int) (mat, int, error) {
 		mt.LoraB[a], mt.LoraScale[a], mt.LoraRank[a] = uint64(b.Ptr), mod.Scale, int32(mod.Rank)
 	}
 	kind := int(mt.Fmt)
-	if kind == fmtF32 {
+	switch {
+	case kind == fmtF32:
 		kind = fmtBF16 // gemv_dense handles both dense formats
+	case kind == fmtNF4Tiled:
+		kind = fmtNF4 // gemv_nf4 handles both code orders
+	}
+	if kind == fmtNF4 && mt.Round != 0 {
+		kind = fmtNF4Round
 	}
 	return mt, kind, nil
+}
+
+// tileNF4 reorders packed NF4 codes of an [out, in] matrix (in % 1024 == 0)
+// within each 1024-column tile of each row: lane l of a warp gets, in its 16
+// bytes, the codes of columns 4l + 128j … 4l + 128j + 3 for j = 0…7 (byte 2
+// bytes a group), so that the x values the warp needs for one group are one
+// contiguous 512-byte run.
+func tileNF4(packed []byte, out, in int) []byte {
+	t := make([]byte, len(packed))
+	for base := 0; base < out*in/2; base += 512 { // each tile is 512 bytes of codes
+		for l := 0; l < 32; l++ {
+			for j := 0; j < 8; j++ {
+				t[base+16*l+2*j] = packed[base+2*l+64*j]
+				t[base+16*l+2*j+1] = packed[base+2*l+64*j+1]
+			}
+		}
+	}
+	return t
 }
 
 func shrinkBytes(ls []*qwen.Linear) int64 {
@@ -300,6 +330,16 @@ func (e *Engine) upload() error {
 			return err
 		}
 	}
+	if e.rope, err = e.alloc(R*int64(c.HeadDim)*4, "RoPE table"); err != nil {
+		return err
+	}
+	inv := make([]float32, c.HeadDim/2)
+	for j := range inv { // as transformers (and the CPU reference): 1/θ^(2j/d), each step in fp32
+		inv[j] = 1 / float32(math.Pow(c.RopeTheta, float64(float32(2*j)/float32(c.HeadDim))))
+	}
+	if e.invFreq, err = uploadTo(e, inv, "RoPE frequencies"); err != nil {
+		return err
+	}
 	if e.meta, err = e.alloc(R*int64(unsafe.Sizeof(rowMeta{})), "row metadata"); err != nil {
 		return err
 	}
@@ -347,7 +387,7 @@ func (e *Engine) upload() error {
 		if ld.postNorm, err = uploadTo(e, l.PostAttentionLayernorm, "post_attention_layernorm"); err != nil {
 			return err
 		}
-		base := gemvOp{Rows: uint64(e.meta.Ptr), Layer: int32(i), HeadDim: int32(c.HeadDim), KVDim: int32(kvDim),
+		base := gemvOp{Rows: uint64(e.meta.Ptr), Rope: uint64(e.rope.Ptr), Layer: int32(i), HeadDim: int32(c.HeadDim), KVDim: int32(kvDim),
 			RopeTheta: c.RopeTheta, Rmax: int32(e.rmax)}
 		build := func(ls []*qwen.Linear, mode int, x, y, t Buf, ldy int, what string) (Buf, int, int64, error) {
 			op := base
@@ -479,7 +519,7 @@ func (e *Engine) prepare(seqs []*qwen.Seq, tokens [][]int, all bool) (rows, nHea
 	return rows, nHead, (maxLen + attnChunk - 1) / attnChunk, nil
 }
 
-const attnChunk = 64 // CHUNK in attention.cu
+const attnChunk = 32 // CHUNK in attention.cu
 
 // ensurePart sizes the split-attention scratch (outside any capture).
 func (e *Engine) ensurePart(rows, splits int) error {
@@ -500,13 +540,6 @@ func (e *Engine) ensurePart(rows, splits int) error {
 	return err
 }
 
-func gemvName(fmt int) string {
-	if fmt == fmtNF4 {
-		return "gemv_nf4"
-	}
-	return "gemv_dense"
-}
-
 // record launches one forward pass of rows rows whose metadata is on the
 // device, ending with logits of nHead rows (and their argmax when argmax).
 // Each launch carries a label and the bytes it must move, for the profile.
@@ -514,8 +547,6 @@ func (e *Engine) record(rows, nHead, splits int, argmax bool) error {
 	c := e.cfg
 	eps := c.RMSEps
 	qDim, kvDim := c.Heads*c.HeadDim, c.KVHeads*c.HeadDim
-	const warps = 8 // per 256-thread block
-	blocks := func(n int) [3]int { return [3]int{(n + warps - 1) / warps} }
 	R, H, I := int64(rows), int64(c.Hidden), int64(c.Intermediate)
 	embedFlag := 0
 	if e.embedB16 {
@@ -527,11 +558,15 @@ func (e *Engine) record(rows, nHead, splits int, argmax bool) error {
 			err = e.kernel(label, bytes, name, grid, block, args...)
 		}
 	}
-	k("embed", R*H*6, "embed", [3]int{rows}, 256, e.x, e.embed, embedFlag, e.meta, c.Hidden)
+	gemv := func(label string, bytes int64, kind, m, pairs, K int, op Buf) {
+		name, grid, w := e.Dev.gemvLaunch(kind, m, pairs, K)
+		k(label, bytes, name, grid, 256, op, m, w)
+	}
+	k("embed+rope table", R*H*6+R*int64(c.HeadDim)*4, "embed", [3]int{rows}, 256, e.x, e.embed, embedFlag, e.meta, c.Hidden, e.rope, e.invFreq, c.HeadDim/2)
 	lora := len(e.m.Adapters) > 0
 	shrink := func(label string, op Buf, slots int, bytes, kdim int64) {
 		if lora {
-			k(label, bytes+R*kdim*4, "lora_shrink", blocks(rows*slots*e.rmax), 256, op, rows)
+			k(label, bytes+R*kdim*4, "lora_shrink", [3]int{e.rmax, slots, rows}, 256, op, rows)
 		}
 	}
 	normBytes := 8*R*H + 4*H
@@ -539,20 +574,20 @@ func (e *Engine) record(rows, nHead, splits int, argmax bool) error {
 		ld := &e.layers[i]
 		k("rmsnorm", normBytes, "rmsnorm", [3]int{rows}, 256, e.xn, e.x, ld.inNorm, 0, c.Hidden, eps)
 		shrink("lora_shrink q/k/v", ld.shQKV, 3, ld.shQKVBytes, H)
-		k("gemv q/k/v+rope", ld.qkvBytes+R*H*4+R*int64(qDim+2*kvDim)*4, gemvName(ld.qkvFmt), blocks((qDim+2*kvDim)/2), 256, ld.qkv, rows)
+		gemv("gemv q/k/v+rope", ld.qkvBytes+R*H*4+R*int64(qDim+2*kvDim)*4, ld.qkvFmt, rows, (qDim+2*kvDim)/2, c.Hidden, ld.qkv)
 		k("attention", e.attnBytes(), "attn_split", [3]int{c.Heads, rows, splits}, 128, e.part, e.q, e.meta, i, c.Heads, c.KVHeads, c.HeadDim, splits)
 		k("attention combine", R*int64(c.Heads*splits*(c.HeadDim+2)+qDim)*4, "attn_combine", [3]int{c.Heads, rows}, 128, e.att, e.part, c.Heads, c.HeadDim, splits)
 		shrink("lora_shrink o", ld.shO, 1, ld.shOBytes, int64(qDim))
-		k("gemv o_proj+residual", ld.oBytes+R*int64(qDim)*4+2*R*H*4, gemvName(ld.oFmt), blocks((c.Hidden+1)/2), 256, ld.o, rows)
+		gemv("gemv o_proj+residual", ld.oBytes+R*int64(qDim)*4+2*R*H*4, ld.oFmt, rows, (c.Hidden+1)/2, qDim, ld.o)
 		k("rmsnorm", normBytes, "rmsnorm", [3]int{rows}, 256, e.xn, e.x, ld.postNorm, 0, c.Hidden, eps)
 		shrink("lora_shrink gate/up", ld.shGU, 2, ld.shGUBytes, H)
-		k("gemv gate/up+silu", ld.guBytes+R*H*4+R*I*4, gemvName(ld.guFmt), blocks(c.Intermediate), 256, ld.gateup, rows)
+		gemv("gemv gate/up+silu", ld.guBytes+R*H*4+R*I*4, ld.guFmt, rows, c.Intermediate, c.Hidden, ld.gateup)
 		shrink("lora_shrink down", ld.shD, 1, ld.shDBytes, I)
-		k("gemv down+residual", ld.dBytes+R*I*4+2*R*H*4, gemvName(ld.dFmt), blocks((c.Hidden+1)/2), 256, ld.down, rows)
+		gemv("gemv down+residual", ld.dBytes+R*I*4+2*R*H*4, ld.dFmt, rows, (c.Hidden+1)/2, c.Intermediate, ld.down)
 	}
 	NH := int64(nHead)
 	k("rmsnorm", 8*NH*H+4*H, "rmsnorm", [3]int{nHead}, 256, e.xnHead, e.x, e.norm, e.headIdx, c.Hidden, eps)
-	k("gemv lm_head", e.headBytes+NH*H*4+NH*int64(c.Vocab)*4, gemvName(e.headFmt), blocks((c.Vocab+1)/2), 256, e.head, nHead)
+	gemv("gemv lm_head", e.headBytes+NH*H*4+NH*int64(c.Vocab)*4, e.headFmt, nHead, (c.Vocab+1)/2, c.Hidden, e.head)
 	if argmax {
 		k("argmax", NH*int64(c.Vocab)*4, "argmax", [3]int{nHead}, 1024, e.ids, e.logits, c.Vocab)
 	}

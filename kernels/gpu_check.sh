@@ -10,6 +10,7 @@ mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 cd kernels && ../bin/kernels.test -test.v -test.run "${TESTS:-.}" 2>&1 | tee "$OUT/tests.log" | grep -E "^(=== RUN|--- |PASS|FAIL|ok)|Error|error|relative|mismatch|Δ|panic" | head -150; cd ..
 if [ -n "${SANITIZE:-}" ]; then
+  (cd kernels && compute-sanitizer --tool memcheck ../bin/kernels.test -test.run "Gemv|Attention|Batched" 2>&1 | tail -4 | tee "$OUT/sanitizer-tests.log")
   compute-sanitizer --tool memcheck ./bin/qbench generate --model testdata/tiny-qwen2-bnb-4bit --adapter testdata/tiny-qwen2-lora --tokens 9707,11,1879 --max-new-tokens 8 --json 2>&1 | tail -5 | tee "$OUT/sanitizer.log"
 fi
 if [ -n "${BENCH:-}" ]; then

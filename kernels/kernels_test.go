@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"os"
 	"sync"
 	"testing"
 	"unsafe"
@@ -30,8 +29,6 @@ func device(t testing.TB) *Device {
 	}
 	return dev
 }
-
-func TestMain(m *testing.M) { os.Exit(m.Run()) }
 
 func TestStructLayout(t *testing.T) {
 	d := device(t)
@@ -140,9 +137,14 @@ func TestGemv(t *testing.T) {
 	for m := range adapters {
 		adapters[m] = m%3 - 1
 	}
-	for _, f := range []string{"nf4dq", "nf4", "bf16", "f32"} {
-		for _, mode := range []int{modeStore, modeResid, modeGateUp, modeQKV} {
-			t.Run(fmt.Sprintf("%s/mode%d", f, mode), func(t *testing.T) {
+	for _, f := range []string{"nf4dq", "nf4", "bf16", "f32", "nf4dq-tiled"} {
+		K := K
+		if f == "nf4dq-tiled" { // in % 1024 == 0: the codes are reordered into tiles on upload
+			f, K = "nf4dq", 2048
+		}
+		for i, mode := range []int{modeStore, modeResid, modeGateUp, modeQKV} {
+			wpp := []int{0, 2, 8, 4}[i] // the launcher's choice, and forced splits of K (8 leaves some warps no columns)
+			t.Run(fmt.Sprintf("%s/K%d/mode%d/wpp%d", f, K, mode, wpp), func(t *testing.T) {
 				var ls []*qwen.Linear
 				switch mode {
 				case modeStore, modeResid:
@@ -152,13 +154,13 @@ func TestGemv(t *testing.T) {
 				case modeQKV:
 					ls = []*qwen.Linear{randLinear(rng, "q_proj", 2*hd, K, f, false), randLinear(rng, "k_proj", hd, K, f, true), randLinear(rng, "v_proj", hd, K, f, false)}
 				}
-				checkGemv(t, d, rng, ls, mode, adapters, hd)
+				checkGemv(t, d, rng, ls, mode, adapters, hd, wpp)
 			})
 		}
 	}
 }
 
-func checkGemv(t *testing.T, d *Device, rng *rand.Rand, ls []*qwen.Linear, mode int, adapters []int, hd int) {
+func checkGemv(t *testing.T, d *Device, rng *rand.Rand, ls []*qwen.Linear, mode int, adapters []int, hd, wpp int) {
 	M, K := len(adapters), ls[0].In
 	x := randSlice(rng, M*K, 1)
 	e := &Engine{Dev: d, rmax: 8}
@@ -220,7 +222,19 @@ func checkGemv(t *testing.T, d *Device, rng *rand.Rand, ls []*qwen.Linear, mode 
 		if err != nil {
 			return err
 		}
-		op := gemvOp{Nmat: int32(len(ls)), Mode: int32(mode), X: uint64(xb.Ptr), Y: uint64(y.Ptr), T: uint64(tb.Ptr), Rows: uint64(e.meta.Ptr),
+		rope := make([]float32, M*hd)
+		for m, p := range pos { // as the embed kernel: fp32 angle, double cos/sin
+			for j := 0; j < hd/2; j++ {
+				inv := 1 / float32(math.Pow(1e6, float64(float32(2*j)/float32(hd))))
+				ang := float32(p) * inv
+				rope[(m*hd/2+j)*2], rope[(m*hd/2+j)*2+1] = float32(math.Cos(float64(ang))), float32(math.Sin(float64(ang)))
+			}
+		}
+		rb, err := uploadTo(e, rope, "rope")
+		if err != nil {
+			return err
+		}
+		op := gemvOp{Nmat: int32(len(ls)), Mode: int32(mode), X: uint64(xb.Ptr), Y: uint64(y.Ptr), T: uint64(tb.Ptr), Rows: uint64(e.meta.Ptr), Rope: uint64(rb.Ptr),
 			Ldy: int32(ldy), TStride: int32(len(ls) * e.rmax), Rmax: int32(e.rmax), Layer: layer, HeadDim: int32(hd), KVDim: int32(kvDim), RopeTheta: 1e6}
 		kind := 0
 		for s, l := range ls {
@@ -232,7 +246,7 @@ func checkGemv(t *testing.T, d *Device, rng *rand.Rand, ls []*qwen.Linear, mode 
 		if err != nil {
 			return err
 		}
-		if err := d.launch("lora_shrink", [3]int{(M*len(ls)*e.rmax + 7) / 8}, 256, 0, sh, M); err != nil {
+		if err := d.launch("lora_shrink", [3]int{e.rmax, len(ls), M}, 256, 0, sh, M); err != nil {
 			return err
 		}
 		pairs := (ls[0].Out + 1) / 2
@@ -242,7 +256,11 @@ func checkGemv(t *testing.T, d *Device, rng *rand.Rand, ls []*qwen.Linear, mode 
 		case modeQKV:
 			pairs = (ls[0].Out + ls[1].Out + ls[2].Out) / 2
 		}
-		if err := d.launch(gemvName(kind), [3]int{(pairs + 7) / 8}, 256, 0, ob, M); err != nil {
+		name, grid, w := d.gemvLaunch(kind, M, pairs, K)
+		if wpp > 0 { // force a split of K, and few blocks so that each walks several pairs
+			w, grid = wpp, [3]int{2}
+		}
+		if err := d.launch(name, grid, 256, 0, ob, M, w); err != nil {
 			return err
 		}
 		if err := d.Sync(); err != nil {

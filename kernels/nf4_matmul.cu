@@ -16,11 +16,14 @@
 // M·K·4 of x (cached), M·N·4 written; flops 2·M·N·K. The LoRA expand adds
 // 2·M·N·r flops and N·r·4 bytes per adapter in use.
 //
-// Versions: v1 (this file) — fp32 FMA on dequantised weights, x from L1/L2.
+// Versions: v1 — fp32 FMA on dequantised weights, 8 batch rows per pass, scale
+// chain read through the descriptor (268 GB/s on gate/up, H200); v2 (this
+// file) — batch-row count templated (1..32) for registers and occupancy, the
+// matrices' fields hoisted to registers, the dynamic map in shared memory.
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include "common.cuh"
 
-#define MT 8 // batch rows per pass over the weights
 
 __constant__ float NF4_TABLE[16] = {
     -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f,
@@ -38,44 +41,26 @@ __device__ __forceinline__ float round_to(float f, int mode) {
   return f;
 }
 
-// nf4_scale is the fp32 absmax of the block holding flat element e.
-__device__ __forceinline__ float nf4_scale(const struct Mat& a, long long e) {
-  const long long b = e >> a.blockShift;
-  if (a.qabsmax) return a.code[a.qabsmax[b]] * a.nested[b >> a.nestedShift] + a.offset;
-  return a.absmax[b];
-}
-
-// load8 writes the 8 weights of row r at columns k..k+7 (FMT_BF16/FMT_F32).
-__device__ __forceinline__ void load8(const struct Mat& a, long long r, int k, float w[8]) {
-  if (a.fmt == FMT_BF16) {
-    const uint4 u = *(const uint4*)(a.bf16 + r * a.K + k);
-    const uint32_t p[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-      w[2 * i] = __uint_as_float(p[i] << 16);
-      w[2 * i + 1] = __uint_as_float(p[i] & 0xffff0000u);
-    }
-  } else {
-    const float4 u = *(const float4*)(a.f32 + r * a.K + k);
-    const float4 v = *(const float4*)(a.f32 + r * a.K + k + 4);
-    w[0] = u.x; w[1] = u.y; w[2] = u.z; w[3] = u.w;
-    w[4] = v.x; w[5] = v.y; w[6] = v.z; w[7] = v.w;
-  }
-}
-
-// nf4_8 decodes the 8 weights held in one 4-byte word of codes.
-__device__ __forceinline__ void nf4_8(uint32_t word, float scale, int round, const float* table, float w[8]) {
+// load8h / load8f read 8 consecutive bf16 / fp32 weights as fp32.
+__device__ __forceinline__ void load8h(const uint16_t* p, float w[8]) {
+  const uint4 u = __ldg((const uint4*)p);
+  const uint32_t v[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll
   for (int i = 0; i < 4; i++) {
-    const uint32_t byte = (word >> (8 * i)) & 0xffu;
-    w[2 * i] = round_to(table[byte >> 4] * scale, round);
-    w[2 * i + 1] = round_to(table[byte & 15u] * scale, round);
+    w[2 * i] = __uint_as_float(v[i] << 16);
+    w[2 * i + 1] = __uint_as_float(v[i] & 0xffff0000u);
   }
+}
+
+__device__ __forceinline__ void load8f(const float* p, float w[8]) {
+  const float4 u = __ldg((const float4*)p), v = __ldg((const float4*)(p + 4));
+  w[0] = u.x; w[1] = u.y; w[2] = u.z; w[3] = u.w;
+  w[4] = v.x; w[5] = v.y; w[6] = v.z; w[7] = v.w;
 }
 
 __device__ __forceinline__ void fma8(float& acc, const float w[8], const float* x) {
-  const float4 a = *(const float4*)x;
-  const float4 b = *(const float4*)(x + 4);
+  const float4 a = __ldg((const float4*)x);
+  const float4 b = __ldg((const float4*)(x + 4));
   acc += w[0] * a.x + w[1] * a.y + w[2] * a.z + w[3] * a.w + w[4] * b.x + w[5] * b.y + w[6] * b.z + w[7] * b.w;
 }
 
@@ -92,7 +77,7 @@ __device__ __forceinline__ float lora_term(const struct Mat& a, const struct Gem
 __device__ __forceinline__ float silu(float x) { return x * (1.0f / (1.0f + expf(-x))); }
 
 // epilogue finishes rows (ra of matrix A, rb of matrix B) for batch row m.
-__device__ void epilogue(const struct GemvOp& op, int m, const struct Mat& A, long long ra, float va,
+__device__ __forceinline__ void epilogue(const struct GemvOp& op, int m, const struct Mat& A, long long ra, float va,
                          const struct Mat* B, long long rb, float vb, long long pair) {
   const int adapter = op.rows[m].adapter;
   va += (A.bias ? A.bias[ra] : 0.0f) + lora_term(A, op, m, adapter, ra);
@@ -111,13 +96,10 @@ __device__ void epilogue(const struct GemvOp& op, int m, const struct Mat& A, lo
     y[pair] = silu(va) * vb;
     break;
   case MODE_QKV: {
-    const int j = (int)(ra % op.headDim);
+    const int half = op.headDim / 2, j = (int)(ra % op.headDim);
     const struct RowMeta rm = op.rows[m];
-    if (&A != &op.mat[2]) { // q and k: RoPE on the pair (j, j+half), angles as the CPU reference
-      const float e = (float)(2 * j) / (float)op.headDim;
-      const float inv = 1.0f / (float)pow(op.ropeTheta, (double)e);
-      const float ang = (float)rm.pos * inv;
-      const float c = (float)cos((double)ang), s = (float)sin((double)ang);
+    if (&A != &op.mat[2]) { // q and k: RoPE on the pair (j, j+half), cos/sin from the embed kernel's table
+      const float c = op.rope[((long long)m * half + j) * 2], s = op.rope[((long long)m * half + j) * 2 + 1];
       const float a = va, b = vb;
       va = a * c - b * s;
       vb = b * c + a * s;
@@ -135,129 +117,348 @@ __device__ void epilogue(const struct GemvOp& op, int m, const struct Mat& A, lo
   }
 }
 
-template <int FMT>
-__device__ void gemv_body(const struct GemvOp& op, long long M) {
-  __shared__ float table[16];
-  if (threadIdx.x < 16) table[threadIdx.x] = NF4_TABLE[threadIdx.x];
-  __syncthreads();
-  const int lane = threadIdx.x & 31;
-  const long long pair = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-  // Which two rows this warp computes.
-  const struct Mat* A = &op.mat[0];
+// A matrix's fields a pass over it needs, copied to registers once.
+struct MatRegs {
+  const uint8_t* packed;
+  const uint8_t* qabsmax;
+  const float* absmax;
+  const float* nested;
+  float offset;
+  int blockShift, nestedShift;
+};
+
+__device__ __forceinline__ MatRegs mat_regs(const struct Mat* m) {
+  MatRegs r;
+  r.packed = m->packed;
+  r.qabsmax = m->qabsmax;
+  r.absmax = m->absmax;
+  r.nested = m->nested;
+  r.offset = m->offset;
+  r.blockShift = m->blockShift;
+  r.nestedShift = m->nestedShift;
+  return r;
+}
+
+// scale of the NF4 block holding flat element e (e < 2^31 for every Qwen matrix).
+__device__ __forceinline__ float nf4_scale(const MatRegs& r, const float* code, unsigned e) {
+  const unsigned b = e >> r.blockShift;
+  return r.qabsmax ? code[__ldg(r.qabsmax + b)] * __ldg(r.nested + (b >> r.nestedShift)) + r.offset : __ldg(r.absmax + b);
+}
+
+// nf4_8r decodes 8 weights of one 4-byte code word; ROUND 0 is bf16 (the
+// bitsandbytes compute dtype of every QLoRA checkpoint seen), −1 reads the
+// mode at run time (f16 or no rounding).
+template <int ROUND>
+__device__ __forceinline__ void nf4_8r(uint32_t word, float scale, int mode, const float* table, float w[8]) {
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    const uint32_t byte = (word >> (8 * i)) & 0xffu;
+    const float a = table[byte >> 4] * scale, b = table[byte & 15u] * scale;
+    if (ROUND == 0) { // one cvt.rn.bf16x2.f32 rounds both, then unpack
+      const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+      const uint32_t u = *(const uint32_t*)&h;
+      w[2 * i] = __uint_as_float(u << 16);
+      w[2 * i + 1] = __uint_as_float(u & 0xffff0000u);
+    } else {
+      w[2 * i] = round_to(a, mode);
+      w[2 * i + 1] = round_to(b, mode);
+    }
+  }
+}
+
+// decode_fma accumulates one lane's share of a 16-byte chunk of codes (32
+// weights of row A at ua, of row B at ub) times MT rows of x at column k.
+template <int MT, int ROUND>
+__device__ __forceinline__ void decode_fma(const uint4 ua, const uint4 ub, float sa, float sb, int round, const float* table,
+                                           const float* Xm, int K, int k, int mc, float* acc0, float* acc1) {
+  // One word of codes at a time: fewer live registers, so more warps stay
+  // resident to cover each other's latency (MT == 1 is the decode case). The
+  // word is picked by selects, not by indexing (which would go to local memory).
+#pragma unroll(MT == 1 ? 1 : 4)
+  for (int q = 0; q < 4; q++) {
+    const uint32_t a = q == 0 ? ua.x : q == 1 ? ua.y : q == 2 ? ua.z : ua.w;
+    const uint32_t b = q == 0 ? ub.x : q == 1 ? ub.y : q == 2 ? ub.z : ub.w;
+    float w0[8], w1[8];
+    nf4_8r<ROUND>(a, sa, round, table, w0);
+    nf4_8r<ROUND>(b, sb, round, table, w1);
+#pragma unroll
+    for (int i = 0; i < MT; i++) {
+      if (i < mc) {
+        const float* x = Xm + i * K + k + 8 * q;
+        const float4 a = __ldg((const float4*)x), b = __ldg((const float4*)(x + 4)); // once for both rows
+        acc0[i] += w0[0] * a.x + w0[1] * a.y + w0[2] * a.z + w0[3] * a.w + w0[4] * b.x + w0[5] * b.y + w0[6] * b.z + w0[7] * b.w;
+        acc1[i] += w1[0] * a.x + w1[1] * a.y + w1[2] * a.z + w1[3] * a.w + w1[4] * b.x + w1[5] * b.y + w1[6] * b.z + w1[7] * b.w;
+      }
+    }
+  }
+}
+
+// tile_fma accumulates one lane's share of a 1024-column tile stored in the
+// tiled order (see the launcher's tileNF4): lane l holds, in 16 bytes, the
+// codes of columns 4l + 128j … +3 for j = 0…7, so that the x loads of a warp
+// are contiguous 512-byte runs (coalesced) rather than 32 lines apart.
+template <int MT, int ROUND>
+__device__ __forceinline__ void tile_fma(const uint4 ua, const uint4 ub, const MatRegs& qa, const MatRegs& qb, bool hasB,
+                                         unsigned ea, unsigned eb, int round, const float* table, const float* code,
+                                         const float* Xm, int K, int k, int lane, int mc, float* acc0, float* acc1) {
+  // The tile covers 16 blocks of 64 columns per row: lane l rebuilds the
+  // scale of block l % 16 of row A (l < 16) or of row B (l ≥ 16) once, and
+  // the lanes trade them by shuffles (group j of lane l lies in block 2j + l/16).
+  const float mine = lane < 16 ? nf4_scale(qa, code, ea + k + 64 * lane)
+                                : (hasB ? nf4_scale(qb, code, eb + k + 64 * (lane - 16)) : 0.0f);
+#pragma unroll
+  for (int j = 0; j < 8; j++) {
+    const uint32_t wa = (j < 2 ? ua.x : j < 4 ? ua.y : j < 6 ? ua.z : ua.w) >> (16 * (j & 1));
+    const uint32_t wb = (j < 2 ? ub.x : j < 4 ? ub.y : j < 6 ? ub.z : ub.w) >> (16 * (j & 1));
+    const int col = k + 4 * lane + 128 * j;
+    const int blk = 2 * j + (lane >> 4);
+    const float sa = __shfl_sync(0xffffffffu, mine, blk), sb = __shfl_sync(0xffffffffu, mine, 16 + blk);
+    float w0[4], w1[4];
+#pragma unroll
+    for (int b = 0; b < 2; b++) {
+      const uint32_t ba = (wa >> (8 * b)) & 0xffu, bb = (wb >> (8 * b)) & 0xffu;
+      const float a0 = table[ba >> 4] * sa, a1 = table[ba & 15u] * sa;
+      const float b0 = table[bb >> 4] * sb, b1 = table[bb & 15u] * sb;
+      if (ROUND == 0) {
+        const __nv_bfloat162 ha = __floats2bfloat162_rn(a0, a1), hb = __floats2bfloat162_rn(b0, b1);
+        const uint32_t pa = *(const uint32_t*)&ha, pb = *(const uint32_t*)&hb;
+        w0[2 * b] = __uint_as_float(pa << 16);
+        w0[2 * b + 1] = __uint_as_float(pa & 0xffff0000u);
+        w1[2 * b] = __uint_as_float(pb << 16);
+        w1[2 * b + 1] = __uint_as_float(pb & 0xffff0000u);
+      } else {
+        w0[2 * b] = round_to(a0, round);
+        w0[2 * b + 1] = round_to(a1, round);
+        w1[2 * b] = round_to(b0, round);
+        w1[2 * b + 1] = round_to(b1, round);
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < MT; i++) {
+      if (i < mc) {
+        const float4 x = __ldg((const float4*)(Xm + i * K + col));
+        acc0[i] += w0[0] * x.x + w0[1] * x.y + w0[2] * x.z + w0[3] * x.w;
+        acc1[i] += w1[0] * x.x + w1[1] * x.y + w1[2] * x.z + w1[3] * x.w;
+      }
+    }
+  }
+}
+
+// gemv_pair computes one pair of output rows (this warp's K slice of it).
+template <int FMT, int MT, int ROUND>
+__device__ __forceinline__ void gemv_pair(const struct GemvOp* __restrict__ op, long long M, int wpp, int pair, int part, int lane,
+                                          int warp, int P, int next, const float* table, const float* code, float (*red)[MT][2]) {
+  const struct Mat* A = &op->mat[0];
+  const int mode = op->mode;
+  // Which two rows this warp computes (valid = false for the grid's tail).
   const struct Mat* B = nullptr;
-  long long ra, rb = -1;
-  if (op.mode == MODE_GATEUP) {
-    if (pair >= A->N) return;
+  int ra = 0, rb = -1;
+  bool valid = true;
+  if (mode == MODE_GATEUP) {
+    valid = pair < A->N;
     ra = rb = pair;
-    B = &op.mat[1];
-  } else if (op.mode == MODE_QKV) {
-    const int half = op.headDim / 2;
-    long long o = (pair / half) * op.headDim + pair % half;
+    B = &op->mat[1];
+  } else if (mode == MODE_QKV) {
+    const int hd = op->headDim, half = hd / 2;
+    int o = (pair / half) * hd + pair % half;
     int i = 0;
-    while (i < op.nmat && o >= op.mat[i].N) o -= op.mat[i++].N;
-    if (i == op.nmat) return;
-    A = B = &op.mat[i];
+    while (i < op->nmat && o >= op->mat[i].N) o -= op->mat[i++].N;
+    valid = i < op->nmat;
+    if (valid) A = B = &op->mat[i];
     ra = o;
     rb = o + half;
   } else {
     ra = 2 * pair;
-    if (ra >= A->N) return;
+    valid = ra < A->N;
     if (ra + 1 < A->N) {
       B = A;
       rb = ra + 1;
     }
   }
-  const struct Mat& a = *A;
-  const int K = a.K;
+  const int K = A->K, round = A->round;
+  const float* X = op->x;
   constexpr int PER_LANE = FMT == FMT_NF4 ? 32 : 8;
+  constexpr int STRIDE = 32 * PER_LANE;
+  // This warp's K slice: whole chunks of PER_LANE columns (whole 1024-column
+  // tiles for a tiled NF4 matrix).
+  const bool tiled = FMT == FMT_NF4 && A->fmt == FMT_NF4_TILED;
+  const int align = tiled ? 1024 : PER_LANE;
+  const int slice = ((K + wpp - 1) / wpp + align - 1) / align * align;
+  const int kbeg = part * slice, kend = min(K, kbeg + slice);
+  MatRegs qa, qb;
+  const uint16_t *ha = nullptr, *hb = nullptr;
+  const float *fa = nullptr, *fb = nullptr;
+  if (FMT == FMT_NF4) {
+    qa = mat_regs(A);
+    qb = B ? mat_regs(B) : qa;
+  } else if (A->fmt == FMT_F32) {
+    fa = A->f32 + (size_t)ra * K;
+    fb = B ? B->f32 + (size_t)rb * K : nullptr;
+  } else {
+    ha = A->bf16 + (size_t)ra * K;
+    hb = B ? B->bf16 + (size_t)rb * K : nullptr;
+  }
+  const unsigned ea = (unsigned)ra * K, eb = B ? (unsigned)rb * K : 0u;
   for (long long m0 = 0; m0 < M; m0 += MT) {
     const int mc = (int)min((long long)MT, M - m0);
+    const float* Xm = X + m0 * K;
     float acc0[MT], acc1[MT];
 #pragma unroll
     for (int i = 0; i < MT; i++) acc0[i] = acc1[i] = 0.0f;
-    for (int k = lane * PER_LANE; k < K; k += 32 * PER_LANE) {
+    if (valid && tiled) {
+      for (int k = kbeg; k < kend; k += 1024) {
+        const uint4 ua = __ldg((const uint4*)(qa.packed + (ea + k) / 2 + 16 * lane));
+        const uint4 ub = B ? __ldg((const uint4*)(qb.packed + (eb + k) / 2 + 16 * lane)) : make_uint4(0, 0, 0, 0);
+        tile_fma<MT, ROUND>(ua, ub, qa, qb, B != nullptr, ea, eb, round, table, code, Xm, K, k, lane, mc, acc0, acc1);
+      }
+    } else if (valid) {
+      int k = kbeg + lane * PER_LANE;
       if (FMT == FMT_NF4) {
-        const uint4 ua = *(const uint4*)(a.packed + (ra * K + k) / 2);
-        const float sa = nf4_scale(a, ra * K + k);
-        uint4 ub = make_uint4(0, 0, 0, 0);
-        float sb = 0;
-        if (B) {
-          ub = *(const uint4*)(B->packed + (rb * K + k) / 2);
-          sb = nf4_scale(*B, rb * K + k);
+        for (; k < kend; k += STRIDE) {
+          const uint4 ua = __ldg((const uint4*)(qa.packed + (ea + k) / 2));
+          const uint4 ub = B ? __ldg((const uint4*)(qb.packed + (eb + k) / 2)) : make_uint4(0, 0, 0, 0);
+          const float sa = nf4_scale(qa, code, ea + k), sb = B ? nf4_scale(qb, code, eb + k) : 0.0f;
+          decode_fma<MT, ROUND>(ua, ub, sa, sb, round, table, Xm, K, k, mc, acc0, acc1);
         }
-        const uint32_t wa[4] = {ua.x, ua.y, ua.z, ua.w}, wb[4] = {ub.x, ub.y, ub.z, ub.w};
-#pragma unroll
-        for (int q = 0; q < 4; q++) {
+      } else {
+        for (; k < kend; k += STRIDE) {
           float w0[8], w1[8];
-          nf4_8(wa[q], sa, a.round, table, w0);
-          nf4_8(wb[q], sb, a.round, table, w1);
+          if (fa) {
+            load8f(fa + k, w0);
+            if (fb) load8f(fb + k, w1);
+          } else {
+            load8h(ha + k, w0);
+            if (hb) load8h(hb + k, w1);
+          }
+          if (!hb && !fb) {
+#pragma unroll
+            for (int i = 0; i < 8; i++) w1[i] = 0.0f;
+          }
 #pragma unroll
           for (int i = 0; i < MT; i++) {
             if (i < mc) {
-              const float* x = op.x + (m0 + i) * K + k + 8 * q;
-              fma8(acc0[i], w0, x);
-              fma8(acc1[i], w1, x);
+              const float* x = Xm + i * K + k;
+              const float4 a = __ldg((const float4*)x), b = __ldg((const float4*)(x + 4)); // once for both rows
+              acc0[i] += w0[0] * a.x + w0[1] * a.y + w0[2] * a.z + w0[3] * a.w + w0[4] * b.x + w0[5] * b.y + w0[6] * b.z + w0[7] * b.w;
+              acc1[i] += w1[0] * a.x + w1[1] * a.y + w1[2] * a.z + w1[3] * a.w + w1[4] * b.x + w1[5] * b.y + w1[6] * b.z + w1[7] * b.w;
             }
-          }
-        }
-      } else {
-        float w0[8], w1[8];
-        load8(a, ra, k, w0);
-        if (B) load8(*B, rb, k, w1);
-        else {
-#pragma unroll
-          for (int i = 0; i < 8; i++) w1[i] = 0.0f;
-        }
-#pragma unroll
-        for (int i = 0; i < MT; i++) {
-          if (i < mc) {
-            const float* x = op.x + (m0 + i) * K + k;
-            fma8(acc0[i], w0, x);
-            fma8(acc1[i], w1, x);
           }
         }
       }
     }
 #pragma unroll
     for (int i = 0; i < MT; i++) {
-      acc0[i] = warp_sum(acc0[i]);
-      acc1[i] = warp_sum(acc1[i]);
+      if (i < mc) {
+        acc0[i] = warp_sum(acc0[i]);
+        acc1[i] = warp_sum(acc1[i]);
+      }
     }
+    if (wpp > 1) { // the pair's warps meet in shared memory; its first warp finishes
+      if (lane == 0) {
 #pragma unroll
-    for (int i = 0; i < MT; i++) {
-      if (i < mc && lane == i) epilogue(op, (int)(m0 + i), a, ra, acc0[i], B, rb, acc1[i], pair);
+        for (int i = 0; i < MT; i++) {
+          red[warp][i][0] = acc0[i];
+          red[warp][i][1] = acc1[i];
+        }
+      }
+      __syncthreads();
+      if (part == 0) {
+#pragma unroll
+        for (int i = 0; i < MT; i++) {
+          float s0 = 0.0f, s1 = 0.0f;
+          for (int w = 0; w < wpp; w++) {
+            s0 += red[warp + w][i][0];
+            s1 += red[warp + w][i][1];
+          }
+          acc0[i] = s0;
+          acc1[i] = s1;
+        }
+      }
+      __syncthreads();
+    }
+    // Lane i finishes batch row m0+i (its own copy of the sums: no dynamic register index).
+    if (valid && part == 0) {
+#pragma unroll
+      for (int i = 0; i < MT; i++) {
+        if (i < mc && lane == (i & 31)) epilogue(*op, (int)(m0 + i), *A, ra, acc0[i], B, rb, acc1[i], pair);
+      }
     }
   }
 }
 
-// gemv_nf4 / gemv_dense: grid = ceil(pairs/warps per block), block = 256.
-extern "C" __global__ void __launch_bounds__(256) gemv_nf4(const struct GemvOp* op, long long M) {
-  gemv_body<FMT_NF4>(*op, M);
+// gemv_body: a block of 256 threads = 8 warps takes 8/wpp pairs of output
+// rows; the wpp warps of a pair split K between them (split-K, for matrices
+// whose few rows would leave the card idle) and meet in shared memory.
+template <int FMT, int MT, int ROUND>
+__device__ void gemv_body(const struct GemvOp* __restrict__ op, long long M, int wpp) {
+  __shared__ float table[16];
+  __shared__ float code[256];
+  __shared__ float red[8][MT][2]; // split-K partial sums
+  const struct Mat* A = &op->mat[0];
+  if (FMT == FMT_NF4) {
+    if (threadIdx.x < 16) table[threadIdx.x] = NF4_TABLE[threadIdx.x];
+    const float* c = A->code; // every matrix of a launch shares the dynamic map's values
+    if (c) for (int i = threadIdx.x; i < 256; i += blockDim.x) code[i] = c[i];
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, part = warp % wpp, ppb = 8 / wpp;
+  const int mode = op->mode;
+  const int P = mode == MODE_GATEUP ? A->N
+              : mode == MODE_QKV    ? (op->mat[0].N + op->mat[1].N + op->mat[2].N) / 2
+                                    : (A->N + 1) / 2;
+  __syncthreads(); // tables ready
+  // Persistent: the block walks pairs base, base + gridDim·ppb, ….
+  for (int base = blockIdx.x * ppb; base < P; base += gridDim.x * ppb) {
+    gemv_pair<FMT, MT, ROUND>(op, M, wpp, base + warp / wpp, part, lane, warp, P, base + gridDim.x * ppb + warp / wpp, table, code, red);
+  }
 }
 
-extern "C" __global__ void __launch_bounds__(256) gemv_dense(const struct GemvOp* op, long long M) {
-  gemv_body<FMT_BF16>(*op, M); // load8 dispatches bf16/fp32 on the matrix's format
-}
+// gemv_nf4_<MT> (bf16 rounding), gemv_nf4r_<MT> (rounding mode read at run
+// time) and gemv_dense_<MT>: grid = ceil(pairs / (8/wpp)), block = 256, wpp
+// warps per pair (1, 2, 4 or 8); MT is the batch rows per pass (the launcher
+// picks the smallest ≥ M, up to 16, and 16 at a time beyond).
+// The second launch bound caps registers so that enough warps stay resident
+// to hide the loads' latency without spilling: 85 registers for one row, 128 for 2–4, more beyond.
+#define GEMV(MT, MINB)                                                                                                       \
+  extern "C" __global__ void __launch_bounds__(256, MINB) gemv_nf4_##MT(const struct GemvOp* op, long long M, long long wpp) {   \
+    gemv_body<FMT_NF4, MT, 0>(op, M, (int)wpp);                                                                               \
+  }                                                                                                                           \
+  extern "C" __global__ void __launch_bounds__(256, MINB) gemv_nf4r_##MT(const struct GemvOp* op, long long M, long long wpp) {  \
+    gemv_body<FMT_NF4, MT, -1>(op, M, (int)wpp);                                                                              \
+  }                                                                                                                           \
+  extern "C" __global__ void __launch_bounds__(256, MINB) gemv_dense_##MT(const struct GemvOp* op, long long M, long long wpp) { \
+    gemv_body<FMT_BF16, MT, 0>(op, M, (int)wpp);                                                                              \
+  }
+GEMV(1, 3)
+GEMV(2, 2)
+GEMV(4, 2)
+GEMV(8, 1)
+GEMV(16, 1)
 
-// lora_shrink: one warp per (m, slot, j); rows without an adapter, and ranks
-// below rmax, get zeros. Bytes: rank·K·4 per adapter and slot read.
-extern "C" __global__ void lora_shrink(const struct ShrinkOp* op, long long M) {
-  const long long w = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-  const int lane = threadIdx.x & 31;
-  const long long total = M * op->nslots * op->rmax;
-  if (w >= total) return;
-  const int j = (int)(w % op->rmax);
-  const int slot = (int)((w / op->rmax) % op->nslots);
-  const int m = (int)(w / ((long long)op->rmax * op->nslots));
+// lora_shrink: one 256-thread block per (j, slot, m) output, the K-long dot
+// split over the block; rows without an adapter, and ranks below rmax, get
+// zeros. Bytes: rank·K·4 per adapter and slot read, M·K·4 of x.
+extern "C" __global__ void __launch_bounds__(256) lora_shrink(const struct ShrinkOp* op, long long M) {
+  const int j = blockIdx.x, slot = blockIdx.y, m = blockIdx.z;
   const int ad = op->rows[m].adapter;
+  __shared__ float part[8];
   float s = 0.0f;
-  if (ad >= 0 && op->A[slot][ad] != nullptr && j < op->rank[slot][ad]) {
+  const bool live = ad >= 0 && op->A[slot][ad] != nullptr && j < op->rank[slot][ad];
+  if (live) {
     const float* a = op->A[slot][ad] + (long long)j * op->K;
     const float* x = op->x + (long long)m * op->K;
-    for (int k = lane; k < op->K; k += 32) s += a[k] * x[k];
+    for (int k = threadIdx.x * 4; k < op->K; k += blockDim.x * 4) {
+      const float4 av = *(const float4*)(a + k), xv = *(const float4*)(x + k);
+      s += av.x * xv.x + av.y * xv.y + av.z * xv.z + av.w * xv.w;
+    }
     s = warp_sum(s);
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = s;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      s = 0.0f;
+      for (int w = 0; w < (int)(blockDim.x >> 5); w++) s += part[w];
+    }
   }
-  if (lane == 0) op->t[(long long)m * op->tStride + slot * op->rmax + j] = s;
+  if (threadIdx.x == 0) op->t[(long long)m * op->tStride + slot * op->rmax + j] = s;
 }
 
 // layout reports the structs' sizes and a few offsets, for TestStructLayout.

@@ -187,6 +187,9 @@ func (e *Engine) DecodeRate(seqs []*qwen.Seq, steps int, graphs bool) (float64, 
 			if err := Write(e.meta, e.hostMeta); err != nil {
 				return err
 			}
+			if err := Write(e.headIdx, e.hostIdx); err != nil {
+				return err
+			}
 			if err := e.record(rows, nHead, splits, true); err != nil {
 				return err
 			}

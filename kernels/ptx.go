@@ -18,8 +18,8 @@ var ptx_sample string
 
 // modules lists each PTX module with the sha256 of the sources it was built from.
 var modules = []ptxModule{
-	{"attention", ptx_attention, "16df96c7828ccc0a9d134afe7574a823a66e88dc5609ce95d18a384449af56c6"},
-	{"nf4_matmul", ptx_nf4_matmul, "fdbba04c5dce899f624ec219ac9f6b745ada4bbe76e656423bd6771947589409"},
-	{"rmsnorm", ptx_rmsnorm, "e9412cdb84d9a2a89ab2112a6d3f5a83a6a5c25db855e7ac0718ddc7f5d7e80d"},
-	{"sample", ptx_sample, "eb317e1ffe0c37407c1156679728207967bc13c1101661c6f77c5f8b47eae004"},
+	{"attention", ptx_attention, "faf2265103d79e84ce7239c4615ed5eb327b3bf8ebf8ca8cf17da623cad08243"},
+	{"nf4_matmul", ptx_nf4_matmul, "cb36257d7981195d611c3523a1ab8e0bc8b0dfc67bd73c54dd0d5b32c0b7bddc"},
+	{"rmsnorm", ptx_rmsnorm, "c1e594e2cb83d8724bbff447e6e767543d1962c9e765de4eeca8bbcdff435df8"},
+	{"sample", ptx_sample, "e0727ef190836c7881ae687d986612c5331323404b1754c029ce3ce18f94739e"},
 }

@@ -5,8 +5,11 @@
 // rows that need logits), else i. The mean is summed in double and rounded
 // once, as the CPU reference does. Bytes per call: 2·M·H·4 + H·4; flops ~4·M·H.
 //
-// embed: x[m, :] = table[tok(m), :], bf16 or fp32 rows widened to fp32.
-// Bytes: M·H·(2 or 4) read, M·H·4 written.
+// embed: x[m, :] = table[tok(m), :], bf16 or fp32 rows widened to fp32; and
+// each row's RoPE table rope[m, j] = (cos, sin)(pos(m)·inv_freq[j]), the angle
+// in fp32 and cos/sin in double rounded once, as the CPU reference does; the
+// q/k/v epilogues of every layer read it. Bytes: M·H·(2 or 4) read, M·H·4 +
+// M·headDim·4 written.
 #include "common.cuh"
 
 extern "C" __global__ void rmsnorm(float* out, const float* x, const float* w, const int32_t* rows,
@@ -30,9 +33,15 @@ extern "C" __global__ void rmsnorm(float* out, const float* x, const float* w, c
   for (long long k = threadIdx.x; k < H; k += blockDim.x) o[k] = w[k] * (xr[k] * inv);
 }
 
-extern "C" __global__ void embed(float* x, const void* table, long long isBF16, const struct RowMeta* rows, long long H) {
+extern "C" __global__ void embed(float* x, const void* table, long long isBF16, const struct RowMeta* rows, long long H,
+                                 float* rope, const float* invFreq, long long half) {
   const int m = blockIdx.x;
   const long long tok = rows[m].tok;
+  for (int j = threadIdx.x; j < half; j += blockDim.x) {
+    const float ang = (float)rows[m].pos * invFreq[j];
+    rope[((long long)m * half + j) * 2] = (float)cos((double)ang);
+    rope[((long long)m * half + j) * 2 + 1] = (float)sin((double)ang);
+  }
   for (long long k = threadIdx.x; k < H; k += blockDim.x) {
     x[m * H + k] = isBF16 ? bf16f(((const uint16_t*)table)[tok * H + k]) : ((const float*)table)[tok * H + k];
   }

@@ -8,6 +8,8 @@ import (
 	"math"
 	"os"
 	"runtime"
+	"strconv"
+	"strings"
 	"unsafe"
 
 	"gorgonia.org/cu"
@@ -24,6 +26,7 @@ type Device struct {
 	ctx    cu.CUContext
 	stream cu.Stream
 	fns    map[string]cu.Function
+	occ    map[string]int // resident 256-thread blocks per SM of each gemv kernel
 	graphs map[graphKey]*Graph
 }
 
@@ -33,7 +36,7 @@ var ErrNoDevice = errors.New("no CUDA device")
 // Open starts the device's thread, creates a context on GPU ordinal and
 // loads every embedded module.
 func Open(ordinal int) (*Device, error) {
-	d := &Device{work: make(chan func()), fns: map[string]cu.Function{}, graphs: map[graphKey]*Graph{},
+	d := &Device{work: make(chan func()), fns: map[string]cu.Function{}, occ: map[string]int{}, graphs: map[graphKey]*Graph{},
 		Debug: os.Getenv("QBENCH_CUDA_DEBUG") == "1"}
 	ready := make(chan error)
 	go func() {
@@ -78,6 +81,11 @@ func (d *Device) init(ordinal int) error {
 				return fmt.Errorf("cuda: kernel %s in %s: %v", name, m.name, err)
 			}
 			d.fns[name] = fn
+			if strings.HasPrefix(name, "gemv_") {
+				if d.occ[name], err = fn.MaxActiveBlocksPerMultiProcessor(256, 0); err != nil {
+					return fmt.Errorf("cuda: occupancy of %s: %v", name, err)
+				}
+			}
 		}
 	}
 	return nil
@@ -86,9 +94,82 @@ func (d *Device) init(ordinal int) error {
 // kernelNames lists the entry points of each module.
 var kernelNames = map[string][]string{
 	"attention":  {"attn_split", "attn_combine"},
-	"nf4_matmul": {"gemv_nf4", "gemv_dense", "lora_shrink", "layout"},
+	"nf4_matmul": append(gemvNames(), "lora_shrink", "layout"),
 	"rmsnorm":    {"rmsnorm", "embed"},
 	"sample":     {"argmax"},
+}
+
+// gemvMT are the batch-row counts gemv is compiled for (GEMV(MT) in nf4_matmul.cu).
+var gemvMT = []int{1, 2, 4, 8, 16}
+
+func gemvNames() []string {
+	var n []string
+	for _, mt := range gemvMT {
+		n = append(n, fmt.Sprintf("gemv_nf4_%d", mt), fmt.Sprintf("gemv_nf4r_%d", mt), fmt.Sprintf("gemv_dense_%d", mt))
+	}
+	return n
+}
+
+// gemvMaxMT caps the batch rows per pass (QBENCH_GEMV_MAXMT overrides it,
+// for tuning). 4 won on an H200 (2026-11-26, 3B shape, batch 20: 535 tok/s
+// against 311 with 16 rows a pass, whose 255 registers leave one block an SM).
+var gemvMaxMT = func() int {
+	if v, err := strconv.Atoi(os.Getenv("QBENCH_GEMV_MAXMT")); err == nil && v > 0 {
+		return v
+	}
+	return 4
+}()
+
+// gemvName picks the gemv variant for a matrix kind and M batch rows: the
+// smallest row count per pass that covers M, up to gemvMaxMT (then several passes).
+func gemvName(kind, rows int) string {
+	mt := 1
+	for _, v := range gemvMT {
+		if v <= gemvMaxMT {
+			mt = v
+		}
+	}
+	for _, v := range gemvMT {
+		if v >= rows && v <= gemvMaxMT {
+			mt = v
+			break
+		}
+	}
+	switch kind {
+	case fmtNF4:
+		return fmt.Sprintf("gemv_nf4_%d", mt)
+	case fmtNF4Round:
+		return fmt.Sprintf("gemv_nf4r_%d", mt)
+	}
+	return fmt.Sprintf("gemv_dense_%d", mt)
+}
+
+// targetWarps is about enough resident warps to keep a Hopper's 132 SMs busy.
+const targetWarps = 132 * 32
+
+// gemvWarps picks how many warps share one pair of output rows (split-K): as
+// many as it takes to fill the card when the matrix has few rows, no more
+// than one warp-step of columns each, and 1, 2, 4 or 8.
+func gemvWarps(kind, pairs, K int) int {
+	step := 256 // columns per warp-step: 8 a lane for bf16/fp32
+	if kind != fmtBF16 {
+		step = 1024 // 32 a lane for NF4
+	}
+	w := min(8, max(1, K/step), (targetWarps+pairs-1)/pairs)
+	for w&(w-1) != 0 {
+		w &= w - 1
+	}
+	return max(w, 1)
+}
+
+// gemvLaunch is the kernel, grid and warps-per-pair of one gemv launch. The
+// kernel is persistent: one wave of blocks (as many as are resident at once),
+// each walking several pairs.
+func (d *Device) gemvLaunch(kind, rows, pairs, K int) (string, [3]int, int) {
+	w := gemvWarps(kind, pairs, K)
+	per := 8 / w
+	name := gemvName(kind, rows)
+	return name, [3]int{min((pairs+per-1)/per, max(1, d.occ[name])*d.SMs)}, w
 }
 
 // Do runs f on the device's thread and waits for it.
@@ -165,8 +246,13 @@ func Write[T any](b Buf, v []T) error {
 	return cu.MemcpyHtoD(b.Ptr, unsafe.Pointer(&v[0]), n)
 }
 
-// Read copies len(v) elements from a buffer into v.
+// Read waits for all work of the context (kernels run on a non-blocking
+// stream, which a plain copy does not wait for), then copies len(v) elements
+// from a buffer into v.
 func Read[T any](v []T, b Buf) error {
+	if err := cu.Synchronize(); err != nil {
+		return fmt.Errorf("cuda: %v", err)
+	}
 	var zero T
 	n := int64(len(v)) * int64(unsafe.Sizeof(zero))
 	if n > b.Bytes {
