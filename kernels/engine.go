@@ -181,7 +181,7 @@ func (e *Engine) uploadMatOnly(l *qwen.Linear, slot int) (mat, int, error) {
 			mt.Round = 1
 		}
 		codes := q.Packed
-		if l.In%1024 == 0 {
+		if l.In >= 1024 && l.In%64 == 0 && q.BlockSize == 64 { // tiles of 16 whole blocks (tile_fma's scale shuffles)
 			codes, mt.Fmt = tileNF4(q.Packed, l.Out, l.In), fmtNF4Tiled
 		}
 		if b, err = uploadTo(e, codes, l.Name+" codes"); err != nil {
@@ -259,18 +259,21 @@ func (e *Engine) uploadMatOnly(l *qwen.Linear, slot int) (mat, int, error) {
 	return mt, kind, nil
 }
 
-// tileNF4 reorders packed NF4 codes of an [out, in] matrix (in % 1024 == 0)
-// within each 1024-column tile of each row: lane l of a warp gets, in its 16
-// bytes, the codes of columns 4l + 128j … 4l + 128j + 3 for j = 0…7 (byte 2
-// bytes a group), so that the x values the warp needs for one group are one
-// contiguous 512-byte run.
+// tileNF4 reorders packed NF4 codes of an [out, in] matrix within each whole
+// 1024-column tile of each row: lane l of a warp gets, in its 16 bytes, the
+// codes of columns 4l + 128j … 4l + 128j + 3 for j = 0…7 (2 bytes a group),
+// so that the x values a warp needs for one group are one contiguous 512-byte
+// run. Columns past the last whole tile keep their order.
 func tileNF4(packed []byte, out, in int) []byte {
-	t := make([]byte, len(packed))
-	for base := 0; base < out*in/2; base += 512 { // each tile is 512 bytes of codes
-		for l := 0; l < 32; l++ {
-			for j := 0; j < 8; j++ {
-				t[base+16*l+2*j] = packed[base+2*l+64*j]
-				t[base+16*l+2*j+1] = packed[base+2*l+64*j+1]
+	t := append([]byte(nil), packed...)
+	for r := 0; r < out; r++ {
+		for c := 0; c+1024 <= in; c += 1024 {
+			base := (r*in + c) / 2 // a tile is 512 bytes of codes
+			for l := 0; l < 32; l++ {
+				for j := 0; j < 8; j++ {
+					t[base+16*l+2*j] = packed[base+2*l+64*j]
+					t[base+16*l+2*j+1] = packed[base+2*l+64*j+1]
+				}
 			}
 		}
 	}

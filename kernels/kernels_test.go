@@ -139,8 +139,8 @@ func TestGemv(t *testing.T) {
 	}
 	for _, f := range []string{"nf4dq", "nf4", "bf16", "f32", "nf4dq-tiled"} {
 		K := K
-		if f == "nf4dq-tiled" { // in % 1024 == 0: the codes are reordered into tiles on upload
-			f, K = "nf4dq", 2048
+		if f == "nf4dq-tiled" { // in ≥ 1024: the codes are reordered into tiles on upload, a 128-column tail kept plain
+			f, K = "nf4dq", 2048+128
 		}
 		for i, mode := range []int{modeStore, modeResid, modeGateUp, modeQKV} {
 			wpp := []int{0, 2, 8, 4}[i] // the launcher's choice, and forced splits of K (8 leaves some warps no columns)

@@ -64,24 +64,27 @@ __device__ __forceinline__ void fma8(float& acc, const float w[8], const float* 
   acc += w[0] * a.x + w[1] * a.y + w[2] * a.z + w[3] * a.w + w[4] * b.x + w[5] * b.y + w[6] * b.z + w[7] * b.w;
 }
 
-__device__ __forceinline__ float lora_term(const struct Mat& a, const struct GemvOp& op, int m, int adapter, long long n) {
-  if (adapter < 0 || a.loraSlot < 0 || a.loraB[adapter] == nullptr) return 0.0f;
+// lora_term is scale·Σ_j B[n, j]·t[m, j] for batch row m's adapter, the
+// rank split over the warp's lanes (every lane calls it; all get the sum).
+__device__ __forceinline__ float lora_term(const struct Mat& a, const struct GemvOp& op, int m, long long n, int lane) {
+  const int adapter = op.rows[m].adapter;
+  if (adapter < 0 || a.loraSlot < 0 || a.loraB[adapter] == nullptr) return 0.0f; // the same for the whole warp
   const int r = a.loraRank[adapter];
   const float* B = a.loraB[adapter] + n * r;
   const float* t = op.t + (long long)m * op.tStride + a.loraSlot * op.rmax;
   float s = 0;
-  for (int j = 0; j < r; j++) s += B[j] * t[j];
-  return a.loraScale[adapter] * s;
+  for (int j = lane; j < r; j += 32) s += B[j] * t[j];
+  return a.loraScale[adapter] * warp_sum(s);
 }
 
 __device__ __forceinline__ float silu(float x) { return x * (1.0f / (1.0f + expf(-x))); }
 
-// epilogue finishes rows (ra of matrix A, rb of matrix B) for batch row m.
+// epilogue finishes rows (ra of matrix A, rb of matrix B) for batch row m;
+// va and vb already hold the LoRA terms.
 __device__ __forceinline__ void epilogue(const struct GemvOp& op, int m, const struct Mat& A, long long ra, float va,
                          const struct Mat* B, long long rb, float vb, long long pair) {
-  const int adapter = op.rows[m].adapter;
-  va += (A.bias ? A.bias[ra] : 0.0f) + lora_term(A, op, m, adapter, ra);
-  if (B) vb += (B->bias ? B->bias[rb] : 0.0f) + lora_term(*B, op, m, adapter, rb);
+  va += A.bias ? A.bias[ra] : 0.0f;
+  if (B) vb += B->bias ? B->bias[rb] : 0.0f;
   float* y = op.y + (long long)m * op.ldy;
   switch (op.mode) {
   case MODE_STORE:
@@ -281,10 +284,12 @@ __device__ __forceinline__ void gemv_pair(const struct GemvOp* __restrict__ op, 
   constexpr int STRIDE = 32 * PER_LANE;
   // This warp's K slice: whole chunks of PER_LANE columns (whole 1024-column
   // tiles for a tiled NF4 matrix).
+  // A tiled matrix keeps the columns past its last whole tile (K % 1024) in
+  // plain order; the pair's last warp takes them.
   const bool tiled = FMT == FMT_NF4 && A->fmt == FMT_NF4_TILED;
-  const int align = tiled ? 1024 : PER_LANE;
-  const int slice = ((K + wpp - 1) / wpp + align - 1) / align * align;
-  const int kbeg = part * slice, kend = min(K, kbeg + slice);
+  const int Kt = tiled ? K / 1024 * 1024 : K, align = tiled ? 1024 : PER_LANE;
+  const int slice = ((Kt + wpp - 1) / wpp + align - 1) / align * align;
+  const int kbeg = part * slice, kend = min(Kt, kbeg + slice);
   MatRegs qa, qb;
   const uint16_t *ha = nullptr, *hb = nullptr;
   const float *fa = nullptr, *fb = nullptr;
@@ -305,14 +310,19 @@ __device__ __forceinline__ void gemv_pair(const struct GemvOp* __restrict__ op, 
     float acc0[MT], acc1[MT];
 #pragma unroll
     for (int i = 0; i < MT; i++) acc0[i] = acc1[i] = 0.0f;
+    int pbeg = kbeg, pend = kend; // columns in plain order
     if (valid && tiled) {
       for (int k = kbeg; k < kend; k += 1024) {
         const uint4 ua = __ldg((const uint4*)(qa.packed + (ea + k) / 2 + 16 * lane));
         const uint4 ub = B ? __ldg((const uint4*)(qb.packed + (eb + k) / 2 + 16 * lane)) : make_uint4(0, 0, 0, 0);
         tile_fma<MT, ROUND>(ua, ub, qa, qb, B != nullptr, ea, eb, round, table, code, Xm, K, k, lane, mc, acc0, acc1);
       }
-    } else if (valid) {
-      int k = kbeg + lane * PER_LANE;
+      pbeg = Kt;
+      pend = part == wpp - 1 ? K : Kt;
+    }
+    if (valid) {
+      const int kend = pend;
+      int k = pbeg + lane * PER_LANE;
       if (FMT == FMT_NF4) {
         for (; k < kend; k += STRIDE) {
           const uint4 ua = __ldg((const uint4*)(qa.packed + (ea + k) / 2));
@@ -376,11 +386,16 @@ __device__ __forceinline__ void gemv_pair(const struct GemvOp* __restrict__ op, 
       }
       __syncthreads();
     }
-    // Lane i finishes batch row m0+i (its own copy of the sums: no dynamic register index).
+    // The LoRA expand, the whole warp at once; then lane i finishes batch row
+    // m0+i (its own copy of the sums: no dynamic register index).
     if (valid && part == 0) {
 #pragma unroll
       for (int i = 0; i < MT; i++) {
-        if (i < mc && lane == (i & 31)) epilogue(*op, (int)(m0 + i), *A, ra, acc0[i], B, rb, acc1[i], pair);
+        if (i < mc) {
+          acc0[i] += lora_term(*A, *op, (int)(m0 + i), ra, lane);
+          if (B) acc1[i] += lora_term(*B, *op, (int)(m0 + i), rb, lane);
+          if (lane == (i & 31)) epilogue(*op, (int)(m0 + i), *A, ra, acc0[i], B, rb, acc1[i], pair);
+        }
       }
     }
   }

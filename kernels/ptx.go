@@ -19,7 +19,7 @@ var ptx_sample string
 // modules lists each PTX module with the sha256 of the sources it was built from.
 var modules = []ptxModule{
 	{"attention", ptx_attention, "faf2265103d79e84ce7239c4615ed5eb327b3bf8ebf8ca8cf17da623cad08243"},
-	{"nf4_matmul", ptx_nf4_matmul, "cb36257d7981195d611c3523a1ab8e0bc8b0dfc67bd73c54dd0d5b32c0b7bddc"},
+	{"nf4_matmul", ptx_nf4_matmul, "c70dc49e78eecf464f6aa8c76e8b449ec14a65e3c27e7901c2b931f11ec6bc87"},
 	{"rmsnorm", ptx_rmsnorm, "c1e594e2cb83d8724bbff447e6e767543d1962c9e765de4eeca8bbcdff435df8"},
 	{"sample", ptx_sample, "e0727ef190836c7881ae687d986612c5331323404b1754c029ce3ce18f94739e"},
 }
