@@ -241,6 +241,19 @@ func LogLikelihood(e qwen.Engine, prompt, expected []int, adapter int) (float64,
 		return 0, err
 	}
 	defer e.Release(s)
+	if lp, ok := e.(qwen.LogProbEngine); ok { // on the device: only the numbers come back
+		targets := make([]int, len(all))
+		copy(targets[len(prompt)-1:], expected)
+		v, err := lp.TargetLogProbs(s, all, targets)
+		if err != nil {
+			return 0, err
+		}
+		var sum float64
+		for i := range expected {
+			sum += v[len(prompt)-1+i]
+		}
+		return sum / float64(len(expected)), nil
+	}
 	logits, err := e.Forward([]*qwen.Seq{s}, [][]int{all}, true)
 	if err != nil {
 		return 0, err

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"math"
 	"math/bits"
+	"runtime"
+	"sync"
 	"unsafe"
 
 	"github.com/qbench/qbench/qwen"
@@ -39,8 +41,11 @@ type Engine struct {
 	rope, invFreq              Buf // [MaxRows, headDim/2, 2] cos/sin per row; [headDim/2] inverse frequencies
 	tQKV, tO, tGU, tD          Buf
 	meta, headIdx, ids, logits Buf
+	lp                         Buf // [MaxRows] target log-probabilities
 	part                       Buf
 
+	host     map[*qwen.Linear][]byte // tiled NF4 codes, made on all cores before the upload
+	embed16  []uint16                // the embedding as bf16, likewise
 	hostMeta []rowMeta
 	hostIdx  []int32
 	hostIDs  []int32
@@ -66,12 +71,57 @@ func NewEngine(d *Device, m *qwen.Model, maxRows int) (*Engine, error) {
 		return nil, fmt.Errorf("cuda: %d adapters, the GPU engine carries at most %d", len(m.Adapters), maxAdapters)
 	}
 	e := &Engine{Dev: d, m: m, cfg: m.Config, MaxRows: maxRows, maxHead: min(maxRows, 1024), rmax: m.MaxRank()}
+	e.prepareHost()
 	err := d.Do(e.upload)
+	e.host = nil
 	if err != nil {
 		e.Close()
 		return nil, err
 	}
 	return e, nil
+}
+
+// prepareHost does the host-side reshaping of the weights (NF4 code tiles,
+// the bf16 embedding) on every core, so the upload only copies.
+func (e *Engine) prepareHost() {
+	e.host = map[*qwen.Linear][]byte{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, runtime.GOMAXPROCS(0))
+	for i := range e.m.Layers {
+		for _, l := range e.m.Layers[i].Linears() {
+			if q := l.Quant; q != nil && tiles(l) {
+				wg.Add(1)
+				sem <- struct{}{}
+				go func() {
+					defer func() { <-sem; wg.Done() }()
+					t := tileNF4(q.Packed, l.Out, l.In)
+					mu.Lock()
+					e.host[l] = t
+					mu.Unlock()
+				}()
+			}
+		}
+	}
+	w := e.m.EmbedTokens
+	e.embed16 = make([]uint16, len(w))
+	chunk := (len(w) + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0)
+	for lo := 0; lo < len(w); lo += chunk {
+		wg.Add(1)
+		go func(lo, hi int) {
+			defer wg.Done()
+			for i := lo; i < hi; i++ {
+				e.embed16[i] = tensor.F32ToBF16(w[i])
+			}
+		}(lo, min(lo+chunk, len(w)))
+	}
+	wg.Wait()
+}
+
+// tiles reports whether an NF4 matrix's codes are stored tiled: at least one
+// whole 1024-column tile, rows of whole 64-blocks (tile_fma's scale shuffles).
+func tiles(l *qwen.Linear) bool {
+	return l.In >= 1024 && l.In%64 == 0 && l.Quant.BlockSize == 64
 }
 
 // Model implements qwen.Engine.
@@ -181,8 +231,11 @@ func (e *Engine) uploadMatOnly(l *qwen.Linear, slot int) (mat, int, error) {
 			mt.Round = 1
 		}
 		codes := q.Packed
-		if l.In >= 1024 && l.In%64 == 0 && q.BlockSize == 64 { // tiles of 16 whole blocks (tile_fma's scale shuffles)
-			codes, mt.Fmt = tileNF4(q.Packed, l.Out, l.In), fmtNF4Tiled
+		if tiles(l) {
+			if codes = e.host[l]; codes == nil {
+				codes = tileNF4(q.Packed, l.Out, l.In)
+			}
+			mt.Fmt = fmtNF4Tiled
 		}
 		if b, err = uploadTo(e, codes, l.Name+" codes"); err != nil {
 			return mt, 0, err
@@ -352,10 +405,18 @@ func (e *Engine) upload() error {
 	if e.ids, err = e.alloc(4*R, "token ids"); err != nil {
 		return err
 	}
+	if e.lp, err = e.alloc(4*R, "log-probabilities"); err != nil {
+		return err
+	}
 	// Embedding (shared with a tied lm_head) and final norm.
 	m := e.m
 	e.embedB16 = true
-	if e.embed, err = uploadTo(e, bf16Bits(m.EmbedTokens), "model.embed_tokens"); err != nil {
+	if e.embed16 == nil {
+		e.embed16 = bf16Bits(m.EmbedTokens)
+	}
+	e.embed, err = uploadTo(e, e.embed16, "model.embed_tokens")
+	e.embed16 = nil
+	if err != nil {
 		return err
 	}
 	if e.norm, err = uploadTo(e, m.Norm, "model.norm"); err != nil {
@@ -696,6 +757,44 @@ func (e *Engine) Forward(seqs []*qwen.Seq, tokens [][]int, all bool) ([]float32,
 	}
 	out := e.out[:n*V]
 	err = e.Dev.Do(func() error { return Read(out, e.logits) })
+	return out, err
+}
+
+// TargetLogProbs implements qwen.LogProbEngine: it appends tokens to s and
+// returns, for each new position i, log p(targets[i] | the sequence up to
+// and including tokens[i]), computed on the device so only the numbers come
+// back.
+func (e *Engine) TargetLogProbs(s *qwen.Seq, tokens, targets []int) ([]float64, error) {
+	if len(targets) != len(tokens) {
+		return nil, fmt.Errorf("logprobs: %d tokens, %d targets", len(tokens), len(targets))
+	}
+	for _, t := range targets {
+		if t < 0 || t >= e.cfg.Vocab {
+			return nil, fmt.Errorf("logprobs: target id %d outside the vocabulary", t)
+		}
+	}
+	n, err := e.run([]*qwen.Seq{s}, [][]int{tokens}, true, false)
+	if err != nil {
+		return nil, err
+	}
+	tg := make([]int32, n)
+	for i, t := range targets {
+		tg[i] = int32(t)
+	}
+	lp := make([]float32, n)
+	err = e.Dev.Do(func() error {
+		if err := Write(e.ids, tg); err != nil {
+			return err
+		}
+		if err := e.Dev.launch("target_logprob", [3]int{n}, 1024, 0, e.lp, e.logits, e.ids, e.cfg.Vocab); err != nil {
+			return err
+		}
+		return Read(lp, e.lp)
+	})
+	out := make([]float64, n)
+	for i, v := range lp {
+		out[i] = float64(v)
+	}
 	return out, err
 }
 

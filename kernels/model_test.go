@@ -7,6 +7,7 @@ import (
 	"math"
 	"testing"
 
+	"github.com/qbench/qbench/eval"
 	"github.com/qbench/qbench/qwen"
 	"github.com/qbench/qbench/tensor"
 )
@@ -152,6 +153,36 @@ func TestBatchedAdaptersOnGPU(t *testing.T) {
 		}
 		if fmt.Sprint(alone[0]) != fmt.Sprint(batched[i]) || fmt.Sprint(cpu[i]) != fmt.Sprint(batched[i]) {
 			t.Errorf("row %d: batched %v, alone %v, CPU %v", i, batched[i], alone[0], cpu[i])
+		}
+	}
+}
+
+// TestLogProbsOnDevice: the teacher-forced log-likelihood computed on the
+// device (target_logprob) equals the CPU reference's.
+func TestLogProbsOnDevice(t *testing.T) {
+	d := device(t)
+	m, err := qwen.Load(bnbDir, qwen.LoadOptions{Adapters: []string{loraDir}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := NewEngine(d, m, 256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	prompt := []int{151644, 872, 198, 3838, 374, 21018, 22715, 11, 151645, 198, 151644, 77091, 198}
+	expected := []int{1654, 3042, 264, 29728, 8806, 34647}
+	for _, adapter := range []int{-1, 0} {
+		gpu, err := eval.LogLikelihood(e, prompt, expected, adapter)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cpu, err := eval.LogLikelihood(qwen.NewRunner(m), prompt, expected, adapter)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if math.Abs(gpu-cpu) > 1e-4 {
+			t.Errorf("adapter %d: log-likelihood GPU %v, CPU %v", adapter, gpu, cpu)
 		}
 	}
 }

@@ -21,5 +21,5 @@ var modules = []ptxModule{
 	{"attention", ptx_attention, "faf2265103d79e84ce7239c4615ed5eb327b3bf8ebf8ca8cf17da623cad08243"},
 	{"nf4_matmul", ptx_nf4_matmul, "c70dc49e78eecf464f6aa8c76e8b449ec14a65e3c27e7901c2b931f11ec6bc87"},
 	{"rmsnorm", ptx_rmsnorm, "c1e594e2cb83d8724bbff447e6e767543d1962c9e765de4eeca8bbcdff435df8"},
-	{"sample", ptx_sample, "e0727ef190836c7881ae687d986612c5331323404b1754c029ce3ce18f94739e"},
+	{"sample", ptx_sample, "f096a6def1227c3206d92efdc3927e9b9ea1b592e23ab3a1644cafcac984fb07"},
 }

@@ -96,7 +96,7 @@ var kernelNames = map[string][]string{
 	"attention":  {"attn_split", "attn_combine"},
 	"nf4_matmul": append(gemvNames(), "lora_shrink", "layout"),
 	"rmsnorm":    {"rmsnorm", "embed"},
-	"sample":     {"argmax"},
+	"sample":     {"argmax", "target_logprob"},
 }
 
 // gemvMT are the batch-row counts gemv is compiled for (GEMV(MT) in nf4_matmul.cu).

@@ -41,3 +41,30 @@ extern "C" __global__ void __launch_bounds__(1024) argmax(int32_t* ids, const fl
     ids[blockIdx.x] = idx;
   }
 }
+
+// target_logprob: out[i] = log softmax(logits[i, :])[targets[i]], one block
+// per row (the teacher-forced log-likelihood of an expected answer), the sum
+// of exponentials in double. Bytes: M·V·4 read, M·4 written.
+extern "C" __global__ void __launch_bounds__(1024) target_logprob(float* out, const float* logits, const int32_t* targets, long long V) {
+  const float* row = logits + (long long)blockIdx.x * V;
+  __shared__ float smax[32];
+  __shared__ double ssum[32];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+  float mx = -INFINITY;
+  for (int i = threadIdx.x; i < V; i += blockDim.x) mx = fmaxf(mx, row[i]);
+  mx = warp_max(mx);
+  if (lane == 0) smax[warp] = mx;
+  __syncthreads();
+  mx = smax[0];
+  for (int w = 1; w < nw; w++) mx = fmaxf(mx, smax[w]);
+  double s = 0;
+  for (int i = threadIdx.x; i < V; i += blockDim.x) s += (double)expf(row[i] - mx);
+  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  if (lane == 0) ssum[warp] = s;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double t = 0;
+    for (int w = 0; w < nw; w++) t += ssum[w];
+    out[blockIdx.x] = (float)((double)row[targets[blockIdx.x]] - (double)mx - log(t));
+  }
+}

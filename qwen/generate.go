@@ -33,6 +33,13 @@ type GreedyEngine interface {
 	ForwardArgmax(seqs []*Seq, tokens [][]int) ([]int, error)
 }
 
+// LogProbEngine is implemented by engines that compute teacher-forced
+// log-probabilities on the device. TargetLogProbs appends tokens to s and
+// returns log p(targets[i] | s up to tokens[i]) for each i.
+type LogProbEngine interface {
+	TargetLogProbs(s *Seq, tokens, targets []int) ([]float64, error)
+}
+
 // NewSeq implements Engine.
 func (r *Runner) NewSeq(capacity, adapter int) (*Seq, error) {
 	return r.m.NewSeq(capacity, adapter), nil
