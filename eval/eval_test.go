@@ -2,6 +2,7 @@ package eval
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -51,6 +52,15 @@ func TestEvalTinyModel(t *testing.T) {
 	c := sum.Comparisons[len(sum.Comparisons)-1]
 	if c.Metric != MetricLogLik || c.N != 10 || c.Better+c.Worse+c.Similar != 10 {
 		t.Errorf("loglik comparison = %+v", c)
+	}
+	// The generation that reuses each log-likelihood pass's cache gives the
+	// tokens a plain generation from the prompt gives.
+	var r0 Result
+	json.Unmarshal([]byte(lines[0]), &r0)
+	plain, err := qwen.Generate(qwen.NewRunner(m), [][]int{tok.Encode(r0.Prompt)}, []int{-1}, []*qwen.Sampler{qwen.NewSampler(qwen.Sampling{})},
+		qwen.GenerateOptions{MaxNewTokens: 8, StopIDs: m.Gen.EosIDs})
+	if err != nil || fmt.Sprint(plain[0]) != fmt.Sprint(r0.Tokens) {
+		t.Errorf("eval tokens %v, plain generation %v (%v)", r0.Tokens, plain, err)
 	}
 	// A rerun resumes: nothing is generated again, the answers are the same.
 	sum2, err := Eval(qwen.NewRunner(m), tok, qs, set, opt)

@@ -139,33 +139,59 @@ func Eval(e qwen.Engine, tok *tokenizer.Tokenizer, qs []Question, set Settings, 
 			s.Seed = pairSeed(s.Seed, items[p.q].q.ID, variants[p.v]) // independent of batching
 			samplers[j] = qwen.NewSampler(s)
 		}
-		t0 := time.Now()
-		outs, err := qwen.Generate(e, prompts, adapters, samplers, qwen.GenerateOptions{MaxNewTokens: set.MaxNewTokens, StopIDs: set.StopIDs})
+		err := func() error {
+			seqs := make([]*qwen.Seq, 0, len(chunk))
+			defer func() { // the caches go back after each batch
+				for _, s := range seqs {
+					e.Release(s)
+				}
+			}()
+			// Each pair's reference log-likelihood first: one forward of prompt and
+			// expected answer, whose cache then serves the generation (rewound to
+			// the prompt, less its last token, which the first step feeds).
+			lls := make([]float64, len(chunk))
+			llMS := make([]float64, len(chunk))
+			for j, p := range chunk {
+				it := items[p.q]
+				s, err := e.NewSeq(len(it.ids)+max(len(it.expIDs), set.MaxNewTokens), p.v-1)
+				if err != nil {
+					return err
+				}
+				seqs = append(seqs, s)
+				t1 := time.Now()
+				if lls[j], err = logLikelihood(e, s, it.ids, it.expIDs); err != nil {
+					return err
+				}
+				llMS[j] = msSince(t1)
+				s.Len = len(it.ids) - 1
+			}
+			t0 := time.Now()
+			outs, err := qwen.GenerateFrom(e, seqs, prompts, samplers, qwen.GenerateOptions{MaxNewTokens: set.MaxNewTokens, StopIDs: set.StopIDs})
+			if err != nil {
+				return err
+			}
+			batchMS := msSince(t0)
+			for j, p := range chunk {
+				it := items[p.q]
+				toks := outs[j]
+				stop := "length"
+				if n := len(toks); n > 0 && contains(set.StopIDs, toks[n-1]) {
+					stop = "eos"
+				}
+				answer := tok.Decode(toks, true)
+				r := Result{ID: it.q.ID, Variant: variants[p.v], Question: it.q.Question, Expected: it.q.Expected,
+					Prompt: it.prompt, Answer: answer, Tokens: toks, Stop: stop, Metrics: TextMetrics(it.q.Expected, answer),
+					BatchMS: batchMS, BatchRows: len(chunk), LogLikMS: llMS[j]}
+				if r.Tokens == nil {
+					r.Tokens = []int{}
+				}
+				r.Metrics[MetricLogLik] = lls[j]
+				results = append(results, r)
+			}
+			return nil
+		}()
 		if err != nil {
 			return nil, err
-		}
-		batchMS := msSince(t0)
-		for j, p := range chunk {
-			it := items[p.q]
-			toks := outs[j]
-			stop := "length"
-			if n := len(toks); n > 0 && contains(set.StopIDs, toks[n-1]) {
-				stop = "eos"
-			}
-			answer := tok.Decode(toks, true)
-			t1 := time.Now()
-			ll, err := LogLikelihood(e, it.ids, it.expIDs, p.v-1)
-			if err != nil {
-				return nil, err
-			}
-			r := Result{ID: it.q.ID, Variant: variants[p.v], Question: it.q.Question, Expected: it.q.Expected,
-				Prompt: it.prompt, Answer: answer, Tokens: toks, Stop: stop, Metrics: TextMetrics(it.q.Expected, answer),
-				BatchMS: batchMS, BatchRows: len(chunk), LogLikMS: msSince(t1)}
-			if r.Tokens == nil {
-				r.Tokens = []int{}
-			}
-			r.Metrics[MetricLogLik] = ll
-			results = append(results, r)
 		}
 		if err := writeResults(opt.Out, set, results); err != nil {
 			return nil, err
@@ -232,15 +258,21 @@ func contains(v []int, x int) bool {
 // LogLikelihood is the mean log-probability per token of expected following
 // prompt, teacher-forced in one forward pass, under the given adapter.
 func LogLikelihood(e qwen.Engine, prompt, expected []int, adapter int) (float64, error) {
-	if len(expected) == 0 {
-		return math.NaN(), nil
-	}
-	all := append(append([]int(nil), prompt...), expected...)
-	s, err := e.NewSeq(len(all), adapter)
+	s, err := e.NewSeq(len(prompt)+len(expected), adapter)
 	if err != nil {
 		return 0, err
 	}
 	defer e.Release(s)
+	return logLikelihood(e, s, prompt, expected)
+}
+
+// logLikelihood runs prompt+expected through the empty sequence s (which
+// keeps the cache) and returns the mean log-probability of expected.
+func logLikelihood(e qwen.Engine, s *qwen.Seq, prompt, expected []int) (float64, error) {
+	if len(expected) == 0 || len(prompt) == 0 {
+		return math.NaN(), nil
+	}
+	all := append(append([]int(nil), prompt...), expected...)
 	if lp, ok := e.(qwen.LogProbEngine); ok { // on the device: only the numbers come back
 		targets := make([]int, len(all))
 		copy(targets[len(prompt)-1:], expected)

@@ -55,14 +55,11 @@ func (r *Runner) Model() *Model { return r.m }
 // sampler, all sequences sharing every forward pass, and returns the new
 // tokens of each (the stop token included when one ends it).
 func Generate(e Engine, prompts [][]int, adapters []int, samplers []*Sampler, opt GenerateOptions) ([][]int, error) {
-	m := e.Model()
 	n := len(prompts)
 	if len(adapters) != n || len(samplers) != n {
 		return nil, fmt.Errorf("generate: %d prompts, %d adapters, %d samplers", n, len(adapters), len(samplers))
 	}
 	seqs := make([]*Seq, n)
-	hist := make([][]int, n)
-	out := make([][]int, n)
 	for i, p := range prompts {
 		if len(p) == 0 {
 			return nil, fmt.Errorf("generate: prompt %d is empty", i)
@@ -73,7 +70,29 @@ func Generate(e Engine, prompts [][]int, adapters []int, samplers []*Sampler, op
 		}
 		defer e.Release(s)
 		seqs[i] = s
+	}
+	return GenerateFrom(e, seqs, prompts, samplers, opt)
+}
+
+// GenerateFrom continues sequences whose caches already hold a prefix of
+// their prompts: the first step feeds prompts[i][seqs[i].Len:] (at least one
+// token), and the whole prompt is the history the repetition penalty sees.
+// The sequences' capacity must leave room for opt.MaxNewTokens.
+func GenerateFrom(e Engine, seqs []*Seq, prompts [][]int, samplers []*Sampler, opt GenerateOptions) ([][]int, error) {
+	m := e.Model()
+	n := len(seqs)
+	if len(prompts) != n || len(samplers) != n {
+		return nil, fmt.Errorf("generate: %d sequences, %d prompts, %d samplers", n, len(prompts), len(samplers))
+	}
+	hist := make([][]int, n)
+	out := make([][]int, n)
+	first := make([][]int, n)
+	for i, p := range prompts {
+		if seqs[i].Len >= len(p) {
+			return nil, fmt.Errorf("generate: sequence %d already holds %d of its %d prompt tokens; at least one must be fed", i, seqs[i].Len, len(p))
+		}
 		hist[i] = append(make([]int, 0, len(p)+opt.MaxNewTokens), p...)
+		first[i] = p[seqs[i].Len:]
 	}
 	if opt.MaxNewTokens <= 0 {
 		return out, nil
@@ -90,7 +109,7 @@ func Generate(e Engine, prompts [][]int, adapters []int, samplers []*Sampler, op
 		active[i] = i
 	}
 	seqBuf, tokBuf := make([]*Seq, 0, n), make([][]int, 0, n)
-	stepSeqs, stepToks := seqs, prompts
+	stepSeqs, stepToks := seqs, first
 	for step := 0; len(active) > 0; step++ {
 		var logits []float32
 		var ids []int
