@@ -12,30 +12,17 @@ import (
 	"github.com/qbench/qbench/qwen"
 )
 
-// profile times every launch of a forward pass with a pair of events.
+// profile records a forward pass's launches instead of running them.
 type profile struct {
-	pool  []cu.Event
-	used  int
-	spans []span
+	launches []recorded
 }
 
-type span struct {
-	label      string
-	bytes      int64
-	start, end cu.Event
-}
-
-func (p *profile) events() (cu.Event, cu.Event, error) {
-	for len(p.pool) < p.used+2 {
-		ev, err := cu.MakeEvent(cu.DefaultEvent)
-		if err != nil {
-			return ev, ev, fmt.Errorf("cuda: event: %v", err)
-		}
-		p.pool = append(p.pool, ev)
-	}
-	a, b := p.pool[p.used], p.pool[p.used+1]
-	p.used += 2
-	return a, b, nil
+type recorded struct {
+	label, name string
+	bytes       int64
+	grid        [3]int
+	block       int
+	args        []any
 }
 
 // KernelTime is one row of the per-kernel breakdown of a decode step.
@@ -48,15 +35,19 @@ type KernelTime struct {
 	PctCopy float64 `json:"pct_of_copy_bandwidth"`
 }
 
-// ProfileStep runs one decode step of seqs (one token each) with every launch
-// timed by events (direct launches, no graph: each kernel's own time) and
-// returns the breakdown, slowest first. copyGBs is the card's measured copy
-// bandwidth. The sequences advance by one token.
+// ProfileStep measures each launch of one decode step of seqs (one token
+// each): the step's launches are recorded, then each is captured ten times
+// back to back in a CUDA graph and timed with events around a replay, so the
+// time is the kernel's own (graph node overhead, ~1 µs, included; host launch
+// gaps not). Labels aggregate the layers; the list comes slowest first.
+// copyGBs is the card's measured copy bandwidth. The sequences advance by one
+// token (their caches get the step's K/V written more than once, harmlessly).
 func (e *Engine) ProfileStep(seqs []*qwen.Seq, tokens [][]int, copyGBs float64) ([]KernelTime, error) {
 	rows, nHead, splits, err := e.prepare(seqs, tokens, false)
 	if err != nil {
 		return nil, err
 	}
+	const reps = 10
 	var out []KernelTime
 	err = e.Dev.Do(func() error {
 		if err := e.ensurePart(rows, splits); err != nil {
@@ -75,28 +66,48 @@ func (e *Engine) ProfileStep(seqs []*qwen.Seq, tokens [][]int, copyGBs float64) 
 		if err != nil {
 			return err
 		}
-		if err := e.Dev.Sync(); err != nil {
-			return err
-		}
+		start, _ := cu.MakeEvent(cu.DefaultEvent)
+		end, _ := cu.MakeEvent(cu.DefaultEvent)
+		defer cu.DestroyEvent(&start)
+		defer cu.DestroyEvent(&end)
 		agg := map[string]*KernelTime{}
 		var order []string
-		for _, s := range p.spans {
-			ms, err := s.start.Elapsed(s.end)
+		for _, l := range p.launches {
+			g, err := e.Dev.Capture(func() error {
+				for r := 0; r < reps; r++ {
+					if err := e.Dev.launch(l.name, l.grid, l.block, 0, l.args...); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
 			if err != nil {
-				return fmt.Errorf("cuda: event timing: %v", err)
+				return err
 			}
-			kt := agg[s.label]
+			if err := e.Dev.Launch(g); err != nil { // warm-up
+				g.destroy()
+				return err
+			}
+			start.Record(e.Dev.stream)
+			err = e.Dev.Launch(g)
+			end.Record(e.Dev.stream)
+			if err == nil {
+				err = end.Synchronize()
+			}
+			g.destroy()
+			if err != nil {
+				return fmt.Errorf("cuda: profiling %s: %v", l.name, err)
+			}
+			ms, _ := start.Elapsed(end)
+			kt := agg[l.label]
 			if kt == nil {
-				kt = &KernelTime{Label: s.label}
-				agg[s.label] = kt
-				order = append(order, s.label)
+				kt = &KernelTime{Label: l.label}
+				agg[l.label] = kt
+				order = append(order, l.label)
 			}
 			kt.Calls++
-			kt.Micros += ms * 1000
-			kt.Bytes += s.bytes
-		}
-		for _, ev := range p.pool {
-			cu.DestroyEvent(&ev)
+			kt.Micros += ms * 1000 / reps
+			kt.Bytes += l.bytes
 		}
 		for _, l := range order {
 			kt := agg[l]

@@ -12,16 +12,17 @@ import (
 // RefLinear is gemv's math for one matrix: for each batch row m,
 // y[m, n] = Σ_k W[n, k]·x[m, k] + b[n] + scale_a·Σ_j B_a[n, j]·(Σ_k A_a[j, k]·x[m, k]),
 // with a = adapters[m] (no LoRA term when a < 0 or the adapter skips l).
-// W is l.W: the weight widened to fp32 (for NF4, bitsandbytes' dequantisation).
+// W is l.Weights(): the weight widened to fp32 (for NF4, bitsandbytes' dequantisation).
 func RefLinear(l *qwen.Linear, x []float32, adapters []int) []float32 {
 	M := len(adapters)
+	W := l.Weights()
 	y := make([]float32, M*l.Out)
 	for m := 0; m < M; m++ {
 		xm := x[m*l.In : (m+1)*l.In]
 		for n := 0; n < l.Out; n++ {
 			var s float64
 			for k := 0; k < l.In; k++ {
-				s += float64(l.W[n*l.In+k]) * float64(xm[k])
+				s += float64(W[n*l.In+k]) * float64(xm[k])
 			}
 			if l.Bias != nil {
 				s += float64(l.Bias[n])

@@ -1,22 +1,36 @@
 package qwen
 
 import (
+	"sync"
+
 	"github.com/qbench/qbench/lora"
 	"github.com/qbench/qbench/tensor"
 )
 
 // Linear is one projection: y = W·x + b, plus scale·B(A·x) for rows whose
 // adapter touches this module. W is held widened to fp32; where the checkpoint
-// is NF4, Quant keeps the packed form (for the GPU and for inspect) and W holds
-// its exact bitsandbytes dequantisation.
+// is NF4, Quant keeps the packed form (for the GPU and for inspect) and W, its
+// exact bitsandbytes dequantisation, is made on first use by the CPU path
+// (Weights), so a model that only runs on the GPU never holds it.
 type Linear struct {
 	Name    string
 	Out, In int
-	W       []float32      // [Out, In]
+	W       []float32      // [Out, In]; nil until Weights for an NF4 module
 	Bias    []float32      // [Out], or nil
 	Quant   *tensor.NF4    // packed NF4 weight, or nil for a 16-bit module
 	LoRA    []*lora.Module // indexed by adapter; nil where that adapter leaves this module alone
 	DType   tensor.DType   // dtype the weight was stored in (informational)
+	once    sync.Once
+}
+
+// Weights returns W, dequantising an NF4 module on first use.
+func (l *Linear) Weights() []float32 {
+	l.once.Do(func() {
+		if l.W == nil && l.Quant != nil {
+			l.W = l.Quant.Dequantize()
+		}
+	})
+	return l.W
 }
 
 // Workspace is the scratch a Linear needs; one per Runner.
@@ -52,6 +66,7 @@ func (j *matvec) run(lo, hi int) {
 // rows r of x [rows, In] into y [rows, Out]. adapters may be nil (all base).
 func (l *Linear) Forward(y, x []float32, rows int, adapters []int, ws *Workspace) {
 	in, out := l.In, l.Out
+	l.Weights()
 	ws.mv.l, ws.mv.y, ws.mv.x, ws.mv.rows = l, y, x, rows
 	parallelFor(out, 16, &ws.mv)
 	for r := 0; r < rows; r++ {

@@ -3,7 +3,9 @@ package qwen
 import (
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
+	"sync"
 
 	"github.com/qbench/qbench/lora"
 	"github.com/qbench/qbench/tensor"
@@ -112,32 +114,78 @@ func Load(dir string, opt LoadOptions) (*Model, error) {
 	} else if m.LMHead, err = ld.dense("lm_head", cfg.Vocab, cfg.Hidden, false); err != nil {
 		return nil, err
 	}
+	// Layers in parallel: quantising at load (or widening 16-bit weights) is
+	// most of the time of loading a large model.
 	m.Layers = make([]DecoderLayer, cfg.Layers)
+	errs := make([]error, cfg.Layers)
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, runtime.GOMAXPROCS(0))
 	for i := range m.Layers {
-		l := &m.Layers[i]
-		pre := fmt.Sprintf("model.layers.%d.", i)
-		if l.InputLayernorm, err = ld.vector(pre+"input_layernorm.weight", cfg.Hidden); err != nil {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			errs[i] = ld.layer(&m.Layers[i], i)
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
 			return nil, err
-		}
-		if l.PostAttentionLayernorm, err = ld.vector(pre+"post_attention_layernorm.weight", cfg.Hidden); err != nil {
-			return nil, err
-		}
-		ptrs := []**Linear{&l.SelfAttn.QProj, &l.SelfAttn.KProj, &l.SelfAttn.VProj, &l.SelfAttn.OProj,
-			&l.MLP.GateProj, &l.MLP.UpProj, &l.MLP.DownProj}
-		for j, p := range ptrs {
-			out, in := cfg.ProjShape(j)
-			if *p, err = ld.linear(pre+ProjNames[j], out, in, j < 3); err != nil { // q, k, v have biases
-				return nil, err
-			}
 		}
 	}
-	m.Quant = ld.mode()
+	m.Quant = quantMode(m)
 	for _, a := range opt.Adapters {
 		if err := m.AttachAdapter(a); err != nil {
 			return nil, err
 		}
 	}
 	return m, nil
+}
+
+// layer binds model.layers.{i}.
+func (ld *loader) layer(l *DecoderLayer, i int) error {
+	cfg := ld.cfg
+	pre := fmt.Sprintf("model.layers.%d.", i)
+	var err error
+	if l.InputLayernorm, err = ld.vector(pre+"input_layernorm.weight", cfg.Hidden); err != nil {
+		return err
+	}
+	if l.PostAttentionLayernorm, err = ld.vector(pre+"post_attention_layernorm.weight", cfg.Hidden); err != nil {
+		return err
+	}
+	ptrs := []**Linear{&l.SelfAttn.QProj, &l.SelfAttn.KProj, &l.SelfAttn.VProj, &l.SelfAttn.OProj,
+		&l.MLP.GateProj, &l.MLP.UpProj, &l.MLP.DownProj}
+	for j, p := range ptrs {
+		out, in := cfg.ProjShape(j)
+		if *p, err = ld.linear(pre+ProjNames[j], out, in, j < 3); err != nil { // q, k, v have biases
+			return err
+		}
+	}
+	return nil
+}
+
+// quantMode names the model's quantisation from its projections.
+func quantMode(m *Model) string {
+	nf4, dq := 0, 0
+	for i := range m.Layers {
+		for _, l := range m.Layers[i].Linears() {
+			if l.Quant != nil {
+				nf4++
+				if l.Quant.Double() {
+					dq++
+				}
+			}
+		}
+	}
+	switch {
+	case nf4 == 0:
+		return QuantBF16
+	case dq == nf4:
+		return QuantNF4DQ
+	default:
+		return QuantNF4
+	}
 }
 
 // AttachAdapter loads a PEFT adapter directory and gives it the next adapter index.
@@ -198,24 +246,12 @@ func (m *Model) MaxRank() int {
 	return r
 }
 
-// loader binds checkpoint tensors to model fields, checking shapes.
+// loader binds checkpoint tensors to model fields, checking shapes. Its
+// methods are safe for concurrent use (the checkpoint is only read).
 type loader struct {
-	ck      *tensor.Checkpoint
-	cfg     *Config
-	quant   string
-	nf4, dq int // modules held as NF4, of which double-quantised
-	dense16 int // projection modules held 16-bit
-}
-
-func (ld *loader) mode() string {
-	switch {
-	case ld.nf4 == 0:
-		return QuantBF16
-	case ld.dq == ld.nf4:
-		return QuantNF4DQ
-	default:
-		return QuantNF4
-	}
+	ck    *tensor.Checkpoint
+	cfg   *Config
+	quant string
 }
 
 func (ld *loader) tensor(name string, shape ...int) (*tensor.Tensor, error) {
@@ -276,7 +312,7 @@ func (ld *loader) linear(module string, out, in int, bias bool) (*Linear, error)
 	}
 	var l *Linear
 	if q != nil {
-		l = &Linear{Name: module, Out: out, In: in, W: q.Dequantize(), Quant: q, DType: tensor.U8}
+		l = &Linear{Name: module, Out: out, In: in, Quant: q, DType: tensor.U8}
 		if bias {
 			if l.Bias, err = ld.vector(module+".bias", out); err != nil {
 				return nil, err
@@ -296,16 +332,8 @@ func (ld *loader) linear(module string, out, in int, bias bool) (*Linear, error)
 			if l.Quant, err = tensor.QuantizeNF4(w, []int{out, in}, tensor.BF16, ld.quant == QuantNF4DQ); err != nil {
 				return nil, fmt.Errorf("%s: %v", module, err)
 			}
-			l.W = l.Quant.Dequantize()
+			l.W = nil // dequantised again on first CPU use (Weights)
 		}
-	}
-	if l.Quant != nil {
-		ld.nf4++
-		if l.Quant.Double() {
-			ld.dq++
-		}
-	} else {
-		ld.dense16++
 	}
 	return l, nil
 }

@@ -169,7 +169,7 @@ func runBench(args []string) error {
 		fmt.Printf("%6d %12.0f %16.1f %16.1f %16.1f %+9.1f%%\n", r.Batch, r.PrefillTokS, r.DecodeOn, r.DecodeOff, r.DecodeNoGraph, 100*(r.DecodeOn/r.DecodeOff-1))
 	}
 	for _, r := range rows {
-		fmt.Printf("\nper-kernel breakdown of one decode step, batch %d, adapter on (direct launches, event-timed):\n", r.Batch)
+		fmt.Printf("\nper-kernel breakdown of one decode step, batch %d, adapter on (each kernel ×10 in a graph, event-timed):\n", r.Batch)
 		fmt.Printf("%-24s %6s %10s %12s %9s %7s\n", "kernel", "calls", "µs/step", "bytes/step", "GB/s", "% copy")
 		var total float64
 		for _, k := range r.Kernels {
