@@ -585,6 +585,18 @@ func (e *Engine) prepare(seqs []*qwen.Seq, tokens [][]int, all bool) (rows, nHea
 
 const attnChunk = 32 // CHUNK in attention.cu
 
+// stage sizes the attention scratch and copies the host-side row metadata
+// and head-row list of the pass prepare made to the device (on its thread).
+func (e *Engine) stage(rows, splits int) error {
+	if err := e.ensurePart(rows, splits); err != nil {
+		return err
+	}
+	if err := Write(e.meta, e.hostMeta); err != nil {
+		return err
+	}
+	return Write(e.headIdx, e.hostIdx)
+}
+
 // ensurePart sizes the split-attention scratch (outside any capture).
 func (e *Engine) ensurePart(rows, splits int) error {
 	c := e.cfg
@@ -694,13 +706,7 @@ func (e *Engine) run(seqs []*qwen.Seq, tokens [][]int, all, argmax bool) (nHead 
 		splits = (maxCap + attnChunk - 1) / attnChunk
 	}
 	err = e.Dev.Do(func() error {
-		if err := e.ensurePart(rows, splits); err != nil {
-			return err
-		}
-		if err := Write(e.meta, e.hostMeta); err != nil {
-			return err
-		}
-		if err := Write(e.headIdx, e.hostIdx); err != nil {
+		if err := e.stage(rows, splits); err != nil {
 			return err
 		}
 		if !decode {

@@ -50,13 +50,7 @@ func (e *Engine) ProfileStep(seqs []*qwen.Seq, tokens [][]int, copyGBs float64) 
 	const reps = 10
 	var out []KernelTime
 	err = e.Dev.Do(func() error {
-		if err := e.ensurePart(rows, splits); err != nil {
-			return err
-		}
-		if err := Write(e.meta, e.hostMeta); err != nil {
-			return err
-		}
-		if err := Write(e.headIdx, e.hostIdx); err != nil {
+		if err := e.stage(rows, splits); err != nil {
 			return err
 		}
 		p := &profile{}
@@ -192,13 +186,7 @@ func (e *Engine) DecodeRate(seqs []*qwen.Seq, steps int, graphs bool) (float64, 
 			return err
 		}
 		err = e.Dev.Do(func() error {
-			if err := e.ensurePart(rows, splits); err != nil {
-				return err
-			}
-			if err := Write(e.meta, e.hostMeta); err != nil {
-				return err
-			}
-			if err := Write(e.headIdx, e.hostIdx); err != nil {
+			if err := e.stage(rows, splits); err != nil {
 				return err
 			}
 			if err := e.record(rows, nHead, splits, true); err != nil {
