@@ -8,14 +8,15 @@ import (
 	"math/bits"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"github.com/qbench/qbench/qwen"
 	"github.com/qbench/qbench/tensor"
 )
 
-// Engine runs a qwen.Model on the GPU; it implements qwen.Engine and
-// qwen.GreedyEngine. Weights, LoRA and the per-layer launch descriptors are
+// Engine runs a qwen.Model on the GPU; it implements qwen.Engine,
+// qwen.GreedyEngine and qwen.LogProbEngine. Weights, LoRA and the per-layer launch descriptors are
 // uploaded once; activations are sized for MaxRows rows; each sequence's KV
 // cache is allocated by NewSeq. A decode step (one token per sequence) is one
 // CUDA graph launch, captured once per batch size.
@@ -34,7 +35,7 @@ type Engine struct {
 	head      Buf // gemvOp of lm_head
 	headFmt   int
 	headBytes int64
-	prof      *profile // non-nil while profiling: every launch is timed
+	prof      *profile // non-nil while profiling: launches are recorded, not run
 	rmax      int      // largest LoRA rank (0 without adapters)
 
 	x, xn, q, att, act, xnHead Buf
@@ -105,6 +106,7 @@ func (e *Engine) prepareHost() {
 	}
 	w := e.m.EmbedTokens
 	e.embed16 = make([]uint16, len(w))
+	var inexact atomic.Bool
 	chunk := (len(w) + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0)
 	for lo := 0; lo < len(w); lo += chunk {
 		wg.Add(1)
@@ -112,10 +114,16 @@ func (e *Engine) prepareHost() {
 			defer wg.Done()
 			for i := lo; i < hi; i++ {
 				e.embed16[i] = tensor.F32ToBF16(w[i])
+				if tensor.BF16ToF32(e.embed16[i]) != w[i] {
+					inexact.Store(true)
+				}
 			}
 		}(lo, min(lo+chunk, len(w)))
 	}
 	wg.Wait()
+	if inexact.Load() { // an f16/f32 checkpoint: keep the embedding (and tied head) in fp32
+		e.embed16 = nil
+	}
 }
 
 // tiles reports whether an NF4 matrix's codes are stored tiled: at least one
@@ -173,13 +181,6 @@ func bf16Bits(w []float32) []uint16 {
 	return out
 }
 
-// uploadMat puts one Linear on the device; slot is its place in the LoRA
-// shrink buffer (−1 = none).
-func (e *Engine) uploadMat(l *qwen.Linear, slot int) (mat, int, error) {
-	mt, kind, _, err := e.uploadMatBytes(l, slot)
-	return mt, kind, err
-}
-
 // matBytes is what one pass over a matrix reads: codes and scales for NF4,
 // the weights otherwise, plus its bias and LoRA B matrices.
 func matBytes(l *qwen.Linear) int64 {
@@ -207,12 +208,15 @@ func matBytes(l *qwen.Linear) int64 {
 	return b
 }
 
-func (e *Engine) uploadMatBytes(l *qwen.Linear, slot int) (mat, int, int64, error) {
-	mt, kind, err := e.uploadMatOnly(l, slot)
+// uploadMat puts one Linear on the device; slot is its place in the LoRA
+// shrink buffer (−1 = none). It returns the descriptor, the kind of gemv
+// kernel it needs and the bytes a pass over it reads.
+func (e *Engine) uploadMat(l *qwen.Linear, slot int) (mat, int, int64, error) {
+	mt, kind, err := e.uploadMatFields(l, slot)
 	return mt, kind, matBytes(l), err
 }
 
-func (e *Engine) uploadMatOnly(l *qwen.Linear, slot int) (mat, int, error) {
+func (e *Engine) uploadMatFields(l *qwen.Linear, slot int) (mat, int, error) {
 	mt := mat{N: int32(l.Out), K: int32(l.In), LoraSlot: int32(slot), Round: 2}
 	var err error
 	var b Buf
@@ -410,11 +414,12 @@ func (e *Engine) upload() error {
 	}
 	// Embedding (shared with a tied lm_head) and final norm.
 	m := e.m
-	e.embedB16 = true
-	if e.embed16 == nil {
-		e.embed16 = bf16Bits(m.EmbedTokens)
+	e.embedB16 = e.embed16 != nil // bf16 when exact (every Qwen2.5 checkpoint), else fp32
+	if e.embedB16 {
+		e.embed, err = uploadTo(e, e.embed16, "model.embed_tokens")
+	} else {
+		e.embed, err = uploadTo(e, m.EmbedTokens, "model.embed_tokens")
 	}
-	e.embed, err = uploadTo(e, e.embed16, "model.embed_tokens")
 	e.embed16 = nil
 	if err != nil {
 		return err
@@ -425,9 +430,13 @@ func (e *Engine) upload() error {
 	var head mat
 	if c.TieEmbeddings {
 		head = mat{N: int32(c.Vocab), K: int32(c.Hidden), Fmt: fmtBF16, BF16: uint64(e.embed.Ptr), LoraSlot: -1, Round: 2}
-		e.headFmt = fmtBF16
 		e.headBytes = 2 * int64(c.Vocab) * int64(c.Hidden)
-	} else if head, e.headFmt, e.headBytes, err = e.uploadMatBytes(m.LMHead, -1); err != nil {
+		if !e.embedB16 {
+			head.Fmt, head.BF16, head.F32 = fmtF32, 0, uint64(e.embed.Ptr)
+			e.headBytes *= 2
+		}
+		e.headFmt = fmtBF16 // gemv_dense serves both
+	} else if head, e.headFmt, e.headBytes, err = e.uploadMat(m.LMHead, -1); err != nil {
 		return err
 	}
 	hop := gemvOp{Nmat: 1, Mode: modeStore, X: uint64(e.xnHead.Ptr), Y: uint64(e.logits.Ptr), Rows: uint64(e.meta.Ptr), Ldy: int32(c.Vocab)}
@@ -460,7 +469,7 @@ func (e *Engine) upload() error {
 			kind := -1
 			var bytes int64
 			for s, lin := range ls {
-				mt, k, n, err := e.uploadMatBytes(lin, slot(s))
+				mt, k, n, err := e.uploadMat(lin, slot(s))
 				if err != nil {
 					return Buf{}, 0, 0, err
 				}

@@ -171,10 +171,7 @@ func checkGemv(t *testing.T, d *Device, rng *rand.Rand, ls []*qwen.Linear, mode 
 	meta := make([]rowMeta, M)
 	var caches []Buf
 	var yInit []float32
-	ldy := ls[0].Out
-	if mode == modeQKV {
-		ldy = ls[0].Out
-	}
+	ldy := ls[0].Out // for QKV: q's width
 	var got []float32
 	var kGot, vGot [][]float32
 	err := d.Do(func() error {
@@ -238,7 +235,7 @@ func checkGemv(t *testing.T, d *Device, rng *rand.Rand, ls []*qwen.Linear, mode 
 			Ldy: int32(ldy), TStride: int32(len(ls) * e.rmax), Rmax: int32(e.rmax), Layer: layer, HeadDim: int32(hd), KVDim: int32(kvDim), RopeTheta: 1e6}
 		kind := 0
 		for s, l := range ls {
-			if op.Mat[s], kind, err = e.uploadMat(l, s); err != nil {
+			if op.Mat[s], kind, _, err = e.uploadMat(l, s); err != nil {
 				return err
 			}
 		}

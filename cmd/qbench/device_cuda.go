@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/qbench/qbench/kernels"
 	"github.com/qbench/qbench/qwen"
@@ -214,11 +215,11 @@ func prefill(e *kernels.Engine, b, n, room, adapter int) ([]*qwen.Seq, float64, 
 			toks[i][j] = (i*7919 + j*104729) % e.Model().Config.Vocab
 		}
 	}
-	start := nowSeconds()
+	start := time.Now()
 	if _, err := e.ForwardArgmax(seqs, toks); err != nil {
 		return nil, 0, err
 	}
-	return seqs, float64(b*n) / (nowSeconds() - start), nil
+	return seqs, float64(b*n) / time.Since(start).Seconds(), nil
 }
 
 func release(e *kernels.Engine, seqs []*qwen.Seq) {
