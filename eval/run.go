@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -406,7 +407,7 @@ func Fingerprint(dir string) (string, error) {
 		var n [8]byte
 		io.ReadFull(f, n[:])
 		fmt.Fprintf(h, "%s %d ", filepath.Base(p), st.Size())
-		io.Copy(h, io.LimitReader(f, int64(min(uint64(1<<26), leUint64(n[:])))))
+		io.Copy(h, io.LimitReader(f, int64(min(uint64(1<<26), binary.LittleEndian.Uint64(n[:])))))
 		f.Close()
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
@@ -436,12 +437,4 @@ func HashFiles(paths ...string) (string, error) {
 func SHA256(b []byte) string {
 	h := sha256.Sum256(b)
 	return hex.EncodeToString(h[:])
-}
-
-func leUint64(b []byte) uint64 {
-	var v uint64
-	for i := 7; i >= 0; i-- {
-		v = v<<8 | uint64(b[i])
-	}
-	return v
 }
