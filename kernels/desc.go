@@ -17,8 +17,13 @@ const (
 	// fmtNF4Tiled is NF4 whose codes the engine reordered within each
 	// 1024-column tile (tileNF4), so that a warp's x loads coalesce.
 	fmtNF4Tiled = 3
+	// fmtNF4MMA is NF4 whose codes the engine reordered within each 64-block
+	// (mmaNF4) for the tensor-core kernels' fragments.
+	fmtNF4MMA = 4
 
-	fmtNF4Round = 4 // launcher-only kind: NF4 with an f16 or no rounding, the gemv_nf4r kernels
+	// Launcher-only kinds beyond the formats.
+	fmtNF4Round = 5 // NF4 with an f16 or no rounding: the gemv_nf4r kernels
+	kindMMA     = 6 // NF4 on the tensor cores: the mma_nf4 kernels
 
 	modeStore  = 0
 	modeResid  = 1

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"math/bits"
+	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -36,6 +37,7 @@ type Engine struct {
 	headFmt   int
 	headBytes int64
 	prof      *profile // non-nil while profiling: launches are recorded, not run
+	mma       bool     // NF4 matrices that fit go to the tensor-core kernels (see NewEngine)
 	rmax      int      // largest LoRA rank (0 without adapters)
 
 	x, xn, q, att, act, xnHead Buf
@@ -66,12 +68,17 @@ type layerDesc struct {
 type devSeq struct{ k, v Buf }
 
 // NewEngine uploads m to the device. maxRows bounds the rows of one forward
-// pass (prefill tokens summed over sequences).
-func NewEngine(d *Device, m *qwen.Model, maxRows int) (*Engine, error) {
+// pass (prefill tokens summed over sequences). batch is how many sequences
+// will usually decode together: from 2 up, NF4 matrices are stored for the
+// tensor-core kernels (2.1× the decode rate at batch 20, 3.8× the prefill
+// rate on an H200); for 1, for the CUDA-core GEMV, which is 1.2× faster
+// there. QBENCH_NO_MMA=1 forces the GEMV.
+func NewEngine(d *Device, m *qwen.Model, maxRows, batch int) (*Engine, error) {
 	if len(m.Adapters) > maxAdapters {
 		return nil, fmt.Errorf("cuda: %d adapters, the GPU engine carries at most %d", len(m.Adapters), maxAdapters)
 	}
-	e := &Engine{Dev: d, m: m, cfg: m.Config, MaxRows: maxRows, maxHead: min(maxRows, 1024), rmax: m.MaxRank()}
+	e := &Engine{Dev: d, m: m, cfg: m.Config, MaxRows: maxRows, maxHead: min(maxRows, 1024), rmax: m.MaxRank(),
+		mma: batch >= 2 && m.Config.HeadDim%16 == 0 && os.Getenv("QBENCH_NO_MMA") != "1"}
 	e.prepareHost()
 	err := d.Do(e.upload)
 	e.host = nil
@@ -91,12 +98,12 @@ func (e *Engine) prepareHost() {
 	sem := make(chan struct{}, runtime.GOMAXPROCS(0))
 	for i := range e.m.Layers {
 		for _, l := range e.m.Layers[i].Linears() {
-			if q := l.Quant; q != nil && tiles(l) {
+			if q := l.Quant; q != nil && (e.mmaOK(l) || tiles(l)) {
 				wg.Add(1)
 				sem <- struct{}{}
 				go func() {
 					defer func() { <-sem; wg.Done() }()
-					t := tileNF4(q.Packed, l.Out, l.In)
+					t := e.layout(l)
 					mu.Lock()
 					e.host[l] = t
 					mu.Unlock()
@@ -124,6 +131,41 @@ func (e *Engine) prepareHost() {
 	if inexact.Load() { // an f16/f32 checkpoint: keep the embedding (and tied head) in fp32
 		e.embed16 = nil
 	}
+}
+
+// mmaOK reports whether an NF4 matrix goes to the tensor-core kernels: whole
+// 64-blocks per row, 16-row tiles, bf16 compute (the MMA's A operand).
+func (e *Engine) mmaOK(l *qwen.Linear) bool {
+	q := l.Quant
+	return e.mma && q != nil && q.BlockSize == 64 && l.In%64 == 0 && l.Out%16 == 0 && q.Compute == tensor.BF16
+}
+
+// layout returns an NF4 matrix's codes in the order its kernel reads them.
+func (e *Engine) layout(l *qwen.Linear) []byte {
+	switch {
+	case e.mmaOK(l):
+		return mmaNF4(l.Quant.Packed, l.Out, l.In)
+	case tiles(l):
+		return tileNF4(l.Quant.Packed, l.Out, l.In)
+	}
+	return l.Quant.Packed
+}
+
+// mmaNF4 reorders packed NF4 codes within each 64-column block of each row:
+// thread t of a quad gets, in its 8 bytes, for s = 0…3 the byte of columns
+// 16s + 2t, +1 and the byte of columns 16s + 2t + 8, +9 — its part of the
+// bf16 A fragment of mma.m16n8k16 (see mma_nf4 in nf4_matmul.cu).
+func mmaNF4(packed []byte, out, in int) []byte {
+	t := make([]byte, len(packed))
+	for base := 0; base < out*in/2; base += 32 { // a block is 32 bytes of codes; in % 64 == 0
+		for q := 0; q < 4; q++ {
+			for s := 0; s < 4; s++ {
+				t[base+8*q+2*s] = packed[base+8*s+q]
+				t[base+8*q+2*s+1] = packed[base+8*s+q+4]
+			}
+		}
+	}
+	return t
 }
 
 // tiles reports whether an NF4 matrix's codes are stored tiled: at least one
@@ -234,11 +276,14 @@ func (e *Engine) uploadMatFields(l *qwen.Linear, slot int) (mat, int, error) {
 		case tensor.F16:
 			mt.Round = 1
 		}
-		codes := q.Packed
-		if tiles(l) {
-			if codes = e.host[l]; codes == nil {
-				codes = tileNF4(q.Packed, l.Out, l.In)
-			}
+		codes := e.host[l]
+		if codes == nil {
+			codes = e.layout(l)
+		}
+		switch {
+		case e.mmaOK(l):
+			mt.Fmt = fmtNF4MMA
+		case tiles(l):
 			mt.Fmt = fmtNF4Tiled
 		}
 		if b, err = uploadTo(e, codes, l.Name+" codes"); err != nil {
@@ -309,6 +354,8 @@ func (e *Engine) uploadMatFields(l *qwen.Linear, slot int) (mat, int, error) {
 		kind = fmtBF16 // gemv_dense handles both dense formats
 	case kind == fmtNF4Tiled:
 		kind = fmtNF4 // gemv_nf4 handles both code orders
+	case kind == fmtNF4MMA:
+		return mt, kindMMA, nil
 	}
 	if kind == fmtNF4 && mt.Round != 0 {
 		kind = fmtNF4Round

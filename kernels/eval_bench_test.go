@@ -31,7 +31,7 @@ func BenchmarkSeedEval3B(b *testing.B) {
 	AddSyntheticAdapter(m, 16, 2)
 	for i := 0; i < b.N; i++ {
 		start := time.Now()
-		e, err := NewEngine(d, m, 4096)
+		e, err := NewEngine(d, m, 4096, 20)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -137,10 +137,13 @@ func TestGemv(t *testing.T) {
 	for m := range adapters {
 		adapters[m] = m%3 - 1
 	}
-	for _, f := range []string{"nf4dq", "nf4", "bf16", "f32", "nf4dq-tiled"} {
-		K := K
-		if f == "nf4dq-tiled" { // in ≥ 1024: the codes are reordered into tiles on upload, a 128-column tail kept plain
+	for _, f := range []string{"nf4dq", "nf4", "bf16", "f32", "nf4dq-tiled", "nf4dq-mma", "nf4-mma"} {
+		K, mma, oN, guN := K, false, 40, 24 // row counts off the tiles
+		switch f {
+		case "nf4dq-tiled": // in ≥ 1024: the codes are reordered into tiles on upload, a 128-column tail kept plain
 			f, K = "nf4dq", 2048+128
+		case "nf4dq-mma", "nf4-mma": // the tensor-core kernels: rows in 16s, whole 64-blocks
+			f, K, mma, oN, guN = f[:len(f)-4], 2048+64, true, 48, 32
 		}
 		for i, mode := range []int{modeStore, modeResid, modeGateUp, modeQKV} {
 			wpp := []int{0, 2, 8, 4}[i] // the launcher's choice, and forced splits of K (8 leaves some warps no columns)
@@ -148,22 +151,22 @@ func TestGemv(t *testing.T) {
 				var ls []*qwen.Linear
 				switch mode {
 				case modeStore, modeResid:
-					ls = []*qwen.Linear{randLinear(rng, "o_proj", 40, K, f, false)}
+					ls = []*qwen.Linear{randLinear(rng, "o_proj", oN, K, f, false)}
 				case modeGateUp:
-					ls = []*qwen.Linear{randLinear(rng, "gate_proj", 24, K, f, false), randLinear(rng, "up_proj", 24, K, f, true)}
+					ls = []*qwen.Linear{randLinear(rng, "gate_proj", guN, K, f, false), randLinear(rng, "up_proj", guN, K, f, true)}
 				case modeQKV:
 					ls = []*qwen.Linear{randLinear(rng, "q_proj", 2*hd, K, f, false), randLinear(rng, "k_proj", hd, K, f, true), randLinear(rng, "v_proj", hd, K, f, false)}
 				}
-				checkGemv(t, d, rng, ls, mode, adapters, hd, wpp)
+				checkGemv(t, d, rng, ls, mode, adapters, hd, wpp, mma)
 			})
 		}
 	}
 }
 
-func checkGemv(t *testing.T, d *Device, rng *rand.Rand, ls []*qwen.Linear, mode int, adapters []int, hd, wpp int) {
+func checkGemv(t *testing.T, d *Device, rng *rand.Rand, ls []*qwen.Linear, mode int, adapters []int, hd, wpp int, mma bool) {
 	M, K := len(adapters), ls[0].In
 	x := randSlice(rng, M*K, 1)
-	e := &Engine{Dev: d, rmax: 8}
+	e := &Engine{Dev: d, rmax: 8, mma: mma}
 	defer e.Close()
 	const layers, capTok, layer = 2, 8, 1
 	kvDim := hd
@@ -252,6 +255,9 @@ func checkGemv(t *testing.T, d *Device, rng *rand.Rand, ls []*qwen.Linear, mode 
 			pairs = ls[0].Out
 		case modeQKV:
 			pairs = (ls[0].Out + ls[1].Out + ls[2].Out) / 2
+		}
+		if mma != (kind == kindMMA) {
+			return fmt.Errorf("kind %d, want the tensor-core kernel: %v", kind, mma)
 		}
 		name, grid, w := d.gemvLaunch(kind, M, pairs, K)
 		if wpp > 0 { // force a split of K, and few blocks so that each walks several pairs

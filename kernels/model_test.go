@@ -65,7 +65,7 @@ func TestModelParity(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			e, err := NewEngine(d, m, 256)
+			e, err := NewEngine(d, m, 256, 1)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -126,7 +126,7 @@ func TestBatchedAdaptersOnGPU(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := NewEngine(d, m, 256)
+	e, err := NewEngine(d, m, 256, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,7 +165,7 @@ func TestLogProbsOnDevice(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := NewEngine(d, m, 256)
+	e, err := NewEngine(d, m, 256, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,6 +183,58 @@ func TestLogProbsOnDevice(t *testing.T) {
 		}
 		if math.Abs(gpu-cpu) > 1e-4 {
 			t.Errorf("adapter %d: log-likelihood GPU %v, CPU %v", adapter, gpu, cpu)
+		}
+	}
+}
+
+// TestTensorCoreModel runs a small synthetic model whose shapes the
+// tensor-core kernels take (hidden 256, head_dim 64) with a LoRA adapter,
+// batched rows on both adapters, through the engine built for batches (MMA)
+// and for one sequence (GEMV), against the CPU reference.
+func TestTensorCoreModel(t *testing.T) {
+	d := device(t)
+	cfg := &qwen.Config{ModelType: "qwen2", Hidden: 256, Intermediate: 704, Layers: 2, Heads: 4, KVHeads: 2, HeadDim: 64,
+		Vocab: 1000, RMSEps: 1e-6, RopeTheta: 1e6, TieEmbeddings: true}
+	m := SyntheticModel(cfg, 7)
+	AddSyntheticAdapter(m, 16, 8)
+	prompts := [][]int{{1, 2, 3, 4, 5, 6, 7}, {9, 8, 7}, {100, 200, 300, 400}}
+	adapters := []int{0, -1, 0}
+	cpu := qwen.NewRunner(m)
+	var want []float32
+	for i, p := range prompts {
+		s := m.NewSeq(len(p), adapters[i])
+		l, err := cpu.Forward([]*qwen.Seq{s}, [][]int{p}, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, l...)
+	}
+	for _, batch := range []int{1, 4} {
+		e, err := NewEngine(d, m, 64, batch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if batch > 1 && !e.mma {
+			t.Fatal("the batch engine did not pick the tensor-core kernels")
+		}
+		seqs := make([]*qwen.Seq, len(prompts))
+		for i, p := range prompts {
+			if seqs[i], err = e.NewSeq(len(p), adapters[i]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got, err := e.Forward(seqs, prompts, true) // all rows of three sequences in one pass
+		for _, s := range seqs {
+			e.Release(s)
+		}
+		e.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := relErr(got, want); r > 1e-4 {
+			t.Errorf("batch engine %d: logits relative error %.3g > 1e-4; %s", batch, r, firstMismatch(got, want, 1e-4))
+		} else {
+			t.Logf("batch engine %d: logits relative error %.3g", batch, r)
 		}
 	}
 }

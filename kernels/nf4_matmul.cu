@@ -77,6 +77,19 @@ __device__ __forceinline__ float lora_term(const struct Mat& a, const struct Gem
   return a.loraScale[adapter] * warp_sum(s);
 }
 
+// lora_serial is lora_term for one thread alone (the MMA epilogue's threads
+// each own different (row, batch row) outputs).
+__device__ __forceinline__ float lora_serial(const struct Mat& a, const struct GemvOp& op, int m, long long n) {
+  const int adapter = op.rows[m].adapter;
+  if (adapter < 0 || a.loraSlot < 0 || a.loraB[adapter] == nullptr) return 0.0f;
+  const int r = a.loraRank[adapter];
+  const float* B = a.loraB[adapter] + n * r;
+  const float* t = op.t + (long long)m * op.tStride + a.loraSlot * op.rmax;
+  float s = 0;
+  for (int j = 0; j < r; j++) s += B[j] * t[j];
+  return a.loraScale[adapter] * s;
+}
+
 __device__ __forceinline__ float silu(float x) { return x * (1.0f / (1.0f + expf(-x))); }
 
 // epilogue finishes rows (ra of matrix A, rb of matrix B) for batch row m;
@@ -448,6 +461,170 @@ GEMV(2, 2)
 GEMV(4, 2)
 GEMV(8, 1)
 GEMV(16, 1)
+
+// ---------------------------------------------------------------------------
+// mma_nf4_<NT>: the same product on the tensor cores (mma.sync m16n8k16,
+// bf16 in, fp32 accumulate), for matrices with K % 64 == 0 and 64-blocks.
+//
+// A warp takes a tile of 8 output pairs (the pairs of gemv: (A-row, B-row)),
+// which are the 16 rows of the MMA's A operand: fragment row g is pair g's
+// A-row, row g+8 its B-row — so RoPE's (j, j+half), gate/up's (gate, up) and
+// the residual's (2p, 2p+1) land in one thread's accumulators. The codes are
+// stored permuted within each (row, 64-block) by the launcher (mmaNF4): thread
+// t of a quad reads its 8 bytes, the codes of columns 16s + 2t, +1, +8, +9 for
+// s = 0…3, dequantises them exactly as bitsandbytes (round_bf16(NF4·scale)),
+// which is exactly the bf16 A fragment. x (fp32) enters as three bf16 parts,
+// hi + mid + lo, so the product keeps fp32 accuracy. NT n-tiles of 8 batch
+// rows per pass; warps per tile split K as in gemv.
+// ---------------------------------------------------------------------------
+
+__device__ __forceinline__ uint32_t pack_bf16(float a, float b) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+  return *(const uint32_t*)&h;
+}
+
+// split3 writes x = hi + mid + lo as three packed bf16 pairs (exact to ~2^-24).
+__device__ __forceinline__ void split3(float x0, float x1, uint32_t& hi, uint32_t& mid, uint32_t& lo) {
+  hi = pack_bf16(x0, x1);
+  const float r0 = x0 - __uint_as_float(hi << 16), r1 = x1 - __uint_as_float(hi & 0xffff0000u);
+  mid = pack_bf16(r0, r1);
+  lo = pack_bf16(r0 - __uint_as_float(mid << 16), r1 - __uint_as_float(mid & 0xffff0000u));
+}
+
+__device__ __forceinline__ void mma16816(float* d, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// dq2 dequantises the two codes of one byte to a packed bf16 pair (high nibble first).
+__device__ __forceinline__ uint32_t dq2(uint32_t byte, float s, const float* table) {
+  return pack_bf16(table[(byte >> 4) & 15u] * s, table[byte & 15u] * s);
+}
+
+template <int NT>
+__device__ void mma_body(const struct GemvOp* __restrict__ op, long long M, int wpp) {
+  __shared__ float table[16];
+  __shared__ float code[256];
+  __shared__ float red[8][NT][4][32]; // split-K partial accumulators, per warp
+  const struct Mat* A0 = &op->mat[0];
+  if (threadIdx.x < 16) table[threadIdx.x] = NF4_TABLE[threadIdx.x];
+  if (A0->code)
+    for (int i = threadIdx.x; i < 256; i += blockDim.x) code[i] = A0->code[i];
+  __syncthreads();
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+  const int part = warp % wpp, tpb = 8 / wpp; // warps share a tile; tiles per block
+  const int mode = op->mode;
+  const int P = mode == MODE_GATEUP ? A0->N : mode == MODE_QKV ? (op->mat[0].N + op->mat[1].N + op->mat[2].N) / 2 : A0->N / 2;
+  const int K = A0->K;
+  const int blocks = K / 64, per = (blocks + wpp - 1) / wpp;
+  const int bbeg = part * per, bend = min(blocks, bbeg + per);
+  // Persistent, block-uniform loop (the split-K meeting has block barriers):
+  // the block's tiles are bb, bb + 8, …; a warp whose tile is past the end
+  // still takes part in the barriers.
+  for (int bb = blockIdx.x * tpb * 8; bb < P; bb += gridDim.x * tpb * 8) {
+    const int base = bb + (warp / wpp) * 8;
+    const bool valid = base < P;
+    // This thread's pair (g) and its two rows.
+    const int pair = valid ? base + g : 0;
+    const struct Mat* A = A0;
+    const struct Mat* B = A0;
+    int ra, rb;
+    if (mode == MODE_GATEUP) {
+      ra = rb = pair;
+      B = &op->mat[1];
+    } else if (mode == MODE_QKV) {
+      const int hd = op->headDim, half = hd / 2;
+      int o = (pair / half) * hd + pair % half, i = 0;
+      while (i < 2 && o >= op->mat[i].N) o -= op->mat[i++].N;
+      A = B = &op->mat[i];
+      ra = o;
+      rb = o + half;
+    } else {
+      ra = 2 * pair;
+      rb = ra + 1;
+    }
+    const MatRegs qa = mat_regs(A), qb = mat_regs(B);
+    const unsigned ea = (unsigned)ra * K, eb = (unsigned)rb * K;
+    for (long long m0 = 0; m0 < M; m0 += 8 * NT) {
+      float acc[NT][4];
+#pragma unroll
+      for (int n = 0; n < NT; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+      for (int b = bbeg; valid && b < bend; b++) {
+        const unsigned c0 = 64u * b;
+        const uint2 ca = __ldg((const uint2*)(qa.packed + (ea + c0) / 2 + 8 * t));
+        const uint2 cb = __ldg((const uint2*)(qb.packed + (eb + c0) / 2 + 8 * t));
+        const float sa = nf4_scale(qa, code, ea + c0), sb = nf4_scale(qb, code, eb + c0);
+#pragma unroll
+        for (int st = 0; st < 4; st++) {
+          const uint32_t wa = st < 2 ? ca.x : ca.y, wb = st < 2 ? cb.x : cb.y;
+          const int sh = 16 * (st & 1);
+          const uint32_t a0 = dq2(wa >> sh, sa, table), a2 = dq2(wa >> (sh + 8), sa, table);
+          const uint32_t a1 = dq2(wb >> sh, sb, table), a3 = dq2(wb >> (sh + 8), sb, table);
+          const int col = c0 + 16 * st + 2 * t;
+#pragma unroll
+          for (int n = 0; n < NT; n++) {
+            const long long m = m0 + 8 * n + g;
+            float2 x0 = make_float2(0, 0), x1 = x0;
+            if (m < M) {
+              x0 = __ldg((const float2*)(op->x + m * K + col));
+              x1 = __ldg((const float2*)(op->x + m * K + col + 8));
+            }
+            uint32_t h0, m0r, l0, h1, m1r, l1;
+            split3(x0.x, x0.y, h0, m0r, l0);
+            split3(x1.x, x1.y, h1, m1r, l1);
+            mma16816(acc[n], a0, a1, a2, a3, h0, h1);
+            mma16816(acc[n], a0, a1, a2, a3, m0r, m1r);
+            mma16816(acc[n], a0, a1, a2, a3, l0, l1);
+          }
+        }
+      }
+      if (wpp > 1) { // the tile's warps meet in shared memory; its first warp finishes
+#pragma unroll
+        for (int n = 0; n < NT; n++)
+#pragma unroll
+          for (int i = 0; i < 4; i++) red[warp][n][i][lane] = acc[n][i];
+        __syncthreads();
+        if (part == 0) {
+#pragma unroll
+          for (int n = 0; n < NT; n++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+              float s = 0.0f;
+              for (int w = 0; w < wpp; w++) s += red[warp + w][n][i][lane];
+              acc[n][i] = s;
+            }
+        }
+        __syncthreads();
+      }
+      if (part == 0 && valid) {
+        // acc[n][j] is row g (the A-row), batch row m0 + 8n + 2t + j; acc[n][2+j] the B-row.
+#pragma unroll
+        for (int n = 0; n < NT; n++)
+#pragma unroll
+          for (int j = 0; j < 2; j++) {
+            const long long m = m0 + 8 * n + 2 * t + j;
+            if (m < M) {
+              float va = acc[n][j], vb = acc[n][2 + j];
+              va += lora_serial(*A, *op, (int)m, ra);
+              vb += lora_serial(*B, *op, (int)m, rb);
+              epilogue(*op, (int)m, *A, ra, va, B, rb, vb, pair);
+            }
+          }
+      }
+    }
+  }
+}
+
+// mma_nf4_<NT>: grid = one wave of 256-thread blocks (persistent), NT n-tiles
+// of 8 batch rows per pass, wpp warps per tile of 8 pairs (1, 2, 4 or 8).
+#define MMA(NT)                                                                                                  \
+  extern "C" __global__ void __launch_bounds__(256) mma_nf4_##NT(const struct GemvOp* op, long long M, long long wpp) { \
+    mma_body<NT>(op, M, (int)wpp);                                                                               \
+  }
+MMA(1)
+MMA(2)
+MMA(4)
 
 // lora_shrink: one 256-thread block per (j, slot, m) output, the K-long dot
 // split over the block; rows without an adapter, and ranks below rmax, get

@@ -18,8 +18,8 @@ var ptx_sample string
 
 // modules lists each PTX module with the sha256 of the sources it was built from.
 var modules = []ptxModule{
-	{"attention", ptx_attention, "faf2265103d79e84ce7239c4615ed5eb327b3bf8ebf8ca8cf17da623cad08243"},
-	{"nf4_matmul", ptx_nf4_matmul, "c70dc49e78eecf464f6aa8c76e8b449ec14a65e3c27e7901c2b931f11ec6bc87"},
-	{"rmsnorm", ptx_rmsnorm, "c1e594e2cb83d8724bbff447e6e767543d1962c9e765de4eeca8bbcdff435df8"},
-	{"sample", ptx_sample, "f096a6def1227c3206d92efdc3927e9b9ea1b592e23ab3a1644cafcac984fb07"},
+	{"attention", ptx_attention, "6e4ffadf7c65b66f913a51a9c5b39d6d79643679b947f627c65dff6680855c3e"},
+	{"nf4_matmul", ptx_nf4_matmul, "fa0692dbbfc834c03af26a0162daf986e818c27ad46de8a87b00fd5316c58769"},
+	{"rmsnorm", ptx_rmsnorm, "9dffe73116ffd974a4a4f4a12feed6fa7f5bee35641650b576b785966e55a887"},
+	{"sample", ptx_sample, "b0ff13c2815eac160f149ba4436f44437a7b57db98b6775a381aa2b1fdbe4012"},
 }

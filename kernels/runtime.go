@@ -81,7 +81,7 @@ func (d *Device) init(ordinal int) error {
 				return fmt.Errorf("cuda: kernel %s in %s: %v", name, m.name, err)
 			}
 			d.fns[name] = fn
-			if strings.HasPrefix(name, "gemv_") {
+			if strings.HasPrefix(name, "gemv_") || strings.HasPrefix(name, "mma_") {
 				if d.occ[name], err = fn.MaxActiveBlocksPerMultiProcessor(256, 0); err != nil {
 					return fmt.Errorf("cuda: occupancy of %s: %v", name, err)
 				}
@@ -94,7 +94,7 @@ func (d *Device) init(ordinal int) error {
 // kernelNames lists the entry points of each module.
 var kernelNames = map[string][]string{
 	"attention":  {"attn_split", "attn_combine"},
-	"nf4_matmul": append(gemvNames(), "lora_shrink", "layout"),
+	"nf4_matmul": append(gemvNames(), "mma_nf4_1", "mma_nf4_2", "mma_nf4_4", "lora_shrink", "layout"),
 	"rmsnorm":    {"rmsnorm", "embed"},
 	"sample":     {"argmax", "target_logprob"},
 }
@@ -166,6 +166,23 @@ func gemvWarps(kind, pairs, K int) int {
 // kernel is persistent: one wave of blocks (as many as are resident at once),
 // each walking several pairs.
 func (d *Device) gemvLaunch(kind, rows, pairs, K int) (string, [3]int, int) {
+	if kind == kindMMA { // tiles of 8 pairs, NT n-tiles of 8 batch rows a pass
+		nt := 4
+		switch {
+		case rows <= 8:
+			nt = 1
+		case rows <= 16:
+			nt = 2
+		}
+		tiles := pairs / 8
+		w := min(8, max(1, K/64), (targetWarps+tiles-1)/tiles)
+		for w&(w-1) != 0 {
+			w &= w - 1
+		}
+		name := fmt.Sprintf("mma_nf4_%d", nt)
+		per := 8 / w
+		return name, [3]int{min((tiles+per-1)/per, max(1, d.occ[name])*d.SMs)}, w
+	}
 	w := gemvWarps(kind, pairs, K)
 	per := 8 / w
 	name := gemvName(kind, rows)

@@ -23,11 +23,17 @@ func SyntheticModel(cfg *qwen.Config, seed uint64) *qwen.Model {
 		}
 		return v
 	}
+	bf16 := func(v []float32) []float32 { // real checkpoints store these in bf16
+		for i := range v {
+			v[i] = tensor.RoundBF16(v[i])
+		}
+		return v
+	}
 	m := &qwen.Model{Config: cfg, Gen: &qwen.GenerationConfig{}, Quant: qwen.QuantNF4DQ,
-		EmbedTokens: vec(cfg.Vocab*cfg.Hidden, 0.05), Norm: vec(cfg.Hidden, 1), Layers: make([]qwen.DecoderLayer, cfg.Layers)}
+		EmbedTokens: bf16(vec(cfg.Vocab*cfg.Hidden, 0.05)), Norm: vec(cfg.Hidden, 1), Layers: make([]qwen.DecoderLayer, cfg.Layers)}
 	m.LMHead = &qwen.Linear{Name: "lm_head", Out: cfg.Vocab, In: cfg.Hidden, W: m.EmbedTokens, DType: tensor.BF16}
 	if !cfg.TieEmbeddings {
-		m.LMHead = &qwen.Linear{Name: "lm_head", Out: cfg.Vocab, In: cfg.Hidden, W: vec(cfg.Vocab*cfg.Hidden, 0.05), DType: tensor.BF16}
+		m.LMHead = &qwen.Linear{Name: "lm_head", Out: cfg.Vocab, In: cfg.Hidden, W: bf16(vec(cfg.Vocab*cfg.Hidden, 0.05)), DType: tensor.BF16}
 	}
 	var wg sync.WaitGroup
 	for i := range m.Layers {

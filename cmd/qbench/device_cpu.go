@@ -20,8 +20,11 @@ func checkDevice(d string) error {
 	return fmt.Errorf("--device %q: want cpu or cuda", d)
 }
 
-// newEngine returns the forward-pass engine for the device.
-func newEngine(m *qwen.Model, device string) (qwen.Engine, error) { return qwen.NewRunner(m), nil }
+// newEngine returns the forward-pass engine for the device (batch matters to
+// the GPU engine only).
+func newEngine(m *qwen.Model, device string, batch int) (qwen.Engine, error) {
+	return qwen.NewRunner(m), nil
+}
 
 func runBench(args []string) error {
 	fs := newFlags("bench", "[--shape qwen2.5-0.5b|1.5b|3b|7b | --model DIR] [flags]", benchDoc)

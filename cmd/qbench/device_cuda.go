@@ -38,8 +38,9 @@ func openDevice() (*kernels.Device, error) {
 	return dev, devErr
 }
 
-// newEngine returns the forward-pass engine for the device.
-func newEngine(m *qwen.Model, device string) (qwen.Engine, error) {
+// newEngine returns the forward-pass engine for the device; batch is how many
+// sequences will decode together (it picks the GPU kernels).
+func newEngine(m *qwen.Model, device string, batch int) (qwen.Engine, error) {
 	if device == "cpu" {
 		return qwen.NewRunner(m), nil
 	}
@@ -47,7 +48,7 @@ func newEngine(m *qwen.Model, device string) (qwen.Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	return kernels.NewEngine(d, m, 8192)
+	return kernels.NewEngine(d, m, 8192, batch)
 }
 
 type benchRow struct {
@@ -107,56 +108,37 @@ func runBench(args []string) error {
 	}
 	bar.Add(1)
 	rows := make([]benchRow, len(bs))
-	maxRows := 0
-	for _, b := range bs {
-		maxRows = max(maxRows, b**promptLen)
-	}
-	// Adapter off: an engine without LoRA at all.
-	eng, err := kernels.NewEngine(d, m, maxRows)
-	if err != nil {
-		return err
-	}
+	// Each batch size gets engines built for it (the kernels differ from 2 rows
+	// up): first without LoRA at all, then with the adapter.
 	for i, b := range bs {
 		rows[i].Batch = b
+		eng, err := kernels.NewEngine(d, m, b**promptLen, b)
+		if err != nil {
+			return err
+		}
 		seqs, _, err := prefill(eng, b, *promptLen, *newTokens, -1)
+		if err == nil {
+			rows[i].DecodeOff, err = eng.DecodeRate(seqs, *newTokens, true)
+			release(eng, seqs)
+		}
+		eng.Close()
 		if err != nil {
 			return err
 		}
-		if rows[i].DecodeOff, err = eng.DecodeRate(seqs, *newTokens, true); err != nil {
-			return err
-		}
-		release(eng, seqs)
 		bar.Add(1)
 	}
-	eng.Close()
-	// Adapter on.
 	kernels.AddSyntheticAdapter(m, *rank, 2)
-	if eng, err = kernels.NewEngine(d, m, maxRows); err != nil {
-		return err
-	}
-	defer eng.Close()
 	for i, b := range bs {
-		seqs, rate, err := prefill(eng, b, *promptLen, *newTokens, 0)
+		eng, err := kernels.NewEngine(d, m, b**promptLen, b)
 		if err != nil {
 			return err
 		}
-		rows[i].PrefillTokS = rate
-		if rows[i].Kernels, err = eng.ProfileStep(seqs, firstTokens(b), copyGBs); err != nil {
+		if err := benchAdapterOn(eng, &rows[i], b, *promptLen, *newTokens, copyGBs); err != nil {
+			eng.Close()
 			return err
 		}
-		bar.Add(1)
-		if rows[i].DecodeOn, err = eng.DecodeRate(seqs, *newTokens, true); err != nil {
-			return err
-		}
-		release(eng, seqs)
-		if seqs, _, err = prefill(eng, b, *promptLen, *newTokens, 0); err != nil {
-			return err
-		}
-		if rows[i].DecodeNoGraph, err = eng.DecodeRate(seqs, min(*newTokens, 32), false); err != nil {
-			return err
-		}
-		release(eng, seqs)
-		bar.Add(1)
+		eng.Close()
+		bar.Add(2)
 	}
 	bar.Finish()
 	res := map[string]any{"device": d.Name, "model": name, "quantization": m.Quant, "adapter_rank": *rank,
@@ -180,6 +162,29 @@ func runBench(args []string) error {
 		fmt.Printf("%-24s %6s %10.1f\n", "total kernel time", "", total)
 	}
 	return nil
+}
+
+// benchAdapterOn measures prefill, the per-kernel profile and decode with
+// and without graphs, all rows on adapter 0.
+func benchAdapterOn(eng *kernels.Engine, row *benchRow, b, promptLen, newTokens int, copyGBs float64) error {
+	seqs, rate, err := prefill(eng, b, promptLen, newTokens, 0)
+	if err != nil {
+		return err
+	}
+	row.PrefillTokS = rate
+	if row.Kernels, err = eng.ProfileStep(seqs, firstTokens(b), copyGBs); err == nil {
+		row.DecodeOn, err = eng.DecodeRate(seqs, newTokens, true)
+	}
+	release(eng, seqs)
+	if err != nil {
+		return err
+	}
+	if seqs, _, err = prefill(eng, b, promptLen, newTokens, 0); err != nil {
+		return err
+	}
+	row.DecodeNoGraph, err = eng.DecodeRate(seqs, min(newTokens, 32), false)
+	release(eng, seqs)
+	return err
 }
 
 func shapeNames() []string {

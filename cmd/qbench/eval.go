@@ -117,7 +117,7 @@ func runEval(args []string) error {
 		bar.Add(1)
 	}
 	bar.Finish()
-	e, err := newEngine(m, mf.device)
+	e, err := newEngine(m, mf.device, min(*batch, len(qs)*(1+len(mf.adapters))))
 	if err != nil {
 		return err
 	}

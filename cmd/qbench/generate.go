@@ -102,7 +102,7 @@ func runGenerate(args []string) error {
 	} else if ids, err = parseIDs(*tokens); err != nil {
 		return err
 	}
-	e, err := newEngine(m, mf.device)
+	e, err := newEngine(m, mf.device, 1)
 	if err != nil {
 		return err
 	}

@@ -34,7 +34,7 @@ func runLogits(args []string) error {
 	if err != nil {
 		return err
 	}
-	e, err := newEngine(m, mf.device)
+	e, err := newEngine(m, mf.device, 1)
 	if err != nil {
 		return err
 	}
