@@ -24,6 +24,7 @@ const (
 	// Launcher-only kinds beyond the formats.
 	fmtNF4Round = 5 // NF4 with an f16 or no rounding: the gemv_nf4r kernels
 	kindMMA     = 6 // NF4 on the tensor cores: the mma_nf4 kernels
+	kindMMABF16 = 7 // dense bf16 on the tensor cores: the mma_bf16 kernels
 
 	modeStore  = 0
 	modeResid  = 1

@@ -133,6 +133,15 @@ func (e *Engine) prepareHost() {
 	}
 }
 
+// denseKind is the kernel kind of a bf16 matrix: the tensor cores when this
+// engine uses them and the shape fits (16-row tiles, 64-column steps).
+func (e *Engine) denseKind(out, in int) int {
+	if e.mma && in%64 == 0 && out%16 == 0 {
+		return kindMMABF16
+	}
+	return fmtBF16
+}
+
 // mmaOK reports whether an NF4 matrix goes to the tensor-core kernels: whole
 // 64-blocks per row, 16-row tiles, bf16 compute (the MMA's A operand).
 func (e *Engine) mmaOK(l *qwen.Linear) bool {
@@ -350,6 +359,8 @@ func (e *Engine) uploadMatFields(l *qwen.Linear, slot int) (mat, int, error) {
 	}
 	kind := int(mt.Fmt)
 	switch {
+	case kind == fmtBF16:
+		return mt, e.denseKind(l.Out, l.In), nil
 	case kind == fmtF32:
 		kind = fmtBF16 // gemv_dense handles both dense formats
 	case kind == fmtNF4Tiled:
@@ -478,11 +489,12 @@ func (e *Engine) upload() error {
 	if c.TieEmbeddings {
 		head = mat{N: int32(c.Vocab), K: int32(c.Hidden), Fmt: fmtBF16, BF16: uint64(e.embed.Ptr), LoraSlot: -1, Round: 2}
 		e.headBytes = 2 * int64(c.Vocab) * int64(c.Hidden)
+		e.headFmt = e.denseKind(c.Vocab, c.Hidden)
 		if !e.embedB16 {
 			head.Fmt, head.BF16, head.F32 = fmtF32, 0, uint64(e.embed.Ptr)
 			e.headBytes *= 2
+			e.headFmt = fmtBF16 // gemv_dense serves fp32 too
 		}
-		e.headFmt = fmtBF16 // gemv_dense serves both
 	} else if head, e.headFmt, e.headBytes, err = e.uploadMat(m.LMHead, -1); err != nil {
 		return err
 	}

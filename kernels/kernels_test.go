@@ -137,12 +137,12 @@ func TestGemv(t *testing.T) {
 	for m := range adapters {
 		adapters[m] = m%3 - 1
 	}
-	for _, f := range []string{"nf4dq", "nf4", "bf16", "f32", "nf4dq-tiled", "nf4dq-mma", "nf4-mma"} {
+	for _, f := range []string{"nf4dq", "nf4", "bf16", "f32", "nf4dq-tiled", "nf4dq-mma", "nf4-mma", "bf16-mma"} {
 		K, mma, oN, guN := K, false, 40, 24 // row counts off the tiles
 		switch f {
 		case "nf4dq-tiled": // in ≥ 1024: the codes are reordered into tiles on upload, a 128-column tail kept plain
 			f, K = "nf4dq", 2048+128
-		case "nf4dq-mma", "nf4-mma": // the tensor-core kernels: rows in 16s, whole 64-blocks
+		case "nf4dq-mma", "nf4-mma", "bf16-mma": // the tensor-core kernels: rows in 16s, whole 64-blocks
 			f, K, mma, oN, guN = f[:len(f)-4], 2048+64, true, 48, 32
 		}
 		for i, mode := range []int{modeStore, modeResid, modeGateUp, modeQKV} {
@@ -256,7 +256,7 @@ func checkGemv(t *testing.T, d *Device, rng *rand.Rand, ls []*qwen.Linear, mode 
 		case modeQKV:
 			pairs = (ls[0].Out + ls[1].Out + ls[2].Out) / 2
 		}
-		if mma != (kind == kindMMA) {
+		if mma != (kind == kindMMA || kind == kindMMABF16) {
 			return fmt.Errorf("kind %d, want the tensor-core kernel: %v", kind, mma)
 		}
 		name, grid, w := d.gemvLaunch(kind, M, pairs, K)

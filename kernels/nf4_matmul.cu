@@ -502,7 +502,7 @@ __device__ __forceinline__ uint32_t dq2(uint32_t byte, float s, const float* tab
   return pack_bf16(table[(byte >> 4) & 15u] * s, table[byte & 15u] * s);
 }
 
-template <int NT>
+template <int FMT, int NT>
 __device__ void mma_body(const struct GemvOp* __restrict__ op, long long M, int wpp) {
   __shared__ float table[16];
   __shared__ float code[256];
@@ -546,22 +546,39 @@ __device__ void mma_body(const struct GemvOp* __restrict__ op, long long M, int 
     }
     const MatRegs qa = mat_regs(A), qb = mat_regs(B);
     const unsigned ea = (unsigned)ra * K, eb = (unsigned)rb * K;
+    const uint16_t* ha = FMT == FMT_BF16 ? A->bf16 + ea : nullptr; // dense bf16: the fragments are the weights
+    const uint16_t* hb = FMT == FMT_BF16 ? B->bf16 + eb : nullptr;
     for (long long m0 = 0; m0 < M; m0 += 8 * NT) {
       float acc[NT][4];
 #pragma unroll
       for (int n = 0; n < NT; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
       for (int b = bbeg; valid && b < bend; b++) {
         const unsigned c0 = 64u * b;
-        const uint2 ca = __ldg((const uint2*)(qa.packed + (ea + c0) / 2 + 8 * t));
-        const uint2 cb = __ldg((const uint2*)(qb.packed + (eb + c0) / 2 + 8 * t));
-        const float sa = nf4_scale(qa, code, ea + c0), sb = nf4_scale(qb, code, eb + c0);
+        uint2 ca = make_uint2(0, 0), cb = ca;
+        float sa = 0.0f, sb = 0.0f;
+        if (FMT == FMT_NF4) {
+          ca = __ldg((const uint2*)(qa.packed + (ea + c0) / 2 + 8 * t));
+          cb = __ldg((const uint2*)(qb.packed + (eb + c0) / 2 + 8 * t));
+          sa = nf4_scale(qa, code, ea + c0);
+          sb = nf4_scale(qb, code, eb + c0);
+        }
 #pragma unroll
         for (int st = 0; st < 4; st++) {
-          const uint32_t wa = st < 2 ? ca.x : ca.y, wb = st < 2 ? cb.x : cb.y;
-          const int sh = 16 * (st & 1);
-          const uint32_t a0 = dq2(wa >> sh, sa, table), a2 = dq2(wa >> (sh + 8), sa, table);
-          const uint32_t a1 = dq2(wb >> sh, sb, table), a3 = dq2(wb >> (sh + 8), sb, table);
           const int col = c0 + 16 * st + 2 * t;
+          uint32_t a0, a1, a2, a3;
+          if (FMT == FMT_NF4) {
+            const uint32_t wa = st < 2 ? ca.x : ca.y, wb = st < 2 ? cb.x : cb.y;
+            const int sh = 16 * (st & 1);
+            a0 = dq2(wa >> sh, sa, table);
+            a2 = dq2(wa >> (sh + 8), sa, table);
+            a1 = dq2(wb >> sh, sb, table);
+            a3 = dq2(wb >> (sh + 8), sb, table);
+          } else {
+            a0 = __ldg((const uint32_t*)(ha + col));
+            a2 = __ldg((const uint32_t*)(ha + col + 8));
+            a1 = __ldg((const uint32_t*)(hb + col));
+            a3 = __ldg((const uint32_t*)(hb + col + 8));
+          }
 #pragma unroll
           for (int n = 0; n < NT; n++) {
             const long long m = m0 + 8 * n + g;
@@ -616,11 +633,15 @@ __device__ void mma_body(const struct GemvOp* __restrict__ op, long long M, int 
   }
 }
 
-// mma_nf4_<NT>: grid = one wave of 256-thread blocks (persistent), NT n-tiles
-// of 8 batch rows per pass, wpp warps per tile of 8 pairs (1, 2, 4 or 8).
-#define MMA(NT)                                                                                                  \
-  extern "C" __global__ void __launch_bounds__(256) mma_nf4_##NT(const struct GemvOp* op, long long M, long long wpp) { \
-    mma_body<NT>(op, M, (int)wpp);                                                                               \
+// mma_nf4_<NT> / mma_bf16_<NT> (dense bf16 weights, e.g. lm_head): grid = one
+// wave of 256-thread blocks (persistent), NT n-tiles of 8 batch rows per
+// pass, wpp warps per tile of 8 pairs (1, 2, 4 or 8).
+#define MMA(NT)                                                                                                    \
+  extern "C" __global__ void __launch_bounds__(256) mma_nf4_##NT(const struct GemvOp* op, long long M, long long wpp) {  \
+    mma_body<FMT_NF4, NT>(op, M, (int)wpp);                                                                        \
+  }                                                                                                                \
+  extern "C" __global__ void __launch_bounds__(256) mma_bf16_##NT(const struct GemvOp* op, long long M, long long wpp) { \
+    mma_body<FMT_BF16, NT>(op, M, (int)wpp);                                                                       \
   }
 MMA(1)
 MMA(2)

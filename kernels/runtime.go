@@ -94,7 +94,7 @@ func (d *Device) init(ordinal int) error {
 // kernelNames lists the entry points of each module.
 var kernelNames = map[string][]string{
 	"attention":  {"attn_split", "attn_combine"},
-	"nf4_matmul": append(gemvNames(), "mma_nf4_1", "mma_nf4_2", "mma_nf4_4", "lora_shrink", "layout"),
+	"nf4_matmul": append(gemvNames(), "mma_nf4_1", "mma_nf4_2", "mma_nf4_4", "mma_bf16_1", "mma_bf16_2", "mma_bf16_4", "lora_shrink", "layout"),
 	"rmsnorm":    {"rmsnorm", "embed"},
 	"sample":     {"argmax", "target_logprob"},
 }
@@ -166,7 +166,7 @@ func gemvWarps(kind, pairs, K int) int {
 // kernel is persistent: one wave of blocks (as many as are resident at once),
 // each walking several pairs.
 func (d *Device) gemvLaunch(kind, rows, pairs, K int) (string, [3]int, int) {
-	if kind == kindMMA { // tiles of 8 pairs, NT n-tiles of 8 batch rows a pass
+	if kind == kindMMA || kind == kindMMABF16 { // tiles of 8 pairs, NT n-tiles of 8 batch rows a pass
 		nt := 4
 		switch {
 		case rows <= 8:
@@ -180,6 +180,9 @@ func (d *Device) gemvLaunch(kind, rows, pairs, K int) (string, [3]int, int) {
 			w &= w - 1
 		}
 		name := fmt.Sprintf("mma_nf4_%d", nt)
+		if kind == kindMMABF16 {
+			name = fmt.Sprintf("mma_bf16_%d", nt)
+		}
 		per := 8 / w
 		return name, [3]int{min((tiles+per-1)/per, max(1, d.occ[name])*d.SMs)}, w
 	}
