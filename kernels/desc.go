@@ -1,3 +1,5 @@
+//go:build cuda
+
 package kernels
 
 // Go mirrors of the structs in common.cuh, field for field; device pointers

@@ -58,12 +58,6 @@ __device__ __forceinline__ void load8f(const float* p, float w[8]) {
   w[4] = v.x; w[5] = v.y; w[6] = v.z; w[7] = v.w;
 }
 
-__device__ __forceinline__ void fma8(float& acc, const float w[8], const float* x) {
-  const float4 a = __ldg((const float4*)x);
-  const float4 b = __ldg((const float4*)(x + 4));
-  acc += w[0] * a.x + w[1] * a.y + w[2] * a.z + w[3] * a.w + w[4] * b.x + w[5] * b.y + w[6] * b.z + w[7] * b.w;
-}
-
 // lora_term is scale·Σ_j B[n, j]·t[m, j] for batch row m's adapter, the
 // rank split over the warp's lanes (every lane calls it; all get the sum).
 __device__ __forceinline__ float lora_term(const struct Mat& a, const struct GemvOp& op, int m, long long n, int lane) {
