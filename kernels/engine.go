@@ -714,17 +714,24 @@ func (e *Engine) record(rows, nHead, splits int, argmax bool) error {
 		}
 	}
 	normBytes := 8*R*H + 4*H
+	// RMSNorm, with the LoRA shrink of the modules reading its output fused in
+	// as extra blocks when the model has adapters.
+	norm := func(label string, w, sh Buf, slots int, bytes int64) {
+		if !lora {
+			k("rmsnorm", normBytes, "rmsnorm", [3]int{rows}, 256, e.xn, e.x, w, 0, c.Hidden, eps)
+			return
+		}
+		k(label, normBytes+bytes+int64(slots*e.rmax)*R*H*4, "rmsnorm_lora", [3]int{rows, 1 + slots*e.rmax}, 256, e.xn, e.x, w, c.Hidden, eps, sh)
+	}
 	for i := range e.layers {
 		ld := &e.layers[i]
-		k("rmsnorm", normBytes, "rmsnorm", [3]int{rows}, 256, e.xn, e.x, ld.inNorm, 0, c.Hidden, eps)
-		shrink("lora_shrink q/k/v", ld.shQKV, 3, ld.shQKVBytes, H)
+		norm("rmsnorm(+lora_shrink q/k/v)", ld.inNorm, ld.shQKV, 3, ld.shQKVBytes)
 		gemv("gemv q/k/v+rope", ld.qkvBytes+R*H*4+R*int64(qDim+2*kvDim)*4, ld.qkvFmt, rows, (qDim+2*kvDim)/2, c.Hidden, ld.qkv)
 		k("attention", e.attnBytes(), "attn_split", [3]int{c.Heads, rows, splits}, 128, e.part, e.q, e.meta, i, c.Heads, c.KVHeads, c.HeadDim, splits)
 		k("attention combine", R*int64(c.Heads*splits*(c.HeadDim+2)+qDim)*4, "attn_combine", [3]int{c.Heads, rows}, 128, e.att, e.part, c.Heads, c.HeadDim, splits)
 		shrink("lora_shrink o", ld.shO, 1, ld.shOBytes, int64(qDim))
 		gemv("gemv o_proj+residual", ld.oBytes+R*int64(qDim)*4+2*R*H*4, ld.oFmt, rows, (c.Hidden+1)/2, qDim, ld.o)
-		k("rmsnorm", normBytes, "rmsnorm", [3]int{rows}, 256, e.xn, e.x, ld.postNorm, 0, c.Hidden, eps)
-		shrink("lora_shrink gate/up", ld.shGU, 2, ld.shGUBytes, H)
+		norm("rmsnorm(+lora_shrink gate/up)", ld.postNorm, ld.shGU, 2, ld.shGUBytes)
 		gemv("gemv gate/up+silu", ld.guBytes+R*H*4+R*I*4, ld.guFmt, rows, c.Intermediate, c.Hidden, ld.gateup)
 		shrink("lora_shrink down", ld.shD, 1, ld.shDBytes, I)
 		gemv("gemv down+residual", ld.dBytes+R*I*4+2*R*H*4, ld.dFmt, rows, (c.Hidden+1)/2, c.Intermediate, ld.down)

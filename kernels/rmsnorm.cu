@@ -46,3 +46,48 @@ extern "C" __global__ void embed(float* x, const void* table, long long isBF16, 
     x[m * H + k] = isBF16 ? bf16f(((const uint16_t*)table)[tok * H + k]) : ((const float*)table)[tok * H + k];
   }
 }
+
+// rmsnorm_lora: rmsnorm (blocks with blockIdx.y == 0) fused with the LoRA
+// shrink of the modules that read its output (q/k/v, or gate/up): block
+// (i, 1 + slot·rmax + j) recomputes row i's norm the same way and writes
+// t[i, slot, j] = Σ_k A[adapter(i)][slot][j, k]·xn[i, k] (0 without an
+// adapter or past its rank), so the shrink needs no launch of its own.
+extern "C" __global__ void rmsnorm_lora(float* out, const float* x, const float* w, long long H, float eps,
+                                        const struct ShrinkOp* op) {
+  const int i = blockIdx.x;
+  const float* xr = x + (long long)i * H;
+  __shared__ double part[32];
+  __shared__ float fpart[32];
+  double ss = 0;
+  for (long long k = threadIdx.x; k < H; k += blockDim.x) ss += (double)xr[k] * (double)xr[k];
+  for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = ss;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double t = 0;
+    for (int j = 0; j < (int)(blockDim.x >> 5); j++) t += part[j];
+    part[0] = t;
+  }
+  __syncthreads();
+  const float inv = 1.0f / (float)sqrt((double)((float)(part[0] / (double)H) + eps));
+  if (blockIdx.y == 0) {
+    float* o = out + (long long)i * H;
+    for (long long k = threadIdx.x; k < H; k += blockDim.x) o[k] = w[k] * (xr[k] * inv);
+    return;
+  }
+  const int idx = blockIdx.y - 1, slot = idx / op->rmax, j = idx % op->rmax;
+  const int ad = op->rows[i].adapter;
+  float s = 0.0f;
+  if (ad >= 0 && op->A[slot][ad] != nullptr && j < op->rank[slot][ad]) { // the same for the whole block
+    const float* a = op->A[slot][ad] + (long long)j * H;
+    for (long long k = threadIdx.x; k < H; k += blockDim.x) s += a[k] * (w[k] * (xr[k] * inv));
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if ((threadIdx.x & 31) == 0) fpart[threadIdx.x >> 5] = s;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      s = 0.0f;
+      for (int q = 0; q < (int)(blockDim.x >> 5); q++) s += fpart[q];
+    }
+  }
+  if (threadIdx.x == 0) op->t[(long long)i * op->tStride + slot * op->rmax + j] = s;
+}

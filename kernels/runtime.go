@@ -95,7 +95,7 @@ func (d *Device) init(ordinal int) error {
 var kernelNames = map[string][]string{
 	"attention":  {"attn_split", "attn_combine"},
 	"nf4_matmul": append(gemvNames(), "mma_nf4_1", "mma_nf4_2", "mma_nf4_4", "mma_bf16_1", "mma_bf16_2", "mma_bf16_4", "lora_shrink", "layout"),
-	"rmsnorm":    {"rmsnorm", "embed"},
+	"rmsnorm":    {"rmsnorm", "rmsnorm_lora", "embed"},
 	"sample":     {"argmax", "target_logprob"},
 }
 
