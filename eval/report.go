@@ -166,7 +166,7 @@ body{font:15px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1200px;paddin
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}
 th{background:#f3f3f3;cursor:pointer}td.l,th.l{text-align:left}.pos{color:#075}.neg{color:#a21}
 .q{border:1px solid #ddd;border-radius:6px;margin:1em 0;padding:.5em 1em}.answers{display:grid;grid-template-columns:repeat(auto-fit,minmax(300px,1fr));gap:1em}
-.answers div{background:#fafafa;padding:.5em;border-radius:4px;white-space:pre-wrap}mark{background:#fe6}pre{background:#f6f6f6;padding:1em;overflow:auto}
+.answers div{background:#fafafa;padding:.5em;border-radius:4px;white-space:pre-wrap;overflow-wrap:anywhere}mark{background:#fe6}pre{background:#f6f6f6;padding:1em;overflow:auto}
 </style></head><body>`)
 	p("<h1>Fine-tune evaluation</h1><p>%d questions × %d variants (%s). Model <code>%s</code>, quantisation %s. Words of the expected answer are <mark>highlighted</mark> in each answer.</p>",
 		s.Questions, len(s.Variants), e(strings.Join(s.Variants, ", ")), e(s.Repro.Settings.Model), e(s.Repro.Model.Quant))
