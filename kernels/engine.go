@@ -533,7 +533,7 @@ func (e *Engine) upload() error {
 					return Buf{}, 0, 0, err
 				}
 				if kind >= 0 && k != kind {
-					return Buf{}, 0, 0, fmt.Errorf("cuda: %s mixes NF4 and 16-bit matrices in one fused launch", what)
+					return Buf{}, 0, 0, fmt.Errorf("cuda: %s mixes matrix formats (NF4, 16-bit, tensor-core layouts) that one fused launch cannot serve", what)
 				}
 				kind, op.Mat[s], bytes = k, mt, bytes+n
 			}
