@@ -20,6 +20,6 @@ var ptx_sample string
 var modules = []ptxModule{
 	{"attention", ptx_attention, "6e4ffadf7c65b66f913a51a9c5b39d6d79643679b947f627c65dff6680855c3e"},
 	{"nf4_matmul", ptx_nf4_matmul, "60ac6c6e835c0f3b2e13a8241862b7f824de1c46a30541a2d5f0bb0400276cf0"},
-	{"rmsnorm", ptx_rmsnorm, "ad7998ac5c6b31a986872fd5b22d8bbabffca8da24dd4d1f7aa71903559a57e8"},
+	{"rmsnorm", ptx_rmsnorm, "8bd93fa28ce644cd410c9194e5187c355e778aceda19b54baaa3b537862f1db8"},
 	{"sample", ptx_sample, "b0ff13c2815eac160f149ba4436f44437a7b57db98b6775a381aa2b1fdbe4012"},
 }

@@ -12,10 +12,9 @@
 // M·headDim·4 written.
 #include "common.cuh"
 
-extern "C" __global__ void rmsnorm(float* out, const float* x, const float* w, const int32_t* rows,
-                                   long long H, float eps) {
-  const int i = blockIdx.x;
-  const float* xr = x + (long long)(rows ? rows[i] : i) * H;
+// inv_rms is 1/sqrt(mean(x²) + eps) of one row, the sum in double over the
+// block's threads; every thread of the block gets it.
+__device__ float inv_rms(const float* xr, long long H, float eps) {
   __shared__ double part[32];
   double ss = 0;
   for (long long k = threadIdx.x; k < H; k += blockDim.x) ss += (double)xr[k] * (double)xr[k];
@@ -28,7 +27,14 @@ extern "C" __global__ void rmsnorm(float* out, const float* x, const float* w, c
     part[0] = t;
   }
   __syncthreads();
-  const float inv = 1.0f / (float)sqrt((double)((float)(part[0] / (double)H) + eps));
+  return 1.0f / (float)sqrt((double)((float)(part[0] / (double)H) + eps));
+}
+
+extern "C" __global__ void rmsnorm(float* out, const float* x, const float* w, const int32_t* rows,
+                                   long long H, float eps) {
+  const int i = blockIdx.x;
+  const float* xr = x + (long long)(rows ? rows[i] : i) * H;
+  const float inv = inv_rms(xr, H, eps);
   float* o = out + (long long)i * H;
   for (long long k = threadIdx.x; k < H; k += blockDim.x) o[k] = w[k] * (xr[k] * inv);
 }
@@ -56,20 +62,8 @@ extern "C" __global__ void rmsnorm_lora(float* out, const float* x, const float*
                                         const struct ShrinkOp* op) {
   const int i = blockIdx.x;
   const float* xr = x + (long long)i * H;
-  __shared__ double part[32];
   __shared__ float fpart[32];
-  double ss = 0;
-  for (long long k = threadIdx.x; k < H; k += blockDim.x) ss += (double)xr[k] * (double)xr[k];
-  for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = ss;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    double t = 0;
-    for (int j = 0; j < (int)(blockDim.x >> 5); j++) t += part[j];
-    part[0] = t;
-  }
-  __syncthreads();
-  const float inv = 1.0f / (float)sqrt((double)((float)(part[0] / (double)H) + eps));
+  const float inv = inv_rms(xr, H, eps); // exactly as rmsnorm computes it
   if (blockIdx.y == 0) {
     float* o = out + (long long)i * H;
     for (long long k = threadIdx.x; k < H; k += blockDim.x) o[k] = w[k] * (xr[k] * inv);
