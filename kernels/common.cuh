@@ -91,5 +91,19 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
+// block_sum adds v over the block; thread 0 gets the total (the others their
+// warp's share). Every thread of the block must call it.
+__device__ __forceinline__ float block_sum(float v) {
+  __shared__ float part[32];
+  v = warp_sum(v);
+  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    v = 0.0f;
+    for (int w = 0; w < (int)(blockDim.x >> 5); w++) v += part[w];
+  }
+  return v;
+}
+
 // bf16 bits → float, exact.
 __device__ __forceinline__ float bf16f(uint16_t b) { return __uint_as_float(((uint32_t)b) << 16); }

@@ -19,6 +19,22 @@ const (
 	golden  = "../testdata/tiny-qwen2-golden.safetensors"
 )
 
+// loadEngine loads a model directory and puts it on the device (an engine
+// for one sequence), closed when the test ends.
+func loadEngine(t *testing.T, d *Device, dir string, opt qwen.LoadOptions) (*qwen.Model, *Engine) {
+	t.Helper()
+	m, err := qwen.Load(dir, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := NewEngine(d, m, 256, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	return m, e
+}
+
 // TestModelParity runs the tiny model's fixture variants through the GPU
 // engine: logits at every position against the CPU reference (both fp32:
 // 1e-4 absolute) and the Python reference's top-8 (1e-3), and the 16 greedy
@@ -61,15 +77,7 @@ func TestModelParity(t *testing.T) {
 			if c.lora {
 				opt.Adapters, adapter = []string{loraDir}, 0
 			}
-			m, err := qwen.Load(c.dir, opt)
-			if err != nil {
-				t.Fatal(err)
-			}
-			e, err := NewEngine(d, m, 256, 1)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer e.Close()
+			m, e := loadEngine(t, d, c.dir, opt)
 			cpu := qwen.NewRunner(m)
 			V := m.Config.Vocab
 			for k := 0; k < 3; k++ {
@@ -122,15 +130,7 @@ func TestModelParity(t *testing.T) {
 // tokens they give alone, and the tokens of the CPU reference.
 func TestBatchedAdaptersOnGPU(t *testing.T) {
 	d := device(t)
-	m, err := qwen.Load(bnbDir, qwen.LoadOptions{Adapters: []string{loraDir, loraDir}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := NewEngine(d, m, 256, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
+	m, e := loadEngine(t, d, bnbDir, qwen.LoadOptions{Adapters: []string{loraDir, loraDir}})
 	prompts := [][]int{{151644, 872, 198, 3838, 374}, {9707, 11, 1879}, {151644, 872, 198, 3838, 374}, {9707, 11, 1879, 0}}
 	adapters := []int{-1, 0, 1, 0}
 	greedy := func(n int) []*qwen.Sampler {
@@ -161,15 +161,7 @@ func TestBatchedAdaptersOnGPU(t *testing.T) {
 // device (target_logprob) equals the CPU reference's.
 func TestLogProbsOnDevice(t *testing.T) {
 	d := device(t)
-	m, err := qwen.Load(bnbDir, qwen.LoadOptions{Adapters: []string{loraDir}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := NewEngine(d, m, 256, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
+	m, e := loadEngine(t, d, bnbDir, qwen.LoadOptions{Adapters: []string{loraDir}})
 	prompt := []int{151644, 872, 198, 3838, 374, 21018, 22715, 11, 151645, 198, 151644, 77091, 198}
 	expected := []int{1654, 3042, 264, 29728, 8806, 34647}
 	for _, adapter := range []int{-1, 0} {

@@ -647,7 +647,6 @@ MMA(4)
 extern "C" __global__ void __launch_bounds__(256) lora_shrink(const struct ShrinkOp* op, long long M) {
   const int j = blockIdx.x, slot = blockIdx.y, m = blockIdx.z;
   const int ad = op->rows[m].adapter;
-  __shared__ float part[8];
   float s = 0.0f;
   const bool live = ad >= 0 && op->A[slot][ad] != nullptr && j < op->rank[slot][ad];
   if (live) {
@@ -657,13 +656,7 @@ extern "C" __global__ void __launch_bounds__(256) lora_shrink(const struct Shrin
       const float4 av = *(const float4*)(a + k), xv = *(const float4*)(x + k);
       s += av.x * xv.x + av.y * xv.y + av.z * xv.z + av.w * xv.w;
     }
-    s = warp_sum(s);
-    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = s;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      s = 0.0f;
-      for (int w = 0; w < (int)(blockDim.x >> 5); w++) s += part[w];
-    }
+    s = block_sum(s); // the condition above is the same for the whole block
   }
   if (threadIdx.x == 0) op->t[(long long)m * op->tStride + slot * op->rmax + j] = s;
 }

@@ -18,8 +18,8 @@ var ptx_sample string
 
 // modules lists each PTX module with the sha256 of the sources it was built from.
 var modules = []ptxModule{
-	{"attention", ptx_attention, "6e4ffadf7c65b66f913a51a9c5b39d6d79643679b947f627c65dff6680855c3e"},
-	{"nf4_matmul", ptx_nf4_matmul, "60ac6c6e835c0f3b2e13a8241862b7f824de1c46a30541a2d5f0bb0400276cf0"},
-	{"rmsnorm", ptx_rmsnorm, "8bd93fa28ce644cd410c9194e5187c355e778aceda19b54baaa3b537862f1db8"},
-	{"sample", ptx_sample, "b0ff13c2815eac160f149ba4436f44437a7b57db98b6775a381aa2b1fdbe4012"},
+	{"attention", ptx_attention, "84fa4733c5aa97ce46834bd28945004418de0b73bfa8f7e3662001fd9ef71ee2"},
+	{"nf4_matmul", ptx_nf4_matmul, "0c7598bf22dff0318494eba29dcdafe9b6ef204cabc62b68cb26e55d629c92d0"},
+	{"rmsnorm", ptx_rmsnorm, "dd3dc09ed31249c0808d2bbc232754d859b8fb06c36d89ddf3c8a23b967b237f"},
+	{"sample", ptx_sample, "ddde1a333f2d7a061be4ae896bfe41abf47eca85f5466999912f4e49bb6040e1"},
 }

@@ -62,7 +62,6 @@ extern "C" __global__ void rmsnorm_lora(float* out, const float* x, const float*
                                         const struct ShrinkOp* op) {
   const int i = blockIdx.x;
   const float* xr = x + (long long)i * H;
-  __shared__ float fpart[32];
   const float inv = inv_rms(xr, H, eps); // exactly as rmsnorm computes it
   if (blockIdx.y == 0) {
     float* o = out + (long long)i * H;
@@ -75,13 +74,7 @@ extern "C" __global__ void rmsnorm_lora(float* out, const float* x, const float*
   if (ad >= 0 && op->A[slot][ad] != nullptr && j < op->rank[slot][ad]) { // the same for the whole block
     const float* a = op->A[slot][ad] + (long long)j * H;
     for (long long k = threadIdx.x; k < H; k += blockDim.x) s += a[k] * (w[k] * (xr[k] * inv));
-    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-    if ((threadIdx.x & 31) == 0) fpart[threadIdx.x >> 5] = s;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      s = 0.0f;
-      for (int q = 0; q < (int)(blockDim.x >> 5); q++) s += fpart[q];
-    }
+    s = block_sum(s);
   }
   if (threadIdx.x == 0) op->t[(long long)i * op->tStride + slot * op->rmax + j] = s;
 }
