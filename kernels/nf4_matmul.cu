@@ -152,7 +152,11 @@ __device__ __forceinline__ MatRegs mat_regs(const struct Mat* m) {
 // scale of the NF4 block holding flat element e (e < 2^31 for every Qwen matrix).
 __device__ __forceinline__ float nf4_scale(const MatRegs& r, const float* code, unsigned e) {
   const unsigned b = e >> r.blockShift;
-  return r.qabsmax ? code[__ldg(r.qabsmax + b)] * __ldg(r.nested + (b >> r.nestedShift)) + r.offset : __ldg(r.absmax + b);
+  // Two roundings, as bitsandbytes' two torch ops (dequantize_blockwise, then
+  // += offset): nvcc would otherwise fuse them into one FMA and, now and then,
+  // land an ulp away — enough to flip a weight's bf16 rounding.
+  if (r.qabsmax) return __fadd_rn(__fmul_rn(code[__ldg(r.qabsmax + b)], __ldg(r.nested + (b >> r.nestedShift))), r.offset);
+  return __ldg(r.absmax + b);
 }
 
 // nf4_8r decodes 8 weights of one 4-byte code word; ROUND 0 is bf16 (the

@@ -19,7 +19,7 @@ var ptx_sample string
 // modules lists each PTX module with the sha256 of the sources it was built from.
 var modules = []ptxModule{
 	{"attention", ptx_attention, "84fa4733c5aa97ce46834bd28945004418de0b73bfa8f7e3662001fd9ef71ee2"},
-	{"nf4_matmul", ptx_nf4_matmul, "0c7598bf22dff0318494eba29dcdafe9b6ef204cabc62b68cb26e55d629c92d0"},
+	{"nf4_matmul", ptx_nf4_matmul, "36b916c685ef09099f0d57a669ae9791ba25e610a05901276714d205a2e26778"},
 	{"rmsnorm", ptx_rmsnorm, "dd3dc09ed31249c0808d2bbc232754d859b8fb06c36d89ddf3c8a23b967b237f"},
 	{"sample", ptx_sample, "ddde1a333f2d7a061be4ae896bfe41abf47eca85f5466999912f4e49bb6040e1"},
 }
