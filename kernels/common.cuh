@@ -15,6 +15,7 @@
 #define FMT_F32 2  // float32
 #define FMT_NF4_TILED 3 // NF4 whose codes are reordered within each 1024-column tile (coalesced x loads)
 #define FMT_NF4_MMA 4   // NF4 whose codes are reordered within each 64-block for the mma_nf4 fragments
+#define FMT_NF4_LUT 5   // NF4 whose codes are reordered per (row, 256 columns) for nf4_lut
 
 // Epilogues of the matrix-vector kernel.
 #define MODE_STORE 0  // y[m, n] = W·x + b (+ LoRA)
@@ -66,7 +67,6 @@ struct GemvOp {
   int32_t ldy;           // row stride of y, in floats
   int32_t tStride, rmax; // shrink buffer: floats per row, floats per slot
   int32_t layer, headDim, kvDim;
-  double ropeTheta;
 };
 
 // ShrinkOp computes t[m, slot, j] = Σ_k A[adapter(m)][slot][j, k]·x[m, k].

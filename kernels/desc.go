@@ -11,23 +11,27 @@ const (
 	maxSlots    = 3 // MAX_SLOTS
 )
 
-// Matrix formats and gemv epilogue modes (FMT_*, MODE_* in common.cuh).
+// matFmt is how a matrix is stored on the device (FMT_* in common.cuh): what
+// the kernels read in Mat.fmt. Which kernel runs a matrix is a kernelKind.
+type matFmt int32
+
 const (
-	fmtNF4  = 0
-	fmtBF16 = 1
-	fmtF32  = 2
+	fmtNF4  matFmt = 0
+	fmtBF16 matFmt = 1
+	fmtF32  matFmt = 2
 	// fmtNF4Tiled is NF4 whose codes the engine reordered within each
 	// 1024-column tile (tileNF4), so that a warp's x loads coalesce.
-	fmtNF4Tiled = 3
+	fmtNF4Tiled matFmt = 3
 	// fmtNF4MMA is NF4 whose codes the engine reordered within each 64-block
 	// (mmaNF4) for the tensor-core kernels' fragments.
-	fmtNF4MMA = 4
+	fmtNF4MMA matFmt = 4
+	// fmtNF4LUT is NF4 whose codes the engine reordered per (row, 256
+	// columns) (lutNF4) for nf4_lut.
+	fmtNF4LUT matFmt = 5
+)
 
-	// Launcher-only kinds beyond the formats.
-	fmtNF4Round = 5 // NF4 with an f16 or no rounding: the gemv_nf4r kernels
-	kindMMA     = 6 // NF4 on the tensor cores: the mma_nf4 kernels
-	kindMMABF16 = 7 // dense bf16 on the tensor cores: the mma_bf16 kernels
-
+// Epilogue modes of the matrix kernels (MODE_* in common.cuh).
+const (
 	modeStore  = 0
 	modeResid  = 1
 	modeQKV    = 2
@@ -40,7 +44,9 @@ type mat struct {
 	LoraScale                                              [maxAdapters]float32
 	LoraRank                                               [maxAdapters]int32
 	Offset                                                 float32
-	N, K, Fmt, BlockShift, NestedShift, Round, LoraSlot    int32
+	N, K                                                   int32
+	Fmt                                                    matFmt
+	BlockShift, NestedShift, Round, LoraSlot               int32
 }
 
 type rowMeta struct {
@@ -52,7 +58,6 @@ type gemvOp struct {
 	Mat                                                   [3]mat
 	X, Y, T, Rows, Rope                                   uint64
 	Nmat, Mode, Ldy, TStride, Rmax, Layer, HeadDim, KVDim int32
-	RopeTheta                                             float64
 }
 
 type shrinkOp struct {

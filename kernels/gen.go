@@ -52,11 +52,15 @@ func main() {
 	}
 }
 
-// SourceHash is the sha256 of common.cuh followed by the .cu file (the same
-// function as in source.go, which this ignored file cannot import).
+// SourceHash is the sha256 of every .cuh header followed by the .cu file (the
+// same function as in source.go, which this ignored file cannot import).
 func SourceHash(cu string) (string, error) {
 	h := sha256.New()
-	for _, f := range []string{"common.cuh", cu} {
+	headers, err := filepath.Glob("*.cuh") // sorted
+	if err != nil {
+		return "", err
+	}
+	for _, f := range append(headers, cu) {
 		b, err := os.ReadFile(f)
 		if err != nil {
 			return "", err

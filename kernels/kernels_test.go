@@ -39,7 +39,7 @@ func TestStructLayout(t *testing.T) {
 			return err
 		}
 		defer d.Free(&b)
-		if err := d.launch("layout", [3]int{1}, 1, 0, b); err != nil {
+		if err := d.run(layoutCall(b)); err != nil {
 			return err
 		}
 		return Read(got, b)
@@ -49,7 +49,7 @@ func TestStructLayout(t *testing.T) {
 	}
 	want := []int64{int64(unsafe.Sizeof(mat{})), int64(unsafe.Sizeof(rowMeta{})), int64(unsafe.Sizeof(gemvOp{})), int64(unsafe.Sizeof(shrinkOp{})),
 		int64(unsafe.Offsetof(mat{}.LoraScale)), int64(unsafe.Offsetof(mat{}.Offset)), int64(unsafe.Offsetof(gemvOp{}.X)),
-		int64(unsafe.Offsetof(gemvOp{}.RopeTheta)), int64(unsafe.Offsetof(shrinkOp{}.X))}
+		int64(unsafe.Offsetof(gemvOp{}.KVDim)), int64(unsafe.Offsetof(shrinkOp{}.X))}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("C layout %v, Go %v", got, want)
 	}
@@ -132,41 +132,67 @@ func TestGemv(t *testing.T) {
 	seed := rand.Uint64()
 	rng := rand.New(rand.NewPCG(seed, 3))
 	t.Logf("seed %d", seed)
-	const M, K, hd = 11, 96, 16
-	adapters := make([]int, M)
-	for m := range adapters {
-		adapters[m] = m%3 - 1
+	const K, hd = 96, 16
+	pattern := func(M int) []int { // −1, 0, 1, …: base rows, and adapter 1 skipping a matrix
+		a := make([]int, M)
+		for m := range a {
+			a[m] = m%3 - 1
+		}
+		return a
 	}
-	for _, f := range []string{"nf4dq", "nf4", "bf16", "f32", "nf4dq-tiled", "nf4dq-mma", "nf4-mma", "bf16-mma"} {
-		K, mma, oN, guN := K, false, 40, 24 // row counts off the tiles
+	for _, f := range []string{"nf4dq", "nf4", "bf16", "f32", "nf4dq-tiled", "nf4dq-mma", "nf4-mma", "bf16-mma", "nf4dq-lut", "nf4-lut"} {
+		K, eng, oN, guN := K, "", 40, 24 // row counts off the tiles
+		batches := [][]int{pattern(11)}
 		switch f {
 		case "nf4dq-tiled": // in ≥ 1024: the codes are reordered into tiles on upload, a 128-column tail kept plain
 			f, K = "nf4dq", 2048+128
-		case "nf4dq-mma", "nf4-mma", "bf16-mma": // the tensor-core kernels: rows in 16s, whole 64-blocks
-			f, K, mma, oN, guN = f[:len(f)-4], 2048+64, true, 48, 32
+		case "nf4dq-mma", "nf4-mma", "bf16-mma": // the tensor-core batch kernels: rows in 16s, whole 64-blocks
+			f, K, eng, oN, guN = f[:len(f)-4], 2048+64, "mma", 48, 32
+		case "nf4dq-lut", "nf4-lut": // nf4_lut: rows in 16s, 33 blocks (a partial last step); one, two, eleven rows
+			f, K, eng, oN, guN = f[:len(f)-4], 2048+64, "lut", 48, 32
+			batches = [][]int{{0}, {1, -1}, pattern(11)}
 		}
-		for i, mode := range []int{modeStore, modeResid, modeGateUp, modeQKV} {
-			wpp := []int{0, 2, 8, 4}[i] // the launcher's choice, and forced splits of K (8 leaves some warps no columns)
-			t.Run(fmt.Sprintf("%s/K%d/mode%d/wpp%d", f, K, mode, wpp), func(t *testing.T) {
-				var ls []*qwen.Linear
-				switch mode {
-				case modeStore, modeResid:
-					ls = []*qwen.Linear{randLinear(rng, "o_proj", oN, K, f, false)}
-				case modeGateUp:
-					ls = []*qwen.Linear{randLinear(rng, "gate_proj", guN, K, f, false), randLinear(rng, "up_proj", guN, K, f, true)}
-				case modeQKV:
-					ls = []*qwen.Linear{randLinear(rng, "q_proj", 2*hd, K, f, false), randLinear(rng, "k_proj", hd, K, f, true), randLinear(rng, "v_proj", hd, K, f, false)}
-				}
-				checkGemv(t, d, rng, ls, mode, adapters, hd, wpp, mma)
-			})
+		for _, adapters := range batches {
+			for i, mode := range []int{modeStore, modeResid, modeGateUp, modeQKV} {
+				wpp := []int{0, 2, 8, 4}[i] // the launcher's choice, and forced splits of K (8 leaves some warps no columns)
+				t.Run(fmt.Sprintf("%s%s/K%d/M%d/mode%d/wpp%d", f, eng, K, len(adapters), mode, wpp), func(t *testing.T) {
+					var ls []*qwen.Linear
+					switch mode {
+					case modeStore, modeResid:
+						ls = []*qwen.Linear{randLinear(rng, "o_proj", oN, K, f, false)}
+					case modeGateUp:
+						ls = []*qwen.Linear{randLinear(rng, "gate_proj", guN, K, f, false), randLinear(rng, "up_proj", guN, K, f, true)}
+					case modeQKV:
+						ls = []*qwen.Linear{randLinear(rng, "q_proj", 2*hd, K, f, false), randLinear(rng, "k_proj", hd, K, f, true), randLinear(rng, "v_proj", hd, K, f, false)}
+					}
+					checkGemv(t, d, rng, ls, mode, adapters, hd, wpp, eng)
+				})
+			}
 		}
 	}
 }
 
-func checkGemv(t *testing.T, d *Device, rng *rand.Rand, ls []*qwen.Linear, mode int, adapters []int, hd, wpp int, mma bool) {
+// ropeTable is the embed kernel's RoPE table for positions pos: [M, hd/2, 2]
+// cos and sin of pos·invFreq (fp32 angle, as transformers).
+func ropeTable(pos []int, hd int, theta float64) []float32 {
+	inv := qwen.RopeInvFreq(&qwen.Config{HeadDim: hd, RopeTheta: theta})
+	rope := make([]float32, len(pos)*hd)
+	for m, p := range pos {
+		for j, f := range inv {
+			ang := float32(p) * f
+			rope[(m*hd/2+j)*2], rope[(m*hd/2+j)*2+1] = float32(math.Cos(float64(ang))), float32(math.Sin(float64(ang)))
+		}
+	}
+	return rope
+}
+
+// checkGemv runs one fused matrix op (after its LoRA shrink) through the
+// kernel the engine picks for it (eng "mma": a batch engine, "lut": an
+// engine for one sequence, "": neither) and compares with RefLinear.
+func checkGemv(t *testing.T, d *Device, rng *rand.Rand, ls []*qwen.Linear, mode int, adapters []int, hd, wpp int, eng string) {
 	M, K := len(adapters), ls[0].In
 	x := randSlice(rng, M*K, 1)
-	e := &Engine{Dev: d, rmax: 8, mma: mma}
+	e := &Engine{Dev: d, rmax: 8, mma: eng == "mma", lut: eng == "lut"}
 	defer e.Close()
 	const layers, capTok, layer = 2, 8, 1
 	kvDim := hd
@@ -218,52 +244,39 @@ func checkGemv(t *testing.T, d *Device, rng *rand.Rand, ls []*qwen.Linear, mode 
 			return err
 		}
 		d.Poison(tb)
-		sh, err := e.shrinkFor(ls, xb, tb, K)
+		sh, err := e.uploadShrink(ls, xb, tb, K)
 		if err != nil {
 			return err
 		}
-		rope := make([]float32, M*hd)
-		for m, p := range pos { // as the embed kernel: fp32 angle, double cos/sin
-			for j := 0; j < hd/2; j++ {
-				inv := 1 / float32(math.Pow(1e6, float64(float32(2*j)/float32(hd))))
-				ang := float32(p) * inv
-				rope[(m*hd/2+j)*2], rope[(m*hd/2+j)*2+1] = float32(math.Cos(float64(ang))), float32(math.Sin(float64(ang)))
-			}
-		}
-		rb, err := uploadTo(e, rope, "rope")
+		rb, err := uploadTo(e, ropeTable(pos, hd, 1e6), "rope")
 		if err != nil {
 			return err
 		}
 		op := gemvOp{Nmat: int32(len(ls)), Mode: int32(mode), X: uint64(xb.Ptr), Y: uint64(y.Ptr), T: uint64(tb.Ptr), Rows: uint64(e.meta.Ptr), Rope: uint64(rb.Ptr),
-			Ldy: int32(ldy), TStride: int32(len(ls) * e.rmax), Rmax: int32(e.rmax), Layer: layer, HeadDim: int32(hd), KVDim: int32(kvDim), RopeTheta: 1e6}
-		kind := 0
-		for s, l := range ls {
-			if op.Mat[s], kind, _, err = e.uploadMat(l, s); err != nil {
-				return err
-			}
-		}
-		ob, err := e.uploadDesc(&op, int(unsafe.Sizeof(op)), "op")
+			Ldy: int32(ldy), TStride: int32(len(ls) * e.rmax), Rmax: int32(e.rmax), Layer: layer, HeadDim: int32(hd), KVDim: int32(kvDim)}
+		mo, err := e.uploadOp(op, ls, "op")
 		if err != nil {
 			return err
 		}
-		if err := d.launch("lora_shrink", [3]int{e.rmax, len(ls), M}, 256, 0, sh, M); err != nil {
+		if err := d.run(shrinkCall(sh.desc, e.rmax, len(ls), M)); err != nil {
 			return err
 		}
-		pairs := (ls[0].Out + 1) / 2
-		switch mode {
-		case modeGateUp:
-			pairs = ls[0].Out
-		case modeQKV:
-			pairs = (ls[0].Out + ls[1].Out + ls[2].Out) / 2
+		want := map[string]kernelKind{"mma": kindMMANF4, "lut": kindLUTNF4}[eng]
+		if ls[0].Quant == nil && eng == "mma" {
+			want = kindMMABF16
 		}
-		if mma != (kind == kindMMA || kind == kindMMABF16) {
-			return fmt.Errorf("kind %d, want the tensor-core kernel: %v", kind, mma)
+		tc := mo.kind == kindMMANF4 || mo.kind == kindMMABF16 || mo.kind == kindLUTNF4
+		if eng != "" && mo.kind != want || eng == "" && tc {
+			return fmt.Errorf("kernel kind %d for engine %q", mo.kind, eng)
 		}
-		name, grid, w := d.gemvLaunch(kind, M, pairs, K)
-		if wpp > 0 { // force a split of K, and few blocks so that each walks several pairs
-			w, grid = wpp, [3]int{2}
+		c, err := d.matmulCall(mo.kind, mo.desc, M, mo.pairs, K)
+		if err != nil {
+			return err
 		}
-		if err := d.launch(name, grid, 256, 0, ob, M, w); err != nil {
+		if wpp > 0 { // force a split of K, and few blocks so that each walks several tiles
+			c.args[2], c.grid = wpp, [3]int{2}
+		}
+		if err := d.run(c); err != nil {
 			return err
 		}
 		if err := d.Sync(); err != nil {
@@ -339,7 +352,7 @@ func TestRMSNormAndAttention(t *testing.T) {
 		ob, _ := d.Alloc(int64(len(rows)*H*4), "out")
 		defer func() { d.Free(&xb); d.Free(&wb); d.Free(&rb); d.Free(&ob) }()
 		d.Poison(ob)
-		if err := d.launch("rmsnorm", [3]int{len(rows)}, 256, 0, ob, xb, wb, rb, H, float32(1e-6)); err != nil {
+		if err := d.run(rmsnormCall(ob, xb, wb, rb, H, 1e-6, len(rows))); err != nil {
 			return err
 		}
 		got = make([]float32, len(rows)*H)
@@ -356,7 +369,7 @@ func TestRMSNormAndAttention(t *testing.T) {
 		t.Errorf("rmsnorm: relative error %.3g; %s", r, firstMismatch(got, want, fp32Tol))
 	}
 
-	// Attention: 3 rows at positions 0, 70 and 130 (splits of 64), 4 heads over 2 KV heads, hd 32.
+	// Attention: 3 rows at positions 0, 70 and 130 (chunks of attnChunk = 32 positions), 4 heads over 2 KV heads, hd 32.
 	const heads, kvHeads, hd, layers, capTok = 4, 2, 32, 2, 200
 	poss := []int{0, 70, 130}
 	kvDim := kvHeads * hd
@@ -386,10 +399,10 @@ func TestRMSNormAndAttention(t *testing.T) {
 			}
 		}()
 		d.Poison(ab)
-		if err := d.launch("attn_split", [3]int{heads, len(poss), splits}, 128, 0, pb, qb, mb, 1, heads, kvHeads, hd, splits); err != nil {
+		if err := d.run(attnSplitCall(pb, qb, mb, 1, heads, kvHeads, hd, splits, len(poss))); err != nil {
 			return err
 		}
-		if err := d.launch("attn_combine", [3]int{heads, len(poss)}, 128, 0, ab, pb, heads, hd, splits); err != nil {
+		if err := d.run(attnCombineCall(ab, pb, heads, hd, splits, len(poss))); err != nil {
 			return err
 		}
 		att = make([]float32, len(poss)*heads*hd)
@@ -421,7 +434,7 @@ func TestArgmax(t *testing.T) {
 		lb, _ := Upload(d, l, "logits")
 		ib, _ := d.Alloc(M*4, "ids")
 		defer func() { d.Free(&lb); d.Free(&ib) }()
-		if err := d.launch("argmax", [3]int{M}, 1024, 0, ib, lb, V); err != nil {
+		if err := d.run(argmaxCall(ib, lb, V, M)); err != nil {
 			return err
 		}
 		ids = make([]int32, M)

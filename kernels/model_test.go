@@ -182,7 +182,7 @@ func TestLogProbsOnDevice(t *testing.T) {
 // TestTensorCoreModel runs a small synthetic model whose shapes the
 // tensor-core kernels take (hidden 256, head_dim 64) with a LoRA adapter,
 // batched rows on both adapters, through the engine built for batches (MMA)
-// and for one sequence (GEMV), against the CPU reference.
+// and for one sequence (nf4_lut), against the CPU reference.
 func TestTensorCoreModel(t *testing.T) {
 	d := device(t)
 	cfg := &qwen.Config{ModelType: "qwen2", Hidden: 256, Intermediate: 704, Layers: 2, Heads: 4, KVHeads: 2, HeadDim: 64,
@@ -206,8 +206,8 @@ func TestTensorCoreModel(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if batch > 1 && !e.mma {
-			t.Fatal("the batch engine did not pick the tensor-core kernels")
+		if want := map[int]kernelKind{1: kindLUTNF4, 4: kindMMANF4}[batch]; e.layers[0].qkv.kind != want || e.layers[0].down.kind != want {
+			t.Fatalf("engine for batch %d runs q/k/v with kernel %d, down with %d, want %d", batch, e.layers[0].qkv.kind, e.layers[0].down.kind, want)
 		}
 		seqs := make([]*qwen.Seq, len(prompts))
 		for i, p := range prompts {

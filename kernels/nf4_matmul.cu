@@ -1,6 +1,8 @@
-// nf4_matmul.cu: the matrix-vector product of decode (and, row chunk by row
-// chunk, of prefill) with NF4 dequantisation, bias, the LoRA expand and the
-// layer's epilogue fused in; and the LoRA shrink.
+// nf4_matmul.cu: the matrix-vector product on CUDA cores (prefill rows and
+// decode when the tensor-core kernels do not apply: f16 or fp32 compute
+// dtype, odd shapes, dense fp32/bf16 weights such as lm_head) with NF4
+// dequantisation, bias, the LoRA expand and the layer's epilogue fused in
+// (gemv.cuh); and the LoRA shrink.
 //
 // gemv: one warp per pair of output rows (two rows read at once: two
 // independent 16-byte loads in flight per lane), all M batch rows per pass of
@@ -16,30 +18,12 @@
 // M·K·4 of x (cached), M·N·4 written; flops 2·M·N·K. The LoRA expand adds
 // 2·M·N·r flops and N·r·4 bytes per adapter in use.
 //
-// Versions: v1 — fp32 FMA on dequantised weights, 8 batch rows per pass, scale
-// chain read through the descriptor (268 GB/s on gate/up, H200); v2 (this
-// file) — batch-row count templated (1..32) for registers and occupancy, the
-// matrices' fields hoisted to registers, the dynamic map in shared memory.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include "common.cuh"
-
-
-__constant__ float NF4_TABLE[16] = {
-    -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f,
-    -0.28444138169288635f, -0.18477343022823334f, -0.09105003625154495f, 0.0f,
-    0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f, 0.33791524171829224f,
-    0.44070982933044434f, 0.5626170039176941f, 0.7229568362236023f, 1.0f};
-
-__device__ __forceinline__ float round_to(float f, int mode) {
-  if (mode == 0) { // bf16, round to nearest even
-    uint32_t u = __float_as_uint(f);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return __uint_as_float(u & 0xffff0000u);
-  }
-  if (mode == 1) return __half2float(__float2half_rn(f));
-  return f;
-}
+// Versions (kernels/PERF.md has the numbers): v1 fp32 FMA on dequantised
+// weights, 8 batch rows per pass; v2 batch rows templated, fields hoisted to
+// registers; v2b split-K and a persistent grid; v3 codes tiled by 1024
+// columns for coalesced x loads; v3c (this file) the LoRA expand spread over
+// the lanes.
+#include "gemv.cuh"
 
 // load8h / load8f read 8 consecutive bf16 / fp32 weights as fp32.
 __device__ __forceinline__ void load8h(const uint16_t* p, float w[8]) {
@@ -58,106 +42,6 @@ __device__ __forceinline__ void load8f(const float* p, float w[8]) {
   w[4] = v.x; w[5] = v.y; w[6] = v.z; w[7] = v.w;
 }
 
-// lora_term is scale·Σ_j B[n, j]·t[m, j] for batch row m's adapter, the
-// rank split over the warp's lanes (every lane calls it; all get the sum).
-__device__ __forceinline__ float lora_term(const struct Mat& a, const struct GemvOp& op, int m, long long n, int lane) {
-  const int adapter = op.rows[m].adapter;
-  if (adapter < 0 || a.loraSlot < 0 || a.loraB[adapter] == nullptr) return 0.0f; // the same for the whole warp
-  const int r = a.loraRank[adapter];
-  const float* B = a.loraB[adapter] + n * r;
-  const float* t = op.t + (long long)m * op.tStride + a.loraSlot * op.rmax;
-  float s = 0;
-  for (int j = lane; j < r; j += 32) s += B[j] * t[j];
-  return a.loraScale[adapter] * warp_sum(s);
-}
-
-// lora_serial is lora_term for one thread alone (the MMA epilogue's threads
-// each own different (row, batch row) outputs).
-__device__ __forceinline__ float lora_serial(const struct Mat& a, const struct GemvOp& op, int m, long long n) {
-  const int adapter = op.rows[m].adapter;
-  if (adapter < 0 || a.loraSlot < 0 || a.loraB[adapter] == nullptr) return 0.0f;
-  const int r = a.loraRank[adapter];
-  const float* B = a.loraB[adapter] + n * r;
-  const float* t = op.t + (long long)m * op.tStride + a.loraSlot * op.rmax;
-  float s = 0;
-  for (int j = 0; j < r; j++) s += B[j] * t[j];
-  return a.loraScale[adapter] * s;
-}
-
-__device__ __forceinline__ float silu(float x) { return x * (1.0f / (1.0f + expf(-x))); }
-
-// epilogue finishes rows (ra of matrix A, rb of matrix B) for batch row m;
-// va and vb already hold the LoRA terms.
-__device__ __forceinline__ void epilogue(const struct GemvOp& op, int m, const struct Mat& A, long long ra, float va,
-                         const struct Mat* B, long long rb, float vb, long long pair) {
-  va += A.bias ? A.bias[ra] : 0.0f;
-  if (B) vb += B->bias ? B->bias[rb] : 0.0f;
-  float* y = op.y + (long long)m * op.ldy;
-  switch (op.mode) {
-  case MODE_STORE:
-    y[ra] = va;
-    if (B) y[rb] = vb;
-    break;
-  case MODE_RESID:
-    y[ra] += va;
-    if (B) y[rb] += vb;
-    break;
-  case MODE_GATEUP:
-    y[pair] = silu(va) * vb;
-    break;
-  case MODE_QKV: {
-    const int half = op.headDim / 2, j = (int)(ra % op.headDim);
-    const struct RowMeta rm = op.rows[m];
-    if (&A != &op.mat[2]) { // q and k: RoPE on the pair (j, j+half), cos/sin from the embed kernel's table
-      const float c = op.rope[((long long)m * half + j) * 2], s = op.rope[((long long)m * half + j) * 2 + 1];
-      const float a = va, b = vb;
-      va = a * c - b * s;
-      vb = b * c + a * s;
-    }
-    if (&A == &op.mat[0]) {
-      y[ra] = va;
-      y[rb] = vb;
-    } else {
-      float* cache = (&A == &op.mat[1] ? rm.k : rm.v) + ((long long)op.layer * rm.cap + rm.pos) * op.kvDim;
-      cache[ra] = va;
-      cache[rb] = vb;
-    }
-    break;
-  }
-  }
-}
-
-// A matrix's fields a pass over it needs, copied to registers once.
-struct MatRegs {
-  const uint8_t* packed;
-  const uint8_t* qabsmax;
-  const float* absmax;
-  const float* nested;
-  float offset;
-  int blockShift, nestedShift;
-};
-
-__device__ __forceinline__ MatRegs mat_regs(const struct Mat* m) {
-  MatRegs r;
-  r.packed = m->packed;
-  r.qabsmax = m->qabsmax;
-  r.absmax = m->absmax;
-  r.nested = m->nested;
-  r.offset = m->offset;
-  r.blockShift = m->blockShift;
-  r.nestedShift = m->nestedShift;
-  return r;
-}
-
-// scale of the NF4 block holding flat element e (e < 2^31 for every Qwen matrix).
-__device__ __forceinline__ float nf4_scale(const MatRegs& r, const float* code, unsigned e) {
-  const unsigned b = e >> r.blockShift;
-  // Two roundings, as bitsandbytes' two torch ops (dequantize_blockwise, then
-  // += offset): nvcc would otherwise fuse them into one FMA and, now and then,
-  // land an ulp away — enough to flip a weight's bf16 rounding.
-  if (r.qabsmax) return __fadd_rn(__fmul_rn(code[__ldg(r.qabsmax + b)], __ldg(r.nested + (b >> r.nestedShift))), r.offset);
-  return __ldg(r.absmax + b);
-}
 
 // nf4_8r decodes 8 weights of one 4-byte code word; ROUND 0 is bf16 (the
 // bitsandbytes compute dtype of every QLoRA checkpoint seen), −1 reads the
@@ -261,34 +145,12 @@ __device__ __forceinline__ void tile_fma(const uint4 ua, const uint4 ub, const M
 // gemv_pair computes one pair of output rows (this warp's K slice of it).
 template <int FMT, int MT, int ROUND>
 __device__ __forceinline__ void gemv_pair(const struct GemvOp* __restrict__ op, long long M, int wpp, int pair, int part, int lane,
-                                          int warp, int P, int next, const float* table, const float* code, float (*red)[MT][2]) {
-  const struct Mat* A = &op->mat[0];
-  const int mode = op->mode;
-  // Which two rows this warp computes (valid = false for the grid's tail).
-  const struct Mat* B = nullptr;
-  int ra = 0, rb = -1;
-  bool valid = true;
-  if (mode == MODE_GATEUP) {
-    valid = pair < A->N;
-    ra = rb = pair;
-    B = &op->mat[1];
-  } else if (mode == MODE_QKV) {
-    const int hd = op->headDim, half = hd / 2;
-    int o = (pair / half) * hd + pair % half;
-    int i = 0;
-    while (i < op->nmat && o >= op->mat[i].N) o -= op->mat[i++].N;
-    valid = i < op->nmat;
-    if (valid) A = B = &op->mat[i];
-    ra = o;
-    rb = o + half;
-  } else {
-    ra = 2 * pair;
-    valid = ra < A->N;
-    if (ra + 1 < A->N) {
-      B = A;
-      rb = ra + 1;
-    }
-  }
+                                          int warp, const float* table, const float* code, float (*red)[MT][2]) {
+  const PairRows pr = pair_rows(op, pair);
+  const struct Mat* A = pr.A;
+  const struct Mat* B = pr.B;
+  const int ra = pr.ra, rb = pr.rb;
+  const bool valid = pr.valid;
   const int K = A->K, round = A->round;
   const float* X = op->x;
   constexpr int PER_LANE = FMT == FMT_NF4 ? 32 : 8;
@@ -427,32 +289,29 @@ __device__ void gemv_body(const struct GemvOp* __restrict__ op, long long M, int
     if (c) for (int i = threadIdx.x; i < 256; i += blockDim.x) code[i] = c[i];
   }
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, part = warp % wpp, ppb = 8 / wpp;
-  const int mode = op->mode;
-  const int P = mode == MODE_GATEUP ? A->N
-              : mode == MODE_QKV    ? (op->mat[0].N + op->mat[1].N + op->mat[2].N) / 2
-                                    : (A->N + 1) / 2;
+  const int P = pairs_of(op);
   __syncthreads(); // tables ready
   // Persistent: the block walks pairs base, base + gridDim·ppb, ….
   for (int base = blockIdx.x * ppb; base < P; base += gridDim.x * ppb) {
-    gemv_pair<FMT, MT, ROUND>(op, M, wpp, base + warp / wpp, part, lane, warp, P, base + gridDim.x * ppb + warp / wpp, table, code, red);
+    gemv_pair<FMT, MT, ROUND>(op, M, wpp, base + warp / wpp, part, lane, warp, table, code, red);
   }
 }
 
 // gemv_nf4_<MT> (bf16 rounding), gemv_nf4r_<MT> (rounding mode read at run
 // time) and gemv_dense_<MT>: grid = ceil(pairs / (8/wpp)), block = 256, wpp
 // warps per pair (1, 2, 4 or 8); MT is the batch rows per pass (the launcher
-// picks the smallest ≥ M, up to 16, and 16 at a time beyond).
+// picks the smallest ≥ M up to its cap, gemvMaxMT = 4, and passes of the cap beyond).
 // The second launch bound caps registers so that enough warps stay resident
 // to hide the loads' latency without spilling: 85 registers for one row, 128 for 2–4, more beyond.
 #define GEMV(MT, MINB)                                                                                                       \
-  extern "C" __global__ void __launch_bounds__(256, MINB) gemv_nf4_##MT(const struct GemvOp* op, long long M, long long wpp) {   \
-    gemv_body<FMT_NF4, MT, 0>(op, M, (int)wpp);                                                                               \
+  extern "C" __global__ void __launch_bounds__(256, MINB) gemv_nf4_##MT(const __grid_constant__ struct GemvOp op, long long M, long long wpp) {   \
+    gemv_body<FMT_NF4, MT, 0>(&op, M, (int)wpp);                                                                               \
   }                                                                                                                           \
-  extern "C" __global__ void __launch_bounds__(256, MINB) gemv_nf4r_##MT(const struct GemvOp* op, long long M, long long wpp) {  \
-    gemv_body<FMT_NF4, MT, -1>(op, M, (int)wpp);                                                                              \
+  extern "C" __global__ void __launch_bounds__(256, MINB) gemv_nf4r_##MT(const __grid_constant__ struct GemvOp op, long long M, long long wpp) {  \
+    gemv_body<FMT_NF4, MT, -1>(&op, M, (int)wpp);                                                                              \
   }                                                                                                                           \
-  extern "C" __global__ void __launch_bounds__(256, MINB) gemv_dense_##MT(const struct GemvOp* op, long long M, long long wpp) { \
-    gemv_body<FMT_BF16, MT, 0>(op, M, (int)wpp);                                                                              \
+  extern "C" __global__ void __launch_bounds__(256, MINB) gemv_dense_##MT(const __grid_constant__ struct GemvOp op, long long M, long long wpp) { \
+    gemv_body<FMT_BF16, MT, 0>(&op, M, (int)wpp);                                                                              \
   }
 GEMV(1, 3)
 GEMV(2, 2)
@@ -460,209 +319,24 @@ GEMV(4, 2)
 GEMV(8, 1)
 GEMV(16, 1)
 
-// ---------------------------------------------------------------------------
-// mma_nf4_<NT>: the same product on the tensor cores (mma.sync m16n8k16,
-// bf16 in, fp32 accumulate), for matrices with K % 64 == 0 and 64-blocks.
-//
-// A warp takes a tile of 8 output pairs (the pairs of gemv: (A-row, B-row)),
-// which are the 16 rows of the MMA's A operand: fragment row g is pair g's
-// A-row, row g+8 its B-row — so RoPE's (j, j+half), gate/up's (gate, up) and
-// the residual's (2p, 2p+1) land in one thread's accumulators. The codes are
-// stored permuted within each (row, 64-block) by the launcher (mmaNF4): thread
-// t of a quad reads its 8 bytes, the codes of columns 16s + 2t, +1, +8, +9 for
-// s = 0…3, dequantises them exactly as bitsandbytes (round_bf16(NF4·scale)),
-// which is exactly the bf16 A fragment. x (fp32) enters as three bf16 parts,
-// hi + mid + lo, so the product keeps fp32 accuracy. NT n-tiles of 8 batch
-// rows per pass; warps per tile split K as in gemv.
-// ---------------------------------------------------------------------------
-
-__device__ __forceinline__ uint32_t pack_bf16(float a, float b) {
-  const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
-  return *(const uint32_t*)&h;
-}
-
-// split3 writes x = hi + mid + lo as three packed bf16 pairs (exact to ~2^-24).
-__device__ __forceinline__ void split3(float x0, float x1, uint32_t& hi, uint32_t& mid, uint32_t& lo) {
-  hi = pack_bf16(x0, x1);
-  const float r0 = x0 - __uint_as_float(hi << 16), r1 = x1 - __uint_as_float(hi & 0xffff0000u);
-  mid = pack_bf16(r0, r1);
-  lo = pack_bf16(r0 - __uint_as_float(mid << 16), r1 - __uint_as_float(mid & 0xffff0000u));
-}
-
-__device__ __forceinline__ void mma16816(float* d, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
-  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-// dq2 dequantises the two codes of one byte to a packed bf16 pair (high nibble first).
-__device__ __forceinline__ uint32_t dq2(uint32_t byte, float s, const float* table) {
-  return pack_bf16(table[(byte >> 4) & 15u] * s, table[byte & 15u] * s);
-}
-
-template <int FMT, int NT>
-__device__ void mma_body(const struct GemvOp* __restrict__ op, long long M, int wpp) {
-  __shared__ float table[16];
-  __shared__ float code[256];
-  __shared__ float red[8][NT][4][32]; // split-K partial accumulators, per warp
-  const struct Mat* A0 = &op->mat[0];
-  if (threadIdx.x < 16) table[threadIdx.x] = NF4_TABLE[threadIdx.x];
-  if (A0->code)
-    for (int i = threadIdx.x; i < 256; i += blockDim.x) code[i] = A0->code[i];
-  __syncthreads();
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-  const int part = warp % wpp, tpb = 8 / wpp; // warps share a tile; tiles per block
-  const int mode = op->mode;
-  const int P = mode == MODE_GATEUP ? A0->N : mode == MODE_QKV ? (op->mat[0].N + op->mat[1].N + op->mat[2].N) / 2 : A0->N / 2;
-  const int K = A0->K;
-  const int blocks = K / 64, per = (blocks + wpp - 1) / wpp;
-  const int bbeg = part * per, bend = min(blocks, bbeg + per);
-  // Persistent, block-uniform loop (the split-K meeting has block barriers):
-  // the block's tiles are bb, bb + 8, …; a warp whose tile is past the end
-  // still takes part in the barriers.
-  for (int bb = blockIdx.x * tpb * 8; bb < P; bb += gridDim.x * tpb * 8) {
-    const int base = bb + (warp / wpp) * 8;
-    const bool valid = base < P;
-    // This thread's pair (g) and its two rows.
-    const int pair = valid ? base + g : 0;
-    const struct Mat* A = A0;
-    const struct Mat* B = A0;
-    int ra, rb;
-    if (mode == MODE_GATEUP) {
-      ra = rb = pair;
-      B = &op->mat[1];
-    } else if (mode == MODE_QKV) {
-      const int hd = op->headDim, half = hd / 2;
-      int o = (pair / half) * hd + pair % half, i = 0;
-      while (i < 2 && o >= op->mat[i].N) o -= op->mat[i++].N;
-      A = B = &op->mat[i];
-      ra = o;
-      rb = o + half;
-    } else {
-      ra = 2 * pair;
-      rb = ra + 1;
-    }
-    const MatRegs qa = mat_regs(A), qb = mat_regs(B);
-    const unsigned ea = (unsigned)ra * K, eb = (unsigned)rb * K;
-    const uint16_t* ha = FMT == FMT_BF16 ? A->bf16 + ea : nullptr; // dense bf16: the fragments are the weights
-    const uint16_t* hb = FMT == FMT_BF16 ? B->bf16 + eb : nullptr;
-    for (long long m0 = 0; m0 < M; m0 += 8 * NT) {
-      float acc[NT][4];
-#pragma unroll
-      for (int n = 0; n < NT; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
-      for (int b = bbeg; valid && b < bend; b++) {
-        const unsigned c0 = 64u * b;
-        uint2 ca = make_uint2(0, 0), cb = ca;
-        float sa = 0.0f, sb = 0.0f;
-        if (FMT == FMT_NF4) {
-          ca = __ldg((const uint2*)(qa.packed + (ea + c0) / 2 + 8 * t));
-          cb = __ldg((const uint2*)(qb.packed + (eb + c0) / 2 + 8 * t));
-          sa = nf4_scale(qa, code, ea + c0);
-          sb = nf4_scale(qb, code, eb + c0);
-        }
-#pragma unroll
-        for (int st = 0; st < 4; st++) {
-          const int col = c0 + 16 * st + 2 * t;
-          uint32_t a0, a1, a2, a3;
-          if (FMT == FMT_NF4) {
-            const uint32_t wa = st < 2 ? ca.x : ca.y, wb = st < 2 ? cb.x : cb.y;
-            const int sh = 16 * (st & 1);
-            a0 = dq2(wa >> sh, sa, table);
-            a2 = dq2(wa >> (sh + 8), sa, table);
-            a1 = dq2(wb >> sh, sb, table);
-            a3 = dq2(wb >> (sh + 8), sb, table);
-          } else {
-            a0 = __ldg((const uint32_t*)(ha + col));
-            a2 = __ldg((const uint32_t*)(ha + col + 8));
-            a1 = __ldg((const uint32_t*)(hb + col));
-            a3 = __ldg((const uint32_t*)(hb + col + 8));
-          }
-#pragma unroll
-          for (int n = 0; n < NT; n++) {
-            const long long m = m0 + 8 * n + g;
-            float2 x0 = make_float2(0, 0), x1 = x0;
-            if (m < M) {
-              x0 = __ldg((const float2*)(op->x + m * K + col));
-              x1 = __ldg((const float2*)(op->x + m * K + col + 8));
-            }
-            uint32_t h0, m0r, l0, h1, m1r, l1;
-            split3(x0.x, x0.y, h0, m0r, l0);
-            split3(x1.x, x1.y, h1, m1r, l1);
-            mma16816(acc[n], a0, a1, a2, a3, h0, h1);
-            mma16816(acc[n], a0, a1, a2, a3, m0r, m1r);
-            mma16816(acc[n], a0, a1, a2, a3, l0, l1);
-          }
-        }
-      }
-      if (wpp > 1) { // the tile's warps meet in shared memory; its first warp finishes
-#pragma unroll
-        for (int n = 0; n < NT; n++)
-#pragma unroll
-          for (int i = 0; i < 4; i++) red[warp][n][i][lane] = acc[n][i];
-        __syncthreads();
-        if (part == 0) {
-#pragma unroll
-          for (int n = 0; n < NT; n++)
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-              float s = 0.0f;
-              for (int w = 0; w < wpp; w++) s += red[warp + w][n][i][lane];
-              acc[n][i] = s;
-            }
-        }
-        __syncthreads();
-      }
-      if (part == 0 && valid) {
-        // acc[n][j] is row g (the A-row), batch row m0 + 8n + 2t + j; acc[n][2+j] the B-row.
-#pragma unroll
-        for (int n = 0; n < NT; n++)
-#pragma unroll
-          for (int j = 0; j < 2; j++) {
-            const long long m = m0 + 8 * n + 2 * t + j;
-            if (m < M) {
-              float va = acc[n][j], vb = acc[n][2 + j];
-              va += lora_serial(*A, *op, (int)m, ra);
-              vb += lora_serial(*B, *op, (int)m, rb);
-              epilogue(*op, (int)m, *A, ra, va, B, rb, vb, pair);
-            }
-          }
-      }
-    }
-  }
-}
-
-// mma_nf4_<NT> / mma_bf16_<NT> (dense bf16 weights, e.g. lm_head): grid = one
-// wave of 256-thread blocks (persistent), NT n-tiles of 8 batch rows per
-// pass, wpp warps per tile of 8 pairs (1, 2, 4 or 8).
-#define MMA(NT)                                                                                                    \
-  extern "C" __global__ void __launch_bounds__(256) mma_nf4_##NT(const struct GemvOp* op, long long M, long long wpp) {  \
-    mma_body<FMT_NF4, NT>(op, M, (int)wpp);                                                                        \
-  }                                                                                                                \
-  extern "C" __global__ void __launch_bounds__(256) mma_bf16_##NT(const struct GemvOp* op, long long M, long long wpp) { \
-    mma_body<FMT_BF16, NT>(op, M, (int)wpp);                                                                       \
-  }
-MMA(1)
-MMA(2)
-MMA(4)
-
 // lora_shrink: one 256-thread block per (j, slot, m) output, the K-long dot
 // split over the block; rows without an adapter, and ranks below rmax, get
 // zeros. Bytes: rank·K·4 per adapter and slot read, M·K·4 of x.
-extern "C" __global__ void __launch_bounds__(256) lora_shrink(const struct ShrinkOp* op, long long M) {
+extern "C" __global__ void __launch_bounds__(256) lora_shrink(const __grid_constant__ struct ShrinkOp op, long long M) {
   const int j = blockIdx.x, slot = blockIdx.y, m = blockIdx.z;
-  const int ad = op->rows[m].adapter;
+  const int ad = op.rows[m].adapter;
   float s = 0.0f;
-  const bool live = ad >= 0 && op->A[slot][ad] != nullptr && j < op->rank[slot][ad];
+  const bool live = ad >= 0 && op.A[slot][ad] != nullptr && j < op.rank[slot][ad];
   if (live) {
-    const float* a = op->A[slot][ad] + (long long)j * op->K;
-    const float* x = op->x + (long long)m * op->K;
-    for (int k = threadIdx.x * 4; k < op->K; k += blockDim.x * 4) {
+    const float* a = op.A[slot][ad] + (long long)j * op.K;
+    const float* x = op.x + (long long)m * op.K;
+    for (int k = threadIdx.x * 4; k < op.K; k += blockDim.x * 4) {
       const float4 av = *(const float4*)(a + k), xv = *(const float4*)(x + k);
       s += av.x * xv.x + av.y * xv.y + av.z * xv.z + av.w * xv.w;
     }
     s = block_sum(s); // the condition above is the same for the whole block
   }
-  if (threadIdx.x == 0) op->t[(long long)m * op->tStride + slot * op->rmax + j] = s;
+  if (threadIdx.x == 0) op.t[(long long)m * op.tStride + slot * op.rmax + j] = s;
 }
 
 // layout reports the structs' sizes and a few offsets, for TestStructLayout.
@@ -674,6 +348,6 @@ extern "C" __global__ void layout(long long* out) {
   out[4] = offsetof(struct Mat, loraScale);
   out[5] = offsetof(struct Mat, offset);
   out[6] = offsetof(struct GemvOp, x);
-  out[7] = offsetof(struct GemvOp, ropeTheta);
+  out[7] = offsetof(struct GemvOp, kvDim);
   out[8] = offsetof(struct ShrinkOp, x);
 }

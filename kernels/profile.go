@@ -18,11 +18,9 @@ type profile struct {
 }
 
 type recorded struct {
-	label, name string
-	bytes       int64
-	grid        [3]int
-	block       int
-	args        []any
+	label string
+	layer int // −1 outside the decoder layers
+	c     call
 }
 
 // KernelTime is one row of the per-kernel breakdown of a decode step.
@@ -43,19 +41,19 @@ type KernelTime struct {
 // copyGBs is the card's measured copy bandwidth. The sequences advance by one
 // token (their caches get the step's K/V written more than once, harmlessly).
 func (e *Engine) ProfileStep(seqs []*qwen.Seq, tokens [][]int, copyGBs float64) ([]KernelTime, error) {
-	rows, nHead, splits, err := e.prepare(seqs, tokens, false)
+	ps, err := e.prepare(seqs, tokens, false)
 	if err != nil {
 		return nil, err
 	}
 	const reps = 10
 	var out []KernelTime
 	err = e.Dev.Do(func() error {
-		if err := e.stage(rows, splits); err != nil {
+		if err := e.stage(ps); err != nil {
 			return err
 		}
 		p := &profile{}
 		e.prof = p
-		err := e.record(rows, nHead, splits, true)
+		err := e.forward(ps, true)
 		e.prof = nil
 		if err != nil {
 			return err
@@ -69,7 +67,7 @@ func (e *Engine) ProfileStep(seqs []*qwen.Seq, tokens [][]int, copyGBs float64) 
 		for _, l := range p.launches {
 			g, err := e.Dev.Capture(func() error {
 				for r := 0; r < reps; r++ {
-					if err := e.Dev.launch(l.name, l.grid, l.block, 0, l.args...); err != nil {
+					if err := e.Dev.run(l.c); err != nil {
 						return err
 					}
 				}
@@ -90,7 +88,7 @@ func (e *Engine) ProfileStep(seqs []*qwen.Seq, tokens [][]int, copyGBs float64) 
 			}
 			g.destroy()
 			if err != nil {
-				return fmt.Errorf("cuda: profiling %s: %v", l.name, err)
+				return fmt.Errorf("cuda: profiling %s: %v", l.c.name, err)
 			}
 			ms, _ := start.Elapsed(end)
 			kt := agg[l.label]
@@ -101,7 +99,7 @@ func (e *Engine) ProfileStep(seqs []*qwen.Seq, tokens [][]int, copyGBs float64) 
 			}
 			kt.Calls++
 			kt.Micros += ms * 1000 / reps
-			kt.Bytes += l.bytes
+			kt.Bytes += e.traffic(l.label, l.layer, ps)
 		}
 		for _, l := range order {
 			kt := agg[l]
@@ -181,18 +179,18 @@ func (e *Engine) DecodeRate(seqs []*qwen.Seq, steps int, graphs bool) (float64, 
 			}
 			return err
 		}
-		rows, nHead, splits, err := e.prepare(seqs, toks, false)
+		p, err := e.prepare(seqs, toks, false)
 		if err != nil {
 			return err
 		}
 		err = e.Dev.Do(func() error {
-			if err := e.stage(rows, splits); err != nil {
+			if err := e.stage(p); err != nil {
 				return err
 			}
-			if err := e.record(rows, nHead, splits, true); err != nil {
+			if err := e.forward(p, true); err != nil {
 				return err
 			}
-			ids := make([]int32, rows)
+			ids := make([]int32, p.rows)
 			if err := Read(ids, e.ids); err != nil { // synchronous: waits for the step
 				return err
 			}
@@ -218,4 +216,59 @@ func (e *Engine) DecodeRate(seqs []*qwen.Seq, steps int, graphs bool) (float64, 
 		}
 	}
 	return float64(steps*len(seqs)) / time.Since(t0).Seconds(), nil
+}
+
+// traffic is the bytes a step of a pass must move (each input read once,
+// each output written once), for the GB/s of the profile: the weights a
+// launch reads (counted at upload) plus its activations.
+func (e *Engine) traffic(label string, layer int, p pass) int64 {
+	c := e.cfg
+	R, NH, H, I := int64(p.rows), int64(p.nHead), int64(c.Hidden), int64(c.Intermediate)
+	qDim, kvDim, V := int64(c.Heads*c.HeadDim), int64(c.KVHeads*c.HeadDim), int64(c.Vocab)
+	var L *layerOps
+	if layer >= 0 {
+		L = &e.layers[layer]
+	}
+	norm := func(sh shrinkDesc) int64 { // read x and w, write xn; with the shrink, A and xn again per output
+		b := 8*R*H + 4*H
+		if len(e.m.Adapters) > 0 {
+			b += sh.bytes + int64(sh.slots*e.rmax)*R*H*4
+		}
+		return b
+	}
+	switch label {
+	case stepEmbed:
+		return R*H*6 + R*int64(c.HeadDim)*4
+	case stepNormAttn:
+		return norm(L.shQKV)
+	case stepNormMLP:
+		return norm(L.shGU)
+	case stepQKV:
+		return L.qkv.weights + R*H*4 + R*(qDim+2*kvDim)*4
+	case stepAttn: // each row's K and V up to its position, once per KV head
+		var b int64
+		for _, r := range e.hostMeta {
+			b += 2 * int64(r.Pos+1) * kvDim * 4
+		}
+		return b
+	case stepCombine:
+		return R * (int64(c.Heads*p.splits*(c.HeadDim+2)) + qDim) * 4
+	case stepShrinkO:
+		return L.shO.bytes + R*qDim*4
+	case stepO:
+		return L.o.weights + R*qDim*4 + 2*R*H*4
+	case stepGateUp:
+		return L.gateup.weights + R*H*4 + R*I*4
+	case stepShrinkD:
+		return L.shD.bytes + R*I*4
+	case stepDown:
+		return L.down.weights + R*I*4 + 2*R*H*4
+	case stepFinalNorm:
+		return 8*NH*H + 4*H
+	case stepHead:
+		return e.head.weights + NH*H*4 + NH*V*4
+	case stepArgmax:
+		return NH * V * 4
+	}
+	return 0
 }

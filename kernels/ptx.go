@@ -7,6 +7,12 @@ import _ "embed"
 //go:embed ptx/attention.ptx
 var ptx_attention string
 
+//go:embed ptx/mma.ptx
+var ptx_mma string
+
+//go:embed ptx/nf4_lut.ptx
+var ptx_nf4_lut string
+
 //go:embed ptx/nf4_matmul.ptx
 var ptx_nf4_matmul string
 
@@ -18,8 +24,10 @@ var ptx_sample string
 
 // modules lists each PTX module with the sha256 of the sources it was built from.
 var modules = []ptxModule{
-	{"attention", ptx_attention, "84fa4733c5aa97ce46834bd28945004418de0b73bfa8f7e3662001fd9ef71ee2"},
-	{"nf4_matmul", ptx_nf4_matmul, "36b916c685ef09099f0d57a669ae9791ba25e610a05901276714d205a2e26778"},
-	{"rmsnorm", ptx_rmsnorm, "dd3dc09ed31249c0808d2bbc232754d859b8fb06c36d89ddf3c8a23b967b237f"},
-	{"sample", ptx_sample, "ddde1a333f2d7a061be4ae896bfe41abf47eca85f5466999912f4e49bb6040e1"},
+	{"attention", ptx_attention, "645782e83d50d7687df96603d5acedcf849aa1376ae86f8b68edc92a4498ba41"},
+	{"mma", ptx_mma, "42a5fa6e1ac75a7fa3451061857b76328b5c3611bdcedcb40dff60aae8bf7a38"},
+	{"nf4_lut", ptx_nf4_lut, "2bfd09ab84ee70813b785f861ce9f2709d73dc9e69c823d562addb6b85f2caa0"},
+	{"nf4_matmul", ptx_nf4_matmul, "63eb4d56ee148e32eca4f7e7737e0427fe16ce330a65401f52c6d95883599cb3"},
+	{"rmsnorm", ptx_rmsnorm, "a15dd84be5e9cff0f3cc0778b5c003ac3ccbc7a706ac31fe816df4bdb604a041"},
+	{"sample", ptx_sample, "b5da6ea6f0d6d2dfb851128ae7d1ad5ba9882edf97f9af6fdc03a4c3164816e9"},
 }

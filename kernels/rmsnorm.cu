@@ -59,7 +59,7 @@ extern "C" __global__ void embed(float* x, const void* table, long long isBF16, 
 // t[i, slot, j] = Σ_k A[adapter(i)][slot][j, k]·xn[i, k] (0 without an
 // adapter or past its rank), so the shrink needs no launch of its own.
 extern "C" __global__ void rmsnorm_lora(float* out, const float* x, const float* w, long long H, float eps,
-                                        const struct ShrinkOp* op) {
+                                        const __grid_constant__ struct ShrinkOp op) {
   const int i = blockIdx.x;
   const float* xr = x + (long long)i * H;
   const float inv = inv_rms(xr, H, eps); // exactly as rmsnorm computes it
@@ -68,13 +68,13 @@ extern "C" __global__ void rmsnorm_lora(float* out, const float* x, const float*
     for (long long k = threadIdx.x; k < H; k += blockDim.x) o[k] = w[k] * (xr[k] * inv);
     return;
   }
-  const int idx = blockIdx.y - 1, slot = idx / op->rmax, j = idx % op->rmax;
-  const int ad = op->rows[i].adapter;
+  const int idx = blockIdx.y - 1, slot = idx / op.rmax, j = idx % op.rmax;
+  const int ad = op.rows[i].adapter;
   float s = 0.0f;
-  if (ad >= 0 && op->A[slot][ad] != nullptr && j < op->rank[slot][ad]) { // the same for the whole block
-    const float* a = op->A[slot][ad] + (long long)j * H;
+  if (ad >= 0 && op.A[slot][ad] != nullptr && j < op.rank[slot][ad]) { // the same for the whole block
+    const float* a = op.A[slot][ad] + (long long)j * H;
     for (long long k = threadIdx.x; k < H; k += blockDim.x) s += a[k] * (w[k] * (xr[k] * inv));
     s = block_sum(s);
   }
-  if (threadIdx.x == 0) op->t[(long long)i * op->tStride + slot * op->rmax + j] = s;
+  if (threadIdx.x == 0) op.t[(long long)i * op.tStride + slot * op.rmax + j] = s;
 }

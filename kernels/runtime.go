@@ -3,6 +3,7 @@
 package kernels
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -26,8 +27,11 @@ type Device struct {
 	ctx    cu.CUContext
 	stream cu.Stream
 	fns    map[string]cu.Function
-	occ    map[string]int // resident 256-thread blocks per SM of each gemv kernel
-	graphs map[graphKey]*Graph
+	args   argBuf         // C memory for launch arguments
+	occ    map[occKey]int // resident blocks per multiprocessor, by kernel and launch shape
+	// maxShmem is the dynamic shared memory one block may have (the device's
+	// opt-in limit less what the kernels declare statically).
+	maxShmem int
 }
 
 // ErrNoDevice is returned by Open when no CUDA device is usable.
@@ -36,7 +40,7 @@ var ErrNoDevice = errors.New("no CUDA device")
 // Open starts the device's thread, creates a context on GPU ordinal and
 // loads every embedded module.
 func Open(ordinal int) (*Device, error) {
-	d := &Device{work: make(chan func()), fns: map[string]cu.Function{}, occ: map[string]int{}, graphs: map[graphKey]*Graph{},
+	d := &Device{work: make(chan func()), fns: map[string]cu.Function{}, occ: map[occKey]int{},
 		Debug: os.Getenv("QBENCH_CUDA_DEBUG") == "1"}
 	ready := make(chan error)
 	go func() {
@@ -70,6 +74,12 @@ func (d *Device) init(ordinal int) error {
 	if d.stream, err = cu.MakeStream(cu.NonBlocking); err != nil {
 		return fmt.Errorf("cuda: stream: %v", err)
 	}
+	d.args = newArgBuf()
+	optin, err := maxShmemOptin(ordinal)
+	if err != nil {
+		return err
+	}
+	d.maxShmem = optin - 4096 // the kernels' static shared memory stays under 4 KB
 	for _, m := range modules {
 		mod, err := cu.LoadData(m.ptx)
 		if err != nil {
@@ -81,9 +91,9 @@ func (d *Device) init(ordinal int) error {
 				return fmt.Errorf("cuda: kernel %s in %s: %v", name, m.name, err)
 			}
 			d.fns[name] = fn
-			if strings.HasPrefix(name, "gemv_") || strings.HasPrefix(name, "mma_") {
-				if d.occ[name], err = fn.MaxActiveBlocksPerMultiProcessor(256, 0); err != nil {
-					return fmt.Errorf("cuda: occupancy of %s: %v", name, err)
+			if strings.HasPrefix(name, "nf4_lut_") { // x in dynamic shared memory, up to the device's limit
+				if err := setMaxShmem(fn, d.maxShmem); err != nil {
+					return fmt.Errorf("cuda: %s: %v", name, err)
 				}
 			}
 		}
@@ -94,13 +104,12 @@ func (d *Device) init(ordinal int) error {
 // kernelNames lists the entry points of each module.
 var kernelNames = map[string][]string{
 	"attention":  {"attn_split", "attn_combine"},
-	"nf4_matmul": append(gemvNames(), "mma_nf4_1", "mma_nf4_2", "mma_nf4_4", "mma_bf16_1", "mma_bf16_2", "mma_bf16_4", "lora_shrink", "layout"),
+	"mma":        {"mma_nf4_1", "mma_nf4_2", "mma_nf4_4", "mma_bf16_1", "mma_bf16_2", "mma_bf16_4"},
+	"nf4_lut":    {"nf4_lut_1", "nf4_lut_2"},
+	"nf4_matmul": append(gemvNames(), "lora_shrink", "layout"),
 	"rmsnorm":    {"rmsnorm", "rmsnorm_lora", "embed"},
 	"sample":     {"argmax", "target_logprob"},
 }
-
-// gemvMT are the batch-row counts gemv is compiled for (GEMV(MT) in nf4_matmul.cu).
-var gemvMT = []int{1, 2, 4, 8, 16}
 
 func gemvNames() []string {
 	var n []string
@@ -110,86 +119,39 @@ func gemvNames() []string {
 	return n
 }
 
-// gemvMaxMT caps the batch rows per pass (QBENCH_GEMV_MAXMT overrides it,
-// for tuning). 4 won on an H200 (2026-11-26, 3B shape, batch 20: 535 tok/s
-// against 311 with 16 rows a pass, whose 255 registers leave one block an SM).
-var gemvMaxMT = func() int {
-	if v, err := strconv.Atoi(os.Getenv("QBENCH_GEMV_MAXMT")); err == nil && v > 0 {
+type occKey struct {
+	name         string
+	block, shmem int
+}
+
+// occupancy is how many blocks of kernel name fit on a multiprocessor at
+// once with that block size and dynamic shared memory (cached).
+func (d *Device) occupancy(name string, block, shmem int) (int, error) {
+	k := occKey{name, block, shmem}
+	if n, ok := d.occ[k]; ok {
+		return n, nil
+	}
+	fn, ok := d.fns[name]
+	if !ok {
+		return 0, fmt.Errorf("cuda: no kernel %q", name)
+	}
+	n, err := fn.MaxActiveBlocksPerMultiProcessor(block, int64(shmem))
+	if err != nil {
+		return 0, fmt.Errorf("cuda: occupancy of %s: %v", name, err)
+	}
+	d.occ[k] = n
+	return n, nil
+}
+
+// envSet reports whether a switch is set to 1 in the environment.
+func envSet(name string) bool { return os.Getenv(name) == "1" }
+
+// envInt reads a positive integer setting from the environment.
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
 		return v
 	}
-	return 4
-}()
-
-// gemvName picks the gemv variant for a matrix kind and M batch rows: the
-// smallest row count per pass that covers M, up to gemvMaxMT (then several passes).
-func gemvName(kind, rows int) string {
-	mt := 1
-	for _, v := range gemvMT {
-		if v <= gemvMaxMT {
-			mt = v
-		}
-	}
-	for _, v := range gemvMT {
-		if v >= rows && v <= gemvMaxMT {
-			mt = v
-			break
-		}
-	}
-	switch kind {
-	case fmtNF4:
-		return fmt.Sprintf("gemv_nf4_%d", mt)
-	case fmtNF4Round:
-		return fmt.Sprintf("gemv_nf4r_%d", mt)
-	}
-	return fmt.Sprintf("gemv_dense_%d", mt)
-}
-
-// targetWarps is about enough resident warps to keep a Hopper's 132 SMs busy.
-const targetWarps = 132 * 32
-
-// gemvWarps picks how many warps share one pair of output rows (split-K): as
-// many as it takes to fill the card when the matrix has few rows, no more
-// than one warp-step of columns each, and 1, 2, 4 or 8.
-func gemvWarps(kind, pairs, K int) int {
-	step := 256 // columns per warp-step: 8 a lane for bf16/fp32
-	if kind != fmtBF16 {
-		step = 1024 // 32 a lane for NF4
-	}
-	w := min(8, max(1, K/step), (targetWarps+pairs-1)/pairs)
-	for w&(w-1) != 0 {
-		w &= w - 1
-	}
-	return max(w, 1)
-}
-
-// gemvLaunch is the kernel, grid and warps-per-pair of one gemv launch. The
-// kernel is persistent: one wave of blocks (as many as are resident at once),
-// each walking several pairs.
-func (d *Device) gemvLaunch(kind, rows, pairs, K int) (string, [3]int, int) {
-	if kind == kindMMA || kind == kindMMABF16 { // tiles of 8 pairs, NT n-tiles of 8 batch rows a pass
-		nt := 4
-		switch {
-		case rows <= 8:
-			nt = 1
-		case rows <= 16:
-			nt = 2
-		}
-		tiles := pairs / 8
-		w := min(8, max(1, K/64), (targetWarps+tiles-1)/tiles)
-		for w&(w-1) != 0 {
-			w &= w - 1
-		}
-		name := fmt.Sprintf("mma_nf4_%d", nt)
-		if kind == kindMMABF16 {
-			name = fmt.Sprintf("mma_bf16_%d", nt)
-		}
-		per := 8 / w
-		return name, [3]int{min((tiles+per-1)/per, max(1, d.occ[name])*d.SMs)}, w
-	}
-	w := gemvWarps(kind, pairs, K)
-	per := 8 / w
-	name := gemvName(kind, rows)
-	return name, [3]int{min((pairs+per-1)/per, max(1, d.occ[name])*d.SMs)}, w
+	return def
 }
 
 // Do runs f on the device's thread and waits for it.
@@ -202,9 +164,7 @@ func (d *Device) Do(f func() error) error {
 // Close destroys the context and stops the thread.
 func (d *Device) Close() error {
 	err := d.Do(func() error {
-		for _, g := range d.graphs {
-			g.destroy()
-		}
+		d.args.free()
 		return d.ctx.Destroy()
 	})
 	close(d.work)
@@ -284,39 +244,45 @@ func Read[T any](v []T, b Buf) error {
 	return cu.MemcpyDtoH(unsafe.Pointer(&v[0]), b.Ptr, n)
 }
 
-// launch runs kernel name with the given geometry; args are device pointers,
-// Bufs, ints or float32s. It must run on the device's thread.
+// launch runs kernel name with the given geometry; args are device
+// pointers, Bufs, ints, float32s, or descriptors (*gemvOp, *shrinkOp) passed
+// by value. It must run on the device's thread.
 func (d *Device) launch(name string, grid [3]int, block, shmem int, args ...any) error {
 	fn, ok := d.fns[name]
 	if !ok {
 		return fmt.Errorf("cuda: no kernel %q", name)
 	}
-	vals := make([]uint64, len(args))
-	ptrs := make([]unsafe.Pointer, len(args))
+	vals := make([][]byte, len(args))
 	for i, a := range args {
-		switch v := a.(type) {
+		var v uint64
+		switch a := a.(type) {
 		case cu.DevicePtr:
-			vals[i] = uint64(v)
+			v = uint64(a)
 		case Buf:
-			vals[i] = uint64(v.Ptr)
+			v = uint64(a.Ptr)
 		case int:
-			vals[i] = uint64(int64(v))
+			v = uint64(int64(a))
 		case int64:
-			vals[i] = uint64(v)
+			v = uint64(a)
 		case float32:
-			vals[i] = uint64(math.Float32bits(v)) // the driver reads the low 4 bytes
+			v = uint64(math.Float32bits(a)) // the kernel reads the low 4 bytes
+		case *gemvOp:
+			vals[i] = unsafe.Slice((*byte)(unsafe.Pointer(a)), unsafe.Sizeof(*a))
+			continue
+		case *shrinkOp:
+			vals[i] = unsafe.Slice((*byte)(unsafe.Pointer(a)), unsafe.Sizeof(*a))
+			continue
 		default:
 			return fmt.Errorf("cuda: kernel %s: argument %d has unsupported type %T", name, i, a)
 		}
-		ptrs[i] = unsafe.Pointer(&vals[i])
+		vals[i] = binary.LittleEndian.AppendUint64(nil, v)
 	}
-	if grid[1] == 0 {
-		grid[1] = 1
+	for k := 1; k < 3; k++ {
+		if grid[k] == 0 {
+			grid[k] = 1
+		}
 	}
-	if grid[2] == 0 {
-		grid[2] = 1
-	}
-	if err := fn.Launch(grid[0], grid[1], grid[2], block, 1, 1, shmem, d.stream, ptrs); err != nil {
+	if err := d.launchRaw(fn, grid, block, shmem, vals); err != nil {
 		return fmt.Errorf("cuda: launching %s (grid %v, block %d): %v", name, grid, block, err)
 	}
 	if d.Debug {

@@ -4,20 +4,25 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"os"
+	"path/filepath"
 )
 
 // ptxModule is one compiled .cu file.
 type ptxModule struct {
 	name   string // the .cu file's base name
 	ptx    string // its PTX
-	source string // sha256 of common.cuh and the .cu it was built from
+	source string // sha256 of the headers and the .cu it was built from (SourceHash)
 }
 
-// SourceHash is the sha256 of common.cuh followed by the .cu file: what a
-// module's PTX depends on.
+// SourceHash is the sha256 of every .cuh header (in name order) followed by
+// the .cu file: what a module's PTX depends on.
 func SourceHash(cu string) (string, error) {
 	h := sha256.New()
-	for _, f := range []string{"common.cuh", cu} {
+	headers, err := filepath.Glob("*.cuh") // sorted
+	if err != nil {
+		return "", err
+	}
+	for _, f := range append(headers, cu) {
 		b, err := os.ReadFile(f)
 		if err != nil {
 			return "", err

@@ -2,7 +2,7 @@ package kernels
 
 import "testing"
 
-// TestPTXUpToDate fails when a .cu (or common.cuh) changed without
+// TestPTXUpToDate fails when a .cu (or a .cuh header) changed without
 // `go generate ./kernels`; it needs no GPU and runs in CI.
 func TestPTXUpToDate(t *testing.T) {
 	if len(modules) == 0 {

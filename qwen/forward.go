@@ -6,12 +6,59 @@ import (
 )
 
 // Seq is one sequence being decoded: its adapter and its KV cache.
+//
+// The contract every Engine keeps: a forward pass writes the keys and values
+// of positions Len … Len+n−1 and then advances Len by n; attention reads
+// positions 0 … Len+n−1. So a caller may lower Len to reuse a prefix of the
+// cache (eval does: after the teacher-forced pass over prompt + reference it
+// sets Len back to the prompt's length less one, and generation overwrites
+// the rest). Raising Len past what was written is an error nobody checks.
 type Seq struct {
 	Adapter int       // index into Model.Adapters, −1 = base model
 	Len     int       // tokens already in the cache
 	Cap     int       // cache capacity in tokens
-	K, V    []float32 // [layers, Cap, kvHeads*headDim] (CPU engine)
+	K, V    []float32 // CPU engine only: [layers, Cap, kvHeads*headDim]; nil on other engines
 	Handle  any       // engine-owned state, e.g. the GPU engine's device cache
+}
+
+// RopeInvFreq is RoPE's inverse frequencies [headDim/2], 1/θ^(2j/d) with
+// each step in fp32 as transformers computes them; every engine uses these.
+func RopeInvFreq(c *Config) []float32 {
+	inv := make([]float32, c.HeadDim/2)
+	for j := range inv {
+		e := float32(2*j) / float32(c.HeadDim)
+		inv[j] = 1 / float32(math.Pow(c.RopeTheta, float64(e)))
+	}
+	return inv
+}
+
+// CheckBatch validates the arguments of one forward pass as every engine
+// must: one non-empty token list per sequence, each fitting its cache, the
+// adapter and every token id in range. It returns the pass's rows (new tokens
+// summed over the sequences).
+func (m *Model) CheckBatch(seqs []*Seq, tokens [][]int) (rows int, err error) {
+	c := m.Config
+	if len(seqs) != len(tokens) {
+		return 0, fmt.Errorf("forward: %d sequences, %d token lists", len(seqs), len(tokens))
+	}
+	for i, s := range seqs {
+		if len(tokens[i]) == 0 {
+			return 0, fmt.Errorf("forward: sequence %d has no new tokens", i)
+		}
+		if s.Len+len(tokens[i]) > s.Cap {
+			return 0, fmt.Errorf("forward: sequence %d needs %d positions, its cache holds %d", i, s.Len+len(tokens[i]), s.Cap)
+		}
+		if s.Adapter >= len(m.Adapters) {
+			return 0, fmt.Errorf("forward: adapter index %d, the model has %d adapters", s.Adapter, len(m.Adapters))
+		}
+		for _, t := range tokens[i] {
+			if t < 0 || t >= c.Vocab {
+				return 0, fmt.Errorf("forward: token id %d outside the vocabulary [0,%d)", t, c.Vocab)
+			}
+		}
+		rows += len(tokens[i])
+	}
+	return rows, nil
 }
 
 // NewSeq makes a sequence whose cache holds capacity tokens.
@@ -47,14 +94,7 @@ type Runner struct {
 
 // NewRunner makes a Runner for m.
 func NewRunner(m *Model) *Runner {
-	c := m.Config
-	r := &Runner{m: m, invFreq: make([]float32, c.HeadDim/2)}
-	// As transformers: inv_freq = 1 / theta^(2j/d), each step in fp32.
-	for j := range r.invFreq {
-		e := float32(2*j) / float32(c.HeadDim)
-		r.invFreq[j] = 1 / float32(math.Pow(c.RopeTheta, float64(e)))
-	}
-	return r
+	return &Runner{m: m, invFreq: RopeInvFreq(m.Config)}
 }
 
 func (r *Runner) reserve(rows, ctx int) {
@@ -91,27 +131,16 @@ func (r *Runner) reserveLogits(rows int) {
 // for the last new token of each sequence. The slice is reused by the next call.
 func (r *Runner) Forward(seqs []*Seq, tokens [][]int, all bool) ([]float32, error) {
 	m, c := r.m, r.m.Config
-	if len(seqs) != len(tokens) {
-		return nil, fmt.Errorf("forward: %d sequences, %d token lists", len(seqs), len(tokens))
+	rows, err := m.CheckBatch(seqs, tokens)
+	if err != nil {
+		return nil, err
 	}
-	rows, ctx := 0, 0
-	for i, s := range seqs {
-		if len(tokens[i]) == 0 {
-			return nil, fmt.Errorf("forward: sequence %d has no new tokens", i)
-		}
-		if s.Len+len(tokens[i]) > s.Cap {
-			return nil, fmt.Errorf("forward: sequence %d needs %d positions, its cache holds %d", i, s.Len+len(tokens[i]), s.Cap)
-		}
-		if s.Adapter >= len(m.Adapters) {
-			return nil, fmt.Errorf("forward: adapter index %d, the model has %d adapters", s.Adapter, len(m.Adapters))
-		}
-		rows += len(tokens[i])
+	ctx := 0
+	for _, s := range seqs {
 		ctx = max(ctx, s.Cap) // size the scores by capacity: no reallocation as a sequence grows
 	}
 	r.reserve(rows, ctx)
-	if err := r.embed(seqs, tokens); err != nil {
-		return nil, err
-	}
+	r.embed(seqs, tokens)
 	for li := range m.Layers {
 		r.layer(li, seqs, rows)
 	}
@@ -141,16 +170,13 @@ func (r *Runner) Forward(seqs []*Seq, tokens [][]int, all bool) ([]float32, erro
 }
 
 // embed fills each new row's embedding, sequence, position, adapter and
-// RoPE angles.
-func (r *Runner) embed(seqs []*Seq, tokens [][]int) error {
+// RoPE angles (the token ids were checked by CheckBatch).
+func (r *Runner) embed(seqs []*Seq, tokens [][]int) {
 	m, c := r.m, r.m.Config
 	H, half := c.Hidden, c.HeadDim/2
 	row := 0
 	for i, s := range seqs {
 		for j, tok := range tokens[i] {
-			if tok < 0 || tok >= c.Vocab {
-				return fmt.Errorf("forward: token id %d outside the vocabulary [0,%d)", tok, c.Vocab)
-			}
 			copy(r.x[row*H:(row+1)*H], m.EmbedTokens[tok*H:(tok+1)*H])
 			r.rowSeq[row], r.rowPos[row], r.adapters[row] = i, s.Len+j, s.Adapter
 			for f, inv := range r.invFreq {
@@ -161,7 +187,6 @@ func (r *Runner) embed(seqs []*Seq, tokens [][]int) error {
 			row++
 		}
 	}
-	return nil
 }
 
 // layer runs decoder layer li on the residual stream r.x of rows rows.

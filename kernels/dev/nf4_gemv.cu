@@ -1,0 +1,978 @@
+// nf4_gemv.cu — standalone development benchmark of the batch-1 NF4 matrix-
+// vector product (llm.c dev/cuda style): versions side by side, each checked
+// against a CPU reference on fresh random inputs with the output poisoned,
+// then timed with events over rotating weight copies (several times the L2),
+// reported in GB/s and % of the device-to-device copy bandwidth measured in the
+// same run. Build and run (on the GPU machine, nvcc ≥ 12):
+//
+//   nvcc -O3 -arch=sm_90 -o nf4_gemv kernels/dev/nf4_gemv.cu && ./nf4_gemv
+//
+// The product: y[n] = Σ_k W[n,k]·x[k], W in bitsandbytes NF4 with double
+// quantisation: W[n,k] = bf16(NF4[c]·s), s = fp32(fp32(code[q]·nested) + offset)
+// for the 64-block of element n·K+k (q its 8-bit absmax code, nested the scale
+// of its 256-block group) — bitsandbytes' dequantised weight, bit for bit.
+// Bytes a call: N·K/2 codes + N·K/64 absmax codes + N·K/16384·4 nested.
+//
+// Versions:
+//   v1  scalar: a warp a row, 8 weights a lane a step, each weight decoded by a
+//       table read, multiply and bf16 rounding, then an fp32 FMA. (The shape
+//       of the engine's GEMV before the tensor-core work; a baseline here.)
+//   v2  tensor cores at batch 1: a warp takes 16 rows × a K slice; per 64-block
+//       a thread builds the block's 16 exact bf16 values bf16(NF4[i]·s) once,
+//       as two byte planes in 8 registers, then looks its codes up with prmt
+//       (4 weights: 6 prmt + 2 to pair the planes into bf16x2 A fragments); x
+//       enters as the B operand, split into hi + mid + lo bf16 parts in columns
+//       0, 1, 2 of the n8 tile, so one mma.m16n8k16 does 256 weights at fp32
+//       accuracy. x is pre-split once (the producer's job in the engine) into
+//       fragment order: each MMA's B is one 8-byte load. Codes are laid out per
+//       (row, 256 columns) so a quad's 16-byte loads are one 64-byte run.
+//   v3  v2 with the next 256 columns' codes and scales loaded before the
+//       current ones are used (software pipelining: twice the bytes in flight).
+//   v4  v3 with only raw loads prefetched, x split by each block into shared
+//       memory (no producer change), no per-MMA predicates, two accumulator
+//       chains promoted into fp32 totals every 256 columns; v4b: 3 blocks/SM.
+//   v5  v4 with the codes streamed through a per-warp shared-memory ring of
+//       ST stages by cp.async (v5s3, v5s4, v5s6), scales' raw bytes in a
+//       register FIFO of the same depth.
+//   v6  v4 with the selector shifts as IMAD.HI (FMA pipe), NW = 8 or 16 warps
+//       a block (v6w8, v6w16).
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <math.h>
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#define CK(x) ck((x), #x, __LINE__)
+static void ck(cudaError_t e, const char* what, int line) {
+  if (e != cudaSuccess) {
+    fprintf(stderr, "line %d: %s: %s\n", line, what, cudaGetErrorString(e));
+    exit(1);
+  }
+}
+
+// NF4 code values (bitsandbytes' NormalFloat table).
+static const float NF4_HOST[16] = {
+    -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f,
+    -0.28444138169288635f, -0.18477343022823334f, -0.09105003625154495f, 0.0f,
+    0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f, 0.33791524171829224f,
+    0.44070982933044434f, 0.5626170039176941f, 0.7229568362236023f, 1.0f};
+__constant__ float NF4_TABLE[16];
+#define NF4_0 -1.0f
+#define NF4_1 -0.6961928009986877f
+#define NF4_2 -0.5250730514526367f
+#define NF4_3 -0.39491748809814453f
+#define NF4_4 -0.28444138169288635f
+#define NF4_5 -0.18477343022823334f
+#define NF4_6 -0.09105003625154495f
+#define NF4_7 0.0f
+#define NF4_8 0.07958029955625534f
+#define NF4_9 0.16093020141124725f
+#define NF4_10 0.24611230194568634f
+#define NF4_11 0.33791524171829224f
+#define NF4_12 0.44070982933044434f
+#define NF4_13 0.5626170039176941f
+#define NF4_14 0.7229568362236023f
+#define NF4_15 1.0f
+
+struct Q {
+  const uint8_t* codes;   // [N*K/2], layout per version
+  const uint8_t* qabsmax; // [N*K/64]
+  const float* nested;    // [N*K/64/256 + 1]
+  const float* code;      // [256] dynamic map
+  float offset;
+  int N, K;
+};
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float scale_of(const Q& q, const float* code, unsigned b) {
+  return __fadd_rn(__fmul_rn(code[__ldg(q.qabsmax + b)], __ldg(q.nested + (b >> 8))), q.offset);
+}
+
+// ---------------------------------------------------------------------------
+// v1: scalar.
+__global__ void __launch_bounds__(256) gemv_v1(Q q, const float* __restrict__ x, float* __restrict__ y) {
+  __shared__ float code[256];
+  __shared__ float table[16];
+  code[threadIdx.x] = q.code[threadIdx.x];
+  if (threadIdx.x < 16) table[threadIdx.x] = NF4_TABLE[threadIdx.x];
+  __syncthreads();
+  const int lane = threadIdx.x & 31;
+  for (int row = blockIdx.x * 8 + (threadIdx.x >> 5); row < q.N; row += gridDim.x * 8) {
+    float acc = 0.0f;
+    const unsigned e0 = (unsigned)row * q.K;
+    for (int k = lane * 8; k < q.K; k += 256) {
+      const uint32_t w = __ldg((const uint32_t*)(q.codes + (e0 + k) / 2));
+      const float s = scale_of(q, code, (e0 + k) >> 6);
+      const float4 xa = __ldg((const float4*)(x + k)), xb = __ldg((const float4*)(x + k + 4));
+      const float xs[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
+#pragma unroll
+      for (int i = 0; i < 4; i++) {
+        const uint32_t byte = (w >> (8 * i)) & 0xffu;
+        const __nv_bfloat162 h = __floats2bfloat162_rn(__fmul_rn(table[byte >> 4], s), __fmul_rn(table[byte & 15u], s));
+        acc += __bfloat162float(h.x) * xs[2 * i] + __bfloat162float(h.y) * xs[2 * i + 1];
+      }
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) y[row] = acc;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// v2/v3: tensor cores with an exact per-block table.
+
+__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t s) {
+  uint32_t d;
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(s));
+  return d;
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float a, float b) { // a in the low half
+  const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+  return *(const uint32_t*)&h;
+}
+
+// Lut holds a block's 16 dequantised weights bf16(NF4[i]·s) as two byte
+// planes: lo[q] has the low bytes of values 4q…4q+3, hi[q] their high bytes.
+struct Lut {
+  uint32_t lo[4], hi[4];
+};
+
+__device__ __forceinline__ Lut make_lut(float s) {
+  uint32_t p[8];
+  p[0] = pack_bf16(__fmul_rn(NF4_0, s), __fmul_rn(NF4_1, s));
+  p[1] = pack_bf16(__fmul_rn(NF4_2, s), __fmul_rn(NF4_3, s));
+  p[2] = pack_bf16(__fmul_rn(NF4_4, s), __fmul_rn(NF4_5, s));
+  p[3] = pack_bf16(__fmul_rn(NF4_6, s), __fmul_rn(NF4_7, s));
+  p[4] = pack_bf16(__fmul_rn(NF4_8, s), __fmul_rn(NF4_9, s));
+  p[5] = pack_bf16(__fmul_rn(NF4_10, s), __fmul_rn(NF4_11, s));
+  p[6] = pack_bf16(__fmul_rn(NF4_12, s), __fmul_rn(NF4_13, s));
+  p[7] = pack_bf16(__fmul_rn(NF4_14, s), __fmul_rn(NF4_15, s));
+  Lut t;
+#pragma unroll
+  for (int q = 0; q < 4; q++) {
+    t.lo[q] = prmt(p[2 * q], p[2 * q + 1], 0x6420);
+    t.hi[q] = prmt(p[2 * q], p[2 * q + 1], 0x7531);
+  }
+  return t;
+}
+
+// lookup4 turns 16 bits of codes in bitsandbytes order (columns c0…c3: byte
+// c0<<4|c1, then c2<<4|c3) into the two bf16x2 fragments (c0,c1) and (c2,c3).
+// sel is the codes with bit 3 of each nibble cleared, hsel picks the upper
+// table half for nibbles with bit 3 set (prepared once per 32-bit word).
+__device__ __forceinline__ void lookup4(const Lut& t, uint32_t sel, uint32_t hsel, uint32_t& f01, uint32_t& f23) {
+  const uint32_t lo = prmt(prmt(t.lo[0], t.lo[1], sel), prmt(t.lo[2], t.lo[3], sel), hsel);
+  const uint32_t hi = prmt(prmt(t.hi[0], t.hi[1], sel), prmt(t.hi[2], t.hi[3], sel), hsel);
+  f01 = prmt(lo, hi, 0x4051); // lo/hi bytes are in nibble order c1, c0, c3, c2
+  f23 = prmt(lo, hi, 0x6273);
+}
+
+__device__ __forceinline__ void mma16816(float* d, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// The codes of one thread for one 256-column step: 32 bytes of row g's block
+// t, 32 of row g+8's, and the two blocks' scales.
+struct Step {
+  uint4 a0, a1, b0, b1;
+  float sa, sb;
+};
+
+__device__ __forceinline__ Step load_step(const Q& q, const float* code, int ra, int rb, int s, int t, int nblk) {
+  Step st;
+  const int blk = 4 * s + t;
+  if (blk < nblk) {
+    const int nb = min(4, nblk - 4 * s); // blocks in this step (the row's last may have fewer)
+    const uint8_t* pa = q.codes + (size_t)ra * (q.K / 2) + 128 * s;
+    const uint8_t* pb = q.codes + (size_t)rb * (q.K / 2) + 128 * s;
+    st.a0 = __ldg((const uint4*)(pa + 16 * t));
+    st.a1 = __ldg((const uint4*)(pa + 16 * nb + 16 * t));
+    st.b0 = __ldg((const uint4*)(pb + 16 * t));
+    st.b1 = __ldg((const uint4*)(pb + 16 * nb + 16 * t));
+    st.sa = scale_of(q, code, (unsigned)ra * nblk + blk);
+    st.sb = scale_of(q, code, (unsigned)rb * nblk + blk);
+  } else {
+    st.a0 = st.a1 = st.b0 = st.b1 = make_uint4(0, 0, 0, 0);
+    st.sa = st.sb = 0.0f;
+  }
+  return st;
+}
+
+__device__ __forceinline__ uint32_t word(const uint4& u, int i) { return i == 0 ? u.x : i == 1 ? u.y : i == 2 ? u.z : u.w; }
+
+// run_step: the 16 MMAs of one 256-column step. xs is x pre-split in
+// fragment order: [step][j][part][t] 8 bytes.
+__device__ __forceinline__ void run_step(const Step& st, const uint2* __restrict__ xs, int s, int g, int t, float* acc) {
+  const Lut la = make_lut(st.sa), lb = make_lut(st.sb);
+#pragma unroll
+  for (int w = 0; w < 8; w++) { // a 32-bit word: codes of two MMAs
+    const uint32_t wa = word(w < 4 ? st.a0 : st.a1, w & 3), wb = word(w < 4 ? st.b0 : st.b1, w & 3);
+    const uint32_t sa = wa & 0x77777777u, ha = ((wa >> 1) & 0x44444444u) | 0x32103210u;
+    const uint32_t sb = wb & 0x77777777u, hb = ((wb >> 1) & 0x44444444u) | 0x32103210u;
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      const int j = 2 * w + h;
+      uint32_t a0, a1, a2, a3;
+      lookup4(la, sa >> (16 * h), ha >> (16 * h), a0, a2);
+      lookup4(lb, sb >> (16 * h), hb >> (16 * h), a1, a3);
+      uint2 b = make_uint2(0, 0);
+      if (g < 3) b = __ldg(xs + ((s * 16 + j) * 3 + g) * 4 + t);
+      mma16816(acc, a0, a1, a2, a3, b.x, b.y);
+    }
+  }
+}
+
+// gemv_v2/v3<KP>: block 256 = 8 warps, KP warps share a 16-row tile (split-K,
+// summed in shared memory in a fixed order), persistent over tiles.
+template <int KP, bool PIPE>
+__global__ void __launch_bounds__(256) gemv_mma(Q q, const uint2* __restrict__ xs, float* __restrict__ y) {
+  __shared__ float code[256];
+  __shared__ float red[8][16];
+  code[threadIdx.x] = q.code[threadIdx.x];
+  __syncthreads();
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+  const int part = warp % KP, tpb = 8 / KP;
+  const int nblk = q.K / 64, S = (nblk + 3) / 4, tiles = q.N / 16;
+  const int per = (S + KP - 1) / KP, sbeg = min(S, part * per), send = min(S, sbeg + per);
+  for (int tb = blockIdx.x * tpb; tb < tiles; tb += gridDim.x * tpb) {
+    const int tile = tb + warp / KP;
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (tile < tiles) {
+      const int ra = tile * 16 + g, rb = ra + 8;
+      if (PIPE) {
+        Step cur = sbeg < send ? load_step(q, code, ra, rb, sbeg, t, nblk) : Step{};
+        for (int s = sbeg; s < send; s++) {
+          Step nxt = cur;
+          if (s + 1 < send) nxt = load_step(q, code, ra, rb, s + 1, t, nblk);
+          run_step(cur, xs, s, g, t, acc);
+          cur = nxt;
+        }
+      } else {
+        for (int s = sbeg; s < send; s++) run_step(load_step(q, code, ra, rb, s, t, nblk), xs, s, g, t, acc);
+      }
+    }
+    // Row g: columns 0 (hi), 1 (mid), 2 (lo) of D; t = 0 holds 0 and 1, t = 1 holds 2 (and 3, zero).
+    float ya = acc[0] + acc[1], yb = acc[2] + acc[3];
+    ya += __shfl_down_sync(0xffffffffu, ya, 1);
+    yb += __shfl_down_sync(0xffffffffu, yb, 1);
+    if (KP > 1) {
+      if (t == 0) {
+        red[warp][g] = ya;
+        red[warp][g + 8] = yb;
+      }
+      __syncthreads();
+      if (part == 0 && t == 0) {
+        ya = yb = 0.0f;
+        for (int w = 0; w < KP; w++) {
+          ya += red[warp + w][g];
+          yb += red[warp + w][g + 8];
+        }
+      }
+      __syncthreads();
+    }
+    if (tile < tiles && part == 0 && t == 0) {
+      y[tile * 16 + g] = ya;
+      y[tile * 16 + g + 8] = yb;
+    }
+  }
+}
+
+
+// ---------------------------------------------------------------------------
+// v4: v3 with (a) only raw loads prefetched (the scale is rebuilt when the
+// step runs, so no load result is waited on a step early), (b) x split by the
+// block itself into shared memory in a prologue (no producer changes needed;
+// the first step's codes are requested before it), (c) every lane loads a B
+// fragment (lanes g ≥ 3 repeat parts 0–2: a broadcast, and their columns are
+// never read), so no predicate and no zeroing per MMA, (d) two accumulator
+// chains per step, added into fp32 totals after each step (shorter tensor-core
+// accumulation chains: the fp32 error of v2/v3 grew with K).
+struct Raw {
+  uint4 a0, a1, b0, b1;
+  uint32_t qa, qb; // absmax codes
+  float na, nb;    // nested scales
+};
+
+__device__ __forceinline__ Raw load_raw(const Q& q, int ra, int rb, int s, int t, int nblk) {
+  Raw st;
+  const int blk = 4 * s + t;
+  if (blk < nblk) {
+    const int nb = min(4, nblk - 4 * s);
+    const uint8_t* pa = q.codes + (size_t)ra * (q.K / 2) + 128 * s;
+    const uint8_t* pb = q.codes + (size_t)rb * (q.K / 2) + 128 * s;
+    st.a0 = __ldg((const uint4*)(pa + 16 * t));
+    st.a1 = __ldg((const uint4*)(pa + 16 * nb + 16 * t));
+    st.b0 = __ldg((const uint4*)(pb + 16 * t));
+    st.b1 = __ldg((const uint4*)(pb + 16 * nb + 16 * t));
+    const unsigned ba = (unsigned)ra * nblk + blk, bb = (unsigned)rb * nblk + blk;
+    st.qa = __ldg(q.qabsmax + ba);
+    st.qb = __ldg(q.qabsmax + bb);
+    st.na = __ldg(q.nested + (ba >> 8));
+    st.nb = __ldg(q.nested + (bb >> 8));
+  } else {
+    st.a0 = st.a1 = st.b0 = st.b1 = make_uint4(0, 0, 0, 0);
+    st.qa = st.qb = 0;
+    st.na = st.nb = 0.0f; // run_raw zeroes the scale of a block past the row
+  }
+  return st;
+}
+
+__device__ __forceinline__ void run_raw(const Raw& st, bool live, const Q& q, const float* code, const uint2* xsm, int s, int g3, int t,
+                                        float* tot) {
+  const float sa = live ? __fadd_rn(__fmul_rn(code[st.qa], st.na), q.offset) : 0.0f;
+  const float sb = live ? __fadd_rn(__fmul_rn(code[st.qb], st.nb), q.offset) : 0.0f;
+  const Lut la = make_lut(sa), lb = make_lut(sb);
+  float c0[4] = {0.0f, 0.0f, 0.0f, 0.0f}, c1[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  const uint2* xb = xsm + (s * 16 * 3 + g3) * 4 + t;
+#pragma unroll
+  for (int w = 0; w < 8; w++) {
+    const uint32_t wa = word(w < 4 ? st.a0 : st.a1, w & 3), wb = word(w < 4 ? st.b0 : st.b1, w & 3);
+    const uint32_t sa7 = wa & 0x77777777u, ha = ((wa >> 1) & 0x44444444u) | 0x32103210u;
+    const uint32_t sb7 = wb & 0x77777777u, hb = ((wb >> 1) & 0x44444444u) | 0x32103210u;
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      const int j = 2 * w + h;
+      uint32_t a0, a1, a2, a3;
+      lookup4(la, sa7 >> (16 * h), ha >> (16 * h), a0, a2);
+      lookup4(lb, sb7 >> (16 * h), hb >> (16 * h), a1, a3);
+      const uint2 b = xb[j * 12];
+      mma16816(h ? c1 : c0, a0, a1, a2, a3, b.x, b.y);
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < 4; i++) tot[i] += c0[i] + c1[i];
+}
+
+template <int KP, int MINB>
+__global__ void __launch_bounds__(256, MINB) gemv_v4(Q q, const float* __restrict__ x, float* __restrict__ y) {
+  extern __shared__ uint2 xsm[]; // [S][16][3][4] x split in fragment order
+  __shared__ float code[256];
+  __shared__ float red[8][16];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3, g3 = g % 3;
+  const int part = warp % KP, tpb = 8 / KP;
+  const int K = q.K, nblk = K / 64, S = (nblk + 3) / 4, tiles = q.N / 16;
+  const int per = (S + KP - 1) / KP, sbeg = min(S, part * per), send = min(S, sbeg + per);
+  int tb = blockIdx.x * tpb;
+  // The first step's codes are requested before the prologue.
+  int tile = tb + warp / KP;
+  Raw cur{};
+  if (tile < tiles && sbeg < send) cur = load_raw(q, tile * 16 + g, tile * 16 + g + 8, sbeg, t, nblk);
+  code[threadIdx.x] = q.code[threadIdx.x];
+  for (int i = threadIdx.x; i < S * 64; i += 256) {
+    const int s = i / 64, j = (i / 4) % 16, tt = i % 4;
+    const int c = 256 * s + 64 * tt + 4 * j;
+    float4 v = make_float4(0, 0, 0, 0);
+    if (c < K) v = __ldg((const float4*)(x + c));
+    const float in[4] = {v.x, v.y, v.z, v.w};
+    uint32_t p[3][2];
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      const float x0 = in[2 * h], x1 = in[2 * h + 1];
+      const uint32_t hi = pack_bf16(x0, x1);
+      const float r0 = x0 - __uint_as_float(hi << 16), r1 = x1 - __uint_as_float(hi & 0xffff0000u);
+      const uint32_t mid = pack_bf16(r0, r1);
+      const uint32_t lo = pack_bf16(r0 - __uint_as_float(mid << 16), r1 - __uint_as_float(mid & 0xffff0000u));
+      p[0][h] = hi, p[1][h] = mid, p[2][h] = lo;
+    }
+#pragma unroll
+    for (int pp = 0; pp < 3; pp++) xsm[((s * 16 + j) * 3 + pp) * 4 + tt] = make_uint2(p[pp][0], p[pp][1]);
+  }
+  __syncthreads();
+  for (; tb < tiles; tb += gridDim.x * tpb) {
+    tile = tb + warp / KP;
+    float tot[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (tile < tiles) {
+      const int ra = tile * 16 + g, rb = ra + 8;
+      for (int s = sbeg; s < send; s++) {
+        Raw nxt = cur;
+        if (s + 1 < send) nxt = load_raw(q, ra, rb, s + 1, t, nblk);
+        else if (tb + gridDim.x * tpb + warp / KP < tiles && sbeg < send) // the next tile's first step
+          nxt = load_raw(q, ra + 16 * gridDim.x * tpb, rb + 16 * gridDim.x * tpb, sbeg, t, nblk);
+        run_raw(cur, 4 * s + t < nblk, q, code, xsm, s, g3, t, tot);
+        cur = nxt;
+      }
+    }
+    // Row g = D[g][0] + D[g][1] + D[g][2]: t = 0 holds columns 0, 1; t = 1 holds 2 (its column 3 repeats a part).
+    float ya = t == 0 ? tot[0] + tot[1] : tot[0], yb = t == 0 ? tot[2] + tot[3] : tot[2];
+    ya += __shfl_down_sync(0xffffffffu, ya, 1);
+    yb += __shfl_down_sync(0xffffffffu, yb, 1);
+    if (KP > 1) {
+      if (t == 0) {
+        red[warp][g] = ya;
+        red[warp][g + 8] = yb;
+      }
+      __syncthreads();
+      if (part == 0 && t == 0) {
+        ya = yb = 0.0f;
+        for (int w = 0; w < KP; w++) {
+          ya += red[warp + w][g];
+          yb += red[warp + w][g + 8];
+        }
+      }
+      __syncthreads();
+    }
+    if (tile < tiles && part == 0 && t == 0) {
+      y[tile * 16 + g] = ya;
+      y[tile * 16 + g + 8] = yb;
+    }
+  }
+}
+
+
+// ---------------------------------------------------------------------------
+// v6: v4 with the selector shifts on the FMA pipe (IMAD.HI) and NW warps a
+// block (16: twice the split-K warps for short, deep matrices such as down).
+// shr shifts right by multiplying by 2^(32−n) and keeping the high word:
+// an IMAD.HI on the FMA pipe, leaving the integer/logic pipe (half rate on
+// Hopper, and the one PRMT, LOP3 and SHF contend for) to the lookups.
+__device__ __forceinline__ uint32_t shr(uint32_t w, uint32_t m) {
+  uint32_t d;
+  asm("mul.hi.u32 %0, %1, %2;" : "=r"(d) : "r"(w), "r"(m));
+  return d;
+}
+
+__device__ __forceinline__ void run_raw6(const Raw& st, bool live, const Q& q, const float* code, const uint2* xsm, int s, int g3, int t,
+                                        float* tot) {
+  const float sa = live ? __fadd_rn(__fmul_rn(code[st.qa], st.na), q.offset) : 0.0f;
+  const float sb = live ? __fadd_rn(__fmul_rn(code[st.qb], st.nb), q.offset) : 0.0f;
+  const Lut la = make_lut(sa), lb = make_lut(sb);
+  float c0[4] = {0.0f, 0.0f, 0.0f, 0.0f}, c1[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  const uint2* xb = xsm + (s * 16 * 3 + g3) * 4 + t;
+#pragma unroll
+  for (int w = 0; w < 8; w++) {
+    const uint32_t wa = word(w < 4 ? st.a0 : st.a1, w & 3), wb = word(w < 4 ? st.b0 : st.b1, w & 3);
+    const uint32_t sa7 = wa & 0x77777777u, ha = (shr(wa, 0x80000000u) & 0x44444444u) | 0x32103210u;
+    const uint32_t sb7 = wb & 0x77777777u, hb = (shr(wb, 0x80000000u) & 0x44444444u) | 0x32103210u;
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      const int j = 2 * w + h;
+      uint32_t a0, a1, a2, a3;
+      lookup4(la, h ? shr(sa7, 0x10000u) : sa7, h ? shr(ha, 0x10000u) : ha, a0, a2);
+      lookup4(lb, h ? shr(sb7, 0x10000u) : sb7, h ? shr(hb, 0x10000u) : hb, a1, a3);
+      const uint2 b = xb[j * 12];
+      mma16816(h ? c1 : c0, a0, a1, a2, a3, b.x, b.y);
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < 4; i++) tot[i] += c0[i] + c1[i];
+}
+
+template <int KP, int NW>
+__global__ void __launch_bounds__(NW * 32, 1) gemv_v6(Q q, const float* __restrict__ x, float* __restrict__ y) {
+  extern __shared__ uint2 xsm[]; // [S][16][3][4] x split in fragment order
+  __shared__ float code[256];
+  __shared__ float red[NW][16];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3, g3 = g % 3;
+  const int part = warp % KP, tpb = NW / KP;
+  const int K = q.K, nblk = K / 64, S = (nblk + 3) / 4, tiles = q.N / 16;
+  const int per = (S + KP - 1) / KP, sbeg = min(S, part * per), send = min(S, sbeg + per);
+  int tb = blockIdx.x * tpb;
+  // The first step's codes are requested before the prologue.
+  int tile = tb + warp / KP;
+  Raw cur{};
+  if (tile < tiles && sbeg < send) cur = load_raw(q, tile * 16 + g, tile * 16 + g + 8, sbeg, t, nblk);
+  if (threadIdx.x < 256) code[threadIdx.x] = q.code[threadIdx.x];
+  for (int i = threadIdx.x; i < S * 64; i += NW * 32) {
+    const int s = i / 64, j = (i / 4) % 16, tt = i % 4;
+    const int c = 256 * s + 64 * tt + 4 * j;
+    float4 v = make_float4(0, 0, 0, 0);
+    if (c < K) v = __ldg((const float4*)(x + c));
+    const float in[4] = {v.x, v.y, v.z, v.w};
+    uint32_t p[3][2];
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      const float x0 = in[2 * h], x1 = in[2 * h + 1];
+      const uint32_t hi = pack_bf16(x0, x1);
+      const float r0 = x0 - __uint_as_float(hi << 16), r1 = x1 - __uint_as_float(hi & 0xffff0000u);
+      const uint32_t mid = pack_bf16(r0, r1);
+      const uint32_t lo = pack_bf16(r0 - __uint_as_float(mid << 16), r1 - __uint_as_float(mid & 0xffff0000u));
+      p[0][h] = hi, p[1][h] = mid, p[2][h] = lo;
+    }
+#pragma unroll
+    for (int pp = 0; pp < 3; pp++) xsm[((s * 16 + j) * 3 + pp) * 4 + tt] = make_uint2(p[pp][0], p[pp][1]);
+  }
+  __syncthreads();
+  for (; tb < tiles; tb += gridDim.x * tpb) {
+    tile = tb + warp / KP;
+    float tot[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (tile < tiles) {
+      const int ra = tile * 16 + g, rb = ra + 8;
+      for (int s = sbeg; s < send; s++) {
+        Raw nxt = cur;
+        if (s + 1 < send) nxt = load_raw(q, ra, rb, s + 1, t, nblk);
+        else if (tb + gridDim.x * tpb + warp / KP < tiles && sbeg < send) // the next tile's first step
+          nxt = load_raw(q, ra + 16 * gridDim.x * tpb, rb + 16 * gridDim.x * tpb, sbeg, t, nblk);
+        run_raw6(cur, 4 * s + t < nblk, q, code, xsm, s, g3, t, tot);
+        cur = nxt;
+      }
+    }
+    // Row g = D[g][0] + D[g][1] + D[g][2]: t = 0 holds columns 0, 1; t = 1 holds 2 (its column 3 repeats a part).
+    float ya = t == 0 ? tot[0] + tot[1] : tot[0], yb = t == 0 ? tot[2] + tot[3] : tot[2];
+    ya += __shfl_down_sync(0xffffffffu, ya, 1);
+    yb += __shfl_down_sync(0xffffffffu, yb, 1);
+    if (KP > 1) {
+      if (t == 0) {
+        red[warp][g] = ya;
+        red[warp][g + 8] = yb;
+      }
+      __syncthreads();
+      if (part == 0 && t == 0) {
+        ya = yb = 0.0f;
+        for (int w = 0; w < KP; w++) {
+          ya += red[warp + w][g];
+          yb += red[warp + w][g + 8];
+        }
+      }
+      __syncthreads();
+    }
+    if (tile < tiles && part == 0 && t == 0) {
+      y[tile * 16 + g] = ya;
+      y[tile * 16 + g + 8] = yb;
+    }
+  }
+}
+
+
+// ---------------------------------------------------------------------------
+// v5: v4 with the codes streamed through a per-warp shared-memory ring of ST
+// stages by cp.async (Marlin's pipeline): ST−1 steps (2 KB each a warp) in
+// flight without holding registers; the block scales' raw bytes ride a
+// register FIFO of the same depth.
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  const unsigned a = (unsigned)__cvta_generic_to_shared(smem);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(a), "l"(gmem));
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+struct Sc {
+  uint32_t qa, qb;
+  float na, nb;
+};
+
+template <int KP, int ST>
+__global__ void __launch_bounds__(256, 1) gemv_v5(Q q, const float* __restrict__ x, float* __restrict__ y) {
+  extern __shared__ uint4 dyn5[]; // [8 warps][ST][4][32] code ring, then x split [S][16][3][4] uint2
+  __shared__ float code[256];
+  __shared__ float red[8][16];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3, g3 = g % 3;
+  const int part = warp % KP, tpb = 8 / KP;
+  const int K = q.K, nblk = K / 64, S = (nblk + 3) / 4, tiles = q.N / 16;
+  const int per = (S + KP - 1) / KP, sbeg = min(S, part * per), send = min(S, sbeg + per), nst = send - sbeg;
+  uint4* ring = dyn5 + warp * ST * 4 * 32;
+  uint2* xsm = (uint2*)(dyn5 + 8 * ST * 4 * 32);
+  const int tb0 = blockIdx.x * tpb, tstride = gridDim.x * tpb;
+  const int myTiles = tb0 < tiles ? (tiles - tb0 + tstride - 1) / tstride : 0;
+  const int total = myTiles * nst;
+  // issue(i): item i = (this warp's tile i / nst, step sbeg + i % nst).
+  auto issue = [&](int i, Sc& sc) {
+    sc.qa = sc.qb = 0;
+    sc.na = sc.nb = 0.0f;
+    if (i < total) {
+      const int tile = tb0 + (i / nst) * tstride + warp / KP, s = sbeg + i % nst, blk = 4 * s + t;
+      if (tile < tiles && blk < nblk) {
+        const int ra = tile * 16 + g, rb = ra + 8, nb = min(4, nblk - 4 * s);
+        const uint8_t* pa = q.codes + (size_t)ra * (K / 2) + 128 * s;
+        const uint8_t* pb = q.codes + (size_t)rb * (K / 2) + 128 * s;
+        uint4* slot = ring + (i % ST) * 4 * 32 + lane;
+        cp_async16(slot, pa + 16 * t);
+        cp_async16(slot + 32, pa + 16 * nb + 16 * t);
+        cp_async16(slot + 64, pb + 16 * t);
+        cp_async16(slot + 96, pb + 16 * nb + 16 * t);
+        const unsigned ba = (unsigned)ra * nblk + blk, bb = (unsigned)rb * nblk + blk;
+        sc.qa = __ldg(q.qabsmax + ba);
+        sc.qb = __ldg(q.qabsmax + bb);
+        sc.na = __ldg(q.nested + (ba >> 8));
+        sc.nb = __ldg(q.nested + (bb >> 8));
+      }
+    }
+    cp_commit();
+  };
+  Sc fifo[ST];
+#pragma unroll
+  for (int k = 0; k < ST - 1; k++) issue(k, fifo[k]);
+  int iss = ST - 1, i = 0;
+  code[threadIdx.x] = q.code[threadIdx.x];
+  for (int it = threadIdx.x; it < S * 64; it += 256) {
+    const int s = it / 64, j = (it / 4) % 16, tt = it % 4;
+    const int c = 256 * s + 64 * tt + 4 * j;
+    float4 v = make_float4(0, 0, 0, 0);
+    if (c < K) v = __ldg((const float4*)(x + c));
+    const float in[4] = {v.x, v.y, v.z, v.w};
+    uint32_t p[3][2];
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      const float x0 = in[2 * h], x1 = in[2 * h + 1];
+      const uint32_t hi = pack_bf16(x0, x1);
+      const float r0 = x0 - __uint_as_float(hi << 16), r1 = x1 - __uint_as_float(hi & 0xffff0000u);
+      const uint32_t mid = pack_bf16(r0, r1);
+      const uint32_t lo = pack_bf16(r0 - __uint_as_float(mid << 16), r1 - __uint_as_float(mid & 0xffff0000u));
+      p[0][h] = hi, p[1][h] = mid, p[2][h] = lo;
+    }
+#pragma unroll
+    for (int pp = 0; pp < 3; pp++) xsm[((s * 16 + j) * 3 + pp) * 4 + tt] = make_uint2(p[pp][0], p[pp][1]);
+  }
+  __syncthreads();
+  for (int tb = tb0; tb < tiles; tb += tstride) {
+    const int tile = tb + warp / KP;
+    float tot[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int s = sbeg; s < send; s++, i++) {
+      issue(iss++, fifo[ST - 1]);
+      cp_wait<ST - 1>(); // item i's copies (this thread's own) have landed
+      const uint4* slot = ring + (i % ST) * 4 * 32 + lane;
+      Raw r;
+      r.a0 = slot[0], r.a1 = slot[32], r.b0 = slot[64], r.b1 = slot[96];
+      r.qa = fifo[0].qa, r.qb = fifo[0].qb, r.na = fifo[0].na, r.nb = fifo[0].nb;
+#pragma unroll
+      for (int k = 0; k < ST - 1; k++) fifo[k] = fifo[k + 1];
+      run_raw(r, tile < tiles && 4 * s + t < nblk, q, code, xsm, s, g3, t, tot);
+    }
+    float ya = t == 0 ? tot[0] + tot[1] : tot[0], yb = t == 0 ? tot[2] + tot[3] : tot[2];
+    ya += __shfl_down_sync(0xffffffffu, ya, 1);
+    yb += __shfl_down_sync(0xffffffffu, yb, 1);
+    if (KP > 1) {
+      if (t == 0) {
+        red[warp][g] = ya;
+        red[warp][g + 8] = yb;
+      }
+      __syncthreads();
+      if (part == 0 && t == 0) {
+        ya = yb = 0.0f;
+        for (int w = 0; w < KP; w++) {
+          ya += red[warp + w][g];
+          yb += red[warp + w][g + 8];
+        }
+      }
+      __syncthreads();
+    }
+    if (tile < tiles && part == 0 && t == 0) {
+      y[tile * 16 + g] = ya;
+      y[tile * 16 + g + 8] = yb;
+    }
+  }
+  cp_wait<0>();
+}
+
+// split_x writes x as hi + mid + lo bf16 parts in fragment order (the engine's
+// producers would write this directly).
+__global__ void split_x(const float* __restrict__ x, uint2* __restrict__ xs, int K) {
+  const int S = (K / 64 + 3) / 4;
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < S * 64; i += gridDim.x * blockDim.x) {
+    const int s = i / 64, j = (i / 4) % 16, t = i % 4;
+    const int c = 256 * s + 64 * t + 4 * j;
+    float4 v = make_float4(0, 0, 0, 0);
+    if (c < K) v = *(const float4*)(x + c);
+    const float in[4] = {v.x, v.y, v.z, v.w};
+    uint32_t p[3][2];
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      const float x0 = in[2 * h], x1 = in[2 * h + 1];
+      const uint32_t hi = pack_bf16(x0, x1);
+      const float r0 = x0 - __uint_as_float(hi << 16), r1 = x1 - __uint_as_float(hi & 0xffff0000u);
+      const uint32_t mid = pack_bf16(r0, r1);
+      const uint32_t lo = pack_bf16(r0 - __uint_as_float(mid << 16), r1 - __uint_as_float(mid & 0xffff0000u));
+      p[0][h] = hi, p[1][h] = mid, p[2][h] = lo;
+    }
+    for (int g = 0; g < 3; g++) xs[((s * 16 + j) * 3 + g) * 4 + t] = make_uint2(p[g][0], p[g][1]);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Host.
+
+static float bf16_round(float f) { // round to nearest even, as cvt.rn.bf16
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  u &= 0xffff0000u;
+  memcpy(&f, &u, 4);
+  return f;
+}
+
+// mma_layout: within each (row, 256-column step) of nb 64-blocks, the first
+// 16 bytes of block t go to 16t, the second 16 to 16nb + 16t.
+static void mma_layout(const std::vector<uint8_t>& in, std::vector<uint8_t>& out, int N, int K) {
+  out.resize(in.size());
+  const int nblk = K / 64;
+  for (int r = 0; r < N; r++)
+    for (int s = 0; 4 * s < nblk; s++) {
+      const int nb = std::min(4, nblk - 4 * s);
+      const size_t base = (size_t)r * (K / 2) + 128 * s;
+      for (int t = 0; t < nb; t++)
+        for (int i = 0; i < 16; i++) {
+          out[base + 16 * t + i] = in[base + 32 * t + i];
+          out[base + 16 * nb + 16 * t + i] = in[base + 32 * t + 16 + i];
+        }
+    }
+}
+
+static uint64_t rng = 0x9E3779B97F4A7C15ull;
+static uint32_t rnd() {
+  rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+  return (uint32_t)(rng >> 11);
+}
+static float urand() { return (rnd() & 0xffffff) / 16777216.0f; }
+
+struct Shape {
+  const char* name;
+  int N, K;
+};
+
+int main(int argc, char** argv) {
+  rng ^= (uint64_t)time(nullptr) * 0x2545F4914F6CDD1Dull; // fresh inputs every run
+  CK(cudaMemcpyToSymbol(NF4_TABLE, NF4_HOST, sizeof NF4_HOST));
+  cudaDeviceProp prop;
+  CK(cudaGetDeviceProperties(&prop, 0));
+  printf("device: %s, %d SMs, L2 %d MB\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
+  cudaEvent_t e0, e1;
+  cudaStream_t stream;
+  CK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  CK(cudaEventCreate(&e0));
+  CK(cudaEventCreate(&e1));
+  // Copy bandwidth: 1 GiB device-to-device, read + write counted.
+  double copyGBs;
+  {
+    const size_t n = 1ull << 30;
+    void *a, *b;
+    CK(cudaMalloc(&a, n));
+    CK(cudaMalloc(&b, n));
+    CK(cudaMemset(a, 1, n));
+    for (int i = 0; i < 3; i++) CK(cudaMemcpy(b, a, n, cudaMemcpyDeviceToDevice));
+    CK(cudaEventRecord(e0));
+    for (int i = 0; i < 10; i++) CK(cudaMemcpy(b, a, n, cudaMemcpyDeviceToDevice));
+    CK(cudaEventRecord(e1));
+    CK(cudaEventSynchronize(e1));
+    float ms;
+    CK(cudaEventElapsedTime(&ms, e0, e1));
+    copyGBs = 2.0 * n * 10 / (ms * 1e-3) / 1e9;
+    printf("copy bandwidth: %.0f GB/s\n", copyGBs);
+    CK(cudaFree(a));
+    CK(cudaFree(b));
+  }
+  const Shape shapes[] = {
+      {"q/k/v 3B (2560x2048)", 2560, 2048},   {"o_proj 3B (2048x2048)", 2048, 2048},
+      {"gate+up 3B (22016x2048)", 22016, 2048}, {"down 3B (2048x11008)", 2048, 11008},
+      {"gate+up 7B (37888x3584)", 37888, 3584}, {"down 7B (3584x18944)", 3584, 18944},
+      {"down 0.5B (896x4864)", 896, 4864},      {"gate+up 3B x36 (792576x2048)", 792576, 2048},
+  };
+  int SMs = prop.multiProcessorCount;
+  struct Result {
+    const char* shape;
+    std::string ver;
+    double frac;
+  };
+  std::vector<Result> results;
+  printf("\n%-30s %-12s %9s %9s %7s %10s\n", "shape", "version", "us/call", "GB/s", "%copy", "max rel err");
+  const char* only = argc > 1 ? argv[1] : nullptr; // run shapes whose name contains this
+  for (const Shape& sh : shapes) {
+    if (only && !strstr(sh.name, only)) continue;
+    const int N = sh.N, K = sh.K;
+    const size_t elems = (size_t)N * K, blocks = elems / 64, groups = blocks / 256 + 1;
+    const size_t bytes = elems / 2 + blocks + groups * 4;
+    // Host data: random codes, absmax codes, nested scales, dynamic map, x.
+    std::vector<uint8_t> codes(elems / 2), qabs(blocks), laid;
+    std::vector<float> nested(groups), dmap(256), x(K);
+    for (auto& c : codes) c = rnd() & 0xff;
+    for (auto& c : qabs) c = rnd() & 0xff;
+    for (auto& v : nested) v = 0.01f + urand() * 0.05f;
+    for (int i = 0; i < 256; i++) dmap[i] = urand();
+    const float offset = 0.01f + urand() * 0.02f;
+    for (auto& v : x) v = urand() * 2 - 1;
+    mma_layout(codes, laid, N, K);
+    // CPU reference in double over the exact dequantised weights.
+    std::vector<double> ref(N);
+    std::vector<float> ycpu(N);
+    for (int n = 0; n < N; n++) {
+      double s = 0;
+      for (int k = 0; k < K; k += 2) {
+        const size_t e = (size_t)n * K + k;
+        const uint8_t byte = codes[e / 2];
+        const size_t b = e / 64;
+        const float sc = dmap[qabs[b]] * nested[b / 256] + 0.0f; // fp32 product, then the add below
+        const float scale = sc + offset;
+        s += (double)bf16_round(NF4_HOST[byte >> 4] * scale) * x[k] + (double)bf16_round(NF4_HOST[byte & 15] * scale) * x[k + 1];
+      }
+      ref[n] = s;
+    }
+    // Device: R copies of the weights so that a rotation is ≥ 4× the L2.
+    const int R = std::max(2, (int)std::min<size_t>(64, (4ull * prop.l2CacheSize) / bytes + 1));
+    uint8_t *dcodes, *dlaid, *dq;
+    float *dn, *dmapd, *dx, *dy;
+    uint2* dxs;
+    const int S = (K / 64 + 3) / 4;
+    CK(cudaMalloc(&dcodes, elems / 2 * R));
+    CK(cudaMalloc(&dlaid, elems / 2 * R));
+    CK(cudaMalloc(&dq, blocks * R));
+    CK(cudaMalloc(&dn, groups * 4 * R));
+    CK(cudaMalloc(&dmapd, 1024));
+    CK(cudaMalloc(&dx, K * 4));
+    CK(cudaMalloc(&dy, N * 4));
+    CK(cudaMalloc(&dxs, (size_t)S * 64 * 3 * 8));
+    for (int r = 0; r < R; r++) {
+      CK(cudaMemcpy(dcodes + r * elems / 2, codes.data(), elems / 2, cudaMemcpyHostToDevice));
+      CK(cudaMemcpy(dlaid + r * elems / 2, laid.data(), elems / 2, cudaMemcpyHostToDevice));
+      CK(cudaMemcpy(dq + r * blocks, qabs.data(), blocks, cudaMemcpyHostToDevice));
+      CK(cudaMemcpy(dn + r * groups, nested.data(), groups * 4, cudaMemcpyHostToDevice));
+    }
+    CK(cudaMemcpy(dmapd, dmap.data(), 1024, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(dx, x.data(), K * 4, cudaMemcpyHostToDevice));
+    split_x<<<64, 256>>>(dx, dxs, K);
+    CK(cudaGetLastError());
+    auto qof = [&](int r, bool mma) {
+      Q q;
+      q.codes = (mma ? dlaid : dcodes) + (size_t)r * elems / 2;
+      q.qabsmax = dq + (size_t)r * blocks;
+      q.nested = dn + (size_t)r * groups;
+      q.code = dmapd;
+      q.offset = offset;
+      q.N = N, q.K = K;
+      return q;
+    };
+    // Versions: name and launcher.
+    struct Ver {
+      const char* name;
+      int kp; // 0 = v1
+      bool pipe;
+    };
+    std::vector<Ver> vers = {{"v1", 0, false}};
+    vers.push_back({"v6w16", 16, false});
+    for (int kp : {1, 2, 4, 8}) {
+      vers.push_back({"v4", kp, false});
+      vers.push_back({"v6w8", kp, false});
+      vers.push_back({"v6w16", kp, false});
+    }
+    for (const Ver& v : vers) {
+      auto launch = [&](int r) {
+        const Q q = qof(r, v.kp > 0);
+        if (v.kp == 0) {
+          gemv_v1<<<std::min(N / 8 + 1, SMs * 8), 256, 0, stream>>>(q, dx, dy);
+          return;
+        }
+        const int tpb = 8 / v.kp, tiles = N / 16;
+        int occ = 0;
+        const void* fn = nullptr;
+        if (v.name[1] == '6') { // v6: NW warps a block, x split in dynamic shared memory
+          const int nw = v.name[3] == '8' ? 8 : 16, tpb6 = nw / v.kp;
+#define PICK6(KP, NW) \
+  if (v.kp == KP && nw == NW) fn = (const void*)gemv_v6<KP, NW>;
+          PICK6(1, 8) PICK6(2, 8) PICK6(4, 8) PICK6(8, 8) PICK6(1, 16) PICK6(2, 16) PICK6(4, 16) PICK6(8, 16) PICK6(16, 16)
+          const int shm = S * 64 * 3 * 8;
+          CK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, shm));
+          CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, fn, nw * 32, shm));
+          const int grid = std::min((tiles + tpb6 - 1) / tpb6, occ * SMs);
+          void* args[] = {(void*)&q, (void*)&dx, (void*)&dy};
+          CK(cudaLaunchKernel(fn, grid, nw * 32, args, shm, stream));
+          return;
+        }
+        if (v.name[1] == '5') { // v5: code ring + x split in dynamic shared memory
+          const int st = v.name[3] - '0';
+#define PICK5(KP, ST) \
+  if (v.kp == KP && st == ST) fn = (const void*)gemv_v5<KP, ST>;
+          PICK5(1, 3) PICK5(2, 3) PICK5(4, 3) PICK5(8, 3) PICK5(1, 4) PICK5(2, 4) PICK5(4, 4) PICK5(8, 4)
+          PICK5(1, 6) PICK5(2, 6) PICK5(4, 6) PICK5(8, 6)
+          const int shm = S * 64 * 3 * 8 + 8 * st * 4 * 32 * 16;
+          CK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, shm));
+          CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, fn, 256, shm));
+          const int grid = std::min((tiles + tpb - 1) / tpb, occ * SMs);
+          void* args[] = {(void*)&q, (void*)&dx, (void*)&dy};
+          CK(cudaLaunchKernel(fn, grid, 256, args, shm, stream));
+          return;
+        }
+        if (v.name[1] == '4') { // v4: x split into dynamic shared memory
+          const bool b3 = v.name[2] == 'b';
+#define PICK4(KP) \
+  if (v.kp == KP) fn = b3 ? (const void*)gemv_v4<KP, 3> : (const void*)gemv_v4<KP, 2>;
+          PICK4(1) PICK4(2) PICK4(4) PICK4(8)
+          const int shm = S * 64 * 3 * 8;
+          CK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, shm));
+          CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, fn, 256, shm));
+          const int grid = std::min((tiles + tpb - 1) / tpb, occ * SMs);
+          void* args[] = {(void*)&q, (void*)&dx, (void*)&dy};
+          CK(cudaLaunchKernel(fn, grid, 256, args, shm, stream));
+          return;
+        }
+#define PICK(KP)                                                                        \
+  if (v.kp == KP) fn = v.pipe ? (const void*)gemv_mma<KP, true> : (const void*)gemv_mma<KP, false>;
+        PICK(1) PICK(2) PICK(4) PICK(8)
+        CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, fn, 256, 0));
+        const int grid = std::min((tiles + tpb - 1) / tpb, occ * SMs);
+        void* args[] = {(void*)&q, (void*)&dxs, (void*)&dy};
+        CK(cudaLaunchKernel(fn, grid, 256, args, 0, stream));
+      };
+      // Check on fresh poison.
+      CK(cudaMemset(dy, 0xff, N * 4)); // NaN
+      launch(0);
+      CK(cudaGetLastError());
+      CK(cudaStreamSynchronize(stream));
+      CK(cudaMemcpy(ycpu.data(), dy, N * 4, cudaMemcpyDeviceToHost));
+      double maxrel = 0, norm = 0;
+      for (int n = 0; n < N; n++) norm = std::max(norm, fabs(ref[n]));
+      bool bad = false;
+      for (int n = 0; n < N; n++) {
+        const double err = fabs(ycpu[n] - ref[n]) / norm;
+        if (!(err <= 1e-5)) {
+          if (!bad) printf("  %s kp%d: row %d: got %g want %g\n", v.name, v.kp, n, ycpu[n], ref[n]);
+          bad = true;
+        }
+        if (err > maxrel || err != err) maxrel = err != err ? INFINITY : err;
+      }
+      // Time: a CUDA graph of 2R launches (rotating copies; graph replay
+      // keeps host launch gaps out), warmed up, median of 7 replays.
+      cudaGraph_t graph;
+      cudaGraphExec_t exec;
+      CK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+      for (int i = 0; i < 2 * R; i++) launch(i % R);
+      CK(cudaStreamEndCapture(stream, &graph));
+      CK(cudaGraphInstantiateWithFlags(&exec, graph, 0));
+      for (int i = 0; i < 3; i++) CK(cudaGraphLaunch(exec, stream));
+      std::vector<float> ts;
+      for (int rep = 0; rep < 7; rep++) {
+        CK(cudaEventRecord(e0, stream));
+        CK(cudaGraphLaunch(exec, stream));
+        CK(cudaEventRecord(e1, stream));
+        CK(cudaEventSynchronize(e1));
+        float ms;
+        CK(cudaEventElapsedTime(&ms, e0, e1));
+        ts.push_back(ms * 1000 / (2 * R));
+      }
+      CK(cudaGraphExecDestroy(exec));
+      CK(cudaGraphDestroy(graph));
+      std::sort(ts.begin(), ts.end());
+      const double us = ts[3], gbs = bytes / (us * 1e-6) / 1e9;
+      char vn[32];
+      snprintf(vn, sizeof vn, "%s%s", v.name, v.kp ? (v.kp == 1 ? " kp1" : v.kp == 2 ? " kp2" : v.kp == 4 ? " kp4" : v.kp == 8 ? " kp8" : " kp16") : "");
+      results.push_back({sh.name, vn, gbs / copyGBs});
+      printf("%-30s %-12s %9.2f %9.0f %6.1f%% %10.2e%s\n", sh.name, vn, us, gbs, 100 * gbs / copyGBs, maxrel, bad ? "  FAIL" : "");
+    }
+    CK(cudaFree(dcodes));
+    CK(cudaFree(dlaid));
+    CK(cudaFree(dq));
+    CK(cudaFree(dn));
+    CK(cudaFree(dmapd));
+    CK(cudaFree(dx));
+    CK(cudaFree(dy));
+    CK(cudaFree(dxs));
+  }
+  printf("\nbest version per shape (%% of copy):\n");
+  for (size_t i = 0; i < results.size();) {
+    size_t j = i, best = i;
+    for (; j < results.size() && !strcmp(results[j].shape, results[i].shape); j++)
+      if (results[j].frac > results[best].frac) best = j;
+    printf("  %-30s %-10s %5.1f%%\n", results[best].shape, results[best].ver.c_str(), 100 * results[best].frac);
+    i = j;
+  }
+  return 0;
+}

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Builds and runs the standalone kernel benchmarks of kernels/dev on the GPU
+# machine (nvcc there), with SASS instruction counts of the inner loops.
+# Logs go to $OUT.
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+cd "$(dirname "$0")"
+for b in ${BENCHES:-nf4_gemv}; do
+  nvcc -O3 -arch=sm_90 -lineinfo -Xptxas -v -o "/tmp/$b" "$b.cu" 2>"$OUT/$b.ptxas.log" || { cat "$OUT/$b.ptxas.log"; exit 1; }
+  cuobjdump -sass "/tmp/$b" >"$OUT/$b.sass"
+  "/tmp/$b" 2>&1 | tee "$OUT/$b.log"
+done

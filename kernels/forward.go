@@ -1,0 +1,118 @@
+//go:build cuda
+
+package kernels
+
+// The steps of a forward pass, as the profile labels them.
+const (
+	stepEmbed     = "embed+rope table"
+	stepNormAttn  = "rmsnorm (+lora_shrink q/k/v)"
+	stepQKV       = "gemv q/k/v+rope"
+	stepAttn      = "attention"
+	stepCombine   = "attention combine"
+	stepShrinkO   = "lora_shrink o"
+	stepO         = "gemv o_proj+residual"
+	stepNormMLP   = "rmsnorm (+lora_shrink gate/up)"
+	stepGateUp    = "gemv gate/up+silu"
+	stepShrinkD   = "lora_shrink down"
+	stepDown      = "gemv down+residual"
+	stepFinalNorm = "rmsnorm final"
+	stepHead      = "gemv lm_head"
+	stepArgmax    = "argmax"
+)
+
+// forward launches one forward pass over p.rows rows whose metadata is
+// staged (pass.go), ending with logits for p.nHead rows and, when argmax,
+// their greedy ids. It follows qwen.Runner.Forward step for step; each
+// comment names the CPU step a launch computes, or the steps it fuses.
+func (e *Engine) forward(p pass, argmax bool) error {
+	c := e.cfg
+	eps := float32(c.RMSEps)
+	f := &steps{e: e, lora: len(e.m.Adapters) > 0}
+	// Runner.embed: each row's token embedding into the residual stream x,
+	// and the cos/sin of its RoPE angles.
+	f.do(stepEmbed, -1, embedCall(e.x, e.embed, e.embedB16, e.meta, c.Hidden, e.rope, e.invFreq, c.HeadDim/2, p.rows))
+	for i := range e.layers {
+		L := &e.layers[i]
+		// xn = rmsNorm(x)·input_layernorm. With adapters, extra blocks of the
+		// same launch compute the q/k/v LoRA shrinks A·xn.
+		f.norm(stepNormAttn, i, e.xn, L.inNorm, L.shQKV, eps, p.rows)
+		// q, k, v = xn·Wᵀ + b + LoRA expand; RoPE on q and k (the pairs j,
+		// j + headDim/2 meet in one thread); k and v straight into each row's
+		// cache slot.
+		f.mat(stepQKV, i, L.qkv, p.rows)
+		// att = softmax(q·Kᵀ/√headDim)·V over each row's cache, GQA; split
+		// over chunks of positions, then the chunks combined.
+		f.do(stepAttn, i, attnSplitCall(e.part, e.q, e.meta, i, c.Heads, c.KVHeads, c.HeadDim, p.splits, p.rows))
+		f.do(stepCombine, i, attnCombineCall(e.att, e.part, c.Heads, c.HeadDim, p.splits, p.rows))
+		// x += att·W_oᵀ + LoRA (its shrink A·att first): the residual add
+		// is the epilogue of the matrix kernel.
+		f.shrink(stepShrinkO, i, L.shO, p.rows)
+		f.mat(stepO, i, L.o, p.rows)
+		// xn = rmsNorm(x)·post_attention_layernorm (+ the gate/up shrinks).
+		f.norm(stepNormMLP, i, e.xn, L.postNorm, L.shGU, eps, p.rows)
+		// act = silu(xn·W_gateᵀ + LoRA)·(xn·W_upᵀ + LoRA): gate row n and up
+		// row n are one pair.
+		f.mat(stepGateUp, i, L.gateup, p.rows)
+		// x += act·W_downᵀ + LoRA.
+		f.shrink(stepShrinkD, i, L.shD, p.rows)
+		f.mat(stepDown, i, L.down, p.rows)
+	}
+	// The final rmsNorm of the rows that get logits, lm_head, greedy ids.
+	f.do(stepFinalNorm, -1, rmsnormCall(e.xnHead, e.x, e.norm, e.headIdx, c.Hidden, eps, p.nHead))
+	f.mat(stepHead, -1, e.head, p.nHead)
+	if argmax {
+		f.do(stepArgmax, -1, argmaxCall(e.ids, e.logits, c.Vocab, p.nHead))
+	}
+	return f.err
+}
+
+// steps issues a pass's launches in order and keeps the first error.
+type steps struct {
+	e    *Engine
+	lora bool // the model has adapters
+	err  error
+}
+
+// do runs c, or records it under label (and its layer, −1 outside the
+// layers) while profiling.
+func (f *steps) do(label string, layer int, c call) {
+	if f.err != nil {
+		return
+	}
+	if p := f.e.prof; p != nil {
+		p.launches = append(p.launches, recorded{label, layer, c})
+		return
+	}
+	f.err = f.e.Dev.run(c)
+}
+
+// mat runs one fused matrix op over rows batch rows.
+func (f *steps) mat(label string, layer int, op matOp, rows int) {
+	if f.err != nil {
+		return
+	}
+	c, err := f.e.Dev.matmulCall(op.kind, op.desc, rows, op.pairs, op.k)
+	if err != nil {
+		f.err = err
+		return
+	}
+	f.do(label, layer, c)
+}
+
+// norm is rmsnorm of x into out, fused with the LoRA shrink of the modules
+// reading out when the model has adapters.
+func (f *steps) norm(label string, layer int, out, w Buf, sh shrinkDesc, eps float32, rows int) {
+	e := f.e
+	if !f.lora {
+		f.do(label, layer, rmsnormCall(out, e.x, w, Buf{}, e.cfg.Hidden, eps, rows))
+		return
+	}
+	f.do(label, layer, rmsnormLoRACall(out, e.x, w, e.cfg.Hidden, eps, sh.desc, sh.slots, e.rmax, rows))
+}
+
+// shrink is a LoRA shrink of its own launch (when the model has adapters).
+func (f *steps) shrink(label string, layer int, sh shrinkDesc, rows int) {
+	if f.lora {
+		f.do(label, layer, shrinkCall(sh.desc, f.e.rmax, sh.slots, rows))
+	}
+}

@@ -1,0 +1,198 @@
+// gemv.cuh: what the matrix kernels share — nf4_matmul.cu's CUDA-core GEMV,
+// mma.cu's tensor-core kernels for batches, nf4_lut.cu's tensor-core kernel
+// for one or two rows: the NF4 values, block scales rebuilt as bitsandbytes
+// does, which two output rows a pair is, the LoRA expand and the epilogues
+// (bias, residual add, SiLU·up, RoPE and the K/V cache write).
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include "common.cuh"
+
+__constant__ float NF4_TABLE[16] = {
+    -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f,
+    -0.28444138169288635f, -0.18477343022823334f, -0.09105003625154495f, 0.0f,
+    0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f, 0.33791524171829224f,
+    0.44070982933044434f, 0.5626170039176941f, 0.7229568362236023f, 1.0f};
+
+__device__ __forceinline__ float round_to(float f, int mode) {
+  if (mode == 0) { // bf16, round to nearest even
+    uint32_t u = __float_as_uint(f);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return __uint_as_float(u & 0xffff0000u);
+  }
+  if (mode == 1) return __half2float(__float2half_rn(f));
+  return f;
+}
+
+// lora_term is scale·Σ_j B[n, j]·t[m, j] for batch row m's adapter, the
+// rank split over the warp's lanes (every lane calls it; all get the sum).
+__device__ __forceinline__ float lora_term(const struct Mat& a, const struct GemvOp& op, int m, long long n, int lane) {
+  const int adapter = op.rows[m].adapter;
+  if (adapter < 0 || a.loraSlot < 0 || a.loraB[adapter] == nullptr) return 0.0f; // the same for the whole warp
+  const int r = a.loraRank[adapter];
+  const float* B = a.loraB[adapter] + n * r;
+  const float* t = op.t + (long long)m * op.tStride + a.loraSlot * op.rmax;
+  float s = 0;
+  for (int j = lane; j < r; j += 32) s += B[j] * t[j];
+  return a.loraScale[adapter] * warp_sum(s);
+}
+
+// lora_part is scale·Σ_j B[n, j]·t[m, j] over part p of P equal parts of
+// the rank, for batch row m's adapter (0 without one). Unrolled so that its
+// loads are in flight together.
+__device__ __forceinline__ float lora_part(const struct Mat& a, const struct GemvOp& op, int m, long long n, int p, int P) {
+  const int adapter = op.rows[m].adapter;
+  if (adapter < 0 || a.loraSlot < 0 || a.loraB[adapter] == nullptr) return 0.0f;
+  const int r = a.loraRank[adapter], j0 = p * r / P, j1 = (p + 1) * r / P;
+  const float* B = a.loraB[adapter] + n * r;
+  const float* t = op.t + (long long)m * op.tStride + a.loraSlot * op.rmax;
+  float s = 0;
+#pragma unroll 8
+  for (int j = j0; j < j1; j++) s += B[j] * t[j];
+  return a.loraScale[adapter] * s;
+}
+
+// lora_serial is lora_term for one thread alone (the MMA epilogue's threads
+// each own different (row, batch row) outputs).
+__device__ __forceinline__ float lora_serial(const struct Mat& a, const struct GemvOp& op, int m, long long n) {
+  return lora_part(a, op, m, n, 0, 1);
+}
+
+__device__ __forceinline__ float silu(float x) { return x * (1.0f / (1.0f + expf(-x))); }
+
+// epilogue finishes rows (ra of matrix A, rb of matrix B) for batch row m;
+// va and vb already hold the LoRA terms.
+__device__ __forceinline__ void epilogue(const struct GemvOp& op, int m, const struct Mat& A, long long ra, float va,
+                         const struct Mat* B, long long rb, float vb, long long pair) {
+  va += A.bias ? A.bias[ra] : 0.0f;
+  if (B) vb += B->bias ? B->bias[rb] : 0.0f;
+  float* y = op.y + (long long)m * op.ldy;
+  switch (op.mode) {
+  case MODE_STORE:
+    y[ra] = va;
+    if (B) y[rb] = vb;
+    break;
+  case MODE_RESID:
+    y[ra] += va;
+    if (B) y[rb] += vb;
+    break;
+  case MODE_GATEUP:
+    y[pair] = silu(va) * vb;
+    break;
+  case MODE_QKV: {
+    const int half = op.headDim / 2, j = (int)(ra % op.headDim);
+    const struct RowMeta rm = op.rows[m];
+    if (&A != &op.mat[2]) { // q and k: RoPE on the pair (j, j+half), cos/sin from the embed kernel's table
+      const float c = op.rope[((long long)m * half + j) * 2], s = op.rope[((long long)m * half + j) * 2 + 1];
+      const float a = va, b = vb;
+      va = a * c - b * s;
+      vb = b * c + a * s;
+    }
+    if (&A == &op.mat[0]) {
+      y[ra] = va;
+      y[rb] = vb;
+    } else {
+      float* cache = (&A == &op.mat[1] ? rm.k : rm.v) + ((long long)op.layer * rm.cap + rm.pos) * op.kvDim;
+      cache[ra] = va;
+      cache[rb] = vb;
+    }
+    break;
+  }
+  }
+}
+
+// A matrix's fields a pass over it needs, copied to registers once.
+struct MatRegs {
+  const uint8_t* packed;
+  const uint8_t* qabsmax;
+  const float* absmax;
+  const float* nested;
+  float offset;
+  int blockShift, nestedShift;
+};
+
+__device__ __forceinline__ MatRegs mat_regs(const struct Mat* m) {
+  MatRegs r;
+  r.packed = m->packed;
+  r.qabsmax = m->qabsmax;
+  r.absmax = m->absmax;
+  r.nested = m->nested;
+  r.offset = m->offset;
+  r.blockShift = m->blockShift;
+  r.nestedShift = m->nestedShift;
+  return r;
+}
+
+// scale of the NF4 block holding flat element e (e < 2^31 for every Qwen matrix).
+__device__ __forceinline__ float nf4_scale(const MatRegs& r, const float* code, unsigned e) {
+  const unsigned b = e >> r.blockShift;
+  // Two roundings, as bitsandbytes' two torch ops (dequantize_blockwise, then
+  // += offset): nvcc would otherwise fuse them into one FMA and, now and then,
+  // land an ulp away — enough to flip a weight's bf16 rounding.
+  if (r.qabsmax) return __fadd_rn(__fmul_rn(code[__ldg(r.qabsmax + b)], __ldg(r.nested + (b >> r.nestedShift))), r.offset);
+  return __ldg(r.absmax + b);
+}
+
+// PairRows names the two output rows one "pair" computes, so that every
+// epilogue finds both operands of its step in one thread: gate/up's (gate n,
+// up n), RoPE's (j, j + headDim/2) of one head of q, k or v, the residual's
+// (2p, 2p + 1). B is null when an odd row count leaves the last row alone;
+// valid is false past the last pair.
+struct PairRows {
+  const struct Mat* A;
+  const struct Mat* B;
+  int ra, rb;
+  bool valid;
+};
+
+__device__ __forceinline__ PairRows pair_rows(const struct GemvOp* op, int pair) {
+  PairRows p = {&op->mat[0], nullptr, 0, -1, true};
+  if (op->mode == MODE_GATEUP) {
+    p.valid = pair < p.A->N;
+    p.ra = p.rb = pair;
+    p.B = &op->mat[1];
+  } else if (op->mode == MODE_QKV) {
+    const int hd = op->headDim, half = hd / 2;
+    int o = (pair / half) * hd + pair % half, i = 0;
+    while (i < op->nmat && o >= op->mat[i].N) o -= op->mat[i++].N;
+    p.valid = i < op->nmat;
+    if (p.valid) p.A = p.B = &op->mat[i];
+    p.ra = o;
+    p.rb = o + half;
+  } else {
+    p.ra = 2 * pair;
+    p.valid = p.ra < p.A->N;
+    if (p.ra + 1 < p.A->N) {
+      p.B = p.A;
+      p.rb = p.ra + 1;
+    }
+  }
+  return p;
+}
+
+// pairs is how many pairs an op has (see pair_rows).
+__device__ __forceinline__ int pairs_of(const struct GemvOp* op) {
+  const struct Mat* A = &op->mat[0];
+  if (op->mode == MODE_GATEUP) return A->N;
+  if (op->mode == MODE_QKV) return (op->mat[0].N + op->mat[1].N + op->mat[2].N) / 2;
+  return (A->N + 1) / 2;
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float a, float b) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+  return *(const uint32_t*)&h;
+}
+
+__device__ __forceinline__ void mma16816(float* d, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// split3 writes x = hi + mid + lo as three packed bf16 pairs (exact to ~2^-24).
+__device__ __forceinline__ void split3(float x0, float x1, uint32_t& hi, uint32_t& mid, uint32_t& lo) {
+  hi = pack_bf16(x0, x1);
+  const float r0 = x0 - __uint_as_float(hi << 16), r1 = x1 - __uint_as_float(hi & 0xffff0000u);
+  mid = pack_bf16(r0, r1);
+  lo = pack_bf16(r0 - __uint_as_float(mid << 16), r1 - __uint_as_float(mid & 0xffff0000u));
+}

@@ -1,0 +1,198 @@
+//go:build cuda
+
+package kernels
+
+import "fmt"
+
+// One typed launcher per kernel: each returns a call (kernel, geometry,
+// arguments) that the engine's forward pass, the profiler and the tests run
+// through Device.run. Launch geometry lives here and nowhere else.
+
+// call is one kernel launch.
+type call struct {
+	name  string
+	grid  [3]int
+	block int
+	shmem int // dynamic shared memory, bytes
+	args  []any
+}
+
+// run launches c on the device's stream (on its thread).
+func (d *Device) run(c call) error { return d.launch(c.name, c.grid, c.block, c.shmem, c.args...) }
+
+// embedCall: x[m] = embedding row of token rows[m].tok (bf16 or fp32 table),
+// and row m's RoPE cos/sin for its position (rope [rows, half, 2]).
+func embedCall(x, table Buf, bf16 bool, meta Buf, hidden int, rope, invFreq Buf, half, rows int) call {
+	flag := 0
+	if bf16 {
+		flag = 1
+	}
+	return call{"embed", [3]int{rows}, 256, 0, []any{x, table, flag, meta, hidden, rope, invFreq, half}}
+}
+
+// rmsnormCall: out[i] = w·x[r]/rms(x[r]) for r = idx[i] (idx null: r = i), i < rows.
+func rmsnormCall(out, x, w, idx Buf, hidden int, eps float32, rows int) call {
+	return call{"rmsnorm", [3]int{rows}, 256, 0, []any{out, x, w, idx, hidden, eps}}
+}
+
+// rmsnormLoRACall: rmsnorm of all rows, with the LoRA shrink A·out of the
+// shrink op's slots (q/k/v or gate/up) computed by extra blocks.
+func rmsnormLoRACall(out, x, w Buf, hidden int, eps float32, shrink *shrinkOp, slots, rmax, rows int) call {
+	return call{"rmsnorm_lora", [3]int{rows, 1 + slots*rmax}, 256, 0, []any{out, x, w, hidden, eps, shrink}}
+}
+
+// shrinkCall: t[m, slot, j] = A[adapter(m)][slot][j]·x[m], a block per output.
+func shrinkCall(op *shrinkOp, rmax, slots, rows int) call {
+	return call{"lora_shrink", [3]int{rmax, slots, rows}, 256, 0, []any{op, rows}}
+}
+
+// attnSplitCall: each row's attention over its cache, one block per (head,
+// row, chunk of attnChunk positions), partial results into part.
+func attnSplitCall(part, q, meta Buf, layer, heads, kvHeads, hd, splits, rows int) call {
+	return call{"attn_split", [3]int{heads, rows, splits}, 128, 0, []any{part, q, meta, layer, heads, kvHeads, hd, splits}}
+}
+
+// attnCombineCall merges the chunks' partial softmax results into att.
+func attnCombineCall(att, part Buf, heads, hd, splits, rows int) call {
+	return call{"attn_combine", [3]int{heads, rows}, 128, 0, []any{att, part, heads, hd, splits}}
+}
+
+const attnChunk = 32 // CHUNK in attention.cu: positions per attn_split block
+
+// layoutCall writes the C structs' sizes and offsets into out (9 int64s),
+// for TestStructLayout.
+func layoutCall(out Buf) call { return call{"layout", [3]int{1}, 1, 0, []any{out}} }
+
+// argmaxCall: ids[m] = argmax of logits row m (the lowest index on ties).
+func argmaxCall(ids, logits Buf, vocab, rows int) call {
+	return call{"argmax", [3]int{rows}, 1024, 0, []any{ids, logits, vocab}}
+}
+
+// targetLogprobCall: out[m] = log_softmax(logits[m])[targets[m]].
+func targetLogprobCall(out, logits, targets Buf, vocab, rows int) call {
+	return call{"target_logprob", [3]int{rows}, 1024, 0, []any{out, logits, targets, vocab}}
+}
+
+// kernelKind is which matrix kernel family runs a matrix (its matFmt says
+// how the matrix is stored).
+type kernelKind int
+
+const (
+	kindGemvNF4      kernelKind = iota // gemv_nf4_<MT>: NF4 rounded to bf16, plain or tiled codes
+	kindGemvNF4Round                   // gemv_nf4r_<MT>: NF4 rounded to f16, or not rounded
+	kindGemvDense                      // gemv_dense_<MT>: bf16 or fp32 weights
+	kindMMANF4                         // mma_nf4_<NT>: NF4 on the tensor cores, for batches
+	kindMMABF16                        // mma_bf16_<NT>: bf16 on the tensor cores, for batches
+	kindLUTNF4                         // nf4_lut_<R>: NF4 on the tensor cores, one or two rows a pass
+)
+
+// gemvMT are the batch-row counts gemv is compiled for (GEMV(MT) in nf4_matmul.cu).
+var gemvMT = []int{1, 2, 4, 8, 16}
+
+// gemvMaxMT caps gemv's batch rows per pass (QBENCH_GEMV_MAXMT overrides it,
+// for tuning). 4 won on an H200 (2026-11-26, 3B shape, batch 20: 535 tok/s
+// against 311 with 16 rows a pass, whose 255 registers leave one block an SM).
+var gemvMaxMT = envInt("QBENCH_GEMV_MAXMT", 4)
+
+// targetWarps is about enough resident warps to keep a Hopper's 132 SMs busy.
+const targetWarps = 132 * 32
+
+// pow2Floor is the largest power of two ≤ v (1 for v < 1).
+func pow2Floor(v int) int {
+	w := 1
+	for w*2 <= v {
+		w *= 2
+	}
+	return w
+}
+
+// pow2Ceil is the smallest power of two ≥ v (1 for v < 1).
+func pow2Ceil(v int) int {
+	w := 1
+	for w < v {
+		w *= 2
+	}
+	return w
+}
+
+// matmulCall is one launch of a matrix kernel over op for rows batch rows: pairs output pairs (pair_rows in gemv.cuh),
+// K input columns. The kernels are persistent: one wave of blocks (as many
+// as are resident at once), each walking several tiles; wpp warps split K.
+func (d *Device) matmulCall(kind kernelKind, op *gemvOp, rows, pairs, K int) (call, error) {
+	c := call{block: 256}
+	var wpp, units int // warps per unit of work, units (pairs or 8-pair tiles)
+	switch kind {
+	case kindMMANF4, kindMMABF16: // tiles of 8 pairs, NT n-tiles of 8 batch rows a pass
+		nt := 4
+		switch {
+		case rows <= 8:
+			nt = 1
+		case rows <= 16:
+			nt = 2
+		}
+		units = pairs / 8
+		wpp = pow2Floor(min(8, max(1, K/64), (targetWarps+units-1)/units))
+		c.name = fmt.Sprintf("mma_nf4_%d", nt)
+		if kind == kindMMABF16 {
+			c.name = fmt.Sprintf("mma_bf16_%d", nt)
+		}
+	case kindLUTNF4: // tiles of 8 pairs (16 rows), steps of 256 columns
+		units = pairs / 8
+		steps := (K/64 + 3) / 4
+		// Enough split-K warps for ~16 a multiprocessor, at least 2 (measured
+		// best on gate/up, kernels/dev v4), at most one a step.
+		wpp = min(pow2Floor(min(8, steps)), max(2, pow2Ceil((16*d.SMs+units-1)/units)))
+		r := 1
+		if rows >= 2 && lutShmem(K, 2) <= d.maxShmem {
+			r = 2
+		}
+		c.name, c.shmem = fmt.Sprintf("nf4_lut_%d", r), lutShmem(K, r)
+		if c.shmem > d.maxShmem {
+			return c, fmt.Errorf("cuda: nf4_lut: K = %d needs %d bytes of shared memory, the device has %d", K, c.shmem, d.maxShmem)
+		}
+	default: // gemv: one warp per pair, MT batch rows a pass
+		step := 256 // columns per warp-step: 8 a lane for bf16/fp32
+		if kind != kindGemvDense {
+			step = 1024 // 32 a lane for NF4
+		}
+		units = pairs
+		wpp = pow2Floor(min(8, max(1, K/step), (targetWarps+units-1)/units))
+		c.name = gemvName(kind, rows)
+	}
+	occ, err := d.occupancy(c.name, c.block, c.shmem)
+	if err != nil {
+		return c, err
+	}
+	per := 8 / wpp // units a block takes at once
+	c.grid = [3]int{min((units+per-1)/per, max(1, occ)*d.SMs)}
+	c.args = []any{op, rows, wpp}
+	return c, nil
+}
+
+// lutShmem is nf4_lut's dynamic shared memory: x split into 3 bf16 parts a
+// row, 8 bytes per (part, 4 columns), over whole 256-column steps.
+func lutShmem(K, rows int) int { return (K/64 + 3) / 4 * 16 * 3 * rows * 4 * 8 }
+
+// gemvName picks the gemv variant for a kind and M batch rows: the smallest
+// row count per pass that covers M, up to gemvMaxMT (then several passes).
+func gemvName(kind kernelKind, rows int) string {
+	mt := 1
+	for _, v := range gemvMT {
+		if v <= gemvMaxMT {
+			mt = v
+		}
+	}
+	for _, v := range gemvMT {
+		if v >= rows && v <= gemvMaxMT {
+			mt = v
+			break
+		}
+	}
+	switch kind {
+	case kindGemvNF4:
+		return fmt.Sprintf("gemv_nf4_%d", mt)
+	case kindGemvNF4Round:
+		return fmt.Sprintf("gemv_nf4r_%d", mt)
+	}
+	return fmt.Sprintf("gemv_dense_%d", mt)
+}

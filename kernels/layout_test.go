@@ -1,0 +1,70 @@
+package kernels
+
+import (
+	"math/rand/v2"
+	"testing"
+)
+
+// code is element (r, c)'s 4-bit code in bitsandbytes' packing.
+func code(packed []byte, in, r, c int) byte {
+	b := packed[(r*in+c)/2]
+	if c%2 == 0 {
+		return b >> 4
+	}
+	return b & 15
+}
+
+// TestLayouts checks each re-layout against where its kernel looks for
+// element (r, c), written out from the kernel's own indexing, on random codes
+// and shapes with partial tiles and steps.
+func TestLayouts(t *testing.T) {
+	rng := rand.New(rand.NewPCG(rand.Uint64(), 1))
+	for _, sh := range [][2]int{{3, 2048 + 128}, {2, 1024}, {4, 64 * 7}, {2, 896}, {1, 64}} {
+		out, in := sh[0], sh[1]
+		packed := make([]byte, out*in/2)
+		for i := range packed {
+			packed[i] = byte(rng.Uint32())
+		}
+		// nibble returns the code at byte offset o (high nibble first when hi).
+		nibble := func(t []byte, o int, hi bool) byte {
+			if hi {
+				return t[o] >> 4
+			}
+			return t[o] & 15
+		}
+		tiled, mma, lut := tileNF4(packed, out, in), mmaNF4(packed, out, in), lutNF4(packed, out, in)
+		for r := 0; r < out; r++ {
+			for c := 0; c < in; c++ {
+				want := code(packed, in, r, c)
+				// tile_fma: lane l, group j of a whole tile holds columns 4l + 128j … +3.
+				if tile := c / 1024 * 1024; tile+1024 <= in {
+					l, j, i := (c%1024)%128/4, (c%1024)/128, c%4
+					if got := nibble(tiled, (r*in+tile)/2+16*l+2*j+i/2, i%2 == 0); got != want {
+						t.Fatalf("tileNF4 %dx%d: (%d, %d) = %d, want %d", out, in, r, c, got, want)
+					}
+				} else if got := code(tiled, in, r, c); got != want {
+					t.Fatalf("tileNF4 %dx%d tail: (%d, %d) = %d, want %d", out, in, r, c, got, want)
+				}
+				if in%64 != 0 {
+					continue
+				}
+				// mma_body: thread t's byte 2s holds columns 16s + 2t, +1; byte 2s+1 columns +8, +9.
+				blk, k := c/64, c%64
+				s, tq, hi8 := k/16, (k%8)/2, (k%16)/8
+				if got := nibble(mma, (r*in+64*blk)/2+8*tq+2*s+hi8, c%2 == 0); got != want {
+					t.Fatalf("mmaNF4 %dx%d: (%d, %d) = %d, want %d", out, in, r, c, got, want)
+				}
+				// load_raw: step s, block b = its thread t: bytes 16t (first half) and 16·nb + 16t.
+				st, b, byteInBlk := c/256, (c%256)/64, (c%64)/2
+				nb := min(4, in/64-4*st)
+				o := r*in/2 + 128*st + 16*b + byteInBlk
+				if byteInBlk >= 16 {
+					o = r*in/2 + 128*st + 16*nb + 16*b + byteInBlk - 16
+				}
+				if got := nibble(lut, o, c%2 == 0); got != want {
+					t.Fatalf("lutNF4 %dx%d: (%d, %d) = %d, want %d", out, in, r, c, got, want)
+				}
+			}
+		}
+	}
+}
