@@ -23,6 +23,8 @@
 
 extern "C" __global__ void __launch_bounds__(128) attn_split(float* part, const float* q, const struct RowMeta* rows,
     long long layer, long long heads, long long kvHeads, long long hd, long long splits) {
+  pdl_trigger();
+  pdl_wait(); // everything below may read what the previous kernel wrote
   const int h = blockIdx.x, m = blockIdx.y, s = blockIdx.z;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const struct RowMeta rm = rows[m];
@@ -106,6 +108,8 @@ extern "C" __global__ void __launch_bounds__(128) attn_split(float* part, const 
 }
 
 extern "C" __global__ void __launch_bounds__(128) attn_combine(float* att, const float* part, long long heads, long long hd, long long splits) {
+  pdl_trigger();
+  pdl_wait(); // everything below may read what the previous kernel wrote
   const int h = blockIdx.x, m = blockIdx.y;
   const float* p = part + ((long long)m * heads + h) * splits * (hd + 2);
   float mx = -INFINITY;

@@ -79,6 +79,27 @@ struct ShrinkOp {
   int32_t nslots, K, tStride, rmax;
 };
 
+// Programmatic dependent launch (Hopper, PTX built for compute_90; a no-op
+// in the compute_80 build). The engine launches each kernel of a pass as
+// soon as every block of its predecessor has called pdl_trigger (at the top
+// of the small kernels; at the start of a block's last tile in the
+// persistent matrix kernels, whose dependents would otherwise sit resident
+// and idle beside them), so a kernel's launch and its independent prologue
+// (weights, tables) overlap the predecessor's tail; pdl_wait then blocks
+// until the predecessor grid has finished and its writes are visible. Every kernel calls pdl_wait
+// in every thread before reading anything a predecessor wrote, so the
+// ordering is transitive along the whole pass.
+__device__ __forceinline__ void pdl_trigger() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_wait() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -18,8 +18,20 @@ static CUresult qb_set_max_shmem(void* fn, int bytes) {
 	return cuFuncSetAttribute((CUfunction)fn, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes);
 }
 static CUresult qb_launch_kernel(void* fn, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned shmem,
-                                 CUstream s, void** params) {
-	return cuLaunchKernel((CUfunction)fn, gx, gy, gz, bx, 1, 1, shmem, s, params, NULL);
+                                 CUstream s, void** params, int pdl) {
+	if (!pdl) return cuLaunchKernel((CUfunction)fn, gx, gy, gz, bx, 1, 1, shmem, s, params, NULL);
+	CUlaunchAttribute attr;
+	attr.id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+	attr.value.programmaticStreamSerializationAllowed = 1;
+	CUlaunchConfig cfg = {0};
+	cfg.gridDimX = gx; cfg.gridDimY = gy; cfg.gridDimZ = gz;
+	cfg.blockDimX = bx; cfg.blockDimY = 1; cfg.blockDimZ = 1;
+	cfg.sharedMemBytes = shmem; cfg.hStream = s;
+	cfg.attrs = &attr; cfg.numAttrs = 1;
+	return cuLaunchKernelEx(&cfg, (CUfunction)fn, params, NULL);
+}
+static CUresult qb_compute_capability(int* major, int ordinal) {
+	return cuDeviceGetAttribute(major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, (CUdevice)ordinal);
 }
 */
 import "C"
@@ -88,6 +100,22 @@ func (d *Device) Launch(g *Graph) error {
 
 func (g *Graph) destroy() { C.qb_destroy(g.exec, g.g) }
 
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// computeMajor is device ordinal's compute capability major version (9 for Hopper).
+func computeMajor(ordinal int) (int, error) {
+	var v C.int
+	if r := C.qb_compute_capability(&v, C.int(ordinal)); r != C.CUDA_SUCCESS {
+		return 0, fmt.Errorf("cuda: compute capability: error %d", int(r))
+	}
+	return int(v), nil
+}
+
 // maxShmemOptin is the shared memory one block may have on device ordinal
 // once a kernel opts in (227 KB on Hopper).
 func maxShmemOptin(ordinal int) (int, error) {
@@ -116,7 +144,9 @@ func newArgBuf() argBuf { return argBuf{C.malloc(argBufSize), argBufSize} }
 
 func (a argBuf) free() { C.free(a.mem) }
 
-// launchRaw launches fn on the stream with its arguments given as bytes.
+// launchRaw launches fn on the stream with its arguments given as bytes;
+// with d.PDL, as a programmatic dependent launch (see pdl_wait in
+// common.cuh), which stream capture keeps as a programmatic graph edge.
 func (d *Device) launchRaw(fn cu.Function, grid [3]int, block, shmem int, args [][]byte) error {
 	off := 0
 	for _, a := range args {
@@ -134,7 +164,7 @@ func (d *Device) launchRaw(fn cu.Function, grid [3]int, block, shmem int, args [
 		off += (len(a) + 7) &^ 7
 	}
 	r := C.qb_launch_kernel(fnHandle(fn), C.uint(grid[0]), C.uint(grid[1]), C.uint(grid[2]), C.uint(block), C.uint(shmem),
-		d.rawStream(), (*unsafe.Pointer)(unsafe.Add(d.args.mem, ptrs)))
+		d.rawStream(), (*unsafe.Pointer)(unsafe.Add(d.args.mem, ptrs)), C.int(boolInt(d.PDL)))
 	if r != C.CUDA_SUCCESS {
 		return fmt.Errorf("error %d", int(r))
 	}

@@ -1,9 +1,10 @@
 //go:build ignore
 
-// gen compiles every kernels/*.cu to PTX (nvcc -ptx -arch=compute_80; the
-// driver JIT-compiles it for the card, Hopper included) into ptx/, and writes
-// ptx.go, which embeds them and records the sha256 of the sources each was
-// built from. Run by `go generate ./kernels`.
+// gen compiles every kernels/*.cu to PTX twice into ptx/: for compute_80
+// (Ampere and later) and for compute_90 (Hopper: programmatic dependent
+// launch), which the driver JIT-compiles for the card; and writes ptx.go,
+// which embeds them and records the sha256 of the sources each was built
+// from. Run by `go generate ./kernels`.
 package main
 
 import (
@@ -32,19 +33,20 @@ func main() {
 	var table strings.Builder
 	for _, src := range srcs {
 		name := strings.TrimSuffix(src, ".cu")
-		out := filepath.Join("ptx", name+".ptx")
-		cmd := exec.Command("nvcc", "-ptx", "-arch=compute_80", "-O3", "-o", out, src)
-		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-		if err := cmd.Run(); err != nil {
-			log.Fatalf("nvcc %s: %v", src, err)
+		for _, arch := range []string{"80", "90"} {
+			out := filepath.Join("ptx", name+".sm"+arch+".ptx")
+			cmd := exec.Command("nvcc", "-ptx", "-arch=compute_"+arch, "-O3", "-o", out, src)
+			cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+			if err := cmd.Run(); err != nil {
+				log.Fatalf("nvcc %s: %v", src, err)
+			}
+			fmt.Fprintf(&b, "//go:embed ptx/%s.sm%s.ptx\nvar ptx_%s_%s string\n\n", name, arch, name, arch)
 		}
 		hash, err := SourceHash(src)
 		if err != nil {
 			log.Fatal(err)
 		}
-		ident := "ptx_" + name
-		fmt.Fprintf(&b, "//go:embed ptx/%s.ptx\nvar %s string\n\n", name, ident)
-		fmt.Fprintf(&table, "\t{%q, %s, %q},\n", name, ident, hash)
+		fmt.Fprintf(&table, "\t{%q, ptx_%s_80, ptx_%s_90, %q},\n", name, name, name, hash)
 	}
 	fmt.Fprintf(&b, "// modules lists each PTX module with the sha256 of the sources it was built from.\nvar modules = []ptxModule{\n%s}\n", table.String())
 	if err := os.WriteFile("ptx.go", []byte(b.String()), 0o644); err != nil {

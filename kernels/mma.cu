@@ -31,6 +31,7 @@ __device__ void mma_body(const struct GemvOp* __restrict__ op, long long M, int 
   if (threadIdx.x < 16) table[threadIdx.x] = NF4_TABLE[threadIdx.x];
   if (A0->code)
     for (int i = threadIdx.x; i < 256; i += blockDim.x) code[i] = A0->code[i];
+  pdl_wait(); // x, and the outputs the epilogue adds to, come from earlier kernels
   __syncthreads();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
   const int part = warp % wpp, tpb = 8 / wpp; // warps share a tile; tiles per block
@@ -42,6 +43,7 @@ __device__ void mma_body(const struct GemvOp* __restrict__ op, long long M, int 
   // the block's tiles are bb, bb + 8, …; a warp whose tile is past the end
   // still takes part in the barriers.
   for (int bb = blockIdx.x * tpb * 8; bb < P; bb += gridDim.x * tpb * 8) {
+    if (bb + gridDim.x * tpb * 8 >= P) pdl_trigger(); // the block's last tiles: the next kernel may start its prologue
     const int base = bb + (warp / wpp) * 8;
     const bool valid = base < P;
     // This thread's pair (g) and its two rows (B is never null: N % 16 == 0).

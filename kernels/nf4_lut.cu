@@ -208,16 +208,20 @@ __device__ void lut_body(const struct GemvOp* __restrict__ op, long long M, int 
   const int per = (S + wpp - 1) / wpp, sbeg = min(S, part * per), send = min(S, sbeg + per);
   const uint2* xs = xsm + (g % PARTS) * 4 + t; // lanes past the parts repeat parts 0, 1: columns nobody reads
   for (long long m0 = 0; m0 < M; m0 += R) {
-    // The first tile's first step is requested before x is split.
+    // The first tile's first step is requested before x is split (and, on
+    // the first pass, before the previous kernel has finished: weights and
+    // descriptors are not written by any kernel).
     int tb = blockIdx.x * tpb;
     Raw cur = {};
     if (tb + warp / wpp < tiles && sbeg < send) {
       const PairRows p = pair_rows(op, (tb + warp / wpp) * 8 + g);
       cur = load_raw(mat_regs(p.A), mat_regs(p.B), p.ra, p.rb, K, sbeg, t);
     }
+    pdl_wait(); // x, the LoRA shrink and the outputs the epilogue adds to come from earlier kernels
     split_rows<PARTS>(op->x, M, m0, K, xsm);
     __syncthreads();
     for (; tb < tiles; tb += stride) {
+      if (m0 + R >= M && tb + stride >= tiles) pdl_trigger(); // the block's last tile: the next kernel may start its prologue
       const int tile = tb + warp / wpp, pair = tile * 8 + g;
       const PairRows p = pair_rows(op, tile < tiles ? pair : 0);
       const MatRegs qa = mat_regs(p.A), qb = mat_regs(p.B);

@@ -290,9 +290,11 @@ __device__ void gemv_body(const struct GemvOp* __restrict__ op, long long M, int
   }
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, part = warp % wpp, ppb = 8 / wpp;
   const int P = pairs_of(op);
+  pdl_wait(); // x, and the outputs the epilogue adds to, come from earlier kernels
   __syncthreads(); // tables ready
   // Persistent: the block walks pairs base, base + gridDim·ppb, ….
   for (int base = blockIdx.x * ppb; base < P; base += gridDim.x * ppb) {
+    if (base + gridDim.x * ppb >= P) pdl_trigger(); // the block's last pairs: the next kernel may start its prologue
     gemv_pair<FMT, MT, ROUND>(op, M, wpp, base + warp / wpp, part, lane, warp, table, code, red);
   }
 }
@@ -323,6 +325,8 @@ GEMV(16, 1)
 // split over the block; rows without an adapter, and ranks below rmax, get
 // zeros. Bytes: rank·K·4 per adapter and slot read, M·K·4 of x.
 extern "C" __global__ void __launch_bounds__(256) lora_shrink(const __grid_constant__ struct ShrinkOp op, long long M) {
+  pdl_trigger();
+  pdl_wait(); // everything below may read what the previous kernel wrote
   const int j = blockIdx.x, slot = blockIdx.y, m = blockIdx.z;
   const int ad = op.rows[m].adapter;
   float s = 0.0f;

@@ -4,30 +4,48 @@ package kernels
 
 import _ "embed"
 
-//go:embed ptx/attention.ptx
-var ptx_attention string
+//go:embed ptx/attention.sm80.ptx
+var ptx_attention_80 string
 
-//go:embed ptx/mma.ptx
-var ptx_mma string
+//go:embed ptx/attention.sm90.ptx
+var ptx_attention_90 string
 
-//go:embed ptx/nf4_lut.ptx
-var ptx_nf4_lut string
+//go:embed ptx/mma.sm80.ptx
+var ptx_mma_80 string
 
-//go:embed ptx/nf4_matmul.ptx
-var ptx_nf4_matmul string
+//go:embed ptx/mma.sm90.ptx
+var ptx_mma_90 string
 
-//go:embed ptx/rmsnorm.ptx
-var ptx_rmsnorm string
+//go:embed ptx/nf4_lut.sm80.ptx
+var ptx_nf4_lut_80 string
 
-//go:embed ptx/sample.ptx
-var ptx_sample string
+//go:embed ptx/nf4_lut.sm90.ptx
+var ptx_nf4_lut_90 string
+
+//go:embed ptx/nf4_matmul.sm80.ptx
+var ptx_nf4_matmul_80 string
+
+//go:embed ptx/nf4_matmul.sm90.ptx
+var ptx_nf4_matmul_90 string
+
+//go:embed ptx/rmsnorm.sm80.ptx
+var ptx_rmsnorm_80 string
+
+//go:embed ptx/rmsnorm.sm90.ptx
+var ptx_rmsnorm_90 string
+
+//go:embed ptx/sample.sm80.ptx
+var ptx_sample_80 string
+
+//go:embed ptx/sample.sm90.ptx
+var ptx_sample_90 string
 
 // modules lists each PTX module with the sha256 of the sources it was built from.
 var modules = []ptxModule{
-	{"attention", ptx_attention, "645782e83d50d7687df96603d5acedcf849aa1376ae86f8b68edc92a4498ba41"},
-	{"mma", ptx_mma, "42a5fa6e1ac75a7fa3451061857b76328b5c3611bdcedcb40dff60aae8bf7a38"},
-	{"nf4_lut", ptx_nf4_lut, "2bfd09ab84ee70813b785f861ce9f2709d73dc9e69c823d562addb6b85f2caa0"},
-	{"nf4_matmul", ptx_nf4_matmul, "63eb4d56ee148e32eca4f7e7737e0427fe16ce330a65401f52c6d95883599cb3"},
-	{"rmsnorm", ptx_rmsnorm, "a15dd84be5e9cff0f3cc0778b5c003ac3ccbc7a706ac31fe816df4bdb604a041"},
-	{"sample", ptx_sample, "b5da6ea6f0d6d2dfb851128ae7d1ad5ba9882edf97f9af6fdc03a4c3164816e9"},
+	{"attention", ptx_attention_80, ptx_attention_90, "b5f5d2ba1fe0b3d6a252358fa1861dbcdd77c5734ed4da657f614219e3a33d32"},
+	{"mma", ptx_mma_80, ptx_mma_90, "69ad45706099a54fc5b31a67c17991668e9d2d73229a7cc1157dd1c16af865a4"},
+	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, "123031c862c012ceb3602ce7e61531df9d3359f0ad046df53831416fe318bdde"},
+	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, "286cc4f9c94b1bdecd1f91c0b26b7ab432824da28de4e5ac9e48142c1c9581bf"},
+	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, "68cd50bec079271ee37f8472c330fed0cc921b03490666cbecad80d8077a909b"},
+	{"sample", ptx_sample_80, ptx_sample_90, "3322d76cb9fe9b2dbaafde326e27f1592e3e88202aabec32bb68b287fe8a5e5a"},
 }

@@ -32,6 +32,8 @@ __device__ float inv_rms(const float* xr, long long H, float eps) {
 
 extern "C" __global__ void rmsnorm(float* out, const float* x, const float* w, const int32_t* rows,
                                    long long H, float eps) {
+  pdl_trigger();
+  pdl_wait(); // everything below may read what the previous kernel wrote
   const int i = blockIdx.x;
   const float* xr = x + (long long)(rows ? rows[i] : i) * H;
   const float inv = inv_rms(xr, H, eps);
@@ -41,6 +43,8 @@ extern "C" __global__ void rmsnorm(float* out, const float* x, const float* w, c
 
 extern "C" __global__ void embed(float* x, const void* table, long long isBF16, const struct RowMeta* rows, long long H,
                                  float* rope, const float* invFreq, long long half) {
+  pdl_trigger();
+  pdl_wait(); // everything below may read what the previous kernel wrote
   const int m = blockIdx.x;
   const long long tok = rows[m].tok;
   for (int j = threadIdx.x; j < half; j += blockDim.x) {
@@ -60,6 +64,8 @@ extern "C" __global__ void embed(float* x, const void* table, long long isBF16, 
 // adapter or past its rank), so the shrink needs no launch of its own.
 extern "C" __global__ void rmsnorm_lora(float* out, const float* x, const float* w, long long H, float eps,
                                         const __grid_constant__ struct ShrinkOp op) {
+  pdl_trigger();
+  pdl_wait(); // everything below may read what the previous kernel wrote
   const int i = blockIdx.x;
   const float* xr = x + (long long)i * H;
   const float inv = inv_rms(xr, H, eps); // exactly as rmsnorm computes it

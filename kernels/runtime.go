@@ -20,9 +20,15 @@ import (
 // embedded PTX modules loaded once, their functions cached, one stream.
 // Every CUDA call runs on that thread through Do.
 type Device struct {
-	Name   string
-	SMs    int
-	Debug  bool // synchronise after every launch and name the kernel that failed
+	Name  string
+	SMs   int
+	Debug bool // synchronise after every launch and name the kernel that failed
+	// PDL: kernels are launched as programmatic dependents of the previous
+	// one (Hopper and later, QBENCH_PDL=1). Off by default: measured on an
+	// H200 (kernels/PERF.md, v9) it gained 3 % with an adapter and lost 5 %
+	// without, as a persistent kernel's blocks that start late behind their
+	// predecessor's still keep their static share of tiles.
+	PDL    bool
 	work   chan func()
 	ctx    cu.CUContext
 	stream cu.Stream
@@ -80,8 +86,17 @@ func (d *Device) init(ordinal int) error {
 		return err
 	}
 	d.maxShmem = optin - 4096 // the kernels' static shared memory stays under 4 KB
+	major, err := computeMajor(ordinal)
+	if err != nil {
+		return err
+	}
+	d.PDL = major >= 9 && envSet("QBENCH_PDL")
 	for _, m := range modules {
-		mod, err := cu.LoadData(m.ptx)
+		ptx := m.ptx
+		if major >= 9 {
+			ptx = m.ptx90
+		}
+		mod, err := cu.LoadData(ptx)
 		if err != nil {
 			return fmt.Errorf("cuda: loading module %s: %v", m.name, err)
 		}

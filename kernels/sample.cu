@@ -5,6 +5,8 @@
 #include "common.cuh"
 
 extern "C" __global__ void __launch_bounds__(1024) argmax(int32_t* ids, const float* logits, long long V) {
+  pdl_trigger();
+  pdl_wait(); // everything below may read what the previous kernel wrote
   const float* row = logits + (long long)blockIdx.x * V;
   float best = -INFINITY;
   int idx = 0x7fffffff;
@@ -46,6 +48,8 @@ extern "C" __global__ void __launch_bounds__(1024) argmax(int32_t* ids, const fl
 // per row (the teacher-forced log-likelihood of an expected answer), the sum
 // of exponentials in double. Bytes: M·V·4 read, M·4 written.
 extern "C" __global__ void __launch_bounds__(1024) target_logprob(float* out, const float* logits, const int32_t* targets, long long V) {
+  pdl_trigger();
+  pdl_wait(); // everything below may read what the previous kernel wrote
   const float* row = logits + (long long)blockIdx.x * V;
   __shared__ float smax[32];
   __shared__ double ssum[32];

@@ -10,7 +10,8 @@ import (
 // ptxModule is one compiled .cu file.
 type ptxModule struct {
 	name   string // the .cu file's base name
-	ptx    string // its PTX
+	ptx    string // its PTX for compute_80
+	ptx90  string // for compute_90: with programmatic dependent launch
 	source string // sha256 of the headers and the .cu it was built from (SourceHash)
 }
 

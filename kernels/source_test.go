@@ -16,7 +16,7 @@ func TestPTXUpToDate(t *testing.T) {
 		if h != m.source {
 			t.Errorf("%s.cu changed since its PTX was generated: run go generate ./kernels", m.name)
 		}
-		if len(m.ptx) == 0 {
+		if len(m.ptx) == 0 || len(m.ptx90) == 0 {
 			t.Errorf("%s: empty PTX", m.name)
 		}
 	}
