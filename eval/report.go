@@ -14,7 +14,7 @@ import (
 )
 
 // writeReports writes summary.json, report.md and report.html into out.
-func writeReports(out string, s *Summary, results []Result) error {
+func writeReports(out string, s *Summary) error {
 	if err := writeJSON(filepath.Join(out, "summary.json"), s); err != nil {
 		return err
 	}

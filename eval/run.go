@@ -3,14 +3,10 @@ package eval
 import (
 	"bufio"
 	"bytes"
-	"crypto/sha256"
-	"encoding/binary"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/fnv"
-	"io"
 	"math"
 	"os"
 	"path/filepath"
@@ -84,7 +80,6 @@ type Result struct {
 // the same settings, and writes results.jsonl, summary.json, report.md and
 // report.html there. It returns the summary.
 func Eval(e qwen.Engine, tok *tokenizer.Tokenizer, qs []Question, set Settings, opt Options) (*Summary, error) {
-	m := e.Model()
 	start := time.Now()
 	if err := os.MkdirAll(opt.Out, 0o755); err != nil {
 		return nil, err
@@ -97,25 +92,10 @@ func Eval(e qwen.Engine, tok *tokenizer.Tokenizer, qs []Question, set Settings, 
 	if err != nil {
 		return nil, err
 	}
-	// Prompts through the model's chat template.
-	type item struct {
-		q           Question
-		prompt      string
-		ids, expIDs []int
+	items, err := prompts(tok, qs, set.System)
+	if err != nil {
+		return nil, err
 	}
-	items := make([]item, len(qs))
-	for i, q := range qs {
-		var msgs []tokenizer.Message
-		if set.System != "" {
-			msgs = append(msgs, tokenizer.Message{Role: "system", Content: set.System})
-		}
-		text, err := tok.ApplyChatTemplate(append(msgs, tokenizer.Message{Role: "user", Content: q.Question}), true)
-		if err != nil {
-			return nil, err
-		}
-		items[i] = item{q, text, tok.Encode(text), tok.Encode(q.Expected)}
-	}
-	type pair struct{ q, v int }
 	var todo []pair
 	for i := range items {
 		for v := range variants {
@@ -131,69 +111,11 @@ func Eval(e qwen.Engine, tok *tokenizer.Tokenizer, qs []Question, set Settings, 
 	batch := max(opt.Batch, 1)
 	for lo := 0; lo < len(todo); lo += batch {
 		chunk := todo[lo:min(lo+batch, len(todo))]
-		prompts := make([][]int, len(chunk))
-		adapters := make([]int, len(chunk))
-		samplers := make([]*qwen.Sampler, len(chunk))
-		for j, p := range chunk {
-			prompts[j], adapters[j] = items[p.q].ids, p.v-1
-			s := set.Sampling
-			s.Seed = pairSeed(s.Seed, items[p.q].q.ID, variants[p.v]) // independent of batching
-			samplers[j] = qwen.NewSampler(s)
-		}
-		err := func() error {
-			seqs := make([]*qwen.Seq, 0, len(chunk))
-			defer func() { // the caches go back after each batch
-				for _, s := range seqs {
-					e.Release(s)
-				}
-			}()
-			// Each pair's reference log-likelihood first: one forward of prompt and
-			// expected answer, whose cache then serves the generation (rewound to
-			// the prompt, less its last token, which the first step feeds).
-			lls := make([]float64, len(chunk))
-			llMS := make([]float64, len(chunk))
-			for j, p := range chunk {
-				it := items[p.q]
-				s, err := e.NewSeq(len(it.ids)+max(len(it.expIDs), set.MaxNewTokens), p.v-1)
-				if err != nil {
-					return err
-				}
-				seqs = append(seqs, s)
-				t1 := time.Now()
-				if lls[j], err = logLikelihood(e, s, it.ids, it.expIDs); err != nil {
-					return err
-				}
-				llMS[j] = msSince(t1)
-				s.Len = len(it.ids) - 1
-			}
-			t0 := time.Now()
-			outs, err := qwen.GenerateFrom(e, seqs, prompts, samplers, qwen.GenerateOptions{MaxNewTokens: set.MaxNewTokens, StopIDs: set.StopIDs})
-			if err != nil {
-				return err
-			}
-			batchMS := msSince(t0)
-			for j, p := range chunk {
-				it := items[p.q]
-				toks := outs[j]
-				stop := "length"
-				if n := len(toks); n > 0 && contains(set.StopIDs, toks[n-1]) {
-					stop = "eos"
-				}
-				answer := tok.Decode(toks, true)
-				r := Result{ID: it.q.ID, Variant: variants[p.v], Question: it.q.Question, Expected: it.q.Expected,
-					Prompt: it.prompt, Answer: answer, Tokens: toks, Stop: stop, Metrics: TextMetrics(it.q.Expected, answer),
-					BatchMS: batchMS, BatchRows: len(chunk), LogLikMS: llMS[j]}
-				if r.Tokens == nil {
-					r.Tokens = []int{}
-				}
-				r.Metrics[MetricLogLik] = lls[j]
-				results = append(results, r)
-			}
-			return nil
-		}()
+		rs, err := runBatch(e, tok, items, variants, chunk, set)
 		if err != nil {
 			return nil, err
 		}
+		results = append(results, rs...)
 		if err := writeResults(opt.Out, set, results); err != nil {
 			return nil, err
 		}
@@ -206,6 +128,113 @@ func Eval(e qwen.Engine, tok *tokenizer.Tokenizer, qs []Question, set Settings, 
 			return nil, err
 		}
 	}
+	sortResults(results, qs, variants)
+	sum := Summarize(results, qs, variants, opt.Tie, opt.Seed)
+	var modelSHA string
+	if opt.ModelSHA256 != nil {
+		if modelSHA, err = opt.ModelSHA256(); err != nil {
+			return nil, err
+		}
+	}
+	c := e.Model().Config
+	sum.Repro = Repro{ModelSHA256: modelSHA, Version: opt.Version, Settings: set, Device: opt.Device, Date: time.Now().UTC().Format(time.RFC3339),
+		Batch: batch, Tie: opt.Tie, Seed: opt.Seed, WallSeconds: time.Since(start).Seconds(), Variants: variants,
+		Model: ModelInfo{Layers: c.Layers, Hidden: c.Hidden, Vocab: c.Vocab, Quant: e.Model().Quant}}
+	if err := writeReports(opt.Out, sum); err != nil {
+		return nil, err
+	}
+	return sum, nil
+}
+
+// item is one question with its prompt through the chat template.
+type item struct {
+	q           Question
+	prompt      string
+	ids, expIDs []int
+}
+
+// pair is one (question, variant) to answer: indexes into the items and variants.
+type pair struct{ q, v int }
+
+// prompts renders each question through the model's chat template (with the
+// system prompt, if any) and tokenizes it and its expected answer.
+func prompts(tok *tokenizer.Tokenizer, qs []Question, system string) ([]item, error) {
+	items := make([]item, len(qs))
+	for i, q := range qs {
+		var msgs []tokenizer.Message
+		if system != "" {
+			msgs = append(msgs, tokenizer.Message{Role: "system", Content: system})
+		}
+		text, err := tok.ApplyChatTemplate(append(msgs, tokenizer.Message{Role: "user", Content: q.Question}), true)
+		if err != nil {
+			return nil, err
+		}
+		items[i] = item{q, text, tok.Encode(text), tok.Encode(q.Expected)}
+	}
+	return items, nil
+}
+
+// runBatch answers one batch of pairs, all sharing every forward pass: each
+// pair's reference log-likelihood first (one forward of prompt and expected
+// answer, whose cache then serves the generation: rewound to the prompt less
+// its last token, which the first step feeds — see qwen.Seq), then the
+// generation of all of them together.
+func runBatch(e qwen.Engine, tok *tokenizer.Tokenizer, items []item, variants []string, chunk []pair, set Settings) ([]Result, error) {
+	seqs := make([]*qwen.Seq, 0, len(chunk))
+	defer func() { // the caches go back after each batch
+		for _, s := range seqs {
+			e.Release(s)
+		}
+	}()
+	prompts := make([][]int, len(chunk))
+	samplers := make([]*qwen.Sampler, len(chunk))
+	lls, llMS := make([]float64, len(chunk)), make([]float64, len(chunk))
+	for j, p := range chunk {
+		it := items[p.q]
+		prompts[j] = it.ids
+		sp := set.Sampling
+		sp.Seed = pairSeed(sp.Seed, it.q.ID, variants[p.v]) // independent of batching
+		samplers[j] = qwen.NewSampler(sp)
+		s, err := e.NewSeq(len(it.ids)+max(len(it.expIDs), set.MaxNewTokens), p.v-1)
+		if err != nil {
+			return nil, err
+		}
+		seqs = append(seqs, s)
+		t1 := time.Now()
+		if lls[j], err = logLikelihood(e, s, it.ids, it.expIDs); err != nil {
+			return nil, err
+		}
+		llMS[j] = msSince(t1)
+		s.Len = len(it.ids) - 1
+	}
+	t0 := time.Now()
+	outs, err := qwen.GenerateFrom(e, seqs, prompts, samplers, qwen.GenerateOptions{MaxNewTokens: set.MaxNewTokens, StopIDs: set.StopIDs})
+	if err != nil {
+		return nil, err
+	}
+	batchMS := msSince(t0)
+	results := make([]Result, len(chunk))
+	for j, p := range chunk {
+		it, toks := items[p.q], outs[j]
+		stop := "length"
+		if n := len(toks); n > 0 && contains(set.StopIDs, toks[n-1]) {
+			stop = "eos"
+		}
+		if toks == nil {
+			toks = []int{}
+		}
+		answer := tok.Decode(toks, true)
+		r := Result{ID: it.q.ID, Variant: variants[p.v], Question: it.q.Question, Expected: it.q.Expected,
+			Prompt: it.prompt, Answer: answer, Tokens: toks, Stop: stop, Metrics: TextMetrics(it.q.Expected, answer),
+			BatchMS: batchMS, BatchRows: len(chunk), LogLikMS: llMS[j]}
+		r.Metrics[MetricLogLik] = lls[j]
+		results[j] = r
+	}
+	return results, nil
+}
+
+// sortResults puts results in question order, variants in their order.
+func sortResults(results []Result, qs []Question, variants []string) {
 	order := map[string]int{}
 	for i, q := range qs {
 		order[q.ID] = i
@@ -221,19 +250,6 @@ func Eval(e qwen.Engine, tok *tokenizer.Tokenizer, qs []Question, set Settings, 
 		}
 		return vorder[a.Variant] < vorder[b.Variant]
 	})
-	sum := Summarize(results, qs, variants, opt.Tie, opt.Seed)
-	if opt.ModelSHA256 != nil {
-		if sum.Repro.ModelSHA256, err = opt.ModelSHA256(); err != nil {
-			return nil, err
-		}
-	}
-	sum.Repro = Repro{ModelSHA256: sum.Repro.ModelSHA256, Version: opt.Version, Settings: set, Device: opt.Device, Date: time.Now().UTC().Format(time.RFC3339),
-		Batch: batch, Tie: opt.Tie, Seed: opt.Seed, WallSeconds: time.Since(start).Seconds(), Variants: variants,
-		Model: ModelInfo{Layers: m.Config.Layers, Hidden: m.Config.Hidden, Vocab: m.Config.Vocab, Quant: m.Quant}}
-	if err := writeReports(opt.Out, sum, results); err != nil {
-		return nil, err
-	}
-	return sum, nil
 }
 
 func key(id, variant string) string { return id + "\x00" + variant }
@@ -384,57 +400,4 @@ func writeJSON(path string, v any) error {
 		enc.SetIndent("", "  ")
 		return enc.Encode(v)
 	})
-}
-
-// Fingerprint hashes a model directory's config.json and, for each
-// safetensors file, its header and size: cheap, and it changes whenever the
-// weights' layout or any file is replaced.
-func Fingerprint(dir string) (string, error) {
-	h := sha256.New()
-	for _, name := range []string{"config.json", "generation_config.json", "model.safetensors.index.json"} {
-		if b, err := os.ReadFile(filepath.Join(dir, name)); err == nil {
-			h.Write(b)
-		}
-	}
-	files, _ := filepath.Glob(filepath.Join(dir, "*.safetensors"))
-	sort.Strings(files)
-	for _, p := range files {
-		f, err := os.Open(p)
-		if err != nil {
-			return "", err
-		}
-		st, _ := f.Stat()
-		var n [8]byte
-		io.ReadFull(f, n[:])
-		fmt.Fprintf(h, "%s %d ", filepath.Base(p), st.Size())
-		io.Copy(h, io.LimitReader(f, int64(min(uint64(1<<26), binary.LittleEndian.Uint64(n[:])))))
-		f.Close()
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
-}
-
-// HashFiles is the sha256 of the concatenated contents of the given files
-// (those that exist), in order.
-func HashFiles(paths ...string) (string, error) {
-	h := sha256.New()
-	for _, p := range paths {
-		f, err := os.Open(p)
-		if errors.Is(err, os.ErrNotExist) {
-			continue
-		} else if err != nil {
-			return "", err
-		}
-		_, err = io.Copy(h, f)
-		f.Close()
-		if err != nil {
-			return "", err
-		}
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
-}
-
-// SHA256 is the hex sha256 of b.
-func SHA256(b []byte) string {
-	h := sha256.Sum256(b)
-	return hex.EncodeToString(h[:])
 }

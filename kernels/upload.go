@@ -85,8 +85,8 @@ func (e *Engine) prepareHost() {
 // fused is a layer's matrices grouped by launch: the modules sharing an
 // input (q/k/v, gate/up) run in one.
 func fused(l *qwen.DecoderLayer) (qkv, o, gateup, down []*qwen.Linear) {
-	a, m := &l.SelfAttn, &l.MLP
-	return []*qwen.Linear{a.QProj, a.KProj, a.VProj}, []*qwen.Linear{a.OProj}, []*qwen.Linear{m.GateProj, m.UpProj}, []*qwen.Linear{m.DownProj}
+	ls := l.Linears() // q, k, v, o, gate, up, down
+	return ls[0:3], ls[3:4], ls[4:6], ls[6:7]
 }
 
 // tcFits reports whether an NF4 matrix fits the tensor-core kernels: whole

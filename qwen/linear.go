@@ -19,7 +19,7 @@ type Linear struct {
 	Bias    []float32      // [Out], or nil
 	Quant   *tensor.NF4    // packed NF4 weight, or nil for a 16-bit module
 	LoRA    []*lora.Module // indexed by adapter; nil where that adapter leaves this module alone
-	DType   tensor.DType   // dtype the weight was stored in (informational)
+	DType   tensor.DType   // dtype the weight was stored in: the GPU engine keeps a BF16 module in bf16, others in fp32
 	once    sync.Once
 }
 

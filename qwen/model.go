@@ -47,7 +47,8 @@ type MLP struct {
 	DownProj *Linear // [hidden, intermediate]
 }
 
-// Linears lists the seven projections of a layer in checkpoint order.
+// Linears lists the seven projections of a layer in checkpoint order: q, k,
+// v, o, gate, up, down (the GPU engine groups them by this order).
 func (l *DecoderLayer) Linears() []*Linear {
 	return []*Linear{l.SelfAttn.QProj, l.SelfAttn.KProj, l.SelfAttn.VProj, l.SelfAttn.OProj,
 		l.MLP.GateProj, l.MLP.UpProj, l.MLP.DownProj}
