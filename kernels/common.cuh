@@ -80,13 +80,15 @@ struct ShrinkOp {
 };
 
 // Programmatic dependent launch (Hopper, PTX built for compute_90; a no-op
-// in the compute_80 build). The engine launches each kernel of a pass as
-// soon as every block of its predecessor has called pdl_trigger (at the top
-// of the small kernels; at the start of a block's last tile in the
-// persistent matrix kernels, whose dependents would otherwise sit resident
-// and idle beside them), so a kernel's launch and its independent prologue
-// (weights, tables) overlap the predecessor's tail; pdl_wait then blocks
-// until the predecessor grid has finished and its writes are visible. Every kernel calls pdl_wait
+// in the compute_80 build). A kernel launched as a programmatic dependent
+// starts as soon as every block of its predecessor has called pdl_trigger or
+// exited: the small kernels trigger at their top, so the matrix kernel after
+// them is launched and fetches its first weights (its independent prologue)
+// while they run; the persistent matrix kernels never trigger, so their
+// dependents start as they exit (triggering earlier let the next kernel's
+// blocks take multiprocessors the matrix kernel's own late blocks needed:
+// kernels/PERF.md, v9). pdl_wait then blocks until the predecessor grid has
+// finished and its writes are visible. Every kernel calls pdl_wait
 // in every thread before reading anything a predecessor wrote, so the
 // ordering is transitive along the whole pass.
 __device__ __forceinline__ void pdl_trigger() {

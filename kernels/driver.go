@@ -6,11 +6,6 @@ package kernels
 #cgo LDFLAGS: -lcuda
 #include <cuda.h>
 
-static CUresult qb_begin(CUstream s) { return cuStreamBeginCapture(s, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL); }
-static CUresult qb_end(CUstream s, CUgraph* g) { return cuStreamEndCapture(s, g); }
-static CUresult qb_instantiate(CUgraphExec* e, CUgraph g) { return cuGraphInstantiateWithFlags(e, g, 0); }
-static CUresult qb_launch(CUgraphExec e, CUstream s) { return cuGraphLaunch(e, s); }
-static void qb_destroy(CUgraphExec e, CUgraph g) { cuGraphExecDestroy(e); cuGraphDestroy(g); }
 static CUresult qb_shmem_optin(int* v, int ordinal) {
 	return cuDeviceGetAttribute(v, CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN, (CUdevice)ordinal);
 }
@@ -45,60 +40,9 @@ import (
 
 // The driver calls gorgonia.org/cu does not wrap: kernel launches with
 // arguments of any size (gorgonia's Launch copies 8 bytes an argument; the
-// matrix kernels take their descriptor by value), stream capture and graph
-// launch (one decode step is one graph launch), the opt-in shared-memory
-// limit and a kernel's dynamic shared-memory attribute.
-
-// Graph is a captured and instantiated CUDA graph.
-type Graph struct {
-	g    C.CUgraph
-	exec C.CUgraphExec
-}
-
-// graphKey is what a captured decode step depends on besides the engine's
-// buffers: the rows of the pass and the attention splits.
-type graphKey struct{ rows, splits int }
-
-func (d *Device) rawStream() C.CUstream { return C.CUstream(unsafe.Pointer(d.stream.C())) }
-
-// Capture records the launches fn makes on the device's stream into a graph.
-// It must run on the device's thread.
-func (d *Device) Capture(fn func() error) (*Graph, error) {
-	s := d.rawStream()
-	if r := C.qb_begin(s); r != C.CUDA_SUCCESS {
-		return nil, fmt.Errorf("cuda: cuStreamBeginCapture: error %d", int(r))
-	}
-	debug := d.Debug
-	d.Debug = false // no synchronisation inside a capture
-	ferr := fn()
-	d.Debug = debug
-	var g Graph
-	if r := C.qb_end(s, &g.g); r != C.CUDA_SUCCESS {
-		return nil, fmt.Errorf("cuda: cuStreamEndCapture: error %d", int(r))
-	}
-	if ferr != nil {
-		C.cuGraphDestroy(g.g)
-		return nil, ferr
-	}
-	if r := C.qb_instantiate(&g.exec, g.g); r != C.CUDA_SUCCESS {
-		C.cuGraphDestroy(g.g)
-		return nil, fmt.Errorf("cuda: cuGraphInstantiateWithFlags: error %d", int(r))
-	}
-	return &g, nil
-}
-
-// Launch replays the graph on the device's stream (on its thread).
-func (d *Device) Launch(g *Graph) error {
-	if r := C.qb_launch(g.exec, d.rawStream()); r != C.CUDA_SUCCESS {
-		return fmt.Errorf("cuda: cuGraphLaunch: error %d", int(r))
-	}
-	if d.Debug {
-		return d.Sync()
-	}
-	return nil
-}
-
-func (g *Graph) destroy() { C.qb_destroy(g.exec, g.g) }
+// matrix kernels take their descriptor by value) and as programmatic
+// dependents, the compute capability, the opt-in shared-memory limit and a
+// kernel's dynamic shared-memory attribute. CUDA graphs: graph.go.
 
 func boolInt(b bool) int {
 	if b {
@@ -145,9 +89,9 @@ func newArgBuf() argBuf { return argBuf{C.malloc(argBufSize), argBufSize} }
 func (a argBuf) free() { C.free(a.mem) }
 
 // launchRaw launches fn on the stream with its arguments given as bytes;
-// with d.PDL, as a programmatic dependent launch (see pdl_wait in
+// with pdl, as a programmatic dependent launch (see pdl_wait in
 // common.cuh), which stream capture keeps as a programmatic graph edge.
-func (d *Device) launchRaw(fn cu.Function, grid [3]int, block, shmem int, args [][]byte) error {
+func (d *Device) launchRaw(fn cu.Function, grid [3]int, block, shmem int, pdl bool, args [][]byte) error {
 	off := 0
 	for _, a := range args {
 		off += (len(a) + 7) &^ 7
@@ -164,7 +108,7 @@ func (d *Device) launchRaw(fn cu.Function, grid [3]int, block, shmem int, args [
 		off += (len(a) + 7) &^ 7
 	}
 	r := C.qb_launch_kernel(fnHandle(fn), C.uint(grid[0]), C.uint(grid[1]), C.uint(grid[2]), C.uint(block), C.uint(shmem),
-		d.rawStream(), (*unsafe.Pointer)(unsafe.Add(d.args.mem, ptrs)), C.int(boolInt(d.PDL)))
+		d.rawStream(), (*unsafe.Pointer)(unsafe.Add(d.args.mem, ptrs)), C.int(boolInt(pdl)))
 	if r != C.CUDA_SUCCESS {
 		return fmt.Errorf("error %d", int(r))
 	}

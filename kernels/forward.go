@@ -27,7 +27,7 @@ const (
 func (e *Engine) forward(p pass, argmax bool) error {
 	c := e.cfg
 	eps := float32(c.RMSEps)
-	f := &steps{e: e, lora: len(e.m.Adapters) > 0}
+	f := &steps{e: e, lora: len(e.m.Adapters) > 0, pdl: p.pdl}
 	// Runner.embed: each row's token embedding into the residual stream x,
 	// and the cos/sin of its RoPE angles.
 	f.do(stepEmbed, -1, embedCall(e.x, e.embed, e.embedB16, e.meta, c.Hidden, e.rope, e.invFreq, c.HeadDim/2, p.rows))
@@ -70,6 +70,7 @@ func (e *Engine) forward(p pass, argmax bool) error {
 type steps struct {
 	e    *Engine
 	lora bool // the model has adapters
+	pdl  bool // launch as programmatic dependents (pass.pdl)
 	err  error
 }
 
@@ -79,6 +80,7 @@ func (f *steps) do(label string, layer int, c call) {
 	if f.err != nil {
 		return
 	}
+	c.pdl = f.pdl
 	if p := f.e.prof; p != nil {
 		p.launches = append(p.launches, recorded{label, layer, c})
 		return

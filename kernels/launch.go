@@ -15,10 +15,13 @@ type call struct {
 	block int
 	shmem int // dynamic shared memory, bytes
 	args  []any
+	pdl   bool // a programmatic dependent of the previous kernel (when Device.PDL)
 }
 
 // run launches c on the device's stream (on its thread).
-func (d *Device) run(c call) error { return d.launch(c.name, c.grid, c.block, c.shmem, c.args...) }
+func (d *Device) run(c call) error {
+	return d.launch(c.name, c.grid, c.block, c.shmem, c.pdl && d.PDL, c.args...)
+}
 
 // embedCall: x[m] = embedding row of token rows[m].tok (bf16 or fp32 table),
 // and row m's RoPE cos/sin for its position (rope [rows, half, 2]).
@@ -27,50 +30,52 @@ func embedCall(x, table Buf, bf16 bool, meta Buf, hidden int, rope, invFreq Buf,
 	if bf16 {
 		flag = 1
 	}
-	return call{"embed", [3]int{rows}, 256, 0, []any{x, table, flag, meta, hidden, rope, invFreq, half}}
+	return call{name: "embed", grid: [3]int{rows}, block: 256, args: []any{x, table, flag, meta, hidden, rope, invFreq, half}}
 }
 
 // rmsnormCall: out[i] = w·x[r]/rms(x[r]) for r = idx[i] (idx null: r = i), i < rows.
 func rmsnormCall(out, x, w, idx Buf, hidden int, eps float32, rows int) call {
-	return call{"rmsnorm", [3]int{rows}, 256, 0, []any{out, x, w, idx, hidden, eps}}
+	return call{name: "rmsnorm", grid: [3]int{rows}, block: 256, args: []any{out, x, w, idx, hidden, eps}}
 }
 
 // rmsnormLoRACall: rmsnorm of all rows, with the LoRA shrink A·out of the
 // shrink op's slots (q/k/v or gate/up) computed by extra blocks.
 func rmsnormLoRACall(out, x, w Buf, hidden int, eps float32, shrink *shrinkOp, slots, rmax, rows int) call {
-	return call{"rmsnorm_lora", [3]int{rows, 1 + slots*rmax}, 256, 0, []any{out, x, w, hidden, eps, shrink}}
+	return call{name: "rmsnorm_lora", grid: [3]int{rows, 1 + slots*rmax}, block: 256, args: []any{out, x, w, hidden, eps, shrink}}
 }
 
 // shrinkCall: t[m, slot, j] = A[adapter(m)][slot][j]·x[m], a block per output.
 func shrinkCall(op *shrinkOp, rmax, slots, rows int) call {
-	return call{"lora_shrink", [3]int{rmax, slots, rows}, 256, 0, []any{op, rows}}
+	return call{name: "lora_shrink", grid: [3]int{rmax, slots, rows}, block: 256, args: []any{op, rows}}
 }
 
 // attnSplitCall: each row's attention over its cache, one block per (head,
 // row, chunk of attnChunk positions), partial results into part.
 func attnSplitCall(part, q, meta Buf, layer, heads, kvHeads, hd, splits, rows int) call {
-	return call{"attn_split", [3]int{heads, rows, splits}, 128, 0, []any{part, q, meta, layer, heads, kvHeads, hd, splits}}
+	return call{name: "attn_split", grid: [3]int{heads, rows, splits}, block: 128, args: []any{part, q, meta, layer, heads, kvHeads, hd, splits}}
 }
 
 // attnCombineCall merges the chunks' partial softmax results into att.
 func attnCombineCall(att, part Buf, heads, hd, splits, rows int) call {
-	return call{"attn_combine", [3]int{heads, rows}, 128, 0, []any{att, part, heads, hd, splits}}
+	return call{name: "attn_combine", grid: [3]int{heads, rows}, block: 128, args: []any{att, part, heads, hd, splits}}
 }
 
 const attnChunk = 32 // CHUNK in attention.cu: positions per attn_split block
 
 // layoutCall writes the C structs' sizes and offsets into out (9 int64s),
 // for TestStructLayout.
-func layoutCall(out Buf) call { return call{"layout", [3]int{1}, 1, 0, []any{out}} }
+func layoutCall(out Buf) call {
+	return call{name: "layout", grid: [3]int{1}, block: 1, args: []any{out}}
+}
 
 // argmaxCall: ids[m] = argmax of logits row m (the lowest index on ties).
 func argmaxCall(ids, logits Buf, vocab, rows int) call {
-	return call{"argmax", [3]int{rows}, 1024, 0, []any{ids, logits, vocab}}
+	return call{name: "argmax", grid: [3]int{rows}, block: 1024, args: []any{ids, logits, vocab}}
 }
 
 // targetLogprobCall: out[m] = log_softmax(logits[m])[targets[m]].
 func targetLogprobCall(out, logits, targets Buf, vocab, rows int) call {
-	return call{"target_logprob", [3]int{rows}, 1024, 0, []any{out, logits, targets, vocab}}
+	return call{name: "target_logprob", grid: [3]int{rows}, block: 1024, args: []any{out, logits, targets, vocab}}
 }
 
 // kernelKind is which matrix kernel family runs a matrix (its matFmt says

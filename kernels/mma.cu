@@ -43,7 +43,6 @@ __device__ void mma_body(const struct GemvOp* __restrict__ op, long long M, int 
   // the block's tiles are bb, bb + 8, …; a warp whose tile is past the end
   // still takes part in the barriers.
   for (int bb = blockIdx.x * tpb * 8; bb < P; bb += gridDim.x * tpb * 8) {
-    if (bb + gridDim.x * tpb * 8 >= P) pdl_trigger(); // the block's last tiles: the next kernel may start its prologue
     const int base = bb + (warp / wpp) * 8;
     const bool valid = base < P;
     // This thread's pair (g) and its two rows (B is never null: N % 16 == 0).

@@ -221,7 +221,6 @@ __device__ void lut_body(const struct GemvOp* __restrict__ op, long long M, int 
     split_rows<PARTS>(op->x, M, m0, K, xsm);
     __syncthreads();
     for (; tb < tiles; tb += stride) {
-      if (m0 + R >= M && tb + stride >= tiles) pdl_trigger(); // the block's last tile: the next kernel may start its prologue
       const int tile = tb + warp / wpp, pair = tile * 8 + g;
       const PairRows p = pair_rows(op, tile < tiles ? pair : 0);
       const MatRegs qa = mat_regs(p.A), qb = mat_regs(p.B);

@@ -294,7 +294,6 @@ __device__ void gemv_body(const struct GemvOp* __restrict__ op, long long M, int
   __syncthreads(); // tables ready
   // Persistent: the block walks pairs base, base + gridDim·ppb, ….
   for (int base = blockIdx.x * ppb; base < P; base += gridDim.x * ppb) {
-    if (base + gridDim.x * ppb >= P) pdl_trigger(); // the block's last pairs: the next kernel may start its prologue
     gemv_pair<FMT, MT, ROUND>(op, M, wpp, base + warp / wpp, part, lane, warp, table, code, red);
   }
 }

@@ -13,6 +13,11 @@ type pass struct {
 	rows   int // new tokens over all sequences
 	nHead  int // rows that get logits
 	splits int // attention chunks of attnChunk positions (the longest sequence's)
+	// pdl: launch the pass's kernels as programmatic dependents — for the
+	// decode steps of an engine for one sequence, where it measured faster
+	// (H200: +3 % with an adapter, +9 % without); batches and prefill passes
+	// measured slower with it (kernels/PERF.md, v9).
+	pdl bool
 }
 
 // prepare validates a pass (qwen's CheckBatch, as the CPU engine) and fills

@@ -42,10 +42,10 @@ var ptx_sample_90 string
 
 // modules lists each PTX module with the sha256 of the sources it was built from.
 var modules = []ptxModule{
-	{"attention", ptx_attention_80, ptx_attention_90, "b5f5d2ba1fe0b3d6a252358fa1861dbcdd77c5734ed4da657f614219e3a33d32"},
-	{"mma", ptx_mma_80, ptx_mma_90, "69ad45706099a54fc5b31a67c17991668e9d2d73229a7cc1157dd1c16af865a4"},
-	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, "123031c862c012ceb3602ce7e61531df9d3359f0ad046df53831416fe318bdde"},
-	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, "286cc4f9c94b1bdecd1f91c0b26b7ab432824da28de4e5ac9e48142c1c9581bf"},
-	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, "68cd50bec079271ee37f8472c330fed0cc921b03490666cbecad80d8077a909b"},
-	{"sample", ptx_sample_80, ptx_sample_90, "3322d76cb9fe9b2dbaafde326e27f1592e3e88202aabec32bb68b287fe8a5e5a"},
+	{"attention", ptx_attention_80, ptx_attention_90, "13b97419807ffcecca793ea16c2c5315eb18e53dd36fdb21554aa75811234f8a"},
+	{"mma", ptx_mma_80, ptx_mma_90, "58c96506306689116b7e4c7e1c6fae42f31af3224050b08204b4ae8b955a48cd"},
+	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, "83c00e6a1443139ad9bb58839b97e873150a8bc914bc7aa1fe5961ce267e9895"},
+	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, "29fe5cda08116b2fdd11a47061e806802c88db48991704ce6689e5aa968dd470"},
+	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, "3fb5137c7cbd505fd8345d8d2a4cd36366762b2d9cf3f1b9446d88a760c8c2a9"},
+	{"sample", ptx_sample_80, ptx_sample_90, "f231579c3f4288d20f8813ebe6c7cd0ecdf10c01d6a064eab427a0c86f4dd565"},
 }

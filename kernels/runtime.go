@@ -23,11 +23,9 @@ type Device struct {
 	Name  string
 	SMs   int
 	Debug bool // synchronise after every launch and name the kernel that failed
-	// PDL: kernels are launched as programmatic dependents of the previous
-	// one (Hopper and later, QBENCH_PDL=1). Off by default: measured on an
-	// H200 (kernels/PERF.md, v9) it gained 3 % with an adapter and lost 5 %
-	// without, as a persistent kernel's blocks that start late behind their
-	// predecessor's still keep their static share of tiles.
+	// PDL: the device can launch a kernel as a programmatic dependent of
+	// the previous one (Hopper and later; QBENCH_NO_PDL=1 turns it off).
+	// Engines do it for the decode steps of one sequence (see pass.pdl).
 	PDL    bool
 	work   chan func()
 	ctx    cu.CUContext
@@ -90,7 +88,7 @@ func (d *Device) init(ordinal int) error {
 	if err != nil {
 		return err
 	}
-	d.PDL = major >= 9 && envSet("QBENCH_PDL")
+	d.PDL = major >= 9 && !envSet("QBENCH_NO_PDL")
 	for _, m := range modules {
 		ptx := m.ptx
 		if major >= 9 {
@@ -259,10 +257,11 @@ func Read[T any](v []T, b Buf) error {
 	return cu.MemcpyDtoH(unsafe.Pointer(&v[0]), b.Ptr, n)
 }
 
-// launch runs kernel name with the given geometry; args are device
-// pointers, Bufs, ints, float32s, or descriptors (*gemvOp, *shrinkOp) passed
-// by value. It must run on the device's thread.
-func (d *Device) launch(name string, grid [3]int, block, shmem int, args ...any) error {
+// launch runs kernel name with the given geometry, as a programmatic
+// dependent launch when pdl; args are device pointers, Bufs, ints, float32s,
+// or descriptors (*gemvOp, *shrinkOp) passed by value. It must run on the
+// device's thread.
+func (d *Device) launch(name string, grid [3]int, block, shmem int, pdl bool, args ...any) error {
 	fn, ok := d.fns[name]
 	if !ok {
 		return fmt.Errorf("cuda: no kernel %q", name)
@@ -297,7 +296,7 @@ func (d *Device) launch(name string, grid [3]int, block, shmem int, args ...any)
 			grid[k] = 1
 		}
 	}
-	if err := d.launchRaw(fn, grid, block, shmem, vals); err != nil {
+	if err := d.launchRaw(fn, grid, block, shmem, pdl, vals); err != nil {
 		return fmt.Errorf("cuda: launching %s (grid %v, block %d): %v", name, grid, block, err)
 	}
 	if d.Debug {

@@ -13,29 +13,21 @@
 // of its 256-block group) — bitsandbytes' dequantised weight, bit for bit.
 // Bytes a call: N·K/2 codes + N·K/64 absmax codes + N·K/16384·4 nested.
 //
-// Versions:
+// Versions (kernels/PERF.md has every version's numbers; the ones that lost
+// were removed from this file once measured):
 //   v1  scalar: a warp a row, 8 weights a lane a step, each weight decoded by a
-//       table read, multiply and bf16 rounding, then an fp32 FMA. (The shape
-//       of the engine's GEMV before the tensor-core work; a baseline here.)
-//   v2  tensor cores at batch 1: a warp takes 16 rows × a K slice; per 64-block
-//       a thread builds the block's 16 exact bf16 values bf16(NF4[i]·s) once,
-//       as two byte planes in 8 registers, then looks its codes up with prmt
-//       (4 weights: 6 prmt + 2 to pair the planes into bf16x2 A fragments); x
-//       enters as the B operand, split into hi + mid + lo bf16 parts in columns
-//       0, 1, 2 of the n8 tile, so one mma.m16n8k16 does 256 weights at fp32
-//       accuracy. x is pre-split once (the producer's job in the engine) into
-//       fragment order: each MMA's B is one 8-byte load. Codes are laid out per
-//       (row, 256 columns) so a quad's 16-byte loads are one 64-byte run.
-//   v3  v2 with the next 256 columns' codes and scales loaded before the
-//       current ones are used (software pipelining: twice the bytes in flight).
-//   v4  v3 with only raw loads prefetched, x split by each block into shared
-//       memory (no producer change), no per-MMA predicates, two accumulator
-//       chains promoted into fp32 totals every 256 columns; v4b: 3 blocks/SM.
-//   v5  v4 with the codes streamed through a per-warp shared-memory ring of
-//       ST stages by cp.async (v5s3, v5s4, v5s6), scales' raw bytes in a
-//       register FIFO of the same depth.
-//   v6  v4 with the selector shifts as IMAD.HI (FMA pipe), NW = 8 or 16 warps
-//       a block (v6w8, v6w16).
+//       table read, multiply and bf16 rounding, then an fp32 FMA (the shape of
+//       the engine's CUDA-core GEMV); the baseline.
+//   v4  tensor cores at batch 1 (shipped as nf4_lut.cu): a warp takes 16 rows ×
+//       a K slice; per 64-block a thread builds the block's 16 exact bf16
+//       values bf16(NF4[i]·s) once, as two byte planes in 8 registers, then
+//       looks its codes up with prmt (4 weights: 6 prmt + 2 to pair the planes
+//       into bf16x2 A fragments); x enters as the B operand, split into hi +
+//       mid + lo bf16 parts in columns 0, 1, 2 of the n8 tile, by each block
+//       into shared memory in fragment order; one mma.m16n8k16 does 256
+//       weights; the next step's raw loads are in flight during a step; two
+//       accumulator chains a step are added into fp32 totals (the error grew
+//       with K without). v4b: 3 blocks an SM (80 registers).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
@@ -183,112 +175,7 @@ __device__ __forceinline__ void mma16816(float* d, uint32_t a0, uint32_t a1, uin
                : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-// The codes of one thread for one 256-column step: 32 bytes of row g's block
-// t, 32 of row g+8's, and the two blocks' scales.
-struct Step {
-  uint4 a0, a1, b0, b1;
-  float sa, sb;
-};
-
-__device__ __forceinline__ Step load_step(const Q& q, const float* code, int ra, int rb, int s, int t, int nblk) {
-  Step st;
-  const int blk = 4 * s + t;
-  if (blk < nblk) {
-    const int nb = min(4, nblk - 4 * s); // blocks in this step (the row's last may have fewer)
-    const uint8_t* pa = q.codes + (size_t)ra * (q.K / 2) + 128 * s;
-    const uint8_t* pb = q.codes + (size_t)rb * (q.K / 2) + 128 * s;
-    st.a0 = __ldg((const uint4*)(pa + 16 * t));
-    st.a1 = __ldg((const uint4*)(pa + 16 * nb + 16 * t));
-    st.b0 = __ldg((const uint4*)(pb + 16 * t));
-    st.b1 = __ldg((const uint4*)(pb + 16 * nb + 16 * t));
-    st.sa = scale_of(q, code, (unsigned)ra * nblk + blk);
-    st.sb = scale_of(q, code, (unsigned)rb * nblk + blk);
-  } else {
-    st.a0 = st.a1 = st.b0 = st.b1 = make_uint4(0, 0, 0, 0);
-    st.sa = st.sb = 0.0f;
-  }
-  return st;
-}
-
 __device__ __forceinline__ uint32_t word(const uint4& u, int i) { return i == 0 ? u.x : i == 1 ? u.y : i == 2 ? u.z : u.w; }
-
-// run_step: the 16 MMAs of one 256-column step. xs is x pre-split in
-// fragment order: [step][j][part][t] 8 bytes.
-__device__ __forceinline__ void run_step(const Step& st, const uint2* __restrict__ xs, int s, int g, int t, float* acc) {
-  const Lut la = make_lut(st.sa), lb = make_lut(st.sb);
-#pragma unroll
-  for (int w = 0; w < 8; w++) { // a 32-bit word: codes of two MMAs
-    const uint32_t wa = word(w < 4 ? st.a0 : st.a1, w & 3), wb = word(w < 4 ? st.b0 : st.b1, w & 3);
-    const uint32_t sa = wa & 0x77777777u, ha = ((wa >> 1) & 0x44444444u) | 0x32103210u;
-    const uint32_t sb = wb & 0x77777777u, hb = ((wb >> 1) & 0x44444444u) | 0x32103210u;
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
-      const int j = 2 * w + h;
-      uint32_t a0, a1, a2, a3;
-      lookup4(la, sa >> (16 * h), ha >> (16 * h), a0, a2);
-      lookup4(lb, sb >> (16 * h), hb >> (16 * h), a1, a3);
-      uint2 b = make_uint2(0, 0);
-      if (g < 3) b = __ldg(xs + ((s * 16 + j) * 3 + g) * 4 + t);
-      mma16816(acc, a0, a1, a2, a3, b.x, b.y);
-    }
-  }
-}
-
-// gemv_v2/v3<KP>: block 256 = 8 warps, KP warps share a 16-row tile (split-K,
-// summed in shared memory in a fixed order), persistent over tiles.
-template <int KP, bool PIPE>
-__global__ void __launch_bounds__(256) gemv_mma(Q q, const uint2* __restrict__ xs, float* __restrict__ y) {
-  __shared__ float code[256];
-  __shared__ float red[8][16];
-  code[threadIdx.x] = q.code[threadIdx.x];
-  __syncthreads();
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-  const int part = warp % KP, tpb = 8 / KP;
-  const int nblk = q.K / 64, S = (nblk + 3) / 4, tiles = q.N / 16;
-  const int per = (S + KP - 1) / KP, sbeg = min(S, part * per), send = min(S, sbeg + per);
-  for (int tb = blockIdx.x * tpb; tb < tiles; tb += gridDim.x * tpb) {
-    const int tile = tb + warp / KP;
-    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    if (tile < tiles) {
-      const int ra = tile * 16 + g, rb = ra + 8;
-      if (PIPE) {
-        Step cur = sbeg < send ? load_step(q, code, ra, rb, sbeg, t, nblk) : Step{};
-        for (int s = sbeg; s < send; s++) {
-          Step nxt = cur;
-          if (s + 1 < send) nxt = load_step(q, code, ra, rb, s + 1, t, nblk);
-          run_step(cur, xs, s, g, t, acc);
-          cur = nxt;
-        }
-      } else {
-        for (int s = sbeg; s < send; s++) run_step(load_step(q, code, ra, rb, s, t, nblk), xs, s, g, t, acc);
-      }
-    }
-    // Row g: columns 0 (hi), 1 (mid), 2 (lo) of D; t = 0 holds 0 and 1, t = 1 holds 2 (and 3, zero).
-    float ya = acc[0] + acc[1], yb = acc[2] + acc[3];
-    ya += __shfl_down_sync(0xffffffffu, ya, 1);
-    yb += __shfl_down_sync(0xffffffffu, yb, 1);
-    if (KP > 1) {
-      if (t == 0) {
-        red[warp][g] = ya;
-        red[warp][g + 8] = yb;
-      }
-      __syncthreads();
-      if (part == 0 && t == 0) {
-        ya = yb = 0.0f;
-        for (int w = 0; w < KP; w++) {
-          ya += red[warp + w][g];
-          yb += red[warp + w][g + 8];
-        }
-      }
-      __syncthreads();
-    }
-    if (tile < tiles && part == 0 && t == 0) {
-      y[tile * 16 + g] = ya;
-      y[tile * 16 + g + 8] = yb;
-    }
-  }
-}
-
 
 // ---------------------------------------------------------------------------
 // v4: v3 with (a) only raw loads prefetched (the scale is rebuilt when the
@@ -432,265 +319,6 @@ __global__ void __launch_bounds__(256, MINB) gemv_v4(Q q, const float* __restric
 
 
 // ---------------------------------------------------------------------------
-// v6: v4 with the selector shifts on the FMA pipe (IMAD.HI) and NW warps a
-// block (16: twice the split-K warps for short, deep matrices such as down).
-// shr shifts right by multiplying by 2^(32−n) and keeping the high word:
-// an IMAD.HI on the FMA pipe, leaving the integer/logic pipe (half rate on
-// Hopper, and the one PRMT, LOP3 and SHF contend for) to the lookups.
-__device__ __forceinline__ uint32_t shr(uint32_t w, uint32_t m) {
-  uint32_t d;
-  asm("mul.hi.u32 %0, %1, %2;" : "=r"(d) : "r"(w), "r"(m));
-  return d;
-}
-
-__device__ __forceinline__ void run_raw6(const Raw& st, bool live, const Q& q, const float* code, const uint2* xsm, int s, int g3, int t,
-                                        float* tot) {
-  const float sa = live ? __fadd_rn(__fmul_rn(code[st.qa], st.na), q.offset) : 0.0f;
-  const float sb = live ? __fadd_rn(__fmul_rn(code[st.qb], st.nb), q.offset) : 0.0f;
-  const Lut la = make_lut(sa), lb = make_lut(sb);
-  float c0[4] = {0.0f, 0.0f, 0.0f, 0.0f}, c1[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-  const uint2* xb = xsm + (s * 16 * 3 + g3) * 4 + t;
-#pragma unroll
-  for (int w = 0; w < 8; w++) {
-    const uint32_t wa = word(w < 4 ? st.a0 : st.a1, w & 3), wb = word(w < 4 ? st.b0 : st.b1, w & 3);
-    const uint32_t sa7 = wa & 0x77777777u, ha = (shr(wa, 0x80000000u) & 0x44444444u) | 0x32103210u;
-    const uint32_t sb7 = wb & 0x77777777u, hb = (shr(wb, 0x80000000u) & 0x44444444u) | 0x32103210u;
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
-      const int j = 2 * w + h;
-      uint32_t a0, a1, a2, a3;
-      lookup4(la, h ? shr(sa7, 0x10000u) : sa7, h ? shr(ha, 0x10000u) : ha, a0, a2);
-      lookup4(lb, h ? shr(sb7, 0x10000u) : sb7, h ? shr(hb, 0x10000u) : hb, a1, a3);
-      const uint2 b = xb[j * 12];
-      mma16816(h ? c1 : c0, a0, a1, a2, a3, b.x, b.y);
-    }
-  }
-#pragma unroll
-  for (int i = 0; i < 4; i++) tot[i] += c0[i] + c1[i];
-}
-
-template <int KP, int NW>
-__global__ void __launch_bounds__(NW * 32, 1) gemv_v6(Q q, const float* __restrict__ x, float* __restrict__ y) {
-  extern __shared__ uint2 xsm[]; // [S][16][3][4] x split in fragment order
-  __shared__ float code[256];
-  __shared__ float red[NW][16];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3, g3 = g % 3;
-  const int part = warp % KP, tpb = NW / KP;
-  const int K = q.K, nblk = K / 64, S = (nblk + 3) / 4, tiles = q.N / 16;
-  const int per = (S + KP - 1) / KP, sbeg = min(S, part * per), send = min(S, sbeg + per);
-  int tb = blockIdx.x * tpb;
-  // The first step's codes are requested before the prologue.
-  int tile = tb + warp / KP;
-  Raw cur{};
-  if (tile < tiles && sbeg < send) cur = load_raw(q, tile * 16 + g, tile * 16 + g + 8, sbeg, t, nblk);
-  if (threadIdx.x < 256) code[threadIdx.x] = q.code[threadIdx.x];
-  for (int i = threadIdx.x; i < S * 64; i += NW * 32) {
-    const int s = i / 64, j = (i / 4) % 16, tt = i % 4;
-    const int c = 256 * s + 64 * tt + 4 * j;
-    float4 v = make_float4(0, 0, 0, 0);
-    if (c < K) v = __ldg((const float4*)(x + c));
-    const float in[4] = {v.x, v.y, v.z, v.w};
-    uint32_t p[3][2];
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
-      const float x0 = in[2 * h], x1 = in[2 * h + 1];
-      const uint32_t hi = pack_bf16(x0, x1);
-      const float r0 = x0 - __uint_as_float(hi << 16), r1 = x1 - __uint_as_float(hi & 0xffff0000u);
-      const uint32_t mid = pack_bf16(r0, r1);
-      const uint32_t lo = pack_bf16(r0 - __uint_as_float(mid << 16), r1 - __uint_as_float(mid & 0xffff0000u));
-      p[0][h] = hi, p[1][h] = mid, p[2][h] = lo;
-    }
-#pragma unroll
-    for (int pp = 0; pp < 3; pp++) xsm[((s * 16 + j) * 3 + pp) * 4 + tt] = make_uint2(p[pp][0], p[pp][1]);
-  }
-  __syncthreads();
-  for (; tb < tiles; tb += gridDim.x * tpb) {
-    tile = tb + warp / KP;
-    float tot[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    if (tile < tiles) {
-      const int ra = tile * 16 + g, rb = ra + 8;
-      for (int s = sbeg; s < send; s++) {
-        Raw nxt = cur;
-        if (s + 1 < send) nxt = load_raw(q, ra, rb, s + 1, t, nblk);
-        else if (tb + gridDim.x * tpb + warp / KP < tiles && sbeg < send) // the next tile's first step
-          nxt = load_raw(q, ra + 16 * gridDim.x * tpb, rb + 16 * gridDim.x * tpb, sbeg, t, nblk);
-        run_raw6(cur, 4 * s + t < nblk, q, code, xsm, s, g3, t, tot);
-        cur = nxt;
-      }
-    }
-    // Row g = D[g][0] + D[g][1] + D[g][2]: t = 0 holds columns 0, 1; t = 1 holds 2 (its column 3 repeats a part).
-    float ya = t == 0 ? tot[0] + tot[1] : tot[0], yb = t == 0 ? tot[2] + tot[3] : tot[2];
-    ya += __shfl_down_sync(0xffffffffu, ya, 1);
-    yb += __shfl_down_sync(0xffffffffu, yb, 1);
-    if (KP > 1) {
-      if (t == 0) {
-        red[warp][g] = ya;
-        red[warp][g + 8] = yb;
-      }
-      __syncthreads();
-      if (part == 0 && t == 0) {
-        ya = yb = 0.0f;
-        for (int w = 0; w < KP; w++) {
-          ya += red[warp + w][g];
-          yb += red[warp + w][g + 8];
-        }
-      }
-      __syncthreads();
-    }
-    if (tile < tiles && part == 0 && t == 0) {
-      y[tile * 16 + g] = ya;
-      y[tile * 16 + g + 8] = yb;
-    }
-  }
-}
-
-
-// ---------------------------------------------------------------------------
-// v5: v4 with the codes streamed through a per-warp shared-memory ring of ST
-// stages by cp.async (Marlin's pipeline): ST−1 steps (2 KB each a warp) in
-// flight without holding registers; the block scales' raw bytes ride a
-// register FIFO of the same depth.
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
-  const unsigned a = (unsigned)__cvta_generic_to_shared(smem);
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(a), "l"(gmem));
-}
-__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-
-struct Sc {
-  uint32_t qa, qb;
-  float na, nb;
-};
-
-template <int KP, int ST>
-__global__ void __launch_bounds__(256, 1) gemv_v5(Q q, const float* __restrict__ x, float* __restrict__ y) {
-  extern __shared__ uint4 dyn5[]; // [8 warps][ST][4][32] code ring, then x split [S][16][3][4] uint2
-  __shared__ float code[256];
-  __shared__ float red[8][16];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3, g3 = g % 3;
-  const int part = warp % KP, tpb = 8 / KP;
-  const int K = q.K, nblk = K / 64, S = (nblk + 3) / 4, tiles = q.N / 16;
-  const int per = (S + KP - 1) / KP, sbeg = min(S, part * per), send = min(S, sbeg + per), nst = send - sbeg;
-  uint4* ring = dyn5 + warp * ST * 4 * 32;
-  uint2* xsm = (uint2*)(dyn5 + 8 * ST * 4 * 32);
-  const int tb0 = blockIdx.x * tpb, tstride = gridDim.x * tpb;
-  const int myTiles = tb0 < tiles ? (tiles - tb0 + tstride - 1) / tstride : 0;
-  const int total = myTiles * nst;
-  // issue(i): item i = (this warp's tile i / nst, step sbeg + i % nst).
-  auto issue = [&](int i, Sc& sc) {
-    sc.qa = sc.qb = 0;
-    sc.na = sc.nb = 0.0f;
-    if (i < total) {
-      const int tile = tb0 + (i / nst) * tstride + warp / KP, s = sbeg + i % nst, blk = 4 * s + t;
-      if (tile < tiles && blk < nblk) {
-        const int ra = tile * 16 + g, rb = ra + 8, nb = min(4, nblk - 4 * s);
-        const uint8_t* pa = q.codes + (size_t)ra * (K / 2) + 128 * s;
-        const uint8_t* pb = q.codes + (size_t)rb * (K / 2) + 128 * s;
-        uint4* slot = ring + (i % ST) * 4 * 32 + lane;
-        cp_async16(slot, pa + 16 * t);
-        cp_async16(slot + 32, pa + 16 * nb + 16 * t);
-        cp_async16(slot + 64, pb + 16 * t);
-        cp_async16(slot + 96, pb + 16 * nb + 16 * t);
-        const unsigned ba = (unsigned)ra * nblk + blk, bb = (unsigned)rb * nblk + blk;
-        sc.qa = __ldg(q.qabsmax + ba);
-        sc.qb = __ldg(q.qabsmax + bb);
-        sc.na = __ldg(q.nested + (ba >> 8));
-        sc.nb = __ldg(q.nested + (bb >> 8));
-      }
-    }
-    cp_commit();
-  };
-  Sc fifo[ST];
-#pragma unroll
-  for (int k = 0; k < ST - 1; k++) issue(k, fifo[k]);
-  int iss = ST - 1, i = 0;
-  code[threadIdx.x] = q.code[threadIdx.x];
-  for (int it = threadIdx.x; it < S * 64; it += 256) {
-    const int s = it / 64, j = (it / 4) % 16, tt = it % 4;
-    const int c = 256 * s + 64 * tt + 4 * j;
-    float4 v = make_float4(0, 0, 0, 0);
-    if (c < K) v = __ldg((const float4*)(x + c));
-    const float in[4] = {v.x, v.y, v.z, v.w};
-    uint32_t p[3][2];
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
-      const float x0 = in[2 * h], x1 = in[2 * h + 1];
-      const uint32_t hi = pack_bf16(x0, x1);
-      const float r0 = x0 - __uint_as_float(hi << 16), r1 = x1 - __uint_as_float(hi & 0xffff0000u);
-      const uint32_t mid = pack_bf16(r0, r1);
-      const uint32_t lo = pack_bf16(r0 - __uint_as_float(mid << 16), r1 - __uint_as_float(mid & 0xffff0000u));
-      p[0][h] = hi, p[1][h] = mid, p[2][h] = lo;
-    }
-#pragma unroll
-    for (int pp = 0; pp < 3; pp++) xsm[((s * 16 + j) * 3 + pp) * 4 + tt] = make_uint2(p[pp][0], p[pp][1]);
-  }
-  __syncthreads();
-  for (int tb = tb0; tb < tiles; tb += tstride) {
-    const int tile = tb + warp / KP;
-    float tot[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    for (int s = sbeg; s < send; s++, i++) {
-      issue(iss++, fifo[ST - 1]);
-      cp_wait<ST - 1>(); // item i's copies (this thread's own) have landed
-      const uint4* slot = ring + (i % ST) * 4 * 32 + lane;
-      Raw r;
-      r.a0 = slot[0], r.a1 = slot[32], r.b0 = slot[64], r.b1 = slot[96];
-      r.qa = fifo[0].qa, r.qb = fifo[0].qb, r.na = fifo[0].na, r.nb = fifo[0].nb;
-#pragma unroll
-      for (int k = 0; k < ST - 1; k++) fifo[k] = fifo[k + 1];
-      run_raw(r, tile < tiles && 4 * s + t < nblk, q, code, xsm, s, g3, t, tot);
-    }
-    float ya = t == 0 ? tot[0] + tot[1] : tot[0], yb = t == 0 ? tot[2] + tot[3] : tot[2];
-    ya += __shfl_down_sync(0xffffffffu, ya, 1);
-    yb += __shfl_down_sync(0xffffffffu, yb, 1);
-    if (KP > 1) {
-      if (t == 0) {
-        red[warp][g] = ya;
-        red[warp][g + 8] = yb;
-      }
-      __syncthreads();
-      if (part == 0 && t == 0) {
-        ya = yb = 0.0f;
-        for (int w = 0; w < KP; w++) {
-          ya += red[warp + w][g];
-          yb += red[warp + w][g + 8];
-        }
-      }
-      __syncthreads();
-    }
-    if (tile < tiles && part == 0 && t == 0) {
-      y[tile * 16 + g] = ya;
-      y[tile * 16 + g + 8] = yb;
-    }
-  }
-  cp_wait<0>();
-}
-
-// split_x writes x as hi + mid + lo bf16 parts in fragment order (the engine's
-// producers would write this directly).
-__global__ void split_x(const float* __restrict__ x, uint2* __restrict__ xs, int K) {
-  const int S = (K / 64 + 3) / 4;
-  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < S * 64; i += gridDim.x * blockDim.x) {
-    const int s = i / 64, j = (i / 4) % 16, t = i % 4;
-    const int c = 256 * s + 64 * t + 4 * j;
-    float4 v = make_float4(0, 0, 0, 0);
-    if (c < K) v = *(const float4*)(x + c);
-    const float in[4] = {v.x, v.y, v.z, v.w};
-    uint32_t p[3][2];
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
-      const float x0 = in[2 * h], x1 = in[2 * h + 1];
-      const uint32_t hi = pack_bf16(x0, x1);
-      const float r0 = x0 - __uint_as_float(hi << 16), r1 = x1 - __uint_as_float(hi & 0xffff0000u);
-      const uint32_t mid = pack_bf16(r0, r1);
-      const uint32_t lo = pack_bf16(r0 - __uint_as_float(mid << 16), r1 - __uint_as_float(mid & 0xffff0000u));
-      p[0][h] = hi, p[1][h] = mid, p[2][h] = lo;
-    }
-    for (int g = 0; g < 3; g++) xs[((s * 16 + j) * 3 + g) * 4 + t] = make_uint2(p[g][0], p[g][1]);
-  }
-}
-
-// ---------------------------------------------------------------------------
 // Host.
 
 static float bf16_round(float f) { // round to nearest even, as cvt.rn.bf16
@@ -811,7 +439,6 @@ int main(int argc, char** argv) {
     const int R = std::max(2, (int)std::min<size_t>(64, (4ull * prop.l2CacheSize) / bytes + 1));
     uint8_t *dcodes, *dlaid, *dq;
     float *dn, *dmapd, *dx, *dy;
-    uint2* dxs;
     const int S = (K / 64 + 3) / 4;
     CK(cudaMalloc(&dcodes, elems / 2 * R));
     CK(cudaMalloc(&dlaid, elems / 2 * R));
@@ -820,7 +447,6 @@ int main(int argc, char** argv) {
     CK(cudaMalloc(&dmapd, 1024));
     CK(cudaMalloc(&dx, K * 4));
     CK(cudaMalloc(&dy, N * 4));
-    CK(cudaMalloc(&dxs, (size_t)S * 64 * 3 * 8));
     for (int r = 0; r < R; r++) {
       CK(cudaMemcpy(dcodes + r * elems / 2, codes.data(), elems / 2, cudaMemcpyHostToDevice));
       CK(cudaMemcpy(dlaid + r * elems / 2, laid.data(), elems / 2, cudaMemcpyHostToDevice));
@@ -829,8 +455,6 @@ int main(int argc, char** argv) {
     }
     CK(cudaMemcpy(dmapd, dmap.data(), 1024, cudaMemcpyHostToDevice));
     CK(cudaMemcpy(dx, x.data(), K * 4, cudaMemcpyHostToDevice));
-    split_x<<<64, 256>>>(dx, dxs, K);
-    CK(cudaGetLastError());
     auto qof = [&](int r, bool mma) {
       Q q;
       q.codes = (mma ? dlaid : dcodes) + (size_t)r * elems / 2;
@@ -844,15 +468,12 @@ int main(int argc, char** argv) {
     // Versions: name and launcher.
     struct Ver {
       const char* name;
-      int kp; // 0 = v1
-      bool pipe;
+      int kp; // warps per 16-row tile; 0 = v1
     };
-    std::vector<Ver> vers = {{"v1", 0, false}};
-    vers.push_back({"v6w16", 16, false});
+    std::vector<Ver> vers = {{"v1", 0}};
     for (int kp : {1, 2, 4, 8}) {
-      vers.push_back({"v4", kp, false});
-      vers.push_back({"v6w8", kp, false});
-      vers.push_back({"v6w16", kp, false});
+      vers.push_back({"v4", kp});
+      vers.push_back({"v4b", kp});
     }
     for (const Ver& v : vers) {
       auto launch = [&](int r) {
@@ -861,56 +482,19 @@ int main(int argc, char** argv) {
           gemv_v1<<<std::min(N / 8 + 1, SMs * 8), 256, 0, stream>>>(q, dx, dy);
           return;
         }
-        const int tpb = 8 / v.kp, tiles = N / 16;
-        int occ = 0;
+        // v4: x split into dynamic shared memory; 2 or (v4b) 3 blocks an SM.
+        const int tpb = 8 / v.kp, tiles = N / 16, shm = S * 64 * 3 * 8;
+        const bool b3 = v.name[2] == 'b';
         const void* fn = nullptr;
-        if (v.name[1] == '6') { // v6: NW warps a block, x split in dynamic shared memory
-          const int nw = v.name[3] == '8' ? 8 : 16, tpb6 = nw / v.kp;
-#define PICK6(KP, NW) \
-  if (v.kp == KP && nw == NW) fn = (const void*)gemv_v6<KP, NW>;
-          PICK6(1, 8) PICK6(2, 8) PICK6(4, 8) PICK6(8, 8) PICK6(1, 16) PICK6(2, 16) PICK6(4, 16) PICK6(8, 16) PICK6(16, 16)
-          const int shm = S * 64 * 3 * 8;
-          CK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, shm));
-          CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, fn, nw * 32, shm));
-          const int grid = std::min((tiles + tpb6 - 1) / tpb6, occ * SMs);
-          void* args[] = {(void*)&q, (void*)&dx, (void*)&dy};
-          CK(cudaLaunchKernel(fn, grid, nw * 32, args, shm, stream));
-          return;
-        }
-        if (v.name[1] == '5') { // v5: code ring + x split in dynamic shared memory
-          const int st = v.name[3] - '0';
-#define PICK5(KP, ST) \
-  if (v.kp == KP && st == ST) fn = (const void*)gemv_v5<KP, ST>;
-          PICK5(1, 3) PICK5(2, 3) PICK5(4, 3) PICK5(8, 3) PICK5(1, 4) PICK5(2, 4) PICK5(4, 4) PICK5(8, 4)
-          PICK5(1, 6) PICK5(2, 6) PICK5(4, 6) PICK5(8, 6)
-          const int shm = S * 64 * 3 * 8 + 8 * st * 4 * 32 * 16;
-          CK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, shm));
-          CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, fn, 256, shm));
-          const int grid = std::min((tiles + tpb - 1) / tpb, occ * SMs);
-          void* args[] = {(void*)&q, (void*)&dx, (void*)&dy};
-          CK(cudaLaunchKernel(fn, grid, 256, args, shm, stream));
-          return;
-        }
-        if (v.name[1] == '4') { // v4: x split into dynamic shared memory
-          const bool b3 = v.name[2] == 'b';
 #define PICK4(KP) \
   if (v.kp == KP) fn = b3 ? (const void*)gemv_v4<KP, 3> : (const void*)gemv_v4<KP, 2>;
-          PICK4(1) PICK4(2) PICK4(4) PICK4(8)
-          const int shm = S * 64 * 3 * 8;
-          CK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, shm));
-          CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, fn, 256, shm));
-          const int grid = std::min((tiles + tpb - 1) / tpb, occ * SMs);
-          void* args[] = {(void*)&q, (void*)&dx, (void*)&dy};
-          CK(cudaLaunchKernel(fn, grid, 256, args, shm, stream));
-          return;
-        }
-#define PICK(KP)                                                                        \
-  if (v.kp == KP) fn = v.pipe ? (const void*)gemv_mma<KP, true> : (const void*)gemv_mma<KP, false>;
-        PICK(1) PICK(2) PICK(4) PICK(8)
-        CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, fn, 256, 0));
+        PICK4(1) PICK4(2) PICK4(4) PICK4(8)
+        int occ = 0;
+        CK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, shm));
+        CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, fn, 256, shm));
         const int grid = std::min((tiles + tpb - 1) / tpb, occ * SMs);
-        void* args[] = {(void*)&q, (void*)&dxs, (void*)&dy};
-        CK(cudaLaunchKernel(fn, grid, 256, args, 0, stream));
+        void* args[] = {(void*)&q, (void*)&dx, (void*)&dy};
+        CK(cudaLaunchKernel(fn, grid, 256, args, shm, stream));
       };
       // Check on fresh poison.
       CK(cudaMemset(dy, 0xff, N * 4)); // NaN
@@ -964,7 +548,6 @@ int main(int argc, char** argv) {
     CK(cudaFree(dmapd));
     CK(cudaFree(dx));
     CK(cudaFree(dy));
-    CK(cudaFree(dxs));
   }
   printf("\nbest version per shape (%% of copy):\n");
   for (size_t i = 0; i < results.size();) {
