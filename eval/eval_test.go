@@ -75,3 +75,19 @@ func TestEvalTinyModel(t *testing.T) {
 		t.Errorf("other settings: err = %v", err)
 	}
 }
+
+func TestDecoding(t *testing.T) {
+	for _, c := range []struct {
+		s    qwen.Sampling
+		want string
+	}{
+		{qwen.Sampling{}, "greedy decoding"},
+		{qwen.Sampling{RepetitionPenalty: 1.05, TopK: 20, TopP: 0.8}, "greedy decoding, repetition penalty 1.05"},
+		{qwen.Sampling{Temperature: 0.7, TopK: 20, TopP: 0.8, RepetitionPenalty: 1.05}, "sampling at temperature 0.7, top-k 20, top-p 0.8, repetition penalty 1.05"},
+		{qwen.Sampling{Temperature: 1, TopP: 1, RepetitionPenalty: 1}, "sampling at temperature 1"},
+	} {
+		if got := Decoding(c.s); got != c.want {
+			t.Errorf("Decoding(%+v) = %q, want %q", c.s, got, c.want)
+		}
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"unicode"
 
+	"github.com/qbench/qbench/qwen"
 	"github.com/qbench/qbench/tensor"
 )
 
@@ -55,16 +56,32 @@ func groups(s *Summary) (titles []string, rows [][]QuestionRow) {
 	return titles, rows
 }
 
+// Decoding says in words what decoding ran: greedy or sampling, and the
+// transforms that changed the logits (as the sampler applies them).
+func Decoding(s qwen.Sampling) string {
+	d := "greedy decoding"
+	if s.Temperature > 0 {
+		d = fmt.Sprintf("sampling at temperature %g", s.Temperature)
+		if s.TopK > 0 {
+			d += fmt.Sprintf(", top-k %d", s.TopK)
+		}
+		if s.TopP > 0 && s.TopP < 1 {
+			d += fmt.Sprintf(", top-p %g", s.TopP)
+		}
+	}
+	if s.RepetitionPenalty > 0 && s.RepetitionPenalty != 1 {
+		d += fmt.Sprintf(", repetition penalty %g", s.RepetitionPenalty)
+	}
+	return d
+}
+
 // Markdown renders report.md in the seed report's structure.
 func Markdown(s *Summary) string {
 	var b strings.Builder
 	p := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
 	set := s.Repro.Settings
 	p("# Fine-tune evaluation report\n\n## Overview\n\n")
-	decoding := "greedy decoding"
-	if t := set.Sampling.Temperature; t > 0 {
-		decoding = fmt.Sprintf("sampling at temperature %g", t)
-	}
+	decoding := Decoding(set.Sampling)
 	p("%d questions answered by %d variants (%s) with %s; every answer scored against the expected answer. ", s.Questions, len(s.Variants), strings.Join(s.Variants, ", "), decoding)
 	p("Questions are grouped by the verdict on **%s**, the seed report's metric.\n\n", primary)
 	p("## Model details\n\n")
@@ -72,8 +89,8 @@ func Markdown(s *Summary) string {
 	for _, a := range set.Adapters {
 		p("- Adapter `%s`: `%s`, LoRA r=%d, alpha=%g (ranks %v), targets %s\n", a.Name, a.Dir, a.Rank, a.Alpha, a.Ranks, strings.Join(a.Target, ", "))
 	}
-	p("- Decoding: max %d new tokens, temperature %g, top-k %d, top-p %g, repetition penalty %g, seed %d\n\n",
-		set.MaxNewTokens, set.Sampling.Temperature, set.Sampling.TopK, set.Sampling.TopP, set.Sampling.RepetitionPenalty, s.Repro.Seed)
+	p("- Decoding: %s, at most %d new tokens, sampler seed %d (settings from the flags, else generation_config.json)\n\n",
+		Decoding(set.Sampling), set.MaxNewTokens, set.Sampling.Seed)
 	p("## Results summary\n\n")
 	for _, c := range s.Comparisons {
 		if c.Metric != primary {

@@ -130,19 +130,65 @@ func (e *Engine) Release(s *qwen.Seq) {
 	}
 }
 
-// Forward implements qwen.Engine.
+// Forward implements qwen.Engine. A pass larger than the engine holds
+// (MaxRows rows, or logits for more rows than it returns at once) runs as
+// several: each sequence in turn, in chunks of its tokens.
 func (e *Engine) Forward(seqs []*qwen.Seq, tokens [][]int, all bool) ([]float32, error) {
-	n, err := e.run(seqs, tokens, all, false)
+	rows, err := e.m.CheckBatch(seqs, tokens)
 	if err != nil {
 		return nil, err
 	}
-	V := e.cfg.Vocab
-	if cap(e.out) < n*V {
-		e.out = make([]float32, n*V)
+	head := len(seqs)
+	if all {
+		head = rows
 	}
-	out := e.out[:n*V]
-	err = e.Dev.Do(func() error { return Read(out, e.logits) })
-	return out, err
+	if rows <= e.MaxRows && head <= e.maxHead {
+		n, err := e.run(seqs, tokens, all, false)
+		if err != nil {
+			return nil, err
+		}
+		return e.readLogits(n, nil)
+	}
+	out := make([]float32, 0, head*e.cfg.Vocab)
+	chunk := min(e.MaxRows, e.maxHead)
+	for i, s := range seqs {
+		for lo := 0; lo < len(tokens[i]); lo += chunk {
+			hi := min(lo+chunk, len(tokens[i]))
+			n, err := e.run([]*qwen.Seq{s}, [][]int{tokens[i][lo:hi]}, all, false)
+			if err != nil {
+				return nil, err
+			}
+			if all || hi == len(tokens[i]) {
+				if out, err = e.readLogits(n, out); err != nil {
+					return nil, err
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
+// readLogits copies n rows of logits from the device, appended to dst (or
+// into the engine's reused buffer when dst is nil).
+func (e *Engine) readLogits(n int, dst []float32) ([]float32, error) {
+	V := e.cfg.Vocab
+	var out []float32
+	if dst == nil {
+		if cap(e.out) < n*V {
+			e.out = make([]float32, n*V)
+		}
+		out = e.out[:n*V]
+	} else {
+		dst = append(dst, make([]float32, n*V)...)
+		out = dst[len(dst)-n*V:]
+	}
+	if err := e.Dev.Do(func() error { return Read(out, e.logits) }); err != nil {
+		return nil, err
+	}
+	if dst == nil {
+		return out, nil
+	}
+	return dst, nil
 }
 
 // ForwardArgmax implements qwen.GreedyEngine: only the ids come back.
@@ -170,7 +216,7 @@ func (e *Engine) ForwardArgmax(seqs []*qwen.Seq, tokens [][]int) ([]int, error) 
 // and including tokens[i]), computed on the device so only the numbers come
 // back.
 func (e *Engine) TargetLogProbs(s *qwen.Seq, tokens, targets []int) ([]float64, error) {
-	if len(targets) != len(tokens) {
+	if len(targets) != len(tokens) || len(tokens) == 0 {
 		return nil, fmt.Errorf("logprobs: %d tokens, %d targets", len(tokens), len(targets))
 	}
 	for _, t := range targets {
@@ -178,29 +224,38 @@ func (e *Engine) TargetLogProbs(s *qwen.Seq, tokens, targets []int) ([]float64, 
 			return nil, fmt.Errorf("logprobs: target id %d outside the vocabulary", t)
 		}
 	}
-	n, err := e.run([]*qwen.Seq{s}, [][]int{tokens}, true, false)
-	if err != nil {
-		return nil, err
-	}
-	tg := make([]int32, n)
-	for i, t := range targets {
-		tg[i] = int32(t)
-	}
-	lp := make([]float32, n)
-	err = e.Dev.Do(func() error {
-		if err := Write(e.ids, tg); err != nil {
-			return err
+	// In chunks of what one pass holds; each chunk's rows get their
+	// log-probabilities on the device before the next overwrites the logits.
+	out := make([]float64, 0, len(tokens))
+	chunk := min(e.MaxRows, e.maxHead)
+	for lo := 0; lo < len(tokens); lo += chunk {
+		hi := min(lo+chunk, len(tokens))
+		n, err := e.run([]*qwen.Seq{s}, [][]int{tokens[lo:hi]}, true, false)
+		if err != nil {
+			return nil, err
 		}
-		if err := e.Dev.run(targetLogprobCall(e.lp, e.logits, e.ids, e.cfg.Vocab, n)); err != nil {
-			return err
+		tg := make([]int32, n)
+		for i, t := range targets[lo:hi] {
+			tg[i] = int32(t)
 		}
-		return Read(lp, e.lp)
-	})
-	out := make([]float64, n)
-	for i, v := range lp {
-		out[i] = float64(v)
+		lp := make([]float32, n)
+		err = e.Dev.Do(func() error {
+			if err := Write(e.ids, tg); err != nil {
+				return err
+			}
+			if err := e.Dev.run(targetLogprobCall(e.lp, e.logits, e.ids, e.cfg.Vocab, n)); err != nil {
+				return err
+			}
+			return Read(lp, e.lp)
+		})
+		if err != nil {
+			return nil, err
+		}
+		for _, v := range lp {
+			out = append(out, float64(v))
+		}
 	}
-	return out, err
+	return out, nil
 }
 
 // run stages the metadata of one pass and runs it: a replayed graph for

@@ -5,6 +5,7 @@ package kernels
 import (
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"testing"
 
 	"github.com/qbench/qbench/eval"
@@ -227,6 +228,65 @@ func TestTensorCoreModel(t *testing.T) {
 			t.Errorf("batch engine %d: logits relative error %.3g > 1e-4; %s", batch, r, firstMismatch(got, want, 1e-4))
 		} else {
 			t.Logf("batch engine %d: logits relative error %.3g", batch, r)
+		}
+	}
+}
+
+// TestLongPass: a prompt longer than one pass holds (the engine takes 256
+// rows) runs in chunks; logits at every position and the teacher-forced
+// log-probabilities match the CPU reference, which takes it in one pass.
+func TestLongPass(t *testing.T) {
+	d := device(t)
+	m, e := loadEngine(t, d, bnbDir, qwen.LoadOptions{Adapters: []string{loraDir}})
+	rng := rand.New(rand.NewPCG(rand.Uint64(), 9))
+	const n = 600
+	toks, targets := make([]int, n), make([]int, n)
+	for i := range toks {
+		toks[i], targets[i] = rng.IntN(m.Config.Vocab), rng.IntN(m.Config.Vocab)
+	}
+	cpu := qwen.NewRunner(m)
+	cs := m.NewSeq(n, 0)
+	want, err := cpu.Forward([]*qwen.Seq{cs}, [][]int{toks}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs, err := e.NewSeq(n, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Release(gs)
+	got, err := e.Forward([]*qwen.Seq{gs}, [][]int{toks}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(want) || gs.Len != n {
+		t.Fatalf("%d logits at length %d, want %d at %d", len(got), gs.Len, len(want), n)
+	}
+	if r := relErr(got, want); r > 1e-4 {
+		t.Errorf("logits over %d positions: relative error %.3g; %s", n, r, firstMismatch(got, want, 1e-4))
+	}
+	ls, err := e.NewSeq(n, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Release(ls)
+	lp, err := e.TargetLogProbs(ls, toks, targets)
+	if err != nil {
+		t.Fatal(err)
+	}
+	V := m.Config.Vocab
+	for i := range toks {
+		row := want[i*V : (i+1)*V]
+		mx := math.Inf(-1)
+		for _, v := range row {
+			mx = math.Max(mx, float64(v))
+		}
+		var s float64
+		for _, v := range row {
+			s += math.Exp(float64(v) - mx)
+		}
+		if w := float64(row[targets[i]]) - mx - math.Log(s); math.Abs(lp[i]-w) > 1e-4 {
+			t.Fatalf("position %d: log p %v, want %v", i, lp[i], w)
 		}
 	}
 }

@@ -35,7 +35,7 @@ type NF4 struct {
 	Shape     []int  // the original weight's shape, [out, in]
 	Packed    []byte // [n/2] codes
 	BlockSize int    // 64
-	Compute   DType  // BF16 or F16: dequantised weights are rounded to it
+	Compute   DType  // BF16, F16 or F32: dequantised weights are rounded to it (F32: not rounded)
 
 	// Without double quantisation: Absmax holds one fp32 scale per block.
 	Absmax []float32 // [ceil(n/64)]
@@ -176,12 +176,7 @@ func QuantizeNF4(w []float32, shape []int, compute DType, double bool) (*NF4, er
 		q.Absmax = absmax
 		return q, nil
 	}
-	// offset = absmax.mean() in fp32; the sum is carried in float64 and rounded once.
-	var sum float64
-	for _, a := range absmax {
-		sum += float64(a)
-	}
-	q.Offset = float32(sum / float64(len(absmax)))
+	q.Offset = torchMean(absmax)
 	centered := make([]float32, len(absmax))
 	for i, a := range absmax {
 		centered[i] = a - q.Offset
@@ -194,6 +189,41 @@ func QuantizeNF4(w []float32, shape []int, compute DType, double bool) (*NF4, er
 		q.QAbsmax[i] = quantizeDynamic(q.NestedCode, c*(1/q.NestedAbsmax[i/NestedBlockSize]))
 	}
 	return q, nil
+}
+
+// torchMean is torch's float32 mean on a CUDA device as bitsandbytes takes
+// it (absmax.mean()): an fp32 reduction, then times fp32(1/n) — torch's mean
+// multiplies by the reciprocal rather than divides. The reduction is
+// emulated as torch's reduce kernel orders it for one block: 512 threads,
+// each with 4 accumulators over a stride of 2,048 elements, the 4 added, then
+// a halving tree over the threads.
+//
+// What is and is not reproducible: on an H200 (testdata/torch-mean.json, up
+// to n = 352,256) this gives torch.mean's bits for every size tried, where
+// the correctly rounded mean missed 2 of 5 and the correctly rounded sum
+// times fp32(1/n) 3 of 5; torch on the CPU (a different order) differed
+// from torch on CUDA at n = 768. For larger inputs torch's CUDA kernel
+// splits the reduction over several blocks in an order that depends on the
+// device's multiprocessor count, which this does not follow: an offset one
+// ulp off changes the nested codes of the few values on a code boundary.
+func torchMean(v []float32) float32 {
+	const threads, vec = 512, 4
+	var acc [threads * vec]float32
+	for i := 0; i < len(v); i += threads * vec {
+		for j := i; j < min(i+threads*vec, len(v)); j++ {
+			acc[j-i] += v[j]
+		}
+	}
+	var per [threads]float32
+	for t := range per {
+		per[t] = ((acc[t*vec] + acc[t*vec+1]) + acc[t*vec+2]) + acc[t*vec+3]
+	}
+	for w := threads / 2; w >= 1; w /= 2 {
+		for t := 0; t < w; t++ {
+			per[t] += per[t+w]
+		}
+	}
+	return per[0] * (float32(1) / float32(len(v)))
 }
 
 // AbsmaxF32 returns the per-block scales in fp32, rebuilding double-quantised
@@ -210,14 +240,18 @@ func (q *NF4) AbsmaxF32() []float32 {
 }
 
 // Dequantize returns the weight as bitsandbytes' dequantize_4bit does:
-// round_compute(NF4[code]·absmax), widened back to fp32.
+// NF4[code]·absmax in fp32, rounded to the compute dtype (bf16 or f16; an
+// fp32 compute dtype keeps the fp32 product), widened back to fp32.
 func (q *NF4) Dequantize() []float32 {
 	absmax := q.AbsmaxF32()
 	n := q.Len()
 	out := make([]float32, n)
 	round := RoundBF16
-	if q.Compute == F16 {
+	switch q.Compute {
+	case F16:
 		round = RoundF16
+	case F32:
+		round = func(f float32) float32 { return f }
 	}
 	for i := 0; i < n; i++ {
 		code := q.Packed[i/2] >> 4

@@ -1,8 +1,14 @@
 package tensor
 
 import (
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
 	"math"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strconv"
 	"testing"
 )
 
@@ -108,6 +114,95 @@ func TestNF4BlocksCrossRows(t *testing.T) {
 	for i := range w { // half NF4's widest gap (0.304/2 of absmax), plus the 8-bit absmax error
 		if e := math.Abs(float64(d[i] - w[i])); e > 0.16*float64(absmax[i/64]) {
 			t.Errorf("element %d: %v → %v (absmax %v)", i, w[i], d[i], absmax[i/64])
+		}
+	}
+}
+
+// TestDequantizeComputeF32: an fp32 compute dtype keeps the fp32 product
+// NF4[code]·absmax (bitsandbytes returns it unrounded); bf16 rounds it.
+func TestDequantizeComputeF32(t *testing.T) {
+	rng := rand.New(rand.NewPCG(13, 14))
+	w := make([]float32, 256)
+	for i := range w {
+		w[i] = float32(rng.NormFloat64())
+	}
+	q, err := QuantizeNF4(w, []int{4, 64}, F32, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := q.Dequantize()
+	unrounded := 0
+	for i, v := range got {
+		code := q.Packed[i/2] >> 4
+		if i%2 == 1 {
+			code = q.Packed[i/2] & 15
+		}
+		want := NF4Table[code] * q.Absmax[i/64]
+		if v != want {
+			t.Fatalf("element %d: %v, want the fp32 product %v", i, v, want)
+		}
+		if RoundBF16(want) != want {
+			unrounded++
+		}
+	}
+	if unrounded == 0 {
+		t.Fatal("every product is a bf16 value: the test shows nothing")
+	}
+}
+
+// torchVector is an absmax-like vector (values in [0.01, 0.06)) made the same
+// way as the vectors whose torch.mean testdata/torch-mean.json records.
+func torchVector(n int) []float32 {
+	rng := rand.New(rand.NewPCG(uint64(n), 99))
+	v := make([]float32, n)
+	for i := range v {
+		v[i] = 0.01 + rng.Float32()*0.05
+	}
+	return v
+}
+
+// TestTorchMeanFixture compares the offset with torch.mean of the same
+// vectors on an H200's CUDA (what bitsandbytes quantises with), recorded in
+// testdata/torch-mean.json. To remake it: QBENCH_TORCH_VECTORS=DIR go test
+// -run TorchMeanFixture ./tensor writes the vectors to DIR, then on the GPU
+// machine python3 kernels/dev/torch_mean.py DIR OUTDIR.
+func TestTorchMeanFixture(t *testing.T) {
+	if dir := os.Getenv("QBENCH_TORCH_VECTORS"); dir != "" {
+		for _, n := range []int{768, 1536, 3072, 44032, 352256} {
+			var b []byte
+			for _, v := range torchVector(n) {
+				b = binary.LittleEndian.AppendUint32(b, math.Float32bits(v))
+			}
+			if err := os.WriteFile(filepath.Join(dir, fmt.Sprintf("v%d.f32", n)), b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	b, err := os.ReadFile("../testdata/torch-mean.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec map[string]struct {
+		Bits    uint32 `json:"bits"`
+		CPUBits uint32 `json:"cpu_bits"`
+	}
+	if err := json.Unmarshal(b, &rec); err != nil {
+		t.Fatal(err)
+	}
+	for ns, r := range rec {
+		n, _ := strconv.Atoi(ns)
+		got := math.Float32bits(torchMean(torchVector(n)))
+		old := math.Float32bits(float32(func() float64 {
+			var s float64
+			for _, v := range torchVector(n) {
+				s += float64(v)
+			}
+			return s / float64(n)
+		}()))
+		if got != r.Bits {
+			t.Errorf("n=%d: offset bits %d, torch.mean on CUDA %d (on the CPU %d; correctly rounded %d)", n, got, r.Bits, r.CPUBits, old)
+		} else {
+			t.Logf("n=%d: offset = torch.mean on CUDA (CPU torch %+d ulp, correctly rounded %+d ulp)", n, int64(r.CPUBits)-int64(got), int64(old)-int64(got))
 		}
 	}
 }
