@@ -91,3 +91,76 @@ func TestDecoding(t *testing.T) {
 		}
 	}
 }
+
+// TestResumeChecksWeights: results are reused only with weights of the same
+// bytes (the layout fingerprint cannot see changed values), a run that
+// never recorded its hash is not trusted, and --force starts over.
+func TestResumeChecksWeights(t *testing.T) {
+	m, err := qwen.Load("../testdata/tiny-qwen2", qwen.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := tokenizer.Load("../testdata/tiny-qwen2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	qs, _, _ := LoadQuestions("")
+	qs = qs[:2]
+	set := Settings{Model: "tiny", Quant: m.Quant, MaxNewTokens: 4}
+	hash := func(h string) func() (string, error) { return func() (string, error) { return h, nil } }
+	out := t.TempDir()
+	if _, err := Eval(qwen.NewRunner(m), tok, qs, set, Options{Out: out, Batch: 2, ModelSHA256: hash("aaaa")}); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(out, weightsFile)); strings.TrimSpace(string(b)) != "aaaa" {
+		t.Fatalf("%s = %q", weightsFile, b)
+	}
+	if _, err := Eval(qwen.NewRunner(m), tok, qs, set, Options{Out: out, Batch: 2, ModelSHA256: hash("aaaa")}); err != nil {
+		t.Fatalf("same weights: %v", err)
+	}
+	_, err = Eval(qwen.NewRunner(m), tok, qs, set, Options{Out: out, Batch: 2, ModelSHA256: hash("bbbb")})
+	if err == nil || !strings.Contains(err.Error(), "other weights") {
+		t.Fatalf("changed weights: err = %v", err)
+	}
+	os.Remove(filepath.Join(out, weightsFile))
+	_, err = Eval(qwen.NewRunner(m), tok, qs, set, Options{Out: out, Batch: 2, ModelSHA256: hash("bbbb")})
+	if err == nil || !strings.Contains(err.Error(), "cannot be checked") {
+		t.Fatalf("unrecorded hash: err = %v", err)
+	}
+	if _, err := Eval(qwen.NewRunner(m), tok, qs, set, Options{Out: out, Batch: 2, ModelSHA256: hash("bbbb"), Force: true}); err != nil {
+		t.Fatalf("--force: %v", err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(out, weightsFile)); strings.TrimSpace(string(b)) != "bbbb" {
+		t.Fatalf("after --force, %s = %q", weightsFile, b)
+	}
+}
+
+// TestLockOut: a second evaluation on the same directory is refused at once;
+// the lock goes with the first.
+func TestLockOut(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "out")
+	unlock, err := LockOut(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LockOut(dir); err == nil || !strings.Contains(err.Error(), "another qbench eval") {
+		t.Fatalf("second lock: err = %v", err)
+	}
+	unlock()
+	u2, err := LockOut(dir)
+	if err != nil {
+		t.Fatalf("after unlock: %v", err)
+	}
+	u2()
+	if _, err := LockOut("/proc/version/x"); err == nil {
+		t.Fatal("an unwritable directory was accepted")
+	}
+	a, err := NewOutDir(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := NewOutDir(filepath.Dir(a))
+	if err != nil || a == b {
+		t.Fatalf("two fresh directories %q, %q (%v)", a, b, err)
+	}
+}

@@ -12,12 +12,15 @@ import (
 	"sort"
 )
 
-// Fingerprint hashes a model directory's config.json and, for each
-// safetensors file, its header and size: cheap, and it changes whenever the
-// weights' layout or any file is replaced.
+// Fingerprint hashes a model directory's configuration and tokenizer files
+// (the chat template decides the prompts) and, for each safetensors file, its
+// header and size: cheap, and it changes whenever the weights' layout or any
+// file is replaced. The weights' bytes are hashed separately, in the
+// background (Options.ModelSHA256), and checked before results are reused.
 func Fingerprint(dir string) (string, error) {
 	h := sha256.New()
-	for _, name := range []string{"config.json", "generation_config.json", "model.safetensors.index.json"} {
+	for _, name := range []string{"config.json", "generation_config.json", "model.safetensors.index.json",
+		"tokenizer_config.json", "tokenizer.json", "tokenizer.json.gz"} {
 		if b, err := os.ReadFile(filepath.Join(dir, name)); err == nil {
 			h.Write(b)
 		}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/qbench/qbench/qwen"
@@ -92,6 +93,21 @@ func Eval(e qwen.Engine, tok *tokenizer.Tokenizer, qs []Question, set Settings, 
 	if err != nil {
 		return nil, err
 	}
+	if done, err = sameWeights(opt, done); err != nil {
+		return nil, err
+	}
+	// Record the weights' content hash as soon as it is known, so that a
+	// run interrupted later can still be resumed.
+	hashed := make(chan struct{})
+	go func() {
+		defer close(hashed)
+		if opt.ModelSHA256 != nil {
+			if h, err := opt.ModelSHA256(); err == nil {
+				writeText(filepath.Join(opt.Out, weightsFile), h+"\n")
+			}
+		}
+	}()
+	defer func() { <-hashed }()
 	items, err := prompts(tok, qs, set.System)
 	if err != nil {
 		return nil, err
@@ -169,7 +185,11 @@ func prompts(tok *tokenizer.Tokenizer, qs []Question, system string) ([]item, er
 		if err != nil {
 			return nil, err
 		}
-		items[i] = item{q, text, tok.Encode(text), tok.Encode(q.Expected)}
+		it := item{q, text, tok.Encode(text), tok.Encode(q.Expected)}
+		if len(it.ids) == 0 {
+			return nil, fmt.Errorf("question %s: the chat template (tokenizer_config.json) rendered an empty prompt", q.ID)
+		}
+		items[i] = it
 	}
 	return items, nil
 }
@@ -195,7 +215,12 @@ func runBatch(e qwen.Engine, tok *tokenizer.Tokenizer, items []item, variants []
 		sp := set.Sampling
 		sp.Seed = pairSeed(sp.Seed, it.q.ID, variants[p.v]) // independent of batching
 		samplers[j] = qwen.NewSampler(sp)
-		s, err := e.NewSeq(len(it.ids)+max(len(it.expIDs), set.MaxNewTokens), p.v-1)
+		need, maxPos := len(it.ids)+max(len(it.expIDs), set.MaxNewTokens), e.Model().Config.MaxPositions
+		if need > maxPos {
+			return nil, fmt.Errorf("question %s: a prompt of %d tokens and %d more (the expected answer or --max-new-tokens) exceed the model's %d positions (max_position_embeddings)",
+				it.q.ID, len(it.ids), need-len(it.ids), maxPos)
+		}
+		s, err := e.NewSeq(need, p.v-1)
 		if err != nil {
 			return nil, err
 		}
@@ -330,6 +355,40 @@ func logSoftmaxAt(row []float32, t int) float64 {
 }
 
 const settingsFile = "settings.json"
+
+// weightsFile holds the sha256 of the weights' bytes the results were made with.
+const weightsFile = "model.sha256"
+
+// sameWeights keeps earlier results only if they were made from weights with
+// the same bytes (the fingerprint in the settings covers only their layout):
+// it waits for this run's content hash and compares it with the recorded one.
+func sameWeights(opt Options, done map[string]Result) (map[string]Result, error) {
+	if len(done) == 0 || opt.ModelSHA256 == nil {
+		return done, nil
+	}
+	path := filepath.Join(opt.Out, weightsFile)
+	prev, err := os.ReadFile(path)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	cur, err := opt.ModelSHA256()
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case len(prev) == 0:
+		if !opt.Force {
+			return nil, fmt.Errorf("%s: the earlier run stopped before recording its weights' sha256, so its results cannot be checked; use --force to start over", opt.Out)
+		}
+	case strings.TrimSpace(string(prev)) != cur:
+		if !opt.Force {
+			return nil, fmt.Errorf("%s: holds results made with other weights (sha256 %.12s…, now %.12s…); use another --out, or --force to discard them", opt.Out, strings.TrimSpace(string(prev)), cur)
+		}
+	default:
+		return done, nil
+	}
+	return map[string]Result{}, nil
+}
 
 // resume returns the finished results in out, if made with the same
 // settings; with other settings it refuses unless opt.Force.

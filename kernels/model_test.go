@@ -290,3 +290,47 @@ func TestLongPass(t *testing.T) {
 		}
 	}
 }
+
+// TestTwoEngines: two engines on one device decode step by step in turn;
+// each must replay its own graphs (they were once cached on the device by
+// shape, so the second engine replayed the first's) and match its CPU run.
+func TestTwoEngines(t *testing.T) {
+	d := device(t)
+	ma, ea := loadEngine(t, d, tinyDir, qwen.LoadOptions{Quant: "nf4-dq"})
+	mb, eb := loadEngine(t, d, bnbDir, qwen.LoadOptions{Adapters: []string{loraDir}})
+	prompt := []int{151644, 872, 198, 3838, 374, 21018, 22715}
+	greedy := func(e qwen.Engine, adapter int) []int {
+		toks, err := qwen.Generate(e, [][]int{prompt}, []int{adapter}, []*qwen.Sampler{qwen.NewSampler(qwen.Sampling{})}, qwen.GenerateOptions{MaxNewTokens: 12})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return toks[0]
+	}
+	wantA, wantB := greedy(qwen.NewRunner(ma), -1), greedy(qwen.NewRunner(mb), 0)
+	sa, err := ea.NewSeq(32, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ea.Release(sa)
+	sb, err := eb.NewSeq(32, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eb.Release(sb)
+	step := func(e *Engine, s *qwen.Seq, toks []int) int {
+		ids, err := e.ForwardArgmax([]*qwen.Seq{s}, [][]int{toks})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ids[0]
+	}
+	ta, tb := step(ea, sa, prompt), step(eb, sb, prompt)
+	gotA, gotB := []int{ta}, []int{tb}
+	for len(gotA) < len(wantA) { // one graph-replayed step each, in turn: the same shapes
+		ta, tb = step(ea, sa, []int{ta}), step(eb, sb, []int{tb})
+		gotA, gotB = append(gotA, ta), append(gotB, tb)
+	}
+	if fmt.Sprint(gotA) != fmt.Sprint(wantA[:len(gotA)]) || fmt.Sprint(gotB[:len(wantB)]) != fmt.Sprint(wantB) {
+		t.Fatalf("engine A %v, want %v; engine B %v, want %v", gotA, wantA, gotB, wantB)
+	}
+}

@@ -3,6 +3,7 @@ package qwen
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 )
@@ -148,6 +149,9 @@ func ParseConfig(path string, b []byte) (*Config, error) {
 	if r.MaxPositions != nil {
 		c.MaxPositions = *r.MaxPositions
 	}
+	if err := c.checkRanges(); err != nil {
+		return nil, fmt.Errorf("%s: %v", path, err)
+	}
 	if r.Tie != nil {
 		c.TieEmbeddings = *r.Tie
 	}
@@ -159,6 +163,43 @@ func ParseConfig(path string, b []byte) (*Config, error) {
 		c.EosIDs = ids
 	}
 	return c, nil
+}
+
+// Limits on a config's sizes: far above every Qwen2.5 model (72B: 80 layers,
+// hidden 8192, intermediate 29568, 64 heads, vocab 152064, 131072
+// positions), low enough that a typo cannot ask for terabytes before the
+// checkpoint is even read.
+const (
+	maxLayers    = 1024
+	maxWidth     = 1 << 17 // hidden, intermediate, heads × head_dim
+	maxHeads     = 1024
+	maxVocab     = 1 << 22
+	maxPositions = 1 << 22
+)
+
+// checkRanges refuses values that would run but compute garbage (a
+// non-positive or non-finite rope_theta or rms_norm_eps, an eps that
+// swamps the mean square) or ask for absurd memory.
+func (c *Config) checkRanges() error {
+	if !(c.RopeTheta > 1) || math.IsInf(c.RopeTheta, 0) {
+		return fmt.Errorf("rope_theta = %g, want a finite number > 1", c.RopeTheta)
+	}
+	if eps := float64(c.RMSEps); !(eps > 0 && eps <= 1e-2) {
+		return fmt.Errorf("rms_norm_eps = %g, want a number in (0, 0.01]", eps)
+	}
+	if c.MaxPositions <= 0 || c.MaxPositions > maxPositions {
+		return fmt.Errorf("max_position_embeddings = %d, want 1 … %d", c.MaxPositions, maxPositions)
+	}
+	for _, f := range []struct {
+		name   string
+		v, max int
+	}{{"num_hidden_layers", c.Layers, maxLayers}, {"hidden_size", c.Hidden, maxWidth}, {"intermediate_size", c.Intermediate, maxWidth},
+		{"num_attention_heads", c.Heads, maxHeads}, {"vocab_size", c.Vocab, maxVocab}, {"num_attention_heads × head_dim", c.Heads * c.HeadDim, maxWidth}} {
+		if f.v > f.max {
+			return fmt.Errorf("%s = %d, more than any model this runs (at most %d)", f.name, f.v, f.max)
+		}
+	}
+	return nil
 }
 
 // GenerationConfig holds generation_config.json's stop ids and sampling defaults.
@@ -215,7 +256,26 @@ func LoadGenerationConfig(dir string, fallbackEos []int) (*GenerationConfig, err
 	if r.RepPenalty != nil {
 		g.RepetitionPenalty = *r.RepPenalty
 	}
+	if err := g.check(); err != nil {
+		return nil, fmt.Errorf("%s: %v", path, err)
+	}
 	return g, nil
+}
+
+// check refuses sampling settings that would silently misbehave.
+func (g *GenerationConfig) check() error {
+	finite := func(f float32) bool { return !math.IsNaN(float64(f)) && !math.IsInf(float64(f), 0) }
+	switch {
+	case !finite(g.Temperature) || g.Temperature < 0:
+		return fmt.Errorf("temperature = %g, want a finite number ≥ 0", g.Temperature)
+	case g.TopK < 0:
+		return fmt.Errorf("top_k = %d, want ≥ 0", g.TopK)
+	case !finite(g.TopP) || g.TopP < 0 || g.TopP > 1:
+		return fmt.Errorf("top_p = %g, want a number in [0, 1]", g.TopP)
+	case !finite(g.RepetitionPenalty) || g.RepetitionPenalty <= 0:
+		return fmt.Errorf("repetition_penalty = %g, want a finite number > 0", g.RepetitionPenalty)
+	}
+	return nil
 }
 
 func intOrList(m json.RawMessage) ([]int, error) {

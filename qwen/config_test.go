@@ -38,7 +38,14 @@ func TestConfigErrors(t *testing.T) {
 		strings.Replace(string(base), `"model_type": "qwen2"`, `"model_type": "llama"`, 1): `model_type "llama" is not supported`,
 		strings.Replace(string(base), `"rope_theta": 1000000.0,`, "", 1):                   "missing required field \"rope_theta",
 		`{`: "bad JSON",
-		strings.Replace(string(base), `"num_key_value_heads": 1`, `"num_key_value_heads": 3`, 1): "does not divide",
+		strings.Replace(string(base), `"num_key_value_heads": 1`, `"num_key_value_heads": 3`, 1):            "does not divide",
+		strings.Replace(string(base), `"rope_theta": 1000000.0`, `"rope_theta": 0`, 1):                      "rope_theta = 0",
+		strings.Replace(string(base), `"rope_theta": 1000000.0`, `"rope_theta": -5`, 1):                     "rope_theta = -5",
+		strings.Replace(string(base), `"rms_norm_eps": 1e-06`, `"rms_norm_eps": 0`, 1):                      "rms_norm_eps = 0",
+		strings.Replace(string(base), `"rms_norm_eps": 1e-06`, `"rms_norm_eps": 1e6`, 1):                    "rms_norm_eps = 1e+06",
+		strings.Replace(string(base), `"max_position_embeddings": 4096`, `"max_position_embeddings": 0`, 1): "max_position_embeddings = 0",
+		strings.Replace(string(base), `"num_hidden_layers": 3`, `"num_hidden_layers": 1000000000`, 1):       "num_hidden_layers = 1000000000",
+		strings.Replace(string(base), `"vocab_size": 151936`, `"vocab_size": 100000000000`, 1):              "vocab_size",
 	}
 	for in, want := range cases {
 		_, err := ParseConfig("x/config.json", []byte(in))
@@ -58,7 +65,8 @@ func FuzzParseConfig(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if c.Hidden <= 0 || c.Heads <= 0 || c.KVHeads <= 0 || c.Heads%c.KVHeads != 0 || c.HeadDim <= 0 || c.HeadDim%2 != 0 {
+		if c.Hidden <= 0 || c.Heads <= 0 || c.KVHeads <= 0 || c.Heads%c.KVHeads != 0 || c.HeadDim <= 0 || c.HeadDim%2 != 0 ||
+			c.Layers > maxLayers || c.MaxPositions <= 0 || !(c.RopeTheta > 1) || !(c.RMSEps > 0) {
 			t.Fatalf("accepted an unusable config %+v", c)
 		}
 	})
@@ -114,5 +122,30 @@ func TestBadCheckpoints(t *testing.T) {
 	d = copyDir(bnbDir)
 	if _, err := Load(d, LoadOptions{Quant: QuantNF4}); err == nil || !strings.Contains(err.Error(), "already quantised") {
 		t.Errorf("--quant on a 4-bit checkpoint: %v", err)
+	}
+}
+
+// TestGenerationConfigErrors: sampling defaults that would silently
+// misbehave are refused, naming the file.
+func TestGenerationConfigErrors(t *testing.T) {
+	for body, want := range map[string]string{
+		`{"top_k": -3}`:                      "top_k = -3",
+		`{"repetition_penalty": -1}`:         "repetition_penalty = -1",
+		`{"repetition_penalty": 0}`:          "repetition_penalty = 0",
+		`{"temperature": -0.7}`:              "temperature = -0.7",
+		`{"top_p": 1.5}`:                     "top_p = 1.5",
+		`{"do_sample": true, "top_p": -0.1}`: "top_p = -0.1",
+	} {
+		dir := t.TempDir()
+		os.WriteFile(dir+"/generation_config.json", []byte(body), 0o644)
+		_, err := LoadGenerationConfig(dir, nil)
+		if err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "generation_config.json: ") {
+			t.Errorf("%s: err = %v, want %q", body, err, want)
+		}
+	}
+	dir := t.TempDir()
+	os.WriteFile(dir+"/generation_config.json", []byte(`{"do_sample": true, "temperature": 0.7, "top_k": 20, "top_p": 0.8, "repetition_penalty": 1.05}`), 0o644)
+	if _, err := LoadGenerationConfig(dir, nil); err != nil {
+		t.Errorf("Qwen2.5-Instruct's settings refused: %v", err)
 	}
 }

@@ -60,9 +60,13 @@ func Generate(e Engine, prompts [][]int, adapters []int, samplers []*Sampler, op
 		return nil, fmt.Errorf("generate: %d prompts, %d adapters, %d samplers", n, len(adapters), len(samplers))
 	}
 	seqs := make([]*Seq, n)
+	maxPos := e.Model().Config.MaxPositions
 	for i, p := range prompts {
 		if len(p) == 0 {
 			return nil, fmt.Errorf("generate: prompt %d is empty", i)
+		}
+		if opt.MaxNewTokens < 0 || opt.MaxNewTokens > maxPos-len(p) {
+			return nil, fmt.Errorf("generate: a prompt of %d tokens and %d new tokens exceed the model's %d positions (max_position_embeddings)", len(p), opt.MaxNewTokens, maxPos)
 		}
 		s, err := e.NewSeq(len(p)+opt.MaxNewTokens, adapters[i])
 		if err != nil {
@@ -88,8 +92,11 @@ func GenerateFrom(e Engine, seqs []*Seq, prompts [][]int, samplers []*Sampler, o
 	out := make([][]int, n)
 	first := make([][]int, n)
 	for i, p := range prompts {
-		if seqs[i].Len >= len(p) {
-			return nil, fmt.Errorf("generate: sequence %d already holds %d of its %d prompt tokens; at least one must be fed", i, seqs[i].Len, len(p))
+		if seqs[i].Len < 0 || seqs[i].Len >= len(p) {
+			return nil, fmt.Errorf("generate: sequence %d holds %d of its %d prompt tokens; at least one must be fed", i, seqs[i].Len, len(p))
+		}
+		if seqs[i].Cap-len(p) < opt.MaxNewTokens {
+			return nil, fmt.Errorf("generate: sequence %d holds %d tokens, too few for a prompt of %d and %d new tokens", i, seqs[i].Cap, len(p), opt.MaxNewTokens)
 		}
 		hist[i] = append(make([]int, 0, len(p)+opt.MaxNewTokens), p...)
 		first[i] = p[seqs[i].Len:]

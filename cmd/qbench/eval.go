@@ -2,11 +2,11 @@ package main
 
 import (
 	"fmt"
+	"math"
 	"path/filepath"
 	"runtime/debug"
 	"sort"
 	"strings"
-	"time"
 
 	"github.com/qbench/qbench/eval"
 	"github.com/qbench/qbench/lora"
@@ -51,7 +51,7 @@ func runEval(args []string) error {
 	var sf samplingFlags
 	sf.register(0, fs)
 	questions := fs.String("questions", "", "JSON Lines question `FILE` (default: the embedded seed questions)")
-	out := fs.String("out", "", "output `DIR` (default ./qbench-eval-<timestamp>)")
+	out := fs.String("out", "", "output `DIR` (default a new ./qbench-eval-<time>-<random>)")
 	maxNew := fs.Int("max-new-tokens", 256, "most tokens per answer")
 	system := fs.String("system", "", "system prompt (default: the chat template's)")
 	batch := fs.Int("batch", 20, "sequences per forward pass")
@@ -61,8 +61,11 @@ func runEval(args []string) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	if *maxNew <= 0 || *batch <= 0 || *tie < 0 {
-		return fmt.Errorf("--max-new-tokens and --batch must be positive, --tie not negative")
+	if *maxNew <= 0 || *batch <= 0 || !(*tie >= 0) || math.IsInf(*tie, 0) {
+		return fmt.Errorf("--max-new-tokens and --batch must be positive, --tie a finite number ≥ 0")
+	}
+	if err := sf.check(); err != nil {
+		return err
 	}
 	if sf.temperature < 0 {
 		return fmt.Errorf("--temperature must be ≥ 0")
@@ -72,8 +75,15 @@ func runEval(args []string) error {
 		return err
 	}
 	if *out == "" {
-		*out = "qbench-eval-" + time.Now().Format("20060102-150405")
+		if *out, err = eval.NewOutDir("."); err != nil {
+			return err
+		}
 	}
+	unlock, err := eval.LockOut(*out)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	// Hash the weights in the background while the evaluation runs.
 	hashDone := make(chan struct{})
 	var modelHash string

@@ -38,6 +38,27 @@ func (s *samplingFlags) register(fsTemp float64, fs interface {
 	fs.Uint64Var(&s.seed, "seed", 0, "random seed for sampling")
 }
 
+// check refuses flag values before any work: NaN or infinite numbers, and
+// negatives other than -1 (unset: taken from generation_config.json).
+func (s *samplingFlags) check() error {
+	for _, f := range []struct {
+		name string
+		v    float64
+		max  float64
+	}{{"--temperature", s.temperature, math.Inf(1)}, {"--top-p", s.topP, 1}, {"--repetition-penalty", s.repPenalty, math.Inf(1)}} {
+		if math.IsNaN(f.v) || math.IsInf(f.v, 0) || (f.v < 0 && f.v != -1) || f.v > f.max {
+			return fmt.Errorf("%s %v: want a finite number ≥ 0%s", f.name, f.v, map[bool]string{true: " and ≤ 1", false: ""}[f.max == 1])
+		}
+	}
+	if s.repPenalty == 0 {
+		return fmt.Errorf("--repetition-penalty 0: want a number > 0 (1 = off)")
+	}
+	if s.topK < -1 {
+		return fmt.Errorf("--top-k %d: want ≥ 0", s.topK)
+	}
+	return nil
+}
+
 // resolve fills unset values from generation_config.json.
 func (s *samplingFlags) resolve(g *qwen.GenerationConfig) qwen.Sampling {
 	out := qwen.Sampling{Temperature: float32(s.temperature), TopK: s.topK, TopP: float32(s.topP), RepetitionPenalty: float32(s.repPenalty), Seed: s.seed}
@@ -77,6 +98,9 @@ func runGenerate(args []string) error {
 	if (*prompt == "") == (*tokens == "") {
 		return fmt.Errorf("give exactly one of --prompt and --tokens")
 	}
+	if err := sf.check(); err != nil {
+		return err
+	}
 	if *maxNew < 0 {
 		return fmt.Errorf("--max-new-tokens %d: must not be negative", *maxNew)
 	}
@@ -107,9 +131,6 @@ func runGenerate(args []string) error {
 		return err
 	}
 	s := sf.resolve(m.Gen)
-	if math.IsNaN(float64(s.Temperature)) || s.Temperature < 0 {
-		return fmt.Errorf("--temperature must be ≥ 0")
-	}
 	opt := qwen.GenerateOptions{MaxNewTokens: *maxNew}
 	if !*noStop {
 		opt.StopIDs = m.Gen.EosIDs

@@ -26,6 +26,9 @@ func runLogits(args []string) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
+	if *top < 0 {
+		return fmt.Errorf("--top %d: must not be negative", *top)
+	}
 	ids, err := parseIDs(*tokens)
 	if err != nil {
 		return err
@@ -33,6 +36,9 @@ func runLogits(args []string) error {
 	m, err := mf.load()
 	if err != nil {
 		return err
+	}
+	if len(ids) > m.Config.MaxPositions {
+		return fmt.Errorf("--tokens: %d tokens, the model takes at most %d (max_position_embeddings)", len(ids), m.Config.MaxPositions)
 	}
 	e, err := newEngine(m, mf.device, 1)
 	if err != nil {
@@ -51,7 +57,7 @@ func runLogits(args []string) error {
 		return err
 	}
 	V := m.Config.Vocab
-	k := min(max(*top, 0), V)
+	k := min(*top, V)
 	type position struct {
 		IDs    []int     `json:"ids"`
 		Logits []float32 `json:"logits"`
@@ -81,12 +87,43 @@ func runLogits(args []string) error {
 	return nil
 }
 
-// topK returns the indices of the k largest values, descending (lower index first on ties).
+// topK returns the indices of the k largest values, descending (lower index
+// first on ties), by partial selection: a min-heap of the best k seen, so
+// O(n log k) time and O(k) memory per row rather than a sort of the row.
 func topK(v []float32, k int) []int {
-	idx := make([]int, len(v))
-	for i := range idx {
-		idx[i] = i
+	if k <= 0 {
+		return []int{}
 	}
-	sort.SliceStable(idx, func(a, b int) bool { return v[idx[a]] > v[idx[b]] })
-	return idx[:k]
+	// worse reports whether index a ranks below index b.
+	worse := func(a, b int) bool { return v[a] < v[b] || (v[a] == v[b] && a > b) }
+	h := make([]int, 0, k) // heap ordered so that h[0] is the worst kept
+	down := func(i int) {
+		for {
+			c := 2*i + 1
+			if c >= len(h) {
+				return
+			}
+			if c+1 < len(h) && worse(h[c+1], h[c]) {
+				c++
+			}
+			if !worse(h[c], h[i]) {
+				return
+			}
+			h[i], h[c] = h[c], h[i]
+			i = c
+		}
+	}
+	for i := range v {
+		if len(h) < k {
+			h = append(h, i)
+			for j := len(h) - 1; j > 0 && worse(h[j], h[(j-1)/2]); j = (j - 1) / 2 {
+				h[j], h[(j-1)/2] = h[(j-1)/2], h[j]
+			}
+		} else if worse(h[0], i) {
+			h[0] = i
+			down(0)
+		}
+	}
+	sort.Slice(h, func(a, b int) bool { return worse(h[b], h[a]) })
+	return h
 }
