@@ -1,6 +1,9 @@
 package tokenizer
 
 import (
+	"container/heap"
+	"github.com/ardanlabs/jinja"
+
 	"bytes"
 	"compress/gzip"
 	"encoding/json"
@@ -38,9 +41,15 @@ type Tokenizer struct {
 	mu    sync.Mutex
 	cache map[string][]int // BPE result per pre-token
 
-	// ChatTemplate is tokenizer_config.json's chat_template, if found.
+	// ChatTemplate is tokenizer_config.json's chat_template (or
+	// chat_template.jinja's), if found; TemplatePath names its file.
 	ChatTemplate string
+	TemplatePath string
 	EOS          string // tokenizer_config.json's eos_token
+
+	tmplOnce sync.Once
+	tmpl     *jinja.Template
+	tmplErr  error
 }
 
 type merge struct{ rank, id int }
@@ -84,10 +93,12 @@ func Load(path string) (*Tokenizer, error) {
 		}
 		_ = json.Unmarshal(c.ChatTemplate, &t.ChatTemplate) // a list of named templates is not supported: left empty
 		_ = json.Unmarshal(c.EOS, &t.EOS)
+		t.TemplatePath = cfgPath
 	}
 	if t.ChatTemplate == "" { // newer transformers save it beside the config
-		if b, err := os.ReadFile(filepath.Join(dir, "chat_template.jinja")); err == nil {
-			t.ChatTemplate = string(b)
+		p := filepath.Join(dir, "chat_template.jinja")
+		if b, err := os.ReadFile(p); err == nil {
+			t.ChatTemplate, t.TemplatePath = string(b), p
 		}
 	}
 	return t, nil
@@ -251,32 +262,43 @@ func (t *Tokenizer) TokenID(s string) (int, bool) {
 }
 
 // Encode returns the ids of text: added tokens are matched whole in the raw
-// text (longest first), the text between them is NFC-normalised, split by the
-// Qwen2 pattern and BPE-encoded.
+// text (leftmost, then longest), the text between them is NFC-normalised,
+// split by the Qwen2 pattern and BPE-encoded. Each added token's next
+// occurrence is remembered until passed, so a text full of them costs time
+// linear in its length.
 func (t *Tokenizer) Encode(text string) []int {
 	var ids []int
-	for len(text) > 0 {
-		at, tok := t.nextAdded(text)
-		t.encodeOrdinary(text[:at], &ids)
-		if tok == nil {
+	next := make([]int, len(t.added)) // next occurrence at or after pos; −1 none left; −2 not looked for
+	for i := range next {
+		next[i] = -2
+	}
+	for pos := 0; pos < len(text); {
+		best, bestTok := len(text), -1
+		for i := range t.added {
+			c := t.added[i].Content
+			if next[i] == -1 || c == "" {
+				continue
+			}
+			if next[i] < pos { // not looked for yet, or inside what was just consumed
+				j := strings.Index(text[pos:], c)
+				if j < 0 {
+					next[i] = -1
+					continue
+				}
+				next[i] = pos + j
+			}
+			if next[i] < best { // sorted longest first: a tie keeps the longer
+				best, bestTok = next[i], i
+			}
+		}
+		t.encodeOrdinary(text[pos:best], &ids)
+		if bestTok < 0 {
 			break
 		}
-		ids = append(ids, tok.ID)
-		text = text[at+len(tok.Content):]
+		ids = append(ids, t.added[bestTok].ID)
+		pos = best + len(t.added[bestTok].Content)
 	}
 	return ids
-}
-
-// nextAdded finds the leftmost added token in s (the longest at that place).
-func (t *Tokenizer) nextAdded(s string) (int, *AddedToken) {
-	best, bestTok := len(s), (*AddedToken)(nil)
-	for i := range t.added {
-		a := &t.added[i]
-		if j := strings.Index(s, a.Content); j >= 0 && j < best { // sorted longest first: a tie keeps the longer
-			best, bestTok = j, a
-		}
-	}
-	return best, bestTok
 }
 
 func (t *Tokenizer) encodeOrdinary(s string, ids *[]int) {
@@ -290,7 +312,10 @@ func (t *Tokenizer) encodeOrdinary(s string, ids *[]int) {
 }
 
 // bpe encodes one pre-token: its bytes become byte-level symbols, then the
-// lowest-ranked adjacent pair is merged until no pair has a merge.
+// lowest-ranked adjacent pair (the leftmost among equals) is merged, one at a
+// time, until no pair has a merge — as the Rust tokenizers' Word::merge_all
+// does, with a heap of candidate merges and a linked list of symbols, so a
+// long piece costs O(n log n) rather than a rescan per merge.
 func (t *Tokenizer) bpe(piece string) []int {
 	t.mu.Lock()
 	if ids, ok := t.cache[piece]; ok {
@@ -298,44 +323,80 @@ func (t *Tokenizer) bpe(piece string) []int {
 		return ids
 	}
 	t.mu.Unlock()
-	sym := make([]int, len(piece))
-	for i := 0; i < len(piece); i++ {
-		sym[i] = t.byteTok[piece[i]]
+	n := len(piece)
+	if n == 0 {
+		return nil
 	}
-	for len(sym) > 1 {
-		best, bestRank := -1, int(^uint(0)>>1)
-		var bestID int
-		for i := 0; i+1 < len(sym); i++ {
-			if m, ok := t.merges[[2]int{sym[i], sym[i+1]}]; ok && m.rank < bestRank {
-				best, bestRank, bestID = i, m.rank, m.id
-			}
+	sym := make([]int, n)  // symbol id at each live position
+	next := make([]int, n) // next live position, or -1
+	prev := make([]int, n) // previous live position, or -1
+	alive := make([]bool, n)
+	for i := 0; i < n; i++ {
+		sym[i], next[i], prev[i], alive[i] = t.byteTok[piece[i]], i+1, i-1, true
+	}
+	next[n-1] = -1
+	h := &mergeHeap{}
+	push := func(pos int) { // the pair starting at live position pos, if it merges
+		if pos < 0 || next[pos] < 0 {
+			return
 		}
-		if best < 0 {
-			break
+		if m, ok := t.merges[[2]int{sym[pos], sym[next[pos]]}]; ok {
+			heap.Push(h, pending{m.rank, pos, m.id})
 		}
-		// Merge every occurrence of the pair, left to right.
-		a, b := sym[best], sym[best+1]
-		out := sym[:best]
-		for i := best; i < len(sym); {
-			if i+1 < len(sym) && sym[i] == a && sym[i+1] == b {
-				out = append(out, bestID)
-				i += 2
-			} else {
-				out = append(out, sym[i])
-				i++
-			}
+	}
+	for i := 0; i+1 < n; i++ {
+		push(i)
+	}
+	for h.Len() > 0 {
+		m := heap.Pop(h).(pending)
+		r := next[m.pos]
+		if !alive[m.pos] || r < 0 {
+			continue
 		}
-		sym = out
+		if cur, ok := t.merges[[2]int{sym[m.pos], sym[r]}]; !ok || cur.id != m.id { // the pair changed since it was queued
+			continue
+		}
+		sym[m.pos] = m.id
+		alive[r] = false
+		next[m.pos] = next[r]
+		if next[r] >= 0 {
+			prev[next[r]] = m.pos
+		}
+		push(prev[m.pos])
+		push(m.pos)
+	}
+	out := make([]int, 0, 8)
+	for i := 0; i >= 0; i = next[i] {
+		out = append(out, sym[i])
 	}
 	if len(piece) <= 64 { // long pieces are rare; do not let them grow the cache
 		t.mu.Lock()
 		if len(t.cache) > 1<<18 {
 			clear(t.cache)
 		}
-		t.cache[piece] = sym
+		t.cache[piece] = out
 		t.mu.Unlock()
 	}
-	return sym
+	return out
+}
+
+// pending is a queued merge: the pair starting at pos becomes id.
+type pending struct{ rank, pos, id int }
+
+// mergeHeap orders pending merges by rank, then position.
+type mergeHeap []pending
+
+func (h mergeHeap) Len() int { return len(h) }
+func (h mergeHeap) Less(i, j int) bool {
+	return h[i].rank < h[j].rank || (h[i].rank == h[j].rank && h[i].pos < h[j].pos)
+}
+func (h mergeHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
+func (h *mergeHeap) Push(x any)   { *h = append(*h, x.(pending)) }
+func (h *mergeHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
 }
 
 // Decode turns ids back into text. Byte-level tokens become their bytes,
