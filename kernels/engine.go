@@ -147,7 +147,11 @@ func (e *Engine) Forward(seqs []*qwen.Seq, tokens [][]int, all bool) ([]float32,
 		if err != nil {
 			return nil, err
 		}
-		return e.readLogits(n, nil)
+		out, err := e.readLogits(n, nil)
+		if err != nil {
+			return nil, err
+		}
+		return out, qwen.CheckFinite(out, e.cfg.Vocab)
 	}
 	out := make([]float32, 0, head*e.cfg.Vocab)
 	chunk := min(e.MaxRows, e.maxHead)
@@ -165,7 +169,7 @@ func (e *Engine) Forward(seqs []*qwen.Seq, tokens [][]int, all bool) ([]float32,
 			}
 		}
 	}
-	return out, nil
+	return out, qwen.CheckFinite(out, e.cfg.Vocab)
 }
 
 // readLogits copies n rows of logits from the device, appended to dst (or
@@ -206,6 +210,9 @@ func (e *Engine) ForwardArgmax(seqs []*qwen.Seq, tokens [][]int) ([]int, error) 
 	}
 	out := make([]int, n)
 	for i, v := range ids {
+		if v < 0 {
+			return nil, fmt.Errorf("forward: non-finite logits for sequence %d (NaN or infinite weights? the CPU engine names the layer)", i)
+		}
 		out[i] = int(v)
 	}
 	return out, nil

@@ -1,7 +1,8 @@
 // sample.cu: greedy token choice on the device, so only ids come back.
 //
 // argmax: one block per row of logits [M, V]; the largest value, the lowest
-// index on ties (as torch.argmax and the CPU reference). Bytes: M·V·4.
+// index on ties (as torch.argmax and the CPU reference), or −1 when the row
+// holds a NaN or infinite logit (the engine reports it). Bytes: M·V·4.
 #include "common.cuh"
 
 extern "C" __global__ void __launch_bounds__(1024) argmax(int32_t* ids, const float* logits, long long V) {
@@ -10,13 +11,16 @@ extern "C" __global__ void __launch_bounds__(1024) argmax(int32_t* ids, const fl
   const float* row = logits + (long long)blockIdx.x * V;
   float best = -INFINITY;
   int idx = 0x7fffffff;
+  bool bad = false; // a NaN or infinite logit: the row has no meaningful argmax
   for (int i = threadIdx.x; i < V; i += blockDim.x) {
     const float v = row[i];
+    bad |= !isfinite(v);
     if (v > best || (v == best && i < idx)) {
       best = v;
       idx = i;
     }
   }
+  bad = __syncthreads_or(bad);
   __shared__ float bv[32];
   __shared__ int bi[32];
   for (int o = 16; o > 0; o >>= 1) {
@@ -40,7 +44,7 @@ extern "C" __global__ void __launch_bounds__(1024) argmax(int32_t* ids, const fl
         idx = bi[w];
       }
     }
-    ids[blockIdx.x] = idx;
+    ids[blockIdx.x] = bad ? -1 : idx;
   }
 }
 

@@ -180,13 +180,42 @@ func Load(dir string) (*Adapter, error) {
 		if r != wantR {
 			return nil, fmt.Errorf("%s: %s has rank %d, adapter_config.json says %d", a.File, module, r, wantR)
 		}
+		if r <= 0 {
+			return nil, fmt.Errorf("%s: %s has rank %d; a LoRA module needs rank ≥ 1", cfgPath, module, r)
+		}
 		scale := alpha / float64(r)
 		if a.Config.RSLoRA {
 			scale = alpha / math.Sqrt(float64(r))
 		}
-		a.Modules[module] = &Module{Rank: r, In: in, Out: out, A: p.A.F32(), B: p.B.F32(), Scale: float32(scale)}
+		// The scale multiplies every LoRA term: a huge or non-finite one turns
+		// every output into garbage (PEFT itself would produce inf or NaN).
+		if math.IsNaN(scale) || math.IsInf(scale, 0) || math.Abs(scale) > maxScale {
+			return nil, fmt.Errorf("%s: %s: lora_alpha %g over rank %d gives scale %g; want a finite scale of at most %g", cfgPath, module, alpha, r, scale, float64(maxScale))
+		}
+		m := &Module{Rank: r, In: in, Out: out, A: p.A.F32(), B: p.B.F32(), Scale: float32(scale)}
+		if err := finite(m.A); err != nil {
+			return nil, fmt.Errorf("%s: %s lora_A: %v", a.File, module, err)
+		}
+		if err := finite(m.B); err != nil {
+			return nil, fmt.Errorf("%s: %s lora_B: %v", a.File, module, err)
+		}
+		a.Modules[module] = m
 	}
 	return a, nil
+}
+
+// maxScale bounds lora_alpha/r: real adapters use 0.5 … 16 (alpha 2r with
+// rsLoRA at rank 256 is 32); beyond 1e4 the adapter is a typo or an attack.
+const maxScale = 1e4
+
+// finite reports the first NaN or infinite value of v, if any.
+func finite(v []float32) error {
+	for i, x := range v {
+		if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
+			return fmt.Errorf("value %d is %v", i, x)
+		}
+	}
+	return nil
 }
 
 // Ranks returns the distinct ranks of the adapter's modules, ascending.

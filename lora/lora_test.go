@@ -72,6 +72,8 @@ func TestRefusals(t *testing.T) {
 		{func(c map[string]any) { c["bias"] = "all" }, "train biases"},
 		{func(c map[string]any) { c["modules_to_save"] = []string{"lm_head"} }, "modules_to_save"},
 		{func(c map[string]any) { c["peft_type"] = "IA3" }, "peft_type"},
+		{func(c map[string]any) { c["lora_alpha"] = 1e308 }, "gives scale"},
+		{func(c map[string]any) { c["alpha_pattern"] = map[string]any{"q_proj": -1e300} }, "gives scale"},
 	}
 	for _, c := range cases {
 		dir := writeAdapter(t, c.edit)
@@ -88,6 +90,24 @@ func TestRefusals(t *testing.T) {
 		DType: tensor.F32, Shape: []int{8, 32}, Data: make([]byte, 8*32*4)}}, nil)
 	if _, err := Load(dir); err == nil || !strings.Contains(err.Error(), "only one of lora_A and lora_B") {
 		t.Errorf("lone A: %v", err)
+	}
+	// A rank-0 module through rank_pattern, and a NaN in lora_B.
+	b, _ = json.Marshal(map[string]any{"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": []string{"q_proj"}, "rank_pattern": map[string]any{"q_proj": 0}})
+	os.WriteFile(filepath.Join(dir, "adapter_config.json"), b, 0o644)
+	tensor.Write(filepath.Join(dir, "adapter_model.safetensors"), []*tensor.Tensor{
+		{Name: "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", DType: tensor.F32, Shape: []int{0, 32}, Data: []byte{}},
+		{Name: "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight", DType: tensor.F32, Shape: []int{32, 0}, Data: []byte{}}}, nil)
+	if _, err := Load(dir); err == nil || !strings.Contains(err.Error(), "rank 0") {
+		t.Errorf("rank 0: %v", err)
+	}
+	b, _ = json.Marshal(map[string]any{"peft_type": "LORA", "r": 1, "lora_alpha": 16, "target_modules": []string{"q_proj"}})
+	os.WriteFile(filepath.Join(dir, "adapter_config.json"), b, 0o644)
+	nan := tensor.F32Bytes([]float32{1, float32(math.NaN())})
+	tensor.Write(filepath.Join(dir, "adapter_model.safetensors"), []*tensor.Tensor{
+		{Name: "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", DType: tensor.F32, Shape: []int{1, 2}, Data: tensor.F32Bytes([]float32{1, 2})},
+		{Name: "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight", DType: tensor.F32, Shape: []int{2, 1}, Data: nan}}, nil)
+	if _, err := Load(dir); err == nil || !strings.Contains(err.Error(), "lora_B: value 1 is NaN") {
+		t.Errorf("NaN lora_B: %v", err)
 	}
 }
 

@@ -89,10 +89,8 @@ func readBnb(ck *tensor.Checkpoint, module string, out, in int) (*tensor.NF4, er
 	if err != nil {
 		return nil, err
 	}
-	for i, v := range qm.F32() {
-		if i >= 16 || v != tensor.NF4Table[i] {
-			return nil, fmt.Errorf("%s: %s is not the NF4 code book", qm.File, qm.Name)
-		}
+	if vals := qm.F32(); len(vals) != 16 || [16]float32(vals) != tensor.NF4Table {
+		return nil, fmt.Errorf("%s: %s is not the NF4 code book", qm.File, qm.Name)
 	}
 	blocks := (n + s.BlockSize - 1) / s.BlockSize
 	q := &tensor.NF4{Shape: []int{out, in}, Packed: packed.Data, BlockSize: s.BlockSize, Compute: compute}

@@ -1,6 +1,7 @@
 package qwen
 
 import (
+	"math"
 	"os"
 	"strings"
 	"testing"
@@ -147,5 +148,46 @@ func TestGenerationConfigErrors(t *testing.T) {
 	os.WriteFile(dir+"/generation_config.json", []byte(`{"do_sample": true, "temperature": 0.7, "top_k": 20, "top_p": 0.8, "repetition_penalty": 1.05}`), 0o644)
 	if _, err := LoadGenerationConfig(dir, nil); err != nil {
 		t.Errorf("Qwen2.5-Instruct's settings refused: %v", err)
+	}
+}
+
+// TestNonFiniteWeights: a NaN in a layer's weights is reported with the
+// layer where activations first go non-finite, not decoded as token 0.
+func TestNonFiniteWeights(t *testing.T) {
+	m, err := Load(tinyDir, LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := m.Layers[1].MLP.DownProj.Weights()
+	w[7] = float32(math.NaN())
+	r := NewRunner(m)
+	_, err = r.Forward([]*Seq{m.NewSeq(8, -1)}, [][]int{{1, 2, 3}}, false)
+	if err == nil || !strings.Contains(err.Error(), "layer 1") {
+		t.Fatalf("err = %v, want the layer named", err)
+	}
+	w[7] = float32(math.Inf(1))
+	if _, err = r.Forward([]*Seq{m.NewSeq(8, -1)}, [][]int{{1, 2, 3}}, false); err == nil {
+		t.Fatal("an infinite weight went unnoticed")
+	}
+	w[7] = 0
+	m.Norm[3] = float32(math.NaN()) // after the layers: the logits
+	if _, err = r.Forward([]*Seq{m.NewSeq(8, -1)}, [][]int{{1, 2, 3}}, false); err == nil || !strings.Contains(err.Error(), "logits") {
+		t.Fatalf("NaN final norm: err = %v", err)
+	}
+}
+
+// TestFewerLayersThanCheckpoint: a config that leaves layers of the
+// checkpoint out is refused, not run on the first layers only.
+func TestFewerLayersThanCheckpoint(t *testing.T) {
+	dir := t.TempDir()
+	for _, f := range []string{"config.json", "model.safetensors"} {
+		b, _ := os.ReadFile(tinyDir + "/" + f)
+		if f == "config.json" {
+			b = []byte(strings.Replace(string(b), `"num_hidden_layers": 3`, `"num_hidden_layers": 2`, 1))
+		}
+		os.WriteFile(dir+"/"+f, b, 0o644)
+	}
+	if _, err := Load(dir, LoadOptions{}); err == nil || !strings.Contains(err.Error(), "model.layers.2.") || !strings.Contains(err.Error(), "num_hidden_layers = 2") {
+		t.Fatalf("err = %v", err)
 	}
 }

@@ -21,6 +21,25 @@ type Seq struct {
 	Handle  any       // engine-owned state, e.g. the GPU engine's device cache
 }
 
+// firstNonFinite is the index of the first NaN or infinity in v, or −1.
+func firstNonFinite(v []float32) int {
+	for i, x := range v {
+		if x-x != 0 { // NaN and ±Inf give NaN
+			return i
+		}
+	}
+	return -1
+}
+
+// CheckFinite reports logits [rows, vocab] that hold a NaN or infinity,
+// naming the first such row.
+func CheckFinite(logits []float32, vocab int) error {
+	if i := firstNonFinite(logits); i >= 0 {
+		return fmt.Errorf("forward: non-finite logits at row %d of the pass (NaN or infinite weights in the checkpoint?)", i/vocab)
+	}
+	return nil
+}
+
 // RopeInvFreq is RoPE's inverse frequencies [headDim/2], 1/θ^(2j/d) with
 // each step in fp32 as transformers computes them; every engine uses these.
 func RopeInvFreq(c *Config) []float32 {
@@ -143,6 +162,11 @@ func (r *Runner) Forward(seqs []*Seq, tokens [][]int, all bool) ([]float32, erro
 	r.embed(seqs, tokens)
 	for li := range m.Layers {
 		r.layer(li, seqs, rows)
+		if i := firstNonFinite(r.x[:rows*c.Hidden]); i >= 0 {
+			row := i / c.Hidden
+			return nil, fmt.Errorf("forward: non-finite activations first appear in layer %d, at position %d of sequence %d (NaN or infinite weights in the checkpoint?)",
+				li, r.rowPos[row], r.rowSeq[row])
+		}
 	}
 	for i, s := range seqs {
 		s.Len += len(tokens[i])
@@ -166,7 +190,7 @@ func (r *Runner) Forward(seqs []*Seq, tokens [][]int, all bool) ([]float32, erro
 	hr := r.headRows[:n*H]
 	rmsNorm(hr, hr, m.Norm, c.RMSEps)
 	m.LMHead.Forward(r.logits, hr, n, nil, &r.ws)
-	return r.logits[:n*c.Vocab], nil
+	return r.logits[:n*c.Vocab], CheckFinite(r.logits[:n*c.Vocab], c.Vocab)
 }
 
 // embed fills each new row's embedding, sequence, position, adapter and

@@ -102,6 +102,12 @@ func Load(dir string, opt LoadOptions) (*Model, error) {
 		return nil, err
 	}
 	defer ck.Close() // every weight is copied out below
+	for _, name := range ck.Names() { // weights the config would silently leave out
+		var i int
+		if n, _ := fmt.Sscanf(name, "model.layers.%d.", &i); n == 1 && i >= cfg.Layers {
+			return nil, fmt.Errorf("%s: the checkpoint holds %s but config.json has num_hidden_layers = %d", dir, name, cfg.Layers)
+		}
+	}
 	m := &Model{Config: cfg, Gen: gen, Dir: dir}
 	ld := loader{ck: ck, cfg: cfg, quant: opt.Quant}
 	if m.EmbedTokens, err = ld.vector("model.embed_tokens.weight", cfg.Vocab, cfg.Hidden); err != nil {

@@ -163,6 +163,11 @@ func QuantizeNF4(w []float32, shape []int, compute DType, double bool) (*NF4, er
 	if n != len(w) || n%2 != 0 {
 		return nil, fmt.Errorf("nf4: %d values for shape %v (need an even count equal to the shape)", len(w), shape)
 	}
+	for i, v := range w {
+		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+			return nil, fmt.Errorf("nf4: element %d is %v: a non-finite weight cannot be quantised", i, v)
+		}
+	}
 	q := &NF4{Shape: append([]int(nil), shape...), BlockSize: NF4BlockSize, Compute: compute, Packed: make([]byte, n/2)}
 	absmax := blockAbsmax(w, NF4BlockSize)
 	for b, a := range absmax {

@@ -202,10 +202,17 @@ func Parse(path string, raw []byte) (*Tokenizer, error) {
 		return nil, bad("vocabulary of %d ids is implausible", size)
 	}
 	t.tokens, t.special, t.isAdded = make([]string, size), make([]bool, size), make([]bool, size)
+	owner := make([]string, size) // which token holds each id: two would decode one of them wrongly
 	for s, id := range t.vocab {
-		t.tokens[id] = s
+		if owner[id] != "" {
+			return nil, bad("tokens %q and %q share id %d", min(s, owner[id]), max(s, owner[id]), id)
+		}
+		t.tokens[id], owner[id] = s, s
 	}
 	for _, a := range f.AddedTokens {
+		if owner[a.ID] != "" && owner[a.ID] != a.Content {
+			return nil, bad("added token %q has id %d, which the vocabulary gives %q", a.Content, a.ID, owner[a.ID])
+		}
 		t.tokens[a.ID], t.special[a.ID], t.isAdded[a.ID] = a.Content, a.Special, true
 		t.added = append(t.added, a)
 	}
@@ -231,6 +238,9 @@ func Parse(path string, raw []byte) (*Tokenizer, error) {
 			}
 			pairs = append(pairs, [2]string{a, b})
 		}
+	}
+	if len(pairs) == 0 {
+		return nil, bad("merges: the list is empty (a byte-level BPE without merges would encode every byte alone)")
 	}
 	t.merges = make(map[[2]int]merge, len(pairs))
 	for rank, p := range pairs {

@@ -2,8 +2,11 @@ package tokenizer
 
 import (
 	"bufio"
+	"bytes"
+	"compress/gzip"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"sync"
@@ -190,4 +193,35 @@ func ExampleTokenizer_Encode() {
 	ids := tok.Encode("Hello, world!")
 	fmt.Println(ids, tok.Decode(ids, false))
 	// Output: [9707 11 1879 0] Hello, world!
+}
+
+// TestBadVocabularies edits the real tokenizer.json: an empty merge list and
+// two tokens sharing an id are refused, naming the file.
+func TestBadVocabularies(t *testing.T) {
+	gz, err := os.ReadFile("../testdata/qwen2.5-tokenizer/tokenizer.json.gz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	zr, err := gzip.NewReader(bytes.NewReader(gz))
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := io.ReadAll(zr)
+	for name, c := range map[string]struct {
+		edit func(model map[string]any)
+		want string
+	}{
+		"empty merges": {func(m map[string]any) { m["merges"] = []any{} }, "merges: the list is empty"},
+		"shared id":    {func(m map[string]any) { m["vocab"].(map[string]any)["hello"] = m["vocab"].(map[string]any)["world"] }, "share id"},
+	} {
+		var doc map[string]any
+		if err := json.Unmarshal(raw, &doc); err != nil {
+			t.Fatal(err)
+		}
+		c.edit(doc["model"].(map[string]any))
+		b, _ := json.Marshal(doc)
+		if _, err := Parse("tok.json", b); err == nil || !strings.Contains(err.Error(), c.want) || !strings.HasPrefix(err.Error(), "tok.json") {
+			t.Errorf("%s: err = %v, want %q", name, err, c.want)
+		}
+	}
 }
