@@ -47,5 +47,5 @@ var modules = []ptxModule{
 	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, "83c00e6a1443139ad9bb58839b97e873150a8bc914bc7aa1fe5961ce267e9895"},
 	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, "29fe5cda08116b2fdd11a47061e806802c88db48991704ce6689e5aa968dd470"},
 	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, "3fb5137c7cbd505fd8345d8d2a4cd36366762b2d9cf3f1b9446d88a760c8c2a9"},
-	{"sample", ptx_sample_80, ptx_sample_90, "f231579c3f4288d20f8813ebe6c7cd0ecdf10c01d6a064eab427a0c86f4dd565"},
+	{"sample", ptx_sample_80, ptx_sample_90, "64bd00ca7fcf1f795aa1bcae43144e43de1925219e2f12c40f6632de1998b2e6"},
 }
