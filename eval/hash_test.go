@@ -36,3 +36,19 @@ func TestFingerprintErrors(t *testing.T) {
 		t.Fatalf("changed header: %v, %v (same hash: %v)", h2, err, h2 == h1)
 	}
 }
+
+// FuzzResume feeds arbitrary settings.json and results.jsonl to resume: an
+// error or a set of results, never a panic.
+func FuzzResume(f *testing.F) {
+	f.Add([]byte(`{"model":"m"}`), []byte(`{"id":"1","variant":"base"}`+"\n"))
+	f.Add([]byte(`{`), []byte(``))
+	f.Fuzz(func(t *testing.T, settings, results []byte) {
+		dir := t.TempDir()
+		os.WriteFile(filepath.Join(dir, settingsFile), settings, 0o644)
+		os.WriteFile(filepath.Join(dir, "results.jsonl"), results, 0o644)
+		done, err := resume(Options{Out: dir}, Settings{Model: "m"})
+		if err == nil && done == nil {
+			t.Fatal("no error and no results map")
+		}
+	})
+}

@@ -35,11 +35,11 @@ func NewOutDir(dir string) (string, error) {
 // a crashed run leaves none behind.
 func LockOut(out string) (unlock func(), err error) {
 	if err := os.MkdirAll(out, 0o755); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%s: %v", out, err)
 	}
 	f, err := os.OpenFile(filepath.Join(out, ".lock"), os.O_CREATE|os.O_RDWR, 0o644)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%s: %v", out, err)
 	}
 	if err := lockFile(f); err != nil {
 		f.Close()

@@ -5,11 +5,13 @@ import (
 	"bytes"
 	_ "embed"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 // Question is one evaluation item.
@@ -40,6 +42,9 @@ func LoadQuestions(path string) ([]Question, []byte, error) {
 	return qs, b, err
 }
 
+// maxQuestionLine bounds one line of a questions file.
+const maxQuestionLine = 16 << 20
+
 // ParseQuestions reads JSON Lines: {"question","expected"[,"id"]} or the
 // Alpaca form {"instruction"[,"input"],"output"[,"id"]}. Blank lines are
 // skipped; the id defaults to the line number. name is used in errors.
@@ -47,14 +52,18 @@ func ParseQuestions(name string, r io.Reader) ([]Question, error) {
 	var qs []Question
 	seen := map[string]int{}
 	sc := bufio.NewScanner(r)
-	sc.Buffer(nil, 16<<20)
-	for n := 1; sc.Scan(); n++ {
+	sc.Buffer(nil, maxQuestionLine)
+	n := 1
+	for ; sc.Scan(); n++ {
 		line := bytes.TrimSpace(sc.Bytes())
 		if len(line) == 0 {
 			continue
 		}
 		bad := func(format string, a ...any) error {
 			return fmt.Errorf("%s: line %d: %s", name, n, fmt.Sprintf(format, a...))
+		}
+		if !utf8.Valid(line) { // encoding/json would replace the bad bytes silently
+			return nil, bad("not valid UTF-8")
 		}
 		var raw struct {
 			ID          json.RawMessage `json:"id"`
@@ -102,7 +111,9 @@ func ParseQuestions(name string, r io.Reader) ([]Question, error) {
 		seen[q.ID] = n
 		qs = append(qs, q)
 	}
-	if err := sc.Err(); err != nil {
+	if err := sc.Err(); errors.Is(err, bufio.ErrTooLong) {
+		return nil, fmt.Errorf("%s: line %d: longer than %d MiB", name, n, maxQuestionLine>>20)
+	} else if err != nil {
 		return nil, fmt.Errorf("%s: %v", name, err)
 	}
 	if len(qs) == 0 {

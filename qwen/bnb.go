@@ -104,11 +104,14 @@ func readBnb(ck *tensor.Checkpoint, module string, out, in int) (*tensor.NF4, er
 		}
 		q.Absmax = a.F32()
 	} else {
+		if b := s.NestedBlockSize; b <= 0 || b&(b-1) != 0 {
+			return nil, bad("nested_blocksize %d, want a positive power of two (bitsandbytes uses 256)", b)
+		}
 		a, err := get(".absmax", tensor.U8)
 		if err != nil {
 			return nil, err
 		}
-		if a.Len() != blocks || s.NestedBlockSize <= 0 {
+		if a.Len() != blocks {
 			return nil, fmt.Errorf("%s: %s has %d values, want %d (nested blocksize %d)", a.File, a.Name, a.Len(), blocks, s.NestedBlockSize)
 		}
 		na, err := get(".nested_absmax", tensor.F32)
@@ -129,6 +132,22 @@ func readBnb(ck *tensor.Checkpoint, module string, out, in int) (*tensor.NF4, er
 		q.NestedAbsmax, q.NestedCode = na.F32(), nq.F32()
 		q.NestedBlockSize = s.NestedBlockSize
 		q.Offset = float32(*s.NestedOffset)
+		for _, c := range []struct {
+			t *tensor.Tensor
+			v []float32
+		}{{na, q.NestedAbsmax}, {nq, q.NestedCode}} {
+			if i := firstNonFinite(c.v); i >= 0 {
+				return nil, fmt.Errorf("%s: %s: value %d is %v", c.t.File, c.t.Name, i, c.v[i])
+			}
+		}
+		if firstNonFinite([]float32{q.Offset}) >= 0 {
+			return nil, bad("nested_offset is %v", q.Offset)
+		}
+	}
+	if q.Absmax != nil {
+		if i := firstNonFinite(q.Absmax); i >= 0 {
+			return nil, fmt.Errorf("%s: %s.absmax: value %d is %v", packed.File, w, i, q.Absmax[i])
+		}
 	}
 	q.Packed = append([]byte(nil), packed.Data...) // the checkpoint is closed after load
 	return q, nil

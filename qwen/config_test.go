@@ -1,6 +1,7 @@
 package qwen
 
 import (
+	"encoding/binary"
 	"math"
 	"os"
 	"strings"
@@ -189,5 +190,38 @@ func TestFewerLayersThanCheckpoint(t *testing.T) {
 	}
 	if _, err := Load(dir, LoadOptions{}); err == nil || !strings.Contains(err.Error(), "model.layers.2.") || !strings.Contains(err.Error(), "num_hidden_layers = 2") {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// TestNaNNestedAbsmax: a non-finite scale in a bitsandbytes checkpoint is
+// refused at load, naming the tensor (it used to decode every weight of its
+// blocks to NaN and generate token 0).
+func TestNaNNestedAbsmax(t *testing.T) {
+	dir := t.TempDir()
+	for _, f := range []string{"config.json", "generation_config.json"} {
+		b, _ := os.ReadFile(bnbDir + "/" + f)
+		os.WriteFile(dir+"/"+f, b, 0o644)
+	}
+	src, err := tensor.Open(bnbDir + "/model.safetensors")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	var ts []*tensor.Tensor
+	hit := ""
+	for _, name := range src.Names() {
+		tn := *src.Tensors[name]
+		tn.Data = append([]byte(nil), tn.Data...)
+		if hit == "" && strings.HasSuffix(name, ".nested_absmax") {
+			hit = name
+			binary.LittleEndian.PutUint32(tn.Data, math.Float32bits(float32(math.NaN())))
+		}
+		ts = append(ts, &tn)
+	}
+	if err := tensor.Write(dir+"/model.safetensors", ts, src.Metadata); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Load(dir, LoadOptions{}); err == nil || !strings.Contains(err.Error(), hit) || !strings.Contains(err.Error(), "NaN") {
+		t.Fatalf("err = %v, want %s named", err, hit)
 	}
 }

@@ -101,7 +101,7 @@ func Load(dir string, opt LoadOptions) (*Model, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer ck.Close() // every weight is copied out below
+	defer ck.Close()                  // every weight is copied out below
 	for _, name := range ck.Names() { // weights the config would silently leave out
 		var i int
 		if n, _ := fmt.Sscanf(name, "model.layers.%d.", &i); n == 1 && i >= cfg.Layers {

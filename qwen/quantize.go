@@ -20,6 +20,9 @@ var projWeight = regexp.MustCompile(`^(model\.layers\.\d+\.(?:self_attn\.[qkvo]_
 // config.json. Embeddings, norms, biases and lm_head are copied unchanged.
 // progress, if set, is called once per tensor.
 func Quantize(srcDir, outDir string, double bool, progress func(done, total int)) error {
+	if same(srcDir, outDir) { // writing the shards over their own source would destroy it
+		return fmt.Errorf("%s: --out is the model directory itself; write the quantised checkpoint elsewhere", outDir)
+	}
 	cfgPath := filepath.Join(srcDir, "config.json")
 	cfgBytes, err := os.ReadFile(cfgPath)
 	if err != nil {
@@ -110,4 +113,16 @@ func Quantize(srcDir, outDir string, double bool, progress func(done, total int)
 		}
 	}
 	return nil
+}
+
+// same reports whether two paths name one directory.
+func same(a, b string) bool {
+	sa, errA := os.Stat(a)
+	sb, errB := os.Stat(b)
+	if errA == nil && errB == nil {
+		return os.SameFile(sa, sb)
+	}
+	aa, _ := filepath.Abs(a)
+	ab, _ := filepath.Abs(b)
+	return aa == ab
 }

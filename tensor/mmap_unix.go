@@ -10,6 +10,11 @@ import (
 
 // mapFile maps a whole file read-only.
 func mapFile(path string) ([]byte, func() error, error) {
+	// Opening a FIFO or a device would block or read forever: only regular
+	// files (or links to them) are weights.
+	if st, err := os.Stat(path); err == nil && !st.Mode().IsRegular() && !st.IsDir() {
+		return nil, nil, fmt.Errorf("%s: not a regular file (%v)", path, st.Mode().Type())
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, nil, err

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"sort"
@@ -189,7 +190,9 @@ func Parse(path string, b []byte) (*File, error) {
 		if want := elems * int64(dt.Size()); want != hi-lo {
 			return nil, tbad("%v%v needs %d bytes, data_offsets give %d", dt, e.Shape, want, hi-lo)
 		}
-		spans = append(spans, span{lo, hi, name})
+		if hi > lo { // a zero-length tensor occupies no bytes, so it overlaps nothing
+			spans = append(spans, span{lo, hi, name})
+		}
 		f.Tensors[name] = &Tensor{Name: name, DType: dt, Shape: shape, Data: data[lo:hi:hi], File: path}
 	}
 	sort.Slice(spans, func(i, j int) bool { return spans[i].lo < spans[j].lo })
@@ -337,8 +340,16 @@ func Write(path string, tensors []*Tensor, metadata map[string]string) error {
 
 // WriteFileAtomic writes a file through fill into a temporary file in the same
 // directory, syncs it and renames it to path, so readers never see half a file.
+// The file is created 0644 less the umask, as files users write usually are.
 func WriteFileAtomic(path string, fill func(*os.File) error) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
+	var tmp *os.File
+	var err error
+	for range 100 {
+		name := fmt.Sprintf("%s/.%s.tmp%d", filepath.Dir(path), filepath.Base(path), rand.Uint32())
+		if tmp, err = os.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644); !errors.Is(err, os.ErrExist) {
+			break
+		}
+	}
 	if err != nil {
 		return err
 	}

@@ -74,3 +74,23 @@ func TestEncodeLinear(t *testing.T) {
 		t.Logf("%s: %d bytes → %d ids in %v", c.name, len(text), len(ids), d)
 	}
 }
+
+// FuzzChatTemplate renders arbitrary template sources: an error or a
+// bounded result, never a panic or a hang past the time limit.
+func FuzzChatTemplate(f *testing.F) {
+	for _, s := range []string{`{{ messages[0]['content'] }}`, `{% for m in messages %}{{ m.role }}{% endfor %}`,
+		`{% macro f(x) %}{{ x }}{% endmacro %}{{ f(1) }}`, `{{ 'a' * 3 }}`, `{% if add_generation_prompt %}x{% endif %}`} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, src string) {
+		tk := &Tokenizer{Path: "fuzz", TemplatePath: "fuzz", ChatTemplate: src}
+		start := time.Now()
+		out, err := tk.ApplyChatTemplate([]Message{{Role: "user", Content: "hi"}}, true)
+		if err == nil && len(out) > templateBytes {
+			t.Fatalf("%d bytes accepted", len(out))
+		}
+		if d := time.Since(start); d > templateTime+time.Second {
+			t.Fatalf("took %v", d)
+		}
+	})
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/qbench/qbench/tokenizer"
 )
@@ -36,7 +37,11 @@ func runTokenize(args []string) error {
 	out := bufio.NewWriter(os.Stdout)
 	defer out.Flush()
 	if fs.NArg() > 0 {
-		fmt.Fprintf(out, "%s\n", marshal(tok.Encode(strings.Join(fs.Args(), " "))))
+		text := strings.Join(fs.Args(), " ")
+		if !utf8.ValidString(text) {
+			return fmt.Errorf("the text is not valid UTF-8")
+		}
+		fmt.Fprintf(out, "%s\n", marshal(tok.Encode(text)))
 		return nil
 	}
 	sc := bufio.NewScanner(os.Stdin)
@@ -70,6 +75,9 @@ func runTokenize(args []string) error {
 }
 
 func tokenizeLine(tok *tokenizer.Tokenizer, line string) ([]byte, error) {
+	if !utf8.ValidString(line) { // the line's other fields are echoed: they must stay valid JSON
+		return nil, fmt.Errorf("not valid UTF-8")
+	}
 	var obj map[string]json.RawMessage
 	if err := json.Unmarshal([]byte(line), &obj); err != nil || obj == nil {
 		return nil, fmt.Errorf("not a JSON object")
