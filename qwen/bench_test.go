@@ -2,6 +2,8 @@ package qwen
 
 import (
 	"math/rand/v2"
+
+	"github.com/qbench/qbench/tensor"
 	"testing"
 )
 
@@ -92,4 +94,33 @@ func TestDecodeAllocations(t *testing.T) {
 	if allocs != 0 {
 		t.Errorf("%.0f allocations per decode step, want 0", allocs)
 	}
+}
+
+// BenchmarkDecode05BNF4 decodes the 0.5B shape with its projections in NF4
+// (double quantisation): "packed" decodes the codes block by block as it
+// computes (0.5 byte a weight held and read), "fp32" runs on the dequantised
+// fp32 copy (Weights; 4 bytes a weight) — the CPU path before packed NF4.
+func BenchmarkDecode05BNF4(b *testing.B) {
+	m := fastRandomModel(Qwen05B, 1)
+	for i := range m.Layers {
+		for _, l := range m.Layers[i].Linears() {
+			for k := range l.W {
+				l.W[k] = tensor.RoundBF16(l.W[k])
+			}
+			q, err := tensor.QuantizeNF4(l.W, []int{l.Out, l.In}, tensor.BF16, true)
+			if err != nil {
+				b.Fatal(err)
+			}
+			l.Quant, l.W = q, nil
+		}
+	}
+	b.Run("packed", func(b *testing.B) { benchDecode(b, m) })
+	b.Run("fp32", func(b *testing.B) {
+		for i := range m.Layers {
+			for _, l := range m.Layers[i].Linears() {
+				l.Weights()
+			}
+		}
+		benchDecode(b, m)
+	})
 }

@@ -1,6 +1,8 @@
 package qwen
 
 import (
+	"encoding/binary"
+	"math"
 	"sync"
 
 	"github.com/qbench/qbench/lora"
@@ -8,14 +10,15 @@ import (
 )
 
 // Linear is one projection: y = W·x + b, plus scale·B(A·x) for rows whose
-// adapter touches this module. W is held widened to fp32; where the checkpoint
-// is NF4, Quant keeps the packed form (for the GPU and for inspect) and W, its
-// exact bitsandbytes dequantisation, is made on first use by the CPU path
-// (Weights), so a model that only runs on the GPU never holds it.
+// adapter touches this module. A 16-bit weight is held widened to fp32 in W.
+// An NF4 weight stays packed in Quant (0.5 byte a weight): Forward decodes it
+// block by block as it computes, to exactly bitsandbytes' dequantised values,
+// so a 3B model runs on the CPU in ~3 GB; Weights materialises the fp32 W for
+// the code that wants it whole (the oracle tests, the GPU tests' references).
 type Linear struct {
 	Name    string
 	Out, In int
-	W       []float32      // [Out, In]; nil until Weights for an NF4 module
+	W       []float32      // [Out, In]; for an NF4 module nil unless Weights was called
 	Bias    []float32      // [Out], or nil
 	Quant   *tensor.NF4    // packed NF4 weight, or nil for a 16-bit module
 	LoRA    []*lora.Module // indexed by adapter; nil where that adapter leaves this module alone
@@ -50,6 +53,10 @@ type matvec struct {
 
 func (j *matvec) run(lo, hi int) {
 	l, in, out := j.l, j.l.In, j.l.Out
+	if l.W == nil {
+		j.runNF4(lo, hi)
+		return
+	}
 	for o := lo; o < hi; o++ {
 		w := l.W[o*in : (o+1)*in]
 		var b float32
@@ -62,11 +69,105 @@ func (j *matvec) run(lo, hi int) {
 	}
 }
 
+// runNF4 is run for a packed NF4 weight: for each block (64 weights; a block
+// may straddle two rows) the 16 values round(NF4[i]·scale) are made once,
+// the block's codes index them, and every batch row takes the block's dot
+// product: the weights are bitsandbytes' to the bit, only 0.5 byte each is
+// read, and no fp32 copy is held.
+func (j *matvec) runNF4(lo, hi int) {
+	l, in, out := j.l, j.l.In, j.l.Out
+	q := l.Quant
+	bs := q.BlockSize
+	round, bf16 := roundFor(q.Compute), q.Compute == tensor.BF16
+	var wbuf [maxNF4Block]float32
+	for o := lo; o < hi; o++ {
+		for r := 0; r < j.rows; r++ {
+			j.y[r*out+o] = 0
+		}
+		for k := 0; k < in; {
+			e := o*in + k // flat element index
+			b := e / bs
+			n := min((b+1)*bs-e, in-k) // this block's part of the row
+			s := q.ScaleOf(b)
+			var t [16]float32
+			if bf16 {
+				for i := range t { // round to nearest even, as tensor.RoundBF16 for the finite values a table holds
+					u := math.Float32bits(tensor.NF4Table[i] * s)
+					t[i] = math.Float32frombits((u + 0x7fff + (u >> 16 & 1)) &^ 0xffff)
+				}
+			} else {
+				for i := range t {
+					t[i] = round(tensor.NF4Table[i] * s)
+				}
+			}
+			if j.rows == 1 && e%2 == 0 && n%16 == 0 { // decode: codes straight into the dot product
+				j.y[o] += dotNF4(&t, q.Packed[e/2:e/2+n/2], j.x[k:k+n])
+				k += n
+				continue
+			}
+			w := wbuf[:n]
+			i := 0
+			if e%2 == 1 { // a row that starts in the middle of a byte
+				w[0] = t[q.Packed[e/2]&15]
+				i = 1
+			}
+			for ; i+1 < n; i += 2 {
+				c := q.Packed[(e+i)/2]
+				w[i], w[i+1] = t[c>>4], t[c&15]
+			}
+			if i < n {
+				w[i] = t[q.Packed[(e+i)/2]>>4]
+			}
+			for r := 0; r < j.rows; r++ {
+				j.y[r*out+o] += dot(w, j.x[r*in+k:r*in+k+n])
+			}
+			k += n
+		}
+		if l.Bias != nil {
+			for r := 0; r < j.rows; r++ {
+				j.y[r*out+o] += l.Bias[o]
+			}
+		}
+	}
+}
+
+// dotNF4 is Σ t[code_i]·x[i] over 16·m codes packed two a byte (element 2i
+// in the high nibble), eight bytes a step, four partial sums.
+func dotNF4(t *[16]float32, p []byte, x []float32) float32 {
+	var s0, s1, s2, s3 float32
+	for i := 0; i+8 <= len(p); i += 8 {
+		u := binary.LittleEndian.Uint64(p[i:])
+		xx := x[2*i : 2*i+16]
+		s0 += t[u>>4&15]*xx[0] + t[u&15]*xx[1] + t[u>>36&15]*xx[8] + t[u>>32&15]*xx[9]
+		s1 += t[u>>12&15]*xx[2] + t[u>>8&15]*xx[3] + t[u>>44&15]*xx[10] + t[u>>40&15]*xx[11]
+		s2 += t[u>>20&15]*xx[4] + t[u>>16&15]*xx[5] + t[u>>52&15]*xx[12] + t[u>>48&15]*xx[13]
+		s3 += t[u>>28&15]*xx[6] + t[u>>24&15]*xx[7] + t[u>>60&15]*xx[14] + t[u>>56&15]*xx[15]
+	}
+	return (s0 + s1) + (s2 + s3)
+}
+
+// maxNF4Block is the largest NF4 block size the CPU path decodes (bitsandbytes
+// offers 64 … 4096).
+const maxNF4Block = 4096
+
+// roundFor is the rounding of dequantised weights to a compute dtype.
+func roundFor(d tensor.DType) func(float32) float32 {
+	switch d {
+	case tensor.F16:
+		return tensor.RoundF16
+	case tensor.F32:
+		return func(f float32) float32 { return f }
+	}
+	return tensor.RoundBF16
+}
+
 // Forward computes y[r] = W·x[r] + b (+ the LoRA delta of adapters[r]) for
 // rows r of x [rows, In] into y [rows, Out]. adapters may be nil (all base).
 func (l *Linear) Forward(y, x []float32, rows int, adapters []int, ws *Workspace) {
 	in, out := l.In, l.Out
-	l.Weights()
+	if l.Quant != nil && l.Quant.BlockSize > maxNF4Block {
+		l.Weights()
+	}
 	ws.mv.l, ws.mv.y, ws.mv.x, ws.mv.rows = l, y, x, rows
 	parallelFor(out, 16, &ws.mv)
 	for r := 0; r < rows; r++ {

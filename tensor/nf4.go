@@ -244,6 +244,15 @@ func (q *NF4) AbsmaxF32() []float32 {
 	return out
 }
 
+// ScaleOf is block b's scale, rebuilt from the double quantisation as
+// AbsmaxF32 does (two roundings, as two torch ops).
+func (q *NF4) ScaleOf(b int) float32 {
+	if !q.Double() {
+		return q.Absmax[b]
+	}
+	return float32(q.NestedCode[q.QAbsmax[b]]*q.NestedAbsmax[b/q.NestedBlockSize]) + q.Offset
+}
+
 // Dequantize returns the weight as bitsandbytes' dequantize_4bit does:
 // NF4[code]·absmax in fp32, rounded to the compute dtype (bf16 or f16; an
 // fp32 compute dtype keeps the fp32 product), widened back to fp32.
