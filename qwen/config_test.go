@@ -225,3 +225,39 @@ func TestNaNNestedAbsmax(t *testing.T) {
 		t.Fatalf("err = %v, want %s named", err, hit)
 	}
 }
+
+// TestNaNWeightAtLoad: a NaN stored in a 16-bit checkpoint is refused at
+// load, naming the tensor, for the CPU and the GPU path alike.
+func TestNaNWeightAtLoad(t *testing.T) {
+	dir := t.TempDir()
+	for _, f := range []string{"config.json", "generation_config.json"} {
+		b, _ := os.ReadFile(tinyDir + "/" + f)
+		os.WriteFile(dir+"/"+f, b, 0o644)
+	}
+	src, err := tensor.Open(tinyDir + "/model.safetensors")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	const victim = "model.layers.1.mlp.down_proj.weight"
+	var ts []*tensor.Tensor
+	for _, name := range src.Names() {
+		tn := *src.Tensors[name]
+		tn.Data = append([]byte(nil), tn.Data...)
+		if name == victim {
+			if tn.DType != tensor.BF16 {
+				t.Fatalf("%s is %v", name, tn.DType)
+			}
+			binary.LittleEndian.PutUint16(tn.Data[20:], 0x7fc0) // bf16 NaN
+		}
+		ts = append(ts, &tn)
+	}
+	if err := tensor.Write(dir+"/model.safetensors", ts, src.Metadata); err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{QuantNone, QuantNF4DQ} {
+		if _, err := Load(dir, LoadOptions{Quant: q}); err == nil || !strings.Contains(err.Error(), victim) || !strings.Contains(err.Error(), "NaN") {
+			t.Errorf("--quant %q: err = %v, want %s named", q, err, victim)
+		}
+	}
+}

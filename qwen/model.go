@@ -284,7 +284,18 @@ func (ld *loader) vector(name string, shape ...int) ([]float32, error) {
 	if err != nil {
 		return nil, err
 	}
-	return t.F32(), nil
+	return finiteF32(t)
+}
+
+// finiteF32 widens a tensor to fp32, refusing NaN or infinite values: they
+// would turn every output into garbage (and the GPU path into token 0), so a
+// checkpoint holding one is named at load.
+func finiteF32(t *tensor.Tensor) ([]float32, error) {
+	v := t.F32()
+	if i := firstNonFinite(v); i >= 0 {
+		return nil, fmt.Errorf("%s: tensor %s: value %d is %v", t.File, t.Name, i, v[i])
+	}
+	return v, nil
 }
 
 // dense loads a 16-bit projection as is.
@@ -293,7 +304,11 @@ func (ld *loader) dense(module string, out, in int, bias bool) (*Linear, error) 
 	if err != nil {
 		return nil, err
 	}
-	l := &Linear{Name: module, Out: out, In: in, W: w.F32(), DType: w.DType}
+	wf, err := finiteF32(w)
+	if err != nil {
+		return nil, err
+	}
+	l := &Linear{Name: module, Out: out, In: in, W: wf, DType: w.DType}
 	if bias {
 		if l.Bias, err = ld.vector(module+".bias", out); err != nil {
 			return nil, err
