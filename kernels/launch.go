@@ -46,7 +46,7 @@ func rmsnormLoRACall(out, x, w Buf, hidden int, eps float32, shrink *shrinkOp, s
 
 // shrinkCall: t[m, slot, j] = A[adapter(m)][slot][j]·x[m], a block per output.
 func shrinkCall(op *shrinkOp, rmax, slots, rows int) call {
-	return call{name: "lora_shrink", grid: [3]int{rmax, slots, rows}, block: 256, args: []any{op, rows}}
+	return call{name: "lora_shrink", grid: [3]int{rmax, slots, rows}, block: 1024, args: []any{op, rows}}
 }
 
 // attnSplitCall: each row's attention over its cache, one block per (head,

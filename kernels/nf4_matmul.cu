@@ -320,10 +320,10 @@ GEMV(4, 2)
 GEMV(8, 1)
 GEMV(16, 1)
 
-// lora_shrink: one 256-thread block per (j, slot, m) output, the K-long dot
+// lora_shrink: one block (1,024 threads: 4 columns each in flight) per (j, slot, m) output, the K-long dot
 // split over the block; rows without an adapter, and ranks below rmax, get
 // zeros. Bytes: rank·K·4 per adapter and slot read, M·K·4 of x.
-extern "C" __global__ void __launch_bounds__(256) lora_shrink(const __grid_constant__ struct ShrinkOp op, long long M) {
+extern "C" __global__ void __launch_bounds__(1024) lora_shrink(const __grid_constant__ struct ShrinkOp op, long long M) {
   pdl_trigger();
   pdl_wait(); // everything below may read what the previous kernel wrote
   const int j = blockIdx.x, slot = blockIdx.y, m = blockIdx.z;

@@ -45,7 +45,7 @@ var modules = []ptxModule{
 	{"attention", ptx_attention_80, ptx_attention_90, "13b97419807ffcecca793ea16c2c5315eb18e53dd36fdb21554aa75811234f8a"},
 	{"mma", ptx_mma_80, ptx_mma_90, "58c96506306689116b7e4c7e1c6fae42f31af3224050b08204b4ae8b955a48cd"},
 	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, "83c00e6a1443139ad9bb58839b97e873150a8bc914bc7aa1fe5961ce267e9895"},
-	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, "29fe5cda08116b2fdd11a47061e806802c88db48991704ce6689e5aa968dd470"},
+	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, "97d1fb9f8d5d9561e7ddcfcd799c33d267c7eea4a794d36dcb7978e6addf74eb"},
 	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, "3fb5137c7cbd505fd8345d8d2a4cd36366762b2d9cf3f1b9446d88a760c8c2a9"},
 	{"sample", ptx_sample_80, ptx_sample_90, "64bd00ca7fcf1f795aa1bcae43144e43de1925219e2f12c40f6632de1998b2e6"},
 }
