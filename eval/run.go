@@ -32,6 +32,7 @@ type Settings struct {
 	MaxNewTokens  int           `json:"max_new_tokens"`
 	Sampling      qwen.Sampling `json:"sampling"`
 	StopIDs       []int         `json:"stop_ids"`
+	Shard         string        `json:"shard,omitempty"` // "I/N" when the run answers shard I of N (see shard.go)
 }
 
 // AdapterInfo describes one fine-tune variant.
@@ -143,6 +144,9 @@ func Eval(e qwen.Engine, tok *tokenizer.Tokenizer, qs []Question, set Settings, 
 		if err := writeResults(opt.Out, set, results); err != nil {
 			return nil, err
 		}
+	}
+	if len(qs) == 0 { // a shard with no questions (N above the question count): nothing to report
+		return &Summary{Variants: variants}, nil
 	}
 	sortResults(results, qs, variants)
 	sum := Summarize(results, qs, variants, opt.Tie, opt.Seed)

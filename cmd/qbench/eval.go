@@ -1,8 +1,10 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"math"
+	"os"
 	"path/filepath"
 	"runtime/debug"
 	"sort"
@@ -58,8 +60,16 @@ func runEval(args []string) error {
 	tie := fs.Float64("tie", 0, "differences up to this are 'similar' (0 = identical scores, as the seed counted)")
 	force := fs.Bool("force", false, "discard results in --out made with other settings")
 	quiet := fs.Bool("quiet", false, "no progress bars")
+	shardSpec := fs.String("shard", "", "answer only shard I of N of the questions: `I/N`, auto (a Slurm array job) or auto/N (a Kubernetes Indexed Job); combine the shards with qbench merge")
 	if err := parse(fs, args); err != nil {
 		return err
+	}
+	shard, shards := 0, 1
+	if *shardSpec != "" {
+		var err error
+		if shard, shards, err = eval.ParseShard(*shardSpec, os.Getenv); err != nil {
+			return err
+		}
 	}
 	if *maxNew <= 0 || *batch <= 0 || !(*tie >= 0) || math.IsInf(*tie, 0) {
 		return fmt.Errorf("--max-new-tokens and --batch must be positive, --tie a finite number ≥ 0")
@@ -74,6 +84,7 @@ func runEval(args []string) error {
 	if err != nil {
 		return err
 	}
+	qs = eval.ShardQuestions(qs, shard, shards)
 	if *out == "" {
 		if *out, err = eval.NewOutDir("."); err != nil {
 			return err
@@ -111,6 +122,9 @@ func runEval(args []string) error {
 	if set.Questions == "" {
 		set.Questions = eval.SeedName
 	}
+	if *shardSpec != "" {
+		set.Shard = fmt.Sprintf("%d/%d", shard, shards)
+	}
 	if set.ModelPrint, err = eval.Fingerprint(mf.model); err != nil {
 		return err
 	}
@@ -131,7 +145,7 @@ func runEval(args []string) error {
 		bar.Add(1)
 	}
 	bar.Finish()
-	e, err := newEngine(m, mf.device, min(*batch, len(qs)*(1+len(mf.adapters))))
+	e, err := newEngine(m, mf.device, max(1, min(*batch, len(qs)*(1+len(mf.adapters)))))
 	if err != nil {
 		return err
 	}
@@ -149,8 +163,58 @@ func runEval(args []string) error {
 	if err != nil {
 		return err
 	}
+	if len(qs) == 0 {
+		fmt.Printf("shard %s holds no questions; wrote %s/results.jsonl (empty)\n", set.Shard, *out)
+		return nil
+	}
 	fmt.Print(sum.Table())
 	fmt.Printf("\nwrote %s/{results.jsonl,summary.json,report.md,report.html} in %.1fs\n", *out, sum.Repro.WallSeconds)
+	return nil
+}
+
+var mergeDoc = `Combines the directories of a sharded evaluation (qbench eval --shard I/N,
+one directory a shard) into --out: checks that the shards were made with the
+same model, weights, adapters, questions and settings, that their indexes
+cover 0 … N−1 once each and that every (question, variant) row is answered
+exactly once, then writes results.jsonl, summary.json, report.md and
+report.html as a single run would (rows in question order; the timings are
+the shards'). The questions file is read from the path the shards recorded
+unless --questions names it (its sha256 must match).`
+
+func runMerge(args []string) error {
+	fs := newFlags("merge", "--out DIR SHARD_DIR... [--questions FILE]", mergeDoc)
+	out := fs.String("out", "", "output `DIR`")
+	questions := fs.String("questions", "", "the questions `FILE` the shards answered (default: the path they recorded)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *out == "" || fs.NArg() == 0 {
+		return fmt.Errorf("--out and at least one shard directory are required")
+	}
+	path := *questions
+	if path == "" { // the shards' record; the seed set is embedded
+		b, err := os.ReadFile(filepath.Join(fs.Arg(0), "settings.json"))
+		if err != nil {
+			return fmt.Errorf("%s: not an eval directory (%v)", fs.Arg(0), err)
+		}
+		var set eval.Settings
+		if err := json.Unmarshal(b, &set); err != nil {
+			return fmt.Errorf("%s: bad JSON: %v", filepath.Join(fs.Arg(0), "settings.json"), err)
+		}
+		if set.Questions != eval.SeedName {
+			path = set.Questions
+		}
+	}
+	qs, qBytes, err := eval.LoadQuestions(path)
+	if err != nil {
+		return err
+	}
+	sum, err := eval.Merge(*out, fs.Args(), qs, eval.SHA256(qBytes))
+	if err != nil {
+		return err
+	}
+	fmt.Print(sum.Table())
+	fmt.Printf("\nmerged %d shards into %s/{results.jsonl,summary.json,report.md,report.html}\n", fs.NArg(), *out)
 	return nil
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -73,5 +74,54 @@ func TestHostileInputs(t *testing.T) {
 	syscall.Umask(old)
 	if st, _ := os.Stat(out); st.Mode().Perm() != 0o644&^os.FileMode(old) {
 		t.Errorf("written %v, want %v", st.Mode().Perm(), 0o644&^os.FileMode(old))
+	}
+}
+
+// TestShardedEvalCommand: eval --shard auto takes its index from a Slurm
+// array job's variables, auto/N from a Kubernetes Indexed Job's, and merge
+// combines the shards.
+func TestShardedEvalCommand(t *testing.T) {
+	dir := t.TempDir()
+	qf := filepath.Join(dir, "q.jsonl")
+	os.WriteFile(qf, []byte(`{"question":"What is NF4?","expected":"A 4-bit data type."}
+{"question":"What is LoRA?","expected":"Low-rank adaptation."}
+{"question":"What is a GPU?","expected":"A graphics processor."}
+`), 0o644)
+	args := func(out, shard string) []string {
+		return []string{"eval", "--model", tiny, "--questions", qf, "--max-new-tokens", "3", "--quiet", "--out", out, "--shard", shard}
+	}
+	t.Setenv("SLURM_ARRAY_TASK_MIN", "10")
+	t.Setenv("SLURM_ARRAY_TASK_COUNT", "2")
+	var dirs []string
+	for i := 0; i < 2; i++ {
+		t.Setenv("SLURM_ARRAY_TASK_ID", fmt.Sprint(10+i))
+		d := filepath.Join(dir, fmt.Sprintf("slurm-%d", i))
+		if _, errs, code := qbench(t, "", args(d, "auto")...); code != 0 {
+			t.Fatalf("shard %d: exit %d: %s", i, code, errs)
+		}
+		b, _ := os.ReadFile(filepath.Join(d, "settings.json"))
+		if !strings.Contains(string(b), fmt.Sprintf(`"shard": "%d/2"`, i)) {
+			t.Fatalf("shard %d: settings %s", i, b)
+		}
+		dirs = append(dirs, d)
+	}
+	t.Setenv("JOB_COMPLETION_INDEX", "4")
+	k8s := filepath.Join(dir, "k8s")
+	if _, errs, code := qbench(t, "", args(k8s, "auto/5")...); code != 0 {
+		t.Fatalf("k8s shard: exit %d: %s", code, errs)
+	}
+	if b, _ := os.ReadFile(filepath.Join(k8s, "results.jsonl")); len(b) != 0 { // shard 4 of 5 of three questions: none
+		t.Errorf("shard 4/5 answered %s", b)
+	}
+	out := filepath.Join(dir, "merged")
+	if _, errs, code := qbench(t, "", append([]string{"merge", "--out", out}, dirs...)...); code != 0 {
+		t.Fatalf("merge: exit %d: %s", code, errs)
+	}
+	b, _ := os.ReadFile(filepath.Join(out, "results.jsonl"))
+	if n := strings.Count(string(b), "\n"); n != 3 { // three questions, the base model alone
+		t.Errorf("merged %d rows, want 3", n)
+	}
+	if _, errs, code := qbench(t, "", "merge", "--out", filepath.Join(dir, "m2"), dirs[0]); code == 0 || !strings.Contains(errs, "shard 1 of 2 is missing") {
+		t.Errorf("missing shard: exit %d, %s", code, errs)
 	}
 }

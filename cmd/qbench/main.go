@@ -22,6 +22,7 @@ var commands []command
 func init() {
 	commands = []command{
 		{"eval", "--model DIR [--adapter DIR]...", "answer a Q&A set with the base and each adapter; write reports", runEval},
+		{"merge", "--out DIR SHARD_DIR...", "combine the directories of a sharded eval into one report", runMerge},
 		{"generate", "--model DIR (--prompt TEXT | --tokens IDS)", "continue a prompt (chat template applied to --prompt)", runGenerate},
 		{"logits", "--model DIR --tokens IDS", "print the top logits at every position", runLogits},
 		{"tokenize", "--tokenizer PATH [TEXT]", "text or chat messages to token ids (JSON Lines on stdin)", runTokenize},
