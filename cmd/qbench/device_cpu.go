@@ -8,16 +8,21 @@ import (
 	"github.com/qbench/qbench/qwen"
 )
 
-func defaultDevice() string { return "cpu" }
+func defaultDevice() string { return "auto" }
 
-func checkDevice(d string) error {
-	switch d {
+// checkDevice accepts cpu and auto (here: the CPU; with qbench-cuda and a
+// driver present, handOver has already given the command to the GPU build).
+func checkDevice(d *string) error {
+	switch *d {
 	case "cpu":
 		return nil
-	case "cuda":
-		return fmt.Errorf("--device cuda: this qbench was built without GPU support (build with -tags cuda)")
+	case "auto":
+		*d = "cpu"
+		return nil
+	case "cuda": // handOver refuses it first; kept for callers that skip it
+		return fmt.Errorf("--device cuda: this qbench was built without GPU support and found no qbench-cuda beside it")
 	}
-	return fmt.Errorf("--device %q: want cpu or cuda", d)
+	return fmt.Errorf("--device %q: want cpu, cuda or auto", *d)
 }
 
 // newEngine returns the forward-pass engine for the device (batch matters to

@@ -20,12 +20,20 @@ import (
 // gorgonia.org/cu initialises the driver when the program starts.
 func defaultDevice() string { return "cuda" }
 
-func checkDevice(d string) error {
-	if d != "cpu" && d != "cuda" {
-		return fmt.Errorf("--device %q: want cpu or cuda", d)
+// checkDevice accepts cpu, cuda and auto (this build: the GPU).
+func checkDevice(d *string) error {
+	switch *d {
+	case "cpu", "cuda":
+		return nil
+	case "auto":
+		*d = "cuda"
+		return nil
 	}
-	return nil
+	return fmt.Errorf("--device %q: want cpu, cuda or auto", *d)
 }
+
+// handOver is for the build without GPU support (companion.go).
+func handOver(string, []string) error { return nil }
 
 var (
 	devOnce sync.Once

@@ -125,3 +125,36 @@ func TestShardedEvalCommand(t *testing.T) {
 		t.Errorf("missing shard: exit %d, %s", code, errs)
 	}
 }
+
+// TestHandOver: this build (no GPU code) runs on a machine without a driver:
+// GPU commands hand over to qbench-cuda when a driver is there (same
+// arguments), run on the CPU with --device auto when not, and --device cuda
+// without a driver fails with one line.
+func TestHandOver(t *testing.T) {
+	bin := t.TempDir()
+	os.WriteFile(filepath.Join(bin, "qbench-cuda"), []byte("#!/bin/sh\necho \"companion: $*\"\n"), 0o755)
+	t.Setenv("PATH", bin+string(os.PathListSeparator)+os.Getenv("PATH"))
+	t.Setenv("QBENCH_DRIVER", "present")
+	out, errs, code := qbench(t, "", "generate", "--model", tiny, "--tokens", "1,2", "--max-new-tokens", "1")
+	if code != 0 || strings.TrimSpace(out) != "companion: generate --model "+tiny+" --tokens 1,2 --max-new-tokens 1" {
+		t.Errorf("auto with a driver: exit %d, stdout %q, stderr %q", code, out, errs)
+	}
+	if out, _, code := qbench(t, "", "generate", "--model", tiny, "--tokens", "1,2", "--max-new-tokens", "1", "--device", "cpu", "--json"); code != 0 || strings.Contains(out, "companion") {
+		t.Errorf("--device cpu went to the companion: %q", out)
+	}
+	if out, _, _ := qbench(t, "", "inspect", "--model", tiny); strings.Contains(out, "companion") {
+		t.Error("inspect went to the companion")
+	}
+	t.Setenv("QBENCH_DRIVER", "absent")
+	if out, _, code := qbench(t, "", "generate", "--model", tiny, "--tokens", "1,2", "--max-new-tokens", "1", "--json"); code != 0 || strings.Contains(out, "companion") {
+		t.Errorf("auto without a driver: exit %d, %q", code, out)
+	}
+	_, errs, code = qbench(t, "", "generate", "--model", tiny, "--tokens", "1,2", "--device", "cuda")
+	if code == 0 || strings.Count(errs, "\n") != 1 || !strings.Contains(errs, "no NVIDIA GPU driver") {
+		t.Errorf("--device cuda without a driver: exit %d, %q", code, errs)
+	}
+	_, errs, code = qbench(t, "", "bench")
+	if code == 0 || !strings.Contains(errs, "bench runs on the GPU") {
+		t.Errorf("bench without a driver: exit %d, %q", code, errs)
+	}
+}

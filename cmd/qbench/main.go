@@ -52,7 +52,10 @@ func main() {
 	}
 	for _, c := range commands {
 		if c.name == name {
-			err := c.run(os.Args[2:])
+			err := handOver(name, os.Args[2:]) // to the GPU build, when this one has no GPU code
+			if err == nil {
+				err = c.run(os.Args[2:])
+			}
 			if errors.Is(err, flag.ErrHelp) {
 				return
 			}

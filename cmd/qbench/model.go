@@ -23,14 +23,14 @@ func (m *modelFlags) register(fs *flag.FlagSet, multiAdapter bool) {
 	}
 	fs.Var(&m.adapters, "adapter", help)
 	fs.StringVar(&m.quant, "quant", "", "quantise a 16-bit model at load: bf16 (none), nf4 or nf4-dq; omit for a pre-quantised model")
-	fs.StringVar(&m.device, "device", defaultDevice(), "cpu or cuda")
+	fs.StringVar(&m.device, "device", defaultDevice(), "cpu, cuda, or auto: the GPU when an NVIDIA driver (and, for this build without GPU code, qbench-cuda beside it) is there")
 }
 
 func (m *modelFlags) load() (*qwen.Model, error) {
 	if m.model == "" {
 		return nil, fmt.Errorf("--model is required")
 	}
-	if err := checkDevice(m.device); err != nil {
+	if err := checkDevice(&m.device); err != nil {
 		return nil, err
 	}
 	return qwen.Load(m.model, qwen.LoadOptions{Quant: m.quant, Adapters: m.adapters})
