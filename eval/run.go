@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/qbench/qbench/qwen"
@@ -82,6 +83,20 @@ type Result struct {
 // the same settings, and writes results.jsonl, summary.json, report.md and
 // report.html there. It returns the summary.
 func Eval(e qwen.Engine, tok *tokenizer.Tokenizer, qs []Question, set Settings, opt Options) (*Summary, error) {
+	return EvalOn([]qwen.Engine{e}, tok, qs, set, opt)
+}
+
+// EvalOn is Eval over several engines of one model (one a GPU): each takes
+// the next pending batch from one queue, and every finished batch is
+// written to opt.Out as it comes, so resume works as with one engine. The
+// answers do not depend on which engine or batch a row went to (greedy
+// decoding and the per-pair sampler seeds are batch-independent), so the
+// reports are the one-engine run's.
+func EvalOn(engines []qwen.Engine, tok *tokenizer.Tokenizer, qs []Question, set Settings, opt Options) (*Summary, error) {
+	if len(engines) == 0 {
+		return nil, errors.New("eval: no engine")
+	}
+	e := engines[0]
 	start := time.Now()
 	if err := os.MkdirAll(opt.Out, 0o755); err != nil {
 		return nil, err
@@ -126,29 +141,16 @@ func Eval(e qwen.Engine, tok *tokenizer.Tokenizer, qs []Question, set Settings, 
 		results = append(results, r)
 	}
 	batch := max(opt.Batch, 1)
-	for lo := 0; lo < len(todo); lo += batch {
-		chunk := todo[lo:min(lo+batch, len(todo))]
-		rs, err := runBatch(e, tok, items, variants, chunk, set)
-		if err != nil {
-			return nil, err
-		}
-		results = append(results, rs...)
-		if err := writeResults(opt.Out, set, results); err != nil {
-			return nil, err
-		}
-		if opt.Progress != nil {
-			opt.Progress(lo+len(chunk), len(todo))
-		}
-	}
-	if len(todo) == 0 { // nothing new: make sure the settings file exists
-		if err := writeResults(opt.Out, set, results); err != nil {
-			return nil, err
-		}
+	if results, err = runQueue(engines, tok, items, variants, todo, batch, set, opt, results); err != nil {
+		return nil, err
 	}
 	if len(qs) == 0 { // a shard with no questions (N above the question count): nothing to report
 		return &Summary{Variants: variants}, nil
 	}
 	sortResults(results, qs, variants)
+	if err := writeResults(opt.Out, set, results); err != nil { // in question order, however the batches finished
+		return nil, err
+	}
 	sum := Summarize(results, qs, variants, opt.Tie, opt.Seed)
 	var modelSHA string
 	if opt.ModelSHA256 != nil {
@@ -164,6 +166,68 @@ func Eval(e qwen.Engine, tok *tokenizer.Tokenizer, qs []Question, set Settings, 
 		return nil, err
 	}
 	return sum, nil
+}
+
+// runQueue answers the pending pairs in batches of batch, each engine
+// taking the next batch when it is free; every finished batch joins results
+// and is written out (with the settings) before the next is reported.
+func runQueue(engines []qwen.Engine, tok *tokenizer.Tokenizer, items []item, variants []string, todo []pair, batch int,
+	set Settings, opt Options, results []Result) ([]Result, error) {
+	if err := writeResults(opt.Out, set, results); err != nil { // the settings file exists from the start
+		return nil, err
+	}
+	type done struct {
+		rs  []Result
+		err error
+	}
+	queue := make(chan []pair)
+	out := make(chan done)
+	stop := make(chan struct{}) // closed at the first error: no further batches are handed out
+	var wg sync.WaitGroup
+	for _, e := range engines {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for chunk := range queue {
+				rs, err := runBatch(e, tok, items, variants, chunk, set)
+				out <- done{rs, err}
+			}
+		}()
+	}
+	go func() { // feed the batches, then let the workers end
+		defer close(queue)
+		for lo := 0; lo < len(todo); lo += batch {
+			select {
+			case queue <- todo[lo:min(lo+batch, len(todo))]:
+			case <-stop:
+				return
+			}
+		}
+	}()
+	go func() { wg.Wait(); close(out) }()
+	var first error
+	finished := 0
+	for d := range out { // drain even after an error, so every worker ends
+		if first != nil {
+			continue
+		}
+		if d.err != nil {
+			first = d.err
+			close(stop)
+			continue
+		}
+		results = append(results, d.rs...)
+		finished += len(d.rs)
+		if err := writeResults(opt.Out, set, results); err != nil {
+			first = err
+			close(stop)
+			continue
+		}
+		if opt.Progress != nil {
+			opt.Progress(finished, len(todo))
+		}
+	}
+	return results, first
 }
 
 // item is one question with its prompt through the chat template.

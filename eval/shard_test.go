@@ -141,3 +141,46 @@ func TestShardAndMerge(t *testing.T) {
 		t.Errorf("other questions: %v", err)
 	}
 }
+
+// TestEvalOnSeveralEngines: three engines sharing one queue of batches give
+// the one-engine run's rows (in question order) and summary.
+func TestEvalOnSeveralEngines(t *testing.T) {
+	m, err := qwen.Load("../testdata/tiny-qwen2", qwen.LoadOptions{Adapters: []string{"../testdata/tiny-qwen2-lora"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := tokenizer.Load("../testdata/tiny-qwen2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	qs, _, _ := LoadQuestions("")
+	qs = qs[:6]
+	set := Settings{Model: "tiny", Quant: m.Quant, MaxNewTokens: 5, StopIDs: m.Gen.EosIDs,
+		Adapters: []AdapterInfo{{Name: "lora", Dir: "../testdata/tiny-qwen2-lora"}}}
+	root := t.TempDir()
+	one, err := Eval(qwen.NewRunner(m), tok, qs, set, Options{Out: filepath.Join(root, "one"), Batch: 2, Seed: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	engines := []qwen.Engine{qwen.NewRunner(m), qwen.NewRunner(m), qwen.NewRunner(m)}
+	many, err := EvalOn(engines, tok, qs, set, Options{Out: filepath.Join(root, "many"), Batch: 2, Seed: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := func(dir string) []Result {
+		rs, err := readResults(filepath.Join(dir, "results.jsonl"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range rs {
+			rs[i].BatchMS, rs[i].LogLikMS = 0, 0
+		}
+		return rs
+	}
+	if !reflect.DeepEqual(rows(filepath.Join(root, "many")), rows(filepath.Join(root, "one"))) {
+		t.Fatal("rows differ from the one-engine run's")
+	}
+	if !reflect.DeepEqual(many.Comparisons, one.Comparisons) || !reflect.DeepEqual(many.PerQuestion, one.PerQuestion) {
+		t.Fatal("summary differs from the one-engine run's")
+	}
+}

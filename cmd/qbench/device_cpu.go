@@ -25,6 +25,12 @@ func checkDevice(d *string) error {
 	return fmt.Errorf("--device %q: want cpu, cuda or auto", *d)
 }
 
+// newEngines is the CPU engine: this build has no GPU code (--devices is the
+// GPU build's).
+func newEngines(m *qwen.Model, device, devices string, batch int) ([]qwen.Engine, error) {
+	return []qwen.Engine{qwen.NewRunner(m)}, nil
+}
+
 // newEngine returns the forward-pass engine for the device (batch matters to
 // the GPU engine only).
 func newEngine(m *qwen.Model, device string, batch int) (qwen.Engine, error) {

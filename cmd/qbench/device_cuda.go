@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"gorgonia.org/cu"
+
 	"github.com/qbench/qbench/kernels"
 	"github.com/qbench/qbench/qwen"
 )
@@ -36,14 +38,84 @@ func checkDevice(d *string) error {
 func handOver(string, []string) error { return nil }
 
 var (
-	devOnce sync.Once
-	dev     *kernels.Device
-	devErr  error
+	devMu   sync.Mutex
+	devices = map[int]*kernels.Device{}
 )
 
-func openDevice() (*kernels.Device, error) {
-	devOnce.Do(func() { dev, devErr = kernels.Open(0) })
-	return dev, devErr
+// openDevice opens GPU ordinal once for the process.
+func openDevice(ordinal int) (*kernels.Device, error) {
+	devMu.Lock()
+	defer devMu.Unlock()
+	if d := devices[ordinal]; d != nil {
+		return d, nil
+	}
+	d, err := kernels.Open(ordinal)
+	if err == nil {
+		devices[ordinal] = d
+	}
+	return d, err
+}
+
+// parseDevices reads --devices: all (every visible GPU) or a list like 0,1.
+func parseDevices(spec string) ([]int, error) {
+	n, err := cu.NumDevices()
+	if err != nil {
+		return nil, fmt.Errorf("--devices: counting GPUs: %v", err)
+	}
+	if spec == "" || spec == "all" {
+		if n == 0 {
+			return nil, fmt.Errorf("--devices: no GPU visible")
+		}
+		out := make([]int, n)
+		for i := range out {
+			out[i] = i
+		}
+		return out, nil
+	}
+	var out []int
+	seen := map[int]bool{}
+	for _, f := range strings.Split(spec, ",") {
+		i, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || i < 0 || i >= n || seen[i] {
+			return nil, fmt.Errorf("--devices %q: want all or distinct GPU numbers 0 … %d", spec, n-1)
+		}
+		seen[i] = true
+		out = append(out, i)
+	}
+	return out, nil
+}
+
+// newEngines returns one engine per GPU of --devices (the model uploaded to
+// each, in parallel), or the CPU engine.
+func newEngines(m *qwen.Model, device, spec string, batch int) ([]qwen.Engine, error) {
+	if device == "cpu" {
+		return []qwen.Engine{qwen.NewRunner(m)}, nil
+	}
+	ords, err := parseDevices(spec)
+	if err != nil {
+		return nil, err
+	}
+	engines := make([]qwen.Engine, len(ords))
+	errs := make([]error, len(ords))
+	var wg sync.WaitGroup
+	for k, o := range ords {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d, err := openDevice(o)
+			if err == nil {
+				engines[k], err = kernels.NewEngine(d, m, 8192, batch)
+			}
+			errs[k] = err
+		}()
+	}
+	wg.Wait()
+	for k, err := range errs {
+		if err != nil {
+			return nil, fmt.Errorf("GPU %d: %v", ords[k], err)
+		}
+	}
+	return engines, nil
 }
 
 // newEngine returns the forward-pass engine for the device; batch is how many
@@ -52,7 +124,7 @@ func newEngine(m *qwen.Model, device string, batch int) (qwen.Engine, error) {
 	if device == "cpu" {
 		return qwen.NewRunner(m), nil
 	}
-	d, err := openDevice()
+	d, err := openDevice(0)
 	if err != nil {
 		return nil, err
 	}
@@ -90,7 +162,7 @@ func runBench(args []string) error {
 		}
 		bs = append(bs, b)
 	}
-	d, err := openDevice()
+	d, err := openDevice(0)
 	if err != nil {
 		return err
 	}

@@ -60,6 +60,7 @@ func runEval(args []string) error {
 	tie := fs.Float64("tie", 0, "differences up to this are 'similar' (0 = identical scores, as the seed counted)")
 	force := fs.Bool("force", false, "discard results in --out made with other settings")
 	quiet := fs.Bool("quiet", false, "no progress bars")
+	devices := fs.String("devices", "all", "with --device cuda: the GPUs to use, `all` or a list like 0,1 (one engine each, sharing the queue of batches)")
 	shardSpec := fs.String("shard", "", "answer only shard I of N of the questions: `I/N`, auto (a Slurm array job) or auto/N (a Kubernetes Indexed Job); combine the shards with qbench merge")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -145,14 +146,18 @@ func runEval(args []string) error {
 		bar.Add(1)
 	}
 	bar.Finish()
-	e, err := newEngine(m, mf.device, max(1, min(*batch, len(qs)*(1+len(mf.adapters)))))
+	engines, err := newEngines(m, mf.device, *devices, max(1, min(*batch, len(qs)*(1+len(mf.adapters)))))
 	if err != nil {
 		return err
 	}
 	total := len(qs) * (1 + len(mf.adapters))
 	gbar := newBar(total, "generating", *quiet)
-	sum, err := eval.Eval(e, tok, qs, set, eval.Options{
-		Out: *out, Batch: *batch, Tie: *tie, Force: *force, Device: mf.device, Seed: sf.seed, Version: version(),
+	device := mf.device
+	if len(engines) > 1 {
+		device = fmt.Sprintf("%s ×%d", mf.device, len(engines))
+	}
+	sum, err := eval.EvalOn(engines, tok, qs, set, eval.Options{
+		Out: *out, Batch: *batch, Tie: *tie, Force: *force, Device: device, Seed: sf.seed, Version: version(),
 		Progress: func(done, todo int) { gbar.ChangeMax(todo); gbar.Set(done) },
 		ModelSHA256: func() (string, error) {
 			<-hashDone
