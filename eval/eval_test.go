@@ -14,8 +14,10 @@ import (
 
 // TestEvalTinyModel runs the seed evaluation on the shipped tiny model and
 // adapter, checks the four outputs, then resumes and refuses other settings.
-func TestEvalTinyModel(t *testing.T) {
-	m, err := qwen.Load("../testdata/tiny-qwen2", qwen.LoadOptions{Adapters: []string{"../testdata/tiny-qwen2-lora"}})
+// loadTiny loads the tiny test model (with adapters) and its tokenizer.
+func loadTiny(t *testing.T, adapters ...string) (*qwen.Model, *tokenizer.Tokenizer) {
+	t.Helper()
+	m, err := qwen.Load("../testdata/tiny-qwen2", qwen.LoadOptions{Adapters: adapters})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -23,6 +25,11 @@ func TestEvalTinyModel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return m, tok
+}
+
+func TestEvalTinyModel(t *testing.T) {
+	m, tok := loadTiny(t, "../testdata/tiny-qwen2-lora")
 	qs, _, err := LoadQuestions("")
 	if err != nil {
 		t.Fatal(err)
@@ -96,14 +103,7 @@ func TestDecoding(t *testing.T) {
 // bytes (the layout fingerprint cannot see changed values), a run that
 // never recorded its hash is not trusted, and --force starts over.
 func TestResumeChecksWeights(t *testing.T) {
-	m, err := qwen.Load("../testdata/tiny-qwen2", qwen.LoadOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, err := tokenizer.Load("../testdata/tiny-qwen2")
-	if err != nil {
-		t.Fatal(err)
-	}
+	m, tok := loadTiny(t)
 	qs, _, _ := LoadQuestions("")
 	qs = qs[:2]
 	set := Settings{Model: "tiny", Quant: m.Quant, MaxNewTokens: 4}
@@ -118,7 +118,7 @@ func TestResumeChecksWeights(t *testing.T) {
 	if _, err := Eval(qwen.NewRunner(m), tok, qs, set, Options{Out: out, Batch: 2, ModelSHA256: hash("aaaa")}); err != nil {
 		t.Fatalf("same weights: %v", err)
 	}
-	_, err = Eval(qwen.NewRunner(m), tok, qs, set, Options{Out: out, Batch: 2, ModelSHA256: hash("bbbb")})
+	_, err := Eval(qwen.NewRunner(m), tok, qs, set, Options{Out: out, Batch: 2, ModelSHA256: hash("bbbb")})
 	if err == nil || !strings.Contains(err.Error(), "other weights") {
 		t.Fatalf("changed weights: err = %v", err)
 	}

@@ -404,13 +404,13 @@ func logLikelihood(e qwen.Engine, s *qwen.Seq, prompt, expected []int) (float64,
 	var sum float64
 	for i, t := range expected {
 		row := logits[(len(prompt)-1+i)*V : (len(prompt)+i)*V]
-		sum += logSoftmaxAt(row, t)
+		sum += LogSoftmaxAt(row, t)
 	}
 	return sum / float64(len(expected)), nil
 }
 
-// logSoftmaxAt is log(softmax(row)[t]), in float64.
-func logSoftmaxAt(row []float32, t int) float64 {
+// LogSoftmaxAt is log(softmax(row)[t]), in float64 (also the reference of the GPU's target_logprob).
+func LogSoftmaxAt(row []float32, t int) float64 {
 	m := math.Inf(-1)
 	for _, v := range row {
 		m = math.Max(m, float64(v))

@@ -10,7 +10,6 @@ import (
 	"testing"
 
 	"github.com/qbench/qbench/qwen"
-	"github.com/qbench/qbench/tokenizer"
 )
 
 func TestParseShard(t *testing.T) {
@@ -55,14 +54,7 @@ func TestParseShard(t *testing.T) {
 // question count too) and merged give the single run's rows and summary;
 // missing, duplicated and mismatched shards are refused.
 func TestShardAndMerge(t *testing.T) {
-	m, err := qwen.Load("../testdata/tiny-qwen2", qwen.LoadOptions{Adapters: []string{"../testdata/tiny-qwen2-lora"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, err := tokenizer.Load("../testdata/tiny-qwen2")
-	if err != nil {
-		t.Fatal(err)
-	}
+	m, tok := loadTiny(t, "../testdata/tiny-qwen2-lora")
 	qs, qb, _ := LoadQuestions("")
 	qs = qs[:5] // enough for every case, quick on a CPU
 	set := Settings{Model: "tiny", Quant: m.Quant, MaxNewTokens: 5, StopIDs: m.Gen.EosIDs, Questions: SeedName, QuestionsHash: SHA256(qb),
@@ -145,14 +137,7 @@ func TestShardAndMerge(t *testing.T) {
 // TestEvalOnSeveralEngines: three engines sharing one queue of batches give
 // the one-engine run's rows (in question order) and summary.
 func TestEvalOnSeveralEngines(t *testing.T) {
-	m, err := qwen.Load("../testdata/tiny-qwen2", qwen.LoadOptions{Adapters: []string{"../testdata/tiny-qwen2-lora"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok, err := tokenizer.Load("../testdata/tiny-qwen2")
-	if err != nil {
-		t.Fatal(err)
-	}
+	m, tok := loadTiny(t, "../testdata/tiny-qwen2-lora")
 	qs, _, _ := LoadQuestions("")
 	qs = qs[:6]
 	set := Settings{Model: "tiny", Quant: m.Quant, MaxNewTokens: 5, StopIDs: m.Gen.EosIDs,

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"testing"
 
+	"github.com/qbench/qbench/eval"
 	"github.com/qbench/qbench/lora"
 	"github.com/qbench/qbench/qwen"
 	"github.com/qbench/qbench/tensor"
@@ -186,16 +187,7 @@ func TestTargetLogprob(t *testing.T) {
 		t.Fatal(err)
 	}
 	for m, tg := range targets {
-		row := l[m*V : (m+1)*V]
-		mx := math.Inf(-1)
-		for _, v := range row {
-			mx = math.Max(mx, float64(v))
-		}
-		var s float64
-		for _, v := range row {
-			s += math.Exp(float64(v) - mx)
-		}
-		want := float64(row[tg]) - mx - math.Log(s)
+		want := eval.LogSoftmaxAt(l[m*V:(m+1)*V], int(tg))
 		if d := math.Abs(float64(got[m]) - want); !(d <= 1e-5*math.Max(1, math.Abs(want))) {
 			t.Errorf("row %d target %d: %v, want %v", m, tg, got[m], want)
 		}

@@ -193,34 +193,45 @@ func TestFewerLayersThanCheckpoint(t *testing.T) {
 	}
 }
 
+// editedCheckpoint copies a model directory's config files and its
+// model.safetensors into a temporary directory, passing every tensor (a
+// private copy of its data) through edit on the way.
+func editedCheckpoint(t *testing.T, src string, edit func(name string, tn *tensor.Tensor)) string {
+	t.Helper()
+	dir := t.TempDir()
+	for _, f := range []string{"config.json", "generation_config.json"} {
+		b, _ := os.ReadFile(src + "/" + f)
+		os.WriteFile(dir+"/"+f, b, 0o644)
+	}
+	f, err := tensor.Open(src + "/model.safetensors")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var ts []*tensor.Tensor
+	for _, name := range f.Names() {
+		tn := *f.Tensors[name]
+		tn.Data = append([]byte(nil), tn.Data...)
+		edit(name, &tn)
+		ts = append(ts, &tn)
+	}
+	if err := tensor.Write(dir+"/model.safetensors", ts, f.Metadata); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
 // TestNaNNestedAbsmax: a non-finite scale in a bitsandbytes checkpoint is
 // refused at load, naming the tensor (it used to decode every weight of its
 // blocks to NaN and generate token 0).
 func TestNaNNestedAbsmax(t *testing.T) {
-	dir := t.TempDir()
-	for _, f := range []string{"config.json", "generation_config.json"} {
-		b, _ := os.ReadFile(bnbDir + "/" + f)
-		os.WriteFile(dir+"/"+f, b, 0o644)
-	}
-	src, err := tensor.Open(bnbDir + "/model.safetensors")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
-	var ts []*tensor.Tensor
 	hit := ""
-	for _, name := range src.Names() {
-		tn := *src.Tensors[name]
-		tn.Data = append([]byte(nil), tn.Data...)
+	dir := editedCheckpoint(t, bnbDir, func(name string, tn *tensor.Tensor) {
 		if hit == "" && strings.HasSuffix(name, ".nested_absmax") {
 			hit = name
 			binary.LittleEndian.PutUint32(tn.Data, math.Float32bits(float32(math.NaN())))
 		}
-		ts = append(ts, &tn)
-	}
-	if err := tensor.Write(dir+"/model.safetensors", ts, src.Metadata); err != nil {
-		t.Fatal(err)
-	}
+	})
 	if _, err := Load(dir, LoadOptions{}); err == nil || !strings.Contains(err.Error(), hit) || !strings.Contains(err.Error(), "NaN") {
 		t.Fatalf("err = %v, want %s named", err, hit)
 	}
@@ -229,32 +240,15 @@ func TestNaNNestedAbsmax(t *testing.T) {
 // TestNaNWeightAtLoad: a NaN stored in a 16-bit checkpoint is refused at
 // load, naming the tensor, for the CPU and the GPU path alike.
 func TestNaNWeightAtLoad(t *testing.T) {
-	dir := t.TempDir()
-	for _, f := range []string{"config.json", "generation_config.json"} {
-		b, _ := os.ReadFile(tinyDir + "/" + f)
-		os.WriteFile(dir+"/"+f, b, 0o644)
-	}
-	src, err := tensor.Open(tinyDir + "/model.safetensors")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
 	const victim = "model.layers.1.mlp.down_proj.weight"
-	var ts []*tensor.Tensor
-	for _, name := range src.Names() {
-		tn := *src.Tensors[name]
-		tn.Data = append([]byte(nil), tn.Data...)
+	dir := editedCheckpoint(t, tinyDir, func(name string, tn *tensor.Tensor) {
 		if name == victim {
 			if tn.DType != tensor.BF16 {
 				t.Fatalf("%s is %v", name, tn.DType)
 			}
 			binary.LittleEndian.PutUint16(tn.Data[20:], 0x7fc0) // bf16 NaN
 		}
-		ts = append(ts, &tn)
-	}
-	if err := tensor.Write(dir+"/model.safetensors", ts, src.Metadata); err != nil {
-		t.Fatal(err)
-	}
+	})
 	for _, q := range []string{QuantNone, QuantNF4DQ} {
 		if _, err := Load(dir, LoadOptions{Quant: q}); err == nil || !strings.Contains(err.Error(), victim) || !strings.Contains(err.Error(), "NaN") {
 			t.Errorf("--quant %q: err = %v, want %s named", q, err, victim)
