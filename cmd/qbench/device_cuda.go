@@ -138,6 +138,47 @@ type benchRow struct {
 	DecodeOff     float64              `json:"decode_tok_s_adapter_off"`
 	DecodeNoGraph float64              `json:"decode_tok_s_adapter_on_no_graphs"`
 	Kernels       []kernels.KernelTime `json:"kernels_adapter_on"`
+	Aggregate     float64              `json:"decode_tok_s_adapter_on_all_devices,omitempty"` // with --devices: every GPU decoding at once
+}
+
+// aggregateDecode decodes b sequences on each GPU of ords at the same time
+// (an engine each, adapter on) and returns the summed tokens/s.
+func aggregateDecode(m *qwen.Model, ords []int, b, promptLen, newTokens int) (float64, error) {
+	rates := make([]float64, len(ords))
+	errs := make([]error, len(ords))
+	var wg sync.WaitGroup
+	for k, o := range ords {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d, err := openDevice(o)
+			if err != nil {
+				errs[k] = err
+				return
+			}
+			eng, err := kernels.NewEngine(d, m, b*promptLen, b)
+			if err != nil {
+				errs[k] = err
+				return
+			}
+			defer eng.Close()
+			seqs, _, err := prefill(eng, b, promptLen, newTokens, 0)
+			if err == nil {
+				rates[k], err = eng.DecodeRate(seqs, newTokens, true)
+				release(eng, seqs)
+			}
+			errs[k] = err
+		}()
+	}
+	wg.Wait()
+	var sum float64
+	for k, err := range errs {
+		if err != nil {
+			return 0, fmt.Errorf("GPU %d: %v", ords[k], err)
+		}
+		sum += rates[k]
+	}
+	return sum, nil
 }
 
 func runBench(args []string) error {
@@ -151,7 +192,12 @@ func runBench(args []string) error {
 	newTokens := fs.Int("new-tokens", 128, "decode steps timed")
 	asJSON := fs.Bool("json", false, "print JSON instead of tables")
 	quiet := fs.Bool("quiet", false, "no progress bar")
+	devs := fs.String("devices", "0", "also decode on these GPUs at once and report the aggregate rate: `all` or a list like 0,1")
 	if err := parse(fs, args); err != nil {
+		return err
+	}
+	ords, err := parseDevices(*devs)
+	if err != nil {
 		return err
 	}
 	var bs []int
@@ -220,6 +266,13 @@ func runBench(args []string) error {
 		eng.Close()
 		bar.Add(2)
 	}
+	if len(ords) > 1 {
+		for i, b := range bs {
+			if rows[i].Aggregate, err = aggregateDecode(m, ords, b, *promptLen, *newTokens); err != nil {
+				return err
+			}
+		}
+	}
 	bar.Finish()
 	res := map[string]any{"device": d.Name, "model": name, "quantization": m.Quant, "adapter_rank": *rank,
 		"copy_gb_s": copyGBs, "prompt_len": *promptLen, "new_tokens": *newTokens, "results": rows}
@@ -230,6 +283,12 @@ func runBench(args []string) error {
 	fmt.Printf("%6s %12s %16s %16s %16s %10s\n", "batch", "prefill t/s", "decode t/s on", "decode t/s off", "on, no graphs", "on vs off")
 	for _, r := range rows {
 		fmt.Printf("%6d %12.0f %16.1f %16.1f %16.1f %+9.1f%%\n", r.Batch, r.PrefillTokS, r.DecodeOn, r.DecodeOff, r.DecodeNoGraph, 100*(r.DecodeOn/r.DecodeOff-1))
+	}
+	if len(ords) > 1 {
+		fmt.Printf("\nall %d GPUs (%v) decoding at once, adapter on:\n", len(ords), ords)
+		for _, r := range rows {
+			fmt.Printf("%6d %16.1f tok/s (%.2f× one GPU)\n", r.Batch, r.Aggregate, r.Aggregate/r.DecodeOn)
+		}
 	}
 	for _, r := range rows {
 		fmt.Printf("\nper-kernel breakdown of one decode step, batch %d, adapter on (each kernel ×10 in a graph, event-timed):\n", r.Batch)
