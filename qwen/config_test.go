@@ -5,6 +5,7 @@ import (
 	"math"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/qbench/qbench/tensor"
@@ -253,5 +254,25 @@ func TestNaNWeightAtLoad(t *testing.T) {
 		if _, err := Load(dir, LoadOptions{Quant: q}); err == nil || !strings.Contains(err.Error(), victim) || !strings.Contains(err.Error(), "NaN") {
 			t.Errorf("--quant %q: err = %v, want %s named", q, err, victim)
 		}
+	}
+}
+
+// TestLoadProgress: the load reports bytes as parts are bound, ending at
+// the checkpoint's total.
+func TestLoadProgress(t *testing.T) {
+	var mu sync.Mutex
+	var last, total, calls int64
+	_, err := Load(bnbDir, LoadOptions{Progress: func(d, tot int64) {
+		mu.Lock()
+		defer mu.Unlock()
+		calls++
+		last, total = max(last, d), tot
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _ := os.Stat(bnbDir + "/model.safetensors")
+	if calls < 2 || last != total || total <= 0 || total > st.Size() || total < st.Size()*9/10 {
+		t.Fatalf("%d calls, last %d of %d (file %d bytes)", calls, last, total, st.Size())
 	}
 }

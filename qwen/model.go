@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/qbench/qbench/lora"
 	"github.com/qbench/qbench/tensor"
@@ -66,6 +67,10 @@ const (
 type LoadOptions struct {
 	Quant    string
 	Adapters []string // PEFT adapter directories; adapter index i is Adapters[i]
+	// Progress, if set, is called (from several goroutines, in no order) with
+	// the bytes of the checkpoint loaded so far and the total, as the
+	// embedding, the head and each layer are bound.
+	Progress func(done, total int64)
 }
 
 // ProjNames are the seven projection module names of a Qwen2 layer, in the
@@ -110,6 +115,26 @@ func Load(dir string, opt LoadOptions) (*Model, error) {
 	}
 	m := &Model{Config: cfg, Gen: gen, Dir: dir}
 	ld := loader{ck: ck, cfg: cfg, quant: opt.Quant}
+	// Progress in bytes: each part's tensors, counted as the part is bound.
+	var total int64
+	partBytes := map[string]int64{} // "layer i" or "" (everything else)
+	for _, name := range ck.Names() {
+		t, _ := ck.Get(name)
+		n := int64(len(t.Data))
+		total += n
+		var i int
+		if k, _ := fmt.Sscanf(name, "model.layers.%d.", &i); k == 1 {
+			partBytes[fmt.Sprint("layer ", i)] += n
+		} else {
+			partBytes[""] += n
+		}
+	}
+	var loaded atomic.Int64
+	done := func(part string) {
+		if opt.Progress != nil {
+			opt.Progress(loaded.Add(partBytes[part]), total)
+		}
+	}
 	if m.EmbedTokens, err = ld.vector("model.embed_tokens.weight", cfg.Vocab, cfg.Hidden); err != nil {
 		return nil, err
 	}
@@ -133,6 +158,7 @@ func Load(dir string, opt LoadOptions) (*Model, error) {
 		go func() {
 			defer func() { <-sem; wg.Done() }()
 			errs[i] = ld.layer(&m.Layers[i], i)
+			done(fmt.Sprint("layer ", i))
 		}()
 	}
 	wg.Wait()
@@ -141,6 +167,7 @@ func Load(dir string, opt LoadOptions) (*Model, error) {
 			return nil, err
 		}
 	}
+	done("") // the embedding, norm and head (bound first; counted last)
 	m.Quant = quantMode(m)
 	for _, a := range opt.Adapters {
 		if err := m.AttachAdapter(a); err != nil {

@@ -107,12 +107,11 @@ func runEval(args []string) error {
 		modelHash, hashErr = eval.HashFiles(append([]string{filepath.Join(mf.model, "config.json")}, files...)...)
 	}()
 
-	bar := newBar(2+len(mf.adapters), "loading", *quiet)
-	m, err := mf.load()
+	m, err := mf.load(*quiet)
 	if err != nil {
 		return err
 	}
-	bar.Add(1)
+	bar := newBar(1+len(mf.adapters), "tokenizer and adapters", *quiet)
 	tok, err := tokenizer.Load(mf.model)
 	if err != nil {
 		return err

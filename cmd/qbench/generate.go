@@ -104,7 +104,7 @@ func runGenerate(args []string) error {
 	if *maxNew < 0 {
 		return fmt.Errorf("--max-new-tokens %d: must not be negative", *maxNew)
 	}
-	m, err := mf.load()
+	m, err := mf.load(false)
 	if err != nil {
 		return err
 	}

@@ -33,7 +33,7 @@ func runLogits(args []string) error {
 	if err != nil {
 		return err
 	}
-	m, err := mf.load()
+	m, err := mf.load(false)
 	if err != nil {
 		return err
 	}

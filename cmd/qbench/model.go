@@ -3,6 +3,7 @@ package main
 import (
 	"flag"
 	"fmt"
+	"sync"
 
 	"github.com/qbench/qbench/qwen"
 )
@@ -26,12 +27,21 @@ func (m *modelFlags) register(fs *flag.FlagSet, multiAdapter bool) {
 	fs.StringVar(&m.device, "device", defaultDevice(), "cpu, cuda, or auto: the GPU when an NVIDIA driver (and, for this build without GPU code, qbench-cuda beside it) is there")
 }
 
-func (m *modelFlags) load() (*qwen.Model, error) {
+// load loads the model, with a bytes/s progress bar on a terminal unless quiet.
+func (m *modelFlags) load(quiet bool) (*qwen.Model, error) {
 	if m.model == "" {
 		return nil, fmt.Errorf("--model is required")
 	}
 	if err := checkDevice(&m.device); err != nil {
 		return nil, err
 	}
-	return qwen.Load(m.model, qwen.LoadOptions{Quant: m.quant, Adapters: m.adapters})
+	bar := newByteBar("loading weights", quiet)
+	defer bar.Finish()
+	var mu sync.Mutex
+	return qwen.Load(m.model, qwen.LoadOptions{Quant: m.quant, Adapters: m.adapters, Progress: func(done, total int64) {
+		mu.Lock()
+		defer mu.Unlock()
+		bar.ChangeMax64(total)
+		bar.Set64(done)
+	}})
 }

@@ -22,3 +22,19 @@ func newBar(total int, desc string, quiet bool) *progressbar.ProgressBar {
 		progressbar.OptionClearOnFinish(),
 	)
 }
+
+// newByteBar is a progress bar in bytes with their rate, on stderr (silent
+// when stderr is not a terminal or quiet is set); its size is set as known.
+func newByteBar(desc string, quiet bool) *progressbar.ProgressBar {
+	if quiet || !term.IsTerminal(int(os.Stderr.Fd())) {
+		return progressbar.DefaultSilent(-1, desc)
+	}
+	return progressbar.NewOptions64(-1,
+		progressbar.OptionSetWriter(os.Stderr),
+		progressbar.OptionSetDescription(desc),
+		progressbar.OptionShowBytes(true),
+		progressbar.OptionSetWidth(30),
+		progressbar.OptionThrottle(100_000_000),
+		progressbar.OptionClearOnFinish(),
+	)
+}
