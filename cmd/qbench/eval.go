@@ -22,8 +22,8 @@ model's chat template. Decoding is greedy unless --temperature is given; the
 repetition penalty (and, when sampling, top-k and top-p) come from the
 model's generation_config.json unless given as flags — as transformers'
 generate does (Qwen2.5-Instruct's sets repetition_penalty 1.05, which then
-applies to greedy decoding too). The report says what ran. Scores every answer against the
-expected one, gives a verdict per question and metric (variant better, base
+applies to greedy decoding too). The report says what ran. Scores every
+answer against the expected one, gives a verdict per question and metric (variant better, base
 better, or similar when |difference| ≤ --tie), and per metric the counts, the
 means, an exact two-sided sign test and a seeded paired-bootstrap 95% interval
 of the mean difference.
@@ -36,7 +36,10 @@ Metrics:
 ` + metricList() + `
 Writes to --out: results.jsonl (one line per question and variant),
 summary.json, report.md and report.html (self-contained). Rerunning with the
-same --out skips finished pairs; other settings are refused unless --force.`
+same --out skips finished pairs (after checking that the weights' bytes are
+the same); other settings are refused unless --force, and a second eval on
+the same --out fails at once. --shard I/N answers a 1/N of the questions for
+qbench merge; the GPU build spreads batches over --devices.`
 
 func metricList() string {
 	var b strings.Builder
