@@ -19,11 +19,11 @@ var evalDoc = `Answers every question with the base model (adapter off) and with
 --adapter, all variants of a question in the same batches (each row of a batch
 carries its adapter index, so they share every weight read), through the
 model's chat template. Decoding is greedy unless --temperature is given; the
-repetition penalty (and, when sampling, top-k and top-p) come from the
-model's generation_config.json unless given as flags — as transformers'
-generate does (Qwen2.5-Instruct's sets repetition_penalty 1.05, which then
-applies to greedy decoding too). The report says what ran. Scores every
-answer against the expected one, gives a verdict per question and metric (variant better, base
+repetition penalty (and, when sampling, top-k and top-p) come from the model's
+generation_config.json unless given as flags — as transformers' generate does
+(Qwen2.5-Instruct's sets repetition_penalty 1.05, which then applies to greedy
+decoding too). The report says what ran. Scores every answer against the
+expected one, gives a verdict per question and metric (variant better, base
 better, or similar when |difference| ≤ --tie), and per metric the counts, the
 means, an exact two-sided sign test and a seeded paired-bootstrap 95% interval
 of the mean difference.
