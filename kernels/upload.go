@@ -276,7 +276,11 @@ func (e *Engine) uploadMat(l *qwen.Linear, slot int) (mat, kernelKind, error) {
 			return mt, 0, fmt.Errorf("cuda: %s: in-features %d must be a multiple of 8", l.Name, l.In)
 		}
 		mt.Fmt, kind = fmtBF16, e.denseKind(l.Out, l.In)
-		if b, err = uploadTo(e, bf16Bits(l.W), l.Name); err != nil {
+		bits := l.W16 // a bf16 checkpoint's own values
+		if bits == nil {
+			bits = bf16Bits(l.Weights())
+		}
+		if b, err = uploadTo(e, bits, l.Name); err != nil {
 			return mt, 0, err
 		}
 		mt.BF16 = uint64(b.Ptr)
@@ -285,7 +289,7 @@ func (e *Engine) uploadMat(l *qwen.Linear, slot int) (mat, kernelKind, error) {
 			return mt, 0, fmt.Errorf("cuda: %s: in-features %d must be a multiple of 8", l.Name, l.In)
 		}
 		mt.Fmt, kind = fmtF32, kindGemvDense // gemv_dense reads both dense formats
-		if b, err = uploadTo(e, l.W, l.Name); err != nil {
+		if b, err = uploadTo(e, l.Weights(), l.Name); err != nil {
 			return mt, 0, err
 		}
 		mt.F32 = uint64(b.Ptr)

@@ -10,15 +10,17 @@ import (
 )
 
 // Linear is one projection: y = W·x + b, plus scale·B(A·x) for rows whose
-// adapter touches this module. A 16-bit weight is held widened to fp32 in W.
-// An NF4 weight stays packed in Quant (0.5 byte a weight): Forward decodes it
+// adapter touches this module. A bf16 weight is held as its 16-bit values in
+// W16 (widened exactly as the dot product runs); an f16 or fp32 one widened
+// to fp32 in W. An NF4 weight stays packed in Quant (0.5 byte a weight): Forward decodes it
 // block by block as it computes, to exactly bitsandbytes' dequantised values,
 // so a 3B model runs on the CPU in ~3 GB; Weights materialises the fp32 W for
 // the code that wants it whole (the oracle tests, the GPU tests' references).
 type Linear struct {
 	Name    string
 	Out, In int
-	W       []float32      // [Out, In]; for an NF4 module nil unless Weights was called
+	W       []float32      // [Out, In]; for an NF4 or bf16 module nil unless Weights was called
+	W16     []uint16       // [Out, In] bf16 bits of a bf16-stored weight, or nil
 	Bias    []float32      // [Out], or nil
 	Quant   *tensor.NF4    // packed NF4 weight, or nil for a 16-bit module
 	LoRA    []*lora.Module // indexed by adapter; nil where that adapter leaves this module alone
@@ -26,11 +28,15 @@ type Linear struct {
 	once    sync.Once
 }
 
-// Weights returns W, dequantising an NF4 module on first use.
+// Weights returns W, made on first use from the packed NF4 or bf16 weight.
 func (l *Linear) Weights() []float32 {
 	l.once.Do(func() {
-		if l.W == nil && l.Quant != nil {
+		switch {
+		case l.W != nil:
+		case l.Quant != nil:
 			l.W = l.Quant.Dequantize()
+		case l.W16 != nil:
+			l.W = widenBF16(l.W16)
 		}
 	})
 	return l.W
@@ -53,8 +59,21 @@ type matvec struct {
 
 func (j *matvec) run(lo, hi int) {
 	l, in, out := j.l, j.l.In, j.l.Out
-	if l.W == nil {
+	if l.W == nil && l.Quant != nil {
 		j.runNF4(lo, hi)
+		return
+	}
+	if l.W == nil && l.W16 != nil {
+		for o := lo; o < hi; o++ {
+			w := l.W16[o*in : (o+1)*in]
+			var b float32
+			if l.Bias != nil {
+				b = l.Bias[o]
+			}
+			for r := 0; r < j.rows; r++ {
+				j.y[r*out+o] = dotBF16(w, j.x[r*in:(r+1)*in]) + b
+			}
+		}
 		return
 	}
 	for o := lo; o < hi; o++ {
@@ -129,6 +148,33 @@ func (j *matvec) runNF4(lo, hi int) {
 			}
 		}
 	}
+}
+
+// widenBF16 returns bf16 bits as fp32 values (exact).
+func widenBF16(bits []uint16) []float32 {
+	w := make([]float32, len(bits))
+	for i, b := range bits {
+		w[i] = math.Float32frombits(uint32(b) << 16)
+	}
+	return w
+}
+
+// dotBF16 is Σ a[i]·b[i] over bf16 weights widened exactly, four partial
+// sums as dot (so the same sums as over the fp32 copy).
+func dotBF16(a []uint16, b []float32) float32 {
+	b = b[:len(a)]
+	var s0, s1, s2, s3 float32
+	i := 0
+	for ; i+4 <= len(a); i += 4 {
+		s0 += math.Float32frombits(uint32(a[i])<<16) * b[i]
+		s1 += math.Float32frombits(uint32(a[i+1])<<16) * b[i+1]
+		s2 += math.Float32frombits(uint32(a[i+2])<<16) * b[i+2]
+		s3 += math.Float32frombits(uint32(a[i+3])<<16) * b[i+3]
+	}
+	for ; i < len(a); i++ {
+		s0 += math.Float32frombits(uint32(a[i])<<16) * b[i]
+	}
+	return (s0 + s1) + (s2 + s3)
 }
 
 // dotNF4 is Σ t[code_i]·x[i] over 16·m codes packed two a byte (element 2i

@@ -67,3 +67,52 @@ func TestPackedNF4(t *testing.T) {
 		}
 	}
 }
+
+// TestBF16Linear compares the matvec over bf16 weights held as 16-bit values
+// with the one over their exact fp32 widening: the same products summed in
+// the same order, so the results must be bit-identical; and Weights must
+// widen them exactly.
+func TestBF16Linear(t *testing.T) {
+	rng := rand.New(rand.NewPCG(rand.Uint64(), 11))
+	for _, sh := range [][2]int{{5, 96}, {3, 7}, {4, 1024}} {
+		out, in := sh[0], sh[1]
+		bits := make([]uint16, out*in)
+		w := make([]float32, out*in)
+		for i := range bits {
+			bits[i] = tensor.F32ToBF16(float32(rng.NormFloat64()))
+			w[i] = math.Float32frombits(uint32(bits[i]) << 16)
+		}
+		bias := make([]float32, out)
+		for i := range bias {
+			bias[i] = float32(rng.NormFloat64())
+		}
+		half := &Linear{Name: "h", Out: out, In: in, W16: bits, Bias: bias}
+		dense := &Linear{Name: "d", Out: out, In: in, W: w, Bias: bias}
+		for _, rows := range []int{1, 3} {
+			x := make([]float32, rows*in)
+			for i := range x {
+				x[i] = float32(rng.NormFloat64())
+			}
+			got, want := make([]float32, rows*out), make([]float32, rows*out)
+			for i := range got {
+				got[i] = float32(math.NaN())
+			}
+			var ws Workspace
+			half.Forward(got, x, rows, nil, &ws)
+			dense.Forward(want, x, rows, nil, &ws)
+			for i := range want {
+				if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
+					t.Fatalf("%dx%d rows=%d: y[%d] = %v, want %v", out, in, rows, i, got[i], want[i])
+				}
+			}
+		}
+		if half.W != nil {
+			t.Fatal("the bf16 path made an fp32 copy")
+		}
+		for i, v := range half.Weights() {
+			if v != w[i] {
+				t.Fatalf("%dx%d: Weights()[%d] = %v, want %v", out, in, i, v, w[i])
+			}
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package qwen
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"runtime"
@@ -331,11 +332,19 @@ func (ld *loader) dense(module string, out, in int, bias bool) (*Linear, error) 
 	if err != nil {
 		return nil, err
 	}
-	wf, err := finiteF32(w)
-	if err != nil {
+	l := &Linear{Name: module, Out: out, In: in, DType: w.DType}
+	if w.DType == tensor.BF16 { // kept as 2 bytes a weight (the checkpoint is closed after load: a copy)
+		l.W16 = make([]uint16, w.Len())
+		for i := range l.W16 {
+			b := binary.LittleEndian.Uint16(w.Data[2*i:])
+			if b&0x7f80 == 0x7f80 { // exponent all ones: NaN or infinity
+				return nil, fmt.Errorf("%s: tensor %s: value %d is %v", w.File, w.Name, i, tensor.BF16ToF32(b))
+			}
+			l.W16[i] = b
+		}
+	} else if l.W, err = finiteF32(w); err != nil {
 		return nil, err
 	}
-	l := &Linear{Name: module, Out: out, In: in, W: wf, DType: w.DType}
 	if bias {
 		if l.Bias, err = ld.vector(module+".bias", out); err != nil {
 			return nil, err
@@ -372,7 +381,10 @@ func (ld *loader) linear(module string, out, in int, bias bool) (*Linear, error)
 			return nil, err
 		}
 		if ld.quant == QuantNF4 || ld.quant == QuantNF4DQ {
-			w := l.W
+			w := l.W // not Weights: its once must stay free for the dequantised copy
+			if w == nil {
+				w = widenBF16(l.W16)
+			}
 			if l.DType == tensor.F32 { // bitsandbytes quantises the weight as loaded in the compute dtype
 				for i := range w {
 					w[i] = tensor.RoundBF16(w[i])
@@ -381,7 +393,7 @@ func (ld *loader) linear(module string, out, in int, bias bool) (*Linear, error)
 			if l.Quant, err = tensor.QuantizeNF4(w, []int{out, in}, tensor.BF16, ld.quant == QuantNF4DQ); err != nil {
 				return nil, fmt.Errorf("%s: %v", module, err)
 			}
-			l.W = nil // dequantised again on first CPU use (Weights)
+			l.W, l.W16 = nil, nil // the packed form serves from here (Weights dequantises on demand)
 		}
 	}
 	return l, nil

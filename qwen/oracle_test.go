@@ -117,10 +117,10 @@ func gorgoniaLayer(t *testing.T, cfg *Config, l *DecoderLayer, x0 []float32, T i
 	}
 	// linear: x·Wᵀ (+ 1·bᵀ).
 	linear := func(x *G.Node, lin *Linear) *G.Node {
-		wt := make([]float64, lin.In*lin.Out)
+		wt, w := make([]float64, lin.In*lin.Out), lin.Weights()
 		for o := 0; o < lin.Out; o++ {
 			for i := 0; i < lin.In; i++ {
-				wt[i*lin.Out+o] = float64(lin.W[o*lin.In+i])
+				wt[i*lin.Out+o] = float64(w[o*lin.In+i])
 			}
 		}
 		y := must(G.Mul(x, mat(lin.Name+"Wt", lin.In, lin.Out, wt)))
