@@ -124,3 +124,28 @@ func BenchmarkDecode05BNF4(b *testing.B) {
 		benchDecode(b, m)
 	})
 }
+
+// BenchmarkDecode05BBF16 decodes the 0.5B shape with bf16 projections:
+// "bf16" reads them as 16-bit values (W16, how a bf16 checkpoint loads),
+// "fp32" their widened copy (4 bytes a weight; the CPU path before W16).
+func BenchmarkDecode05BBF16(b *testing.B) {
+	m := fastRandomModel(Qwen05B, 1)
+	for i := range m.Layers {
+		for _, l := range m.Layers[i].Linears() {
+			l.W16 = make([]uint16, len(l.W))
+			for k, v := range l.W {
+				l.W16[k] = tensor.F32ToBF16(v)
+			}
+			l.W = nil
+		}
+	}
+	b.Run("bf16", func(b *testing.B) { benchDecode(b, m) })
+	b.Run("fp32", func(b *testing.B) {
+		for i := range m.Layers {
+			for _, l := range m.Layers[i].Linears() {
+				l.Weights()
+			}
+		}
+		benchDecode(b, m)
+	})
+}

@@ -43,11 +43,18 @@ func computeName(d tensor.DType) string {
 // readBnb reads one module's 4-bit weight as bitsandbytes saved it.
 func readBnb(ck *tensor.Checkpoint, module string, out, in int) (*tensor.NF4, error) {
 	w := module + ".weight"
+	var used []*tensor.Tensor
+	defer func() { // copied out below: the mapped pages may go
+		for _, t := range used {
+			t.Release()
+		}
+	}()
 	get := func(suffix string, dt tensor.DType) (*tensor.Tensor, error) {
 		t, err := ck.Get(w + suffix)
 		if err != nil {
 			return nil, fmt.Errorf("%s: 4-bit weight %s has no %s", ck.Dir, w, w+suffix)
 		}
+		used = append(used, t)
 		if t.DType != dt {
 			return nil, fmt.Errorf("%s: %s has dtype %v, want %v", t.File, t.Name, t.DType, dt)
 		}

@@ -312,6 +312,7 @@ func (ld *loader) vector(name string, shape ...int) ([]float32, error) {
 	if err != nil {
 		return nil, err
 	}
+	defer t.Release() // copied out: the checkpoint's pages may go
 	return finiteF32(t)
 }
 
@@ -332,6 +333,7 @@ func (ld *loader) dense(module string, out, in int, bias bool) (*Linear, error) 
 	if err != nil {
 		return nil, err
 	}
+	defer w.Release() // copied out: the checkpoint's pages may go
 	l := &Linear{Name: module, Out: out, In: in, DType: w.DType}
 	if w.DType == tensor.BF16 { // kept as 2 bytes a weight (the checkpoint is closed after load: a copy)
 		l.W16 = make([]uint16, w.Len())

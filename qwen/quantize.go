@@ -67,6 +67,7 @@ func Quantize(srcDir, outDir string, double bool, progress func(done, total int)
 			if err != nil {
 				return fmt.Errorf("%s: %s: %v", t.File, name, err)
 			}
+			t.Release() // quantised: the 16-bit pages may go
 			out = append(out, BnbTensors(m[1], q)...)
 		} else {
 			out = append(out, t)

@@ -36,3 +36,8 @@ func mapFile(path string) ([]byte, func() error, error) {
 	}
 	return b, func() error { return syscall.Munmap(b) }, nil
 }
+
+// releasePages tells the kernel the process no longer needs these mapped
+// file pages (they stay in the page cache). Advice only: an error changes
+// nothing the caller can act on.
+func releasePages(b []byte) { _ = syscall.Madvise(b, syscall.MADV_DONTNEED) }

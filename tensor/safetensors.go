@@ -41,6 +41,27 @@ type Tensor struct {
 	Shape []int
 	Data  []byte
 	File  string // path of the file that holds it, for error messages
+
+	mapped []byte // the whole memory-mapped file holding Data, or nil (see Release)
+	off    int    // Data's offset in the file
+}
+
+// Release drops Data's pages from the process's resident memory once they
+// have been copied out: a loader that binds a model tensor by tensor then
+// holds its own copies, not also the checkpoint's mapped bytes. Data stays
+// valid (touching it again reads the file's pages back); for a tensor not
+// backed by a memory map Release does nothing.
+func (t *Tensor) Release() {
+	if t.mapped == nil {
+		return
+	}
+	page := os.Getpagesize()
+	// Whole pages only, rounded inwards at the end (the mapping ends there);
+	// a page shared with a neighbour is simply read back if it is used.
+	lo, hi := t.off&^(page-1), (t.off+len(t.Data))&^(page-1)
+	if hi > lo {
+		releasePages(t.mapped[lo:hi])
+	}
 }
 
 // Len is the number of elements.
@@ -85,6 +106,9 @@ func Open(path string) (*File, error) {
 		return nil, err
 	}
 	f.unmap = unmap
+	for _, t := range f.Tensors {
+		t.mapped = b
+	}
 	return f, nil
 }
 
@@ -193,7 +217,7 @@ func Parse(path string, b []byte) (*File, error) {
 		if hi > lo { // a zero-length tensor occupies no bytes, so it overlaps nothing
 			spans = append(spans, span{lo, hi, name})
 		}
-		f.Tensors[name] = &Tensor{Name: name, DType: dt, Shape: shape, Data: data[lo:hi:hi], File: path}
+		f.Tensors[name] = &Tensor{Name: name, DType: dt, Shape: shape, Data: data[lo:hi:hi], File: path, off: int(8 + n + uint64(lo))}
 	}
 	sort.Slice(spans, func(i, j int) bool { return spans[i].lo < spans[j].lo })
 	for i := 1; i < len(spans); i++ {
