@@ -30,8 +30,8 @@ func SyntheticModel(cfg *qwen.Config, seed uint64) *qwen.Model {
 		return v
 	}
 	m := &qwen.Model{Config: cfg, Gen: &qwen.GenerationConfig{}, Quant: qwen.QuantNF4DQ,
-		EmbedTokens: bf16(vec(cfg.Vocab*cfg.Hidden, 0.05)), Norm: vec(cfg.Hidden, 1), Layers: make([]qwen.DecoderLayer, cfg.Layers)}
-	m.LMHead = &qwen.Linear{Name: "lm_head", Out: cfg.Vocab, In: cfg.Hidden, W: m.EmbedTokens, DType: tensor.BF16}
+		Embed: &qwen.Linear{Name: "model.embed_tokens", Out: cfg.Vocab, In: cfg.Hidden, W: bf16(vec(cfg.Vocab*cfg.Hidden, 0.05)), DType: tensor.BF16}, Norm: vec(cfg.Hidden, 1), Layers: make([]qwen.DecoderLayer, cfg.Layers)}
+	m.LMHead = m.Embed
 	if !cfg.TieEmbeddings {
 		m.LMHead = &qwen.Linear{Name: "lm_head", Out: cfg.Vocab, In: cfg.Hidden, W: bf16(vec(cfg.Vocab*cfg.Hidden, 0.05)), DType: tensor.BF16}
 	}

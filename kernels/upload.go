@@ -60,7 +60,12 @@ func (e *Engine) prepareHost() {
 			}
 		}
 	}
-	w := e.m.EmbedTokens
+	if emb := e.m.Embed; emb.W16 != nil { // a bf16 checkpoint's own values
+		e.embed16 = emb.W16
+		wg.Wait()
+		return
+	}
+	w := e.m.Embed.Weights()
 	e.embed16 = make([]uint16, len(w))
 	var inexact atomic.Bool
 	chunk := (len(w) + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0)
@@ -403,7 +408,7 @@ func (e *Engine) upload() error {
 	if e.embedB16 {
 		e.embed, err = uploadTo(e, e.embed16, "model.embed_tokens")
 	} else {
-		e.embed, err = uploadTo(e, m.EmbedTokens, "model.embed_tokens")
+		e.embed, err = uploadTo(e, m.Embed.Weights(), "model.embed_tokens")
 	}
 	e.embed16 = nil
 	if err != nil {

@@ -59,9 +59,9 @@ func fastRandomModel(cfg *Config, seed uint64) *Model {
 		}
 		return v
 	}
-	m := &Model{Config: cfg, Gen: &GenerationConfig{}, EmbedTokens: vec(cfg.Vocab*cfg.Hidden, 0.05),
+	m := &Model{Config: cfg, Gen: &GenerationConfig{}, Embed: &Linear{Name: "embed", Out: cfg.Vocab, In: cfg.Hidden, W: vec(cfg.Vocab*cfg.Hidden, 0.05)},
 		Norm: vec(cfg.Hidden, 1), Layers: make([]DecoderLayer, cfg.Layers)}
-	m.LMHead = &Linear{Name: "lm_head", Out: cfg.Vocab, In: cfg.Hidden, W: m.EmbedTokens}
+	m.LMHead = m.Embed
 	for i := range m.Layers {
 		l := &m.Layers[i]
 		l.InputLayernorm, l.PostAttentionLayernorm = vec(cfg.Hidden, 1), vec(cfg.Hidden, 1)

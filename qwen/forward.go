@@ -201,7 +201,7 @@ func (r *Runner) embed(seqs []*Seq, tokens [][]int) {
 	row := 0
 	for i, s := range seqs {
 		for j, tok := range tokens[i] {
-			copy(r.x[row*H:(row+1)*H], m.EmbedTokens[tok*H:(tok+1)*H])
+			m.Embed.Row(r.x[row*H:(row+1)*H], tok)
 			r.rowSeq[row], r.rowPos[row], r.adapters[row] = i, s.Len+j, s.Adapter
 			for f, inv := range r.invFreq {
 				angle := float32(r.rowPos[row]) * inv

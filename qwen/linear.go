@@ -150,6 +150,21 @@ func (j *matvec) runNF4(lo, hi int) {
 	}
 }
 
+// Row writes row o of the weight (exact fp32 values) to dst: the embedding
+// lookup.
+func (l *Linear) Row(dst []float32, o int) {
+	switch {
+	case l.W != nil:
+		copy(dst, l.W[o*l.In:(o+1)*l.In])
+	case l.W16 != nil:
+		for i, b := range l.W16[o*l.In : (o+1)*l.In] {
+			dst[i] = math.Float32frombits(uint32(b) << 16)
+		}
+	default:
+		copy(dst, l.Weights()[o*l.In:(o+1)*l.In])
+	}
+}
+
 // widenBF16 returns bf16 bits as fp32 values (exact).
 func widenBF16(bits []uint16) []float32 {
 	w := make([]float32, len(bits))

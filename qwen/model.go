@@ -15,15 +15,15 @@ import (
 
 // Model is a loaded Qwen2 checkpoint; fields mirror the safetensors keys.
 type Model struct {
-	Config      *Config
-	Gen         *GenerationConfig
-	Dir         string
-	Quant       string         // "bf16" (16-bit as stored), "nf4" or "nf4-dq"
-	EmbedTokens []float32      // [vocab, hidden] model.embed_tokens.weight
-	Layers      []DecoderLayer // model.layers.{i}
-	Norm        []float32      // [hidden] model.norm.weight
-	LMHead      *Linear        // lm_head.weight; W aliases EmbedTokens when tied
-	Adapters    []*lora.Adapter
+	Config   *Config
+	Gen      *GenerationConfig
+	Dir      string
+	Quant    string         // "bf16" (16-bit as stored), "nf4" or "nf4-dq"
+	Embed    *Linear        // model.embed_tokens.weight [vocab, hidden]: rows looked up (Row), not multiplied
+	Layers   []DecoderLayer // model.layers.{i}
+	Norm     []float32      // [hidden] model.norm.weight
+	LMHead   *Linear        // lm_head.weight; the same Linear as Embed when tied
+	Adapters []*lora.Adapter
 }
 
 // DecoderLayer is model.layers.{i}.
@@ -136,14 +136,14 @@ func Load(dir string, opt LoadOptions) (*Model, error) {
 			opt.Progress(loaded.Add(partBytes[part]), total)
 		}
 	}
-	if m.EmbedTokens, err = ld.vector("model.embed_tokens.weight", cfg.Vocab, cfg.Hidden); err != nil {
+	if m.Embed, err = ld.dense("model.embed_tokens", cfg.Vocab, cfg.Hidden, false); err != nil {
 		return nil, err
 	}
 	if m.Norm, err = ld.vector("model.norm.weight", cfg.Hidden); err != nil {
 		return nil, err
 	}
 	if cfg.TieEmbeddings {
-		m.LMHead = &Linear{Name: "lm_head (tied to model.embed_tokens)", Out: cfg.Vocab, In: cfg.Hidden, W: m.EmbedTokens, DType: tensor.BF16}
+		m.LMHead = m.Embed
 	} else if m.LMHead, err = ld.dense("lm_head", cfg.Vocab, cfg.Hidden, false); err != nil {
 		return nil, err
 	}

@@ -59,9 +59,9 @@ func randVec(rng *rand.Rand, n int, scale float64) []float32 {
 
 // randomModel makes a model of cfg with Gaussian weights (biases included).
 func randomModel(cfg *Config, rng *rand.Rand) *Model {
-	m := &Model{Config: cfg, Gen: &GenerationConfig{}, EmbedTokens: randVec(rng, cfg.Vocab*cfg.Hidden, 1),
+	m := &Model{Config: cfg, Gen: &GenerationConfig{}, Embed: &Linear{Name: "embed", Out: cfg.Vocab, In: cfg.Hidden, W: randVec(rng, cfg.Vocab*cfg.Hidden, 1)},
 		Norm: randVec(rng, cfg.Hidden, 1), Layers: make([]DecoderLayer, cfg.Layers)}
-	m.LMHead = &Linear{Name: "lm_head", Out: cfg.Vocab, In: cfg.Hidden, W: m.EmbedTokens}
+	m.LMHead = m.Embed
 	for i := range m.Layers {
 		l := &m.Layers[i]
 		l.InputLayernorm = randVec(rng, cfg.Hidden, 1)
