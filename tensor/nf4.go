@@ -55,56 +55,35 @@ func (q *NF4) Double() bool { return q.QAbsmax != nil }
 // Len is the number of weight elements.
 func (q *NF4) Len() int { return NumElements(q.Shape) }
 
-// quantizeNF4 maps x (already divided by its block's absmax) to a code by the
-// decision tree of bitsandbytes' dQuantizeNF4: thresholds are the midpoints of
-// neighbouring codes, compared in fp32. NaN falls through to code 0.
+// nf4Mid are bitsandbytes' dQuantizeNF4 thresholds, the midpoints of
+// neighbouring NF4 values, ascending: code k+1 begins above nf4Mid[k].
+var nf4Mid = [15]float32{
+	-0.8480964004993439, -0.6106329262256622, -0.4599952697753906, -0.33967943489551544,
+	-0.23460740596055984, -0.13791173323988914, -0.045525018125772476, 0.03979014977812767,
+	0.1202552504837513, 0.2035212516784668, 0.2920137718319893, 0.3893125355243683,
+	0.5016634166240692, 0.6427869200706482, 0.8614784181118011,
+}
+
+// quantizeNF4 maps x (already divided by its block's absmax) to a code by
+// bitsandbytes' dQuantizeNF4 decision tree: the same fp32 comparisons in the
+// same order (x > 0.0398, then ±0.389 or -0.340, …), written as a four-step
+// search over nf4Mid so it compiles to conditional moves, not branches that
+// mispredict on every other weight. NaN compares false and gets code 0.
 func quantizeNF4(x float32) byte {
-	if x > 0.03979014977812767 {
-		if x > 0.3893125355243683 {
-			if x > 0.6427869200706482 {
-				if x > 0.8614784181118011 {
-					return 15
-				}
-				return 14
-			}
-			if x > 0.5016634166240692 {
-				return 13
-			}
-			return 12
-		}
-		if x > 0.2035212516784668 {
-			if x > 0.2920137718319893 {
-				return 11
-			}
-			return 10
-		}
-		if x > 0.1202552504837513 {
-			return 9
-		}
-		return 8
+	c := 0
+	if x > nf4Mid[7] {
+		c = 8
 	}
-	if x > -0.33967943489551544 {
-		if x > -0.13791173323988914 {
-			if x > -0.045525018125772476 {
-				return 7
-			}
-			return 6
-		}
-		if x > -0.23460740596055984 {
-			return 5
-		}
-		return 4
+	if x > nf4Mid[c+3] {
+		c += 4
 	}
-	if x > -0.6106329262256622 {
-		if x > -0.4599952697753906 {
-			return 3
-		}
-		return 2
+	if x > nf4Mid[c+1] {
+		c += 2
 	}
-	if x > -0.8480964004993439 {
-		return 1
+	if x > nf4Mid[c] {
+		c++
 	}
-	return 0
+	return byte(c)
 }
 
 // quantizeDynamic maps x in [-1,1] to the nearest entry of the sorted 256-entry
@@ -164,7 +143,7 @@ func QuantizeNF4(w []float32, shape []int, compute DType, double bool) (*NF4, er
 		return nil, fmt.Errorf("nf4: %d values for shape %v (need an even count equal to the shape)", len(w), shape)
 	}
 	for i, v := range w {
-		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+		if math.Float32bits(v)&0x7f800000 == 0x7f800000 { // exponent all ones: NaN or infinity
 			return nil, fmt.Errorf("nf4: element %d is %v: a non-finite weight cannot be quantised", i, v)
 		}
 	}

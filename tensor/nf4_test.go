@@ -96,6 +96,82 @@ func TestQuantizeNF4Nearest(t *testing.T) {
 	}
 }
 
+// TestQuantizeNF4Tree checks the search over nf4Mid against bitsandbytes'
+// dQuantizeNF4 decision tree written out as it is in the CUDA source
+// (bnbTreeNF4): at every threshold and its fp32 neighbours, ±0, ±1, ±Inf,
+// NaN, and a million random values of weights' spread.
+func TestQuantizeNF4Tree(t *testing.T) {
+	xs := []float32{0, float32(math.Copysign(0, -1)), 1, -1, float32(math.Inf(1)), float32(math.Inf(-1)), float32(math.NaN())}
+	for _, m := range nf4Mid {
+		for _, d := range []float32{-1, 1} {
+			v := m
+			for k := 0; k < 3; k++ {
+				xs = append(xs, v)
+				v = math.Nextafter32(v, d*2)
+			}
+		}
+	}
+	r := rand.New(rand.NewPCG(rand.Uint64(), 5))
+	for range 1000000 {
+		xs = append(xs, float32(r.NormFloat64()*0.4))
+	}
+	for _, x := range xs {
+		if got, want := quantizeNF4(x), bnbTreeNF4(x); got != want {
+			t.Fatalf("quantizeNF4(%v) = %d, bitsandbytes' tree gives %d", x, got, want)
+		}
+	}
+}
+
+// bnbTreeNF4 is bitsandbytes' dQuantizeNF4 (csrc/kernels.cu) as written there.
+func bnbTreeNF4(x float32) byte {
+	if x > 0.03979014977812767 {
+		if x > 0.3893125355243683 {
+			if x > 0.6427869200706482 {
+				if x > 0.8614784181118011 {
+					return 15
+				}
+				return 14
+			}
+			if x > 0.5016634166240692 {
+				return 13
+			}
+			return 12
+		}
+		if x > 0.2035212516784668 {
+			if x > 0.2920137718319893 {
+				return 11
+			}
+			return 10
+		}
+		if x > 0.1202552504837513 {
+			return 9
+		}
+		return 8
+	}
+	if x > -0.33967943489551544 {
+		if x > -0.13791173323988914 {
+			if x > -0.045525018125772476 {
+				return 7
+			}
+			return 6
+		}
+		if x > -0.23460740596055984 {
+			return 5
+		}
+		return 4
+	}
+	if x > -0.6106329262256622 {
+		if x > -0.4599952697753906 {
+			return 3
+		}
+		return 2
+	}
+	if x > -0.8480964004993439 {
+		return 1
+	}
+	return 0
+}
+
 // TestNF4BlocksCrossRows: a block straddling two rows is indexed by flat element.
 func TestNF4BlocksCrossRows(t *testing.T) {
 	shape := []int{3, 40} // 120 elements: block 0 covers row 0 and half of row 1
