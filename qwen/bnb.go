@@ -55,6 +55,7 @@ func readBnb(ck *tensor.Checkpoint, module string, out, in int) (*tensor.NF4, er
 			return nil, fmt.Errorf("%s: 4-bit weight %s has no %s", ck.Dir, w, w+suffix)
 		}
 		used = append(used, t)
+		t.Populate() // read below: mapped in one call, not a fault a page
 		if t.DType != dt {
 			return nil, fmt.Errorf("%s: %s has dtype %v, want %v", t.File, t.Name, t.DType, dt)
 		}

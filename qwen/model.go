@@ -296,6 +296,7 @@ func (ld *loader) tensor(name string, shape ...int) (*tensor.Tensor, error) {
 	} else if err != nil {
 		return nil, err
 	}
+	t.Populate() // read below: mapped in one call, not a fault a page
 	if !sameShape(t.Shape, shape) {
 		return nil, fmt.Errorf("%s: tensor %s has shape %v, config.json implies %v", t.File, name, t.Shape, shape)
 	}

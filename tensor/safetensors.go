@@ -46,6 +46,21 @@ type Tensor struct {
 	off    int    // Data's offset in the file
 }
 
+// Populate maps Data's pages into the process in one call before they are
+// read (Linux 5.14+: MADV_POPULATE_READ), instead of a page fault every 4 KB
+// as a copy walks them: on a VM faults cost ~10 µs each, which made copying
+// a 2 GB checkpoint out of the page cache take 6 s. Elsewhere, or for a
+// tensor not backed by a memory map, it does nothing.
+func (t *Tensor) Populate() {
+	if t.mapped == nil {
+		return
+	}
+	page := os.Getpagesize()
+	if lo, hi := t.off&^(page-1), t.off+len(t.Data); hi > lo {
+		populatePages(t.mapped[lo:hi])
+	}
+}
+
 // Release drops Data's pages from the process's resident memory once they
 // have been copied out: a loader that binds a model tensor by tensor then
 // holds its own copies, not also the checkpoint's mapped bytes. Data stays

@@ -5,4 +5,10 @@ the same run), then for each batch size the prefill rate, a per-kernel
 breakdown of one decode step (time, bytes, GB/s, % of copy bandwidth), and
 decode tokens/s with the adapter on and off and with CUDA graphs on and off.
 --shape uses synthetic random NF4 (double-quant) weights of a Qwen2.5 size, no
-download needed; --model uses a real checkpoint. Needs -tags cuda.`
+download needed; --model uses a real checkpoint. Needs -tags cuda.
+
+--load --model DIR times loading instead: with the checkpoint's files evicted
+from the page cache (cold) and again (warm), the seconds, the checkpoint's
+GB/s and the peak resident memory of each; with --device cuda (the default in
+the GPU build) the engine's upload is included. It runs on the CPU too
+(--device cpu), in either build.`

@@ -45,7 +45,7 @@ scan:
 			device = a[strings.Index(a, "=")+1:]
 		}
 	}
-	if cmd == "bench" {
+	if cmd == "bench" && device == "auto" { // bench is the GPU's unless --load --device cpu
 		device = "cuda"
 	}
 	if device != "cuda" && device != "auto" {

@@ -38,9 +38,18 @@ func newEngine(m *qwen.Model, device string, batch int) (qwen.Engine, error) {
 }
 
 func runBench(args []string) error {
-	fs := newFlags("bench", "[--shape qwen2.5-0.5b|1.5b|3b|7b | --model DIR] [flags]", benchDoc)
+	fs := newFlags("bench", "[--shape qwen2.5-0.5b|1.5b|3b|7b | --model DIR | --load --model DIR] [flags]", benchDoc)
+	var mf modelFlags
+	fs.StringVar(&mf.model, "model", "", "with --load: the model `DIR`")
+	fs.StringVar(&mf.quant, "quant", "", "with --load: bf16, nf4 or nf4-dq at load")
+	fs.StringVar(&mf.device, "device", "cpu", "with --load: cpu (this build has no GPU code)")
+	load := fs.Bool("load", false, "time loading --model (cold and warm page cache) instead")
+	asJSON := fs.Bool("json", false, "print JSON instead of tables")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
-	return fmt.Errorf("bench measures the GPU engine: this qbench was built without GPU support (build with -tags cuda)")
+	if !*load {
+		return fmt.Errorf("bench measures the GPU engine: this qbench was built without GPU support (build with -tags cuda); --load times loading on the CPU")
+	}
+	return benchLoad(&mf, *asJSON)
 }

@@ -182,7 +182,7 @@ func aggregateDecode(m *qwen.Model, ords []int, b, promptLen, newTokens int) (fl
 }
 
 func runBench(args []string) error {
-	fs := newFlags("bench", "[--shape qwen2.5-0.5b|1.5b|3b|7b | --model DIR] [flags]", benchDoc)
+	fs := newFlags("bench", "[--shape qwen2.5-0.5b|1.5b|3b|7b | --model DIR | --load --model DIR] [flags]", benchDoc)
 	shape := fs.String("shape", "qwen2.5-3b", "synthetic model `NAME`: "+strings.Join(shapeNames(), ", "))
 	model := fs.String("model", "", "benchmark a real model `DIR` instead")
 	quant := fs.String("quant", "", "with --model: bf16, nf4 or nf4-dq at load")
@@ -193,8 +193,13 @@ func runBench(args []string) error {
 	asJSON := fs.Bool("json", false, "print JSON instead of tables")
 	quiet := fs.Bool("quiet", false, "no progress bar")
 	devs := fs.String("devices", "0", "also decode on these GPUs at once and report the aggregate rate: `all` or a list like 0,1")
+	load := fs.Bool("load", false, "time loading --model (cold and warm page cache, upload included) instead")
+	device := fs.String("device", "cuda", "with --load: cuda or cpu")
 	if err := parse(fs, args); err != nil {
 		return err
+	}
+	if *load {
+		return benchLoad(&modelFlags{model: *model, quant: *quant, device: *device}, *asJSON)
 	}
 	ords, err := parseDevices(*devs)
 	if err != nil {

@@ -136,3 +136,35 @@ func TestInspectAndQuantize(t *testing.T) {
 		t.Errorf("inspect: exit %d\n%s%s", code, text, errs)
 	}
 }
+
+// TestBenchLoad: bench --load times a cold and a warm load of the model on
+// the CPU, in either build, and refuses to run without --model.
+func TestBenchLoad(t *testing.T) {
+	out, errs, code := qbench(t, "", "bench", "--load", "--model", tiny, "--device", "cpu", "--json")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	var res struct {
+		Bytes int64 `json:"checkpoint_bytes"`
+		Runs  []loadRun
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil || len(res.Runs) != 2 {
+		t.Fatalf("output %q: %v", out, err)
+	}
+	st, err := os.Stat(filepath.Join(tiny, "model.safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Bytes != st.Size() {
+		t.Errorf("checkpoint_bytes = %d, the file has %d", res.Bytes, st.Size())
+	}
+	for i, r := range res.Runs {
+		if r.Cache != []string{"cold", "warm"}[i] || !(r.Seconds > 0) || !(r.GBs > 0) || !(r.PeakRSS > 0) {
+			t.Errorf("run %d: %+v", i, r)
+		}
+	}
+	_, errs, code = qbench(t, "", "bench", "--load", "--device", "cpu")
+	if code == 0 || !strings.Contains(errs, "--load needs --model") || strings.Count(strings.TrimSpace(errs), "\n") != 0 {
+		t.Errorf("without --model: exit %d, %q", code, errs)
+	}
+}
