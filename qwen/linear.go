@@ -11,11 +11,12 @@ import (
 
 // Linear is one projection: y = W·x + b, plus scale·B(A·x) for rows whose
 // adapter touches this module. A bf16 weight is held as its 16-bit values in
-// W16 (widened exactly as the dot product runs); an f16 or fp32 one widened
-// to fp32 in W. An NF4 weight stays packed in Quant (0.5 byte a weight): Forward decodes it
-// block by block as it computes, to exactly bitsandbytes' dequantised values,
-// so a 3B model runs on the CPU in ~3 GB; Weights materialises the fp32 W for
-// the code that wants it whole (the oracle tests, the GPU tests' references).
+// W16 (widened exactly as the dot product runs), an f16 or fp32 one widened
+// to fp32 in W. An NF4 weight stays packed in Quant (0.5 byte a weight):
+// Forward decodes it block by block as it computes, to exactly bitsandbytes'
+// dequantised values, so a 3B model runs on the CPU in ~2–3 GB; Weights
+// materialises the fp32 W for the code that wants it whole (the oracle tests,
+// the GPU tests' references).
 type Linear struct {
 	Name    string
 	Out, In int

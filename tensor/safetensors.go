@@ -48,9 +48,9 @@ type Tensor struct {
 
 // Populate maps Data's pages into the process in one call before they are
 // read (Linux 5.14+: MADV_POPULATE_READ), instead of a page fault every 4 KB
-// as a copy walks them: on a VM faults cost ~10 µs each, which made copying
-// a 2 GB checkpoint out of the page cache take 6 s. Elsewhere, or for a
-// tensor not backed by a memory map, it does nothing.
+// as a copy walks them (copying 1 GB out of a cached file on the dev VM:
+// 0.54 s faulting, 0.42 s populated first). Elsewhere, or for a tensor not
+// backed by a memory map, it does nothing. Like Data, not after Close.
 func (t *Tensor) Populate() {
 	if t.mapped == nil {
 		return
@@ -65,7 +65,8 @@ func (t *Tensor) Populate() {
 // have been copied out: a loader that binds a model tensor by tensor then
 // holds its own copies, not also the checkpoint's mapped bytes. Data stays
 // valid (touching it again reads the file's pages back); for a tensor not
-// backed by a memory map Release does nothing.
+// backed by a memory map Release does nothing. Never after Close: the
+// addresses may belong to other memory by then.
 func (t *Tensor) Release() {
 	if t.mapped == nil {
 		return
