@@ -96,6 +96,19 @@ func newEngines(m *qwen.Model, device, spec string, batch int) ([]qwen.Engine, e
 		return nil, err
 	}
 	engines := make([]qwen.Engine, len(ords))
+	err = onEachGPU(ords, func(k int, d *kernels.Device) (err error) {
+		engines[k], err = kernels.NewEngine(d, m, 8192, batch)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return engines, nil
+}
+
+// onEachGPU runs f(k, device ords[k]) for every k at once and returns the
+// first error, naming its GPU.
+func onEachGPU(ords []int, f func(k int, d *kernels.Device) error) error {
 	errs := make([]error, len(ords))
 	var wg sync.WaitGroup
 	for k, o := range ords {
@@ -104,7 +117,7 @@ func newEngines(m *qwen.Model, device, spec string, batch int) ([]qwen.Engine, e
 			defer wg.Done()
 			d, err := openDevice(o)
 			if err == nil {
-				engines[k], err = kernels.NewEngine(d, m, 8192, batch)
+				err = f(k, d)
 			}
 			errs[k] = err
 		}()
@@ -112,10 +125,10 @@ func newEngines(m *qwen.Model, device, spec string, batch int) ([]qwen.Engine, e
 	wg.Wait()
 	for k, err := range errs {
 		if err != nil {
-			return nil, fmt.Errorf("GPU %d: %v", ords[k], err)
+			return fmt.Errorf("GPU %d: %v", ords[k], err)
 		}
 	}
-	return engines, nil
+	return nil
 }
 
 // newEngine returns the forward-pass engine for the device; batch is how many
@@ -145,38 +158,25 @@ type benchRow struct {
 // (an engine each, adapter on) and returns the summed tokens/s.
 func aggregateDecode(m *qwen.Model, ords []int, b, promptLen, newTokens int) (float64, error) {
 	rates := make([]float64, len(ords))
-	errs := make([]error, len(ords))
-	var wg sync.WaitGroup
-	for k, o := range ords {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			d, err := openDevice(o)
-			if err != nil {
-				errs[k] = err
-				return
-			}
-			eng, err := kernels.NewEngine(d, m, b*promptLen, b)
-			if err != nil {
-				errs[k] = err
-				return
-			}
-			defer eng.Close()
-			seqs, _, err := prefill(eng, b, promptLen, newTokens, 0)
-			if err == nil {
-				rates[k], err = eng.DecodeRate(seqs, newTokens, true)
-				release(eng, seqs)
-			}
-			errs[k] = err
-		}()
-	}
-	wg.Wait()
-	var sum float64
-	for k, err := range errs {
+	err := onEachGPU(ords, func(k int, d *kernels.Device) error {
+		eng, err := kernels.NewEngine(d, m, b*promptLen, b)
 		if err != nil {
-			return 0, fmt.Errorf("GPU %d: %v", ords[k], err)
+			return err
 		}
-		sum += rates[k]
+		defer eng.Close()
+		seqs, _, err := prefill(eng, b, promptLen, newTokens, 0)
+		if err == nil {
+			rates[k], err = eng.DecodeRate(seqs, newTokens, true)
+			release(eng, seqs)
+		}
+		return err
+	})
+	if err != nil {
+		return 0, err
+	}
+	var sum float64
+	for _, r := range rates {
+		sum += r
 	}
 	return sum, nil
 }
