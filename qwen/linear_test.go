@@ -8,6 +8,23 @@ import (
 	"github.com/qbench/qbench/tensor"
 )
 
+// forwardBoth runs two Linears of one shape on the same fresh random input
+// of rows rows, the first's output poisoned with NaN first.
+func forwardBoth(rng *rand.Rand, l, ref *Linear, rows int) (x, got, want []float32) {
+	x = make([]float32, rows*l.In)
+	for i := range x {
+		x[i] = float32(rng.NormFloat64())
+	}
+	got, want = make([]float32, rows*l.Out), make([]float32, rows*l.Out)
+	for i := range got {
+		got[i] = float32(math.NaN())
+	}
+	var ws Workspace
+	l.Forward(got, x, rows, nil, &ws)
+	ref.Forward(want, x, rows, nil, &ws)
+	return x, got, want
+}
+
 // TestPackedNF4 compares the packed NF4 matvec with the same product over the
 // dequantised fp32 weights, on fresh random inputs: shapes whose 64-blocks
 // straddle rows (and start mid-byte: odd in), every compute dtype, one and
@@ -36,17 +53,7 @@ func TestPackedNF4(t *testing.T) {
 				packed := &Linear{Name: "p", Out: out, In: in, Quant: q, Bias: bias}
 				dense := &Linear{Name: "d", Out: out, In: in, W: q.Dequantize(), Bias: bias}
 				for _, rows := range []int{1, 3} {
-					x := make([]float32, rows*in)
-					for i := range x {
-						x[i] = float32(rng.NormFloat64())
-					}
-					got, want := make([]float32, rows*out), make([]float32, rows*out)
-					for i := range got {
-						got[i] = float32(math.NaN())
-					}
-					var ws Workspace
-					packed.Forward(got, x, rows, nil, &ws)
-					dense.Forward(want, x, rows, nil, &ws)
+					x, got, want := forwardBoth(rng, packed, dense, rows)
 					for i := range want {
 						// The two sum in different orders: fp32 rounding of the
 						// products' magnitudes, not of the (often cancelling) sum.
@@ -89,17 +96,7 @@ func TestBF16Linear(t *testing.T) {
 		half := &Linear{Name: "h", Out: out, In: in, W16: bits, Bias: bias}
 		dense := &Linear{Name: "d", Out: out, In: in, W: w, Bias: bias}
 		for _, rows := range []int{1, 3} {
-			x := make([]float32, rows*in)
-			for i := range x {
-				x[i] = float32(rng.NormFloat64())
-			}
-			got, want := make([]float32, rows*out), make([]float32, rows*out)
-			for i := range got {
-				got[i] = float32(math.NaN())
-			}
-			var ws Workspace
-			half.Forward(got, x, rows, nil, &ws)
-			dense.Forward(want, x, rows, nil, &ws)
+			_, got, want := forwardBoth(rng, half, dense, rows)
 			for i := range want {
 				if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
 					t.Fatalf("%dx%d rows=%d: y[%d] = %v, want %v", out, in, rows, i, got[i], want[i])
