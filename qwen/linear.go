@@ -159,7 +159,7 @@ func (l *Linear) Row(dst []float32, o int) {
 		copy(dst, l.W[o*l.In:(o+1)*l.In])
 	case l.W16 != nil:
 		for i, b := range l.W16[o*l.In : (o+1)*l.In] {
-			dst[i] = math.Float32frombits(uint32(b) << 16)
+			dst[i] = tensor.BF16ToF32(b)
 		}
 	default:
 		copy(dst, l.Weights()[o*l.In:(o+1)*l.In])
@@ -170,7 +170,7 @@ func (l *Linear) Row(dst []float32, o int) {
 func widenBF16(bits []uint16) []float32 {
 	w := make([]float32, len(bits))
 	for i, b := range bits {
-		w[i] = math.Float32frombits(uint32(b) << 16)
+		w[i] = tensor.BF16ToF32(b)
 	}
 	return w
 }
@@ -182,13 +182,13 @@ func dotBF16(a []uint16, b []float32) float32 {
 	var s0, s1, s2, s3 float32
 	i := 0
 	for ; i+4 <= len(a); i += 4 {
-		s0 += math.Float32frombits(uint32(a[i])<<16) * b[i]
-		s1 += math.Float32frombits(uint32(a[i+1])<<16) * b[i+1]
-		s2 += math.Float32frombits(uint32(a[i+2])<<16) * b[i+2]
-		s3 += math.Float32frombits(uint32(a[i+3])<<16) * b[i+3]
+		s0 += tensor.BF16ToF32(a[i]) * b[i]
+		s1 += tensor.BF16ToF32(a[i+1]) * b[i+1]
+		s2 += tensor.BF16ToF32(a[i+2]) * b[i+2]
+		s3 += tensor.BF16ToF32(a[i+3]) * b[i+3]
 	}
 	for ; i < len(a); i++ {
-		s0 += math.Float32frombits(uint32(a[i])<<16) * b[i]
+		s0 += tensor.BF16ToF32(a[i]) * b[i]
 	}
 	return (s0 + s1) + (s2 + s3)
 }
