@@ -168,3 +168,59 @@ func TestBenchLoad(t *testing.T) {
 		t.Errorf("without --model: exit %d, %q", code, errs)
 	}
 }
+
+// TestFirstRun runs the README's first command on the first eight held-out
+// questions: the trained model and its adapter must show what they show
+// there, the adapter answering most exactly (observed 6 of 8) and giving
+// the reference answer a far higher log-likelihood than the base on every
+// question (observed by 4.4 nats or more a token).
+func TestFirstRun(t *testing.T) {
+	lines, err := os.ReadFile("../../testdata/sotu/questions.jsonl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	qs := filepath.Join(dir, "q.jsonl")
+	if err := os.WriteFile(qs, []byte(strings.Join(strings.SplitAfter(string(lines), "\n")[:8], "")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "out")
+	_, errs, code := qbench(t, "", "eval", "--model", "../../testdata/sotu/sotu-qwen2", "--quant", "nf4-dq", "--adapter", "../../testdata/sotu/sotu-qwen2-qa",
+		"--questions", qs, "--max-new-tokens", "16", "--quiet", "--device", "cpu", "--out", out)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	raw, err := os.ReadFile(filepath.Join(out, "results.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	loglik := map[string]map[string]float64{}
+	exact := 0
+	for _, l := range strings.Split(strings.TrimSpace(string(raw)), "\n") {
+		var r struct {
+			ID, Variant, Answer string
+			Metrics             map[string]float64
+		}
+		if err := json.Unmarshal([]byte(l), &r); err != nil {
+			t.Fatal(err)
+		}
+		if loglik[r.ID] == nil {
+			loglik[r.ID] = map[string]float64{}
+		}
+		loglik[r.ID][r.Variant] = r.Metrics["ref_loglik"]
+		if r.Variant == "sotu-qwen2-qa" {
+			exact += int(r.Metrics["exact_match"])
+		}
+	}
+	if len(loglik) != 8 {
+		t.Fatalf("%d questions answered, want 8", len(loglik))
+	}
+	if exact < 5 {
+		t.Errorf("adapter exact on %d of 8, want ≥ 5", exact)
+	}
+	for id, v := range loglik {
+		if !(v["sotu-qwen2-qa"] > v["base"]+2) {
+			t.Errorf("question %s: reference log-likelihood %.2f with the adapter, %.2f without", id, v["sotu-qwen2-qa"], v["base"])
+		}
+	}
+}
