@@ -43,7 +43,7 @@ type Engine struct {
 	graphs map[graphKey]*Graph // captured decode steps of this engine
 	prof   *profile            // non-nil while profiling: launches are recorded, not run
 
-	host     map[*qwen.Linear][]byte // re-laid NF4 codes, made on all cores before the upload
+	host     map[*qwen.Linear][]byte // re-laid NF4 codes of the layer being uploaded
 	embed16  []uint16                // the embedding as bf16, likewise
 	hostMeta []rowMeta
 	hostIdx  []int32
@@ -70,7 +70,7 @@ func NewEngine(d *Device, m *qwen.Model, maxRows, batch int) (*Engine, error) {
 	e.mma = batch >= 2 && m.Config.HeadDim%16 == 0 && !envSet("QBENCH_NO_MMA")
 	e.lut = batch < 2 && !envSet("QBENCH_NO_LUT")
 	e.markPlain()
-	e.prepareHost()
+	e.prepareEmbed()
 	err := d.Do(e.upload)
 	e.host = nil
 	if err != nil {

@@ -201,3 +201,10 @@ func gemvName(kind kernelKind, rows int) string {
 	}
 	return fmt.Sprintf("gemv_dense_%d", mt)
 }
+
+// quantizeCall: the NF4 codes and block absmax of n bf16 weights w (one
+// thread per code byte, a warp per 64-block), the lowest non-finite index
+// into bad.
+func quantizeCall(packed, absmax, bad, w Buf, n int) call {
+	return call{name: "nf4_quantize", grid: [3]int{(n/2 + 255) / 256}, block: 256, args: []any{packed, absmax, bad, w, n}}
+}

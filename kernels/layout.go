@@ -3,15 +3,17 @@ package kernels
 // Host-side re-layouts of NF4 codes, each in the order one kernel reads them.
 // Packed codes are bitsandbytes': the codes of a row-major [out, in] matrix,
 // two per byte, element 2i in the high nibble of byte i. Untagged, so CI
-// tests each against a plain index formula (layout_test.go).
+// tests each against a plain index formula (layout_test.go). Each writes into
+// t when it has the room (a buffer of an earlier layer, reused), else into a
+// new slice, and returns it.
 
 // tileNF4 reorders the codes within each whole 1024-column tile of each row
 // (for gemv_nf4): lane l of a warp gets, in its 16 bytes, the codes of
 // columns 4l + 128j … 4l + 128j + 3 for j = 0…7 (2 bytes a group), so that
 // the x values a warp needs for one group are one contiguous 512-byte run.
 // Columns past the last whole tile keep their order.
-func tileNF4(packed []byte, out, in int) []byte {
-	t := append([]byte(nil), packed...)
+func tileNF4(t, packed []byte, out, in int) []byte {
+	t = append(t[:0], packed...)
 	for r := 0; r < out; r++ {
 		for c := 0; c+1024 <= in; c += 1024 {
 			base := (r*in + c) / 2 // a tile is 512 bytes of codes
@@ -30,8 +32,8 @@ func tileNF4(packed []byte, out, in int) []byte {
 // mma_nf4; in % 64 == 0): thread t of a quad gets, in its 8 bytes, for
 // s = 0…3 the byte of columns 16s + 2t, +1 and the byte of columns
 // 16s + 2t + 8, +9 — its part of the bf16 A fragment of mma.m16n8k16.
-func mmaNF4(packed []byte, out, in int) []byte {
-	t := make([]byte, len(packed))
+func mmaNF4(t, packed []byte, out, in int) []byte {
+	t = room(t, len(packed))
 	for base := 0; base < out*in/2; base += 32 { // a block is 32 bytes of codes
 		for q := 0; q < 4; q++ {
 			for s := 0; s < 4; s++ {
@@ -48,8 +50,8 @@ func mmaNF4(packed []byte, out, in int) []byte {
 // of a row), 32 bytes each; the first 16 bytes of block b go to 16b, the
 // second 16 to 16·nb + 16b, so that the four threads of a quad, each owning
 // one block, read one contiguous 64-byte run per 16-byte load.
-func lutNF4(packed []byte, out, in int) []byte {
-	t := make([]byte, len(packed))
+func lutNF4(t, packed []byte, out, in int) []byte {
+	t = room(t, len(packed))
 	nblk := in / 64
 	for r := 0; r < out; r++ {
 		for s := 0; 4*s < nblk; s++ {
@@ -62,4 +64,13 @@ func lutNF4(packed []byte, out, in int) []byte {
 		}
 	}
 	return t
+}
+
+// room is t resized to n bytes, or a new slice when t is too small; every
+// byte is written by the caller.
+func room(t []byte, n int) []byte {
+	if cap(t) < n {
+		return make([]byte, n)
+	}
+	return t[:n]
 }

@@ -32,7 +32,7 @@ func TestLayouts(t *testing.T) {
 			}
 			return t[o] & 15
 		}
-		tiled, mma, lut := tileNF4(packed, out, in), mmaNF4(packed, out, in), lutNF4(packed, out, in)
+		tiled, mma, lut := tileNF4(nil, packed, out, in), mmaNF4(nil, packed, out, in), lutNF4(nil, packed, out, in)
 		for r := 0; r < out; r++ {
 			for c := 0; c < in; c++ {
 				want := code(packed, in, r, c)

@@ -28,6 +28,12 @@ var ptx_nf4_matmul_80 string
 //go:embed ptx/nf4_matmul.sm90.ptx
 var ptx_nf4_matmul_90 string
 
+//go:embed ptx/quantize.sm80.ptx
+var ptx_quantize_80 string
+
+//go:embed ptx/quantize.sm90.ptx
+var ptx_quantize_90 string
+
 //go:embed ptx/rmsnorm.sm80.ptx
 var ptx_rmsnorm_80 string
 
@@ -46,6 +52,7 @@ var modules = []ptxModule{
 	{"mma", ptx_mma_80, ptx_mma_90, "58c96506306689116b7e4c7e1c6fae42f31af3224050b08204b4ae8b955a48cd"},
 	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, "83c00e6a1443139ad9bb58839b97e873150a8bc914bc7aa1fe5961ce267e9895"},
 	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, "97d1fb9f8d5d9561e7ddcfcd799c33d267c7eea4a794d36dcb7978e6addf74eb"},
+	{"quantize", ptx_quantize_80, ptx_quantize_90, "e97cd4e0f97e4ec3a8b3ea1386ee9f06f910740747e5cad4827173758be59936"},
 	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, "3fb5137c7cbd505fd8345d8d2a4cd36366762b2d9cf3f1b9446d88a760c8c2a9"},
 	{"sample", ptx_sample_80, ptx_sample_90, "64bd00ca7fcf1f795aa1bcae43144e43de1925219e2f12c40f6632de1998b2e6"},
 }

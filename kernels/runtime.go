@@ -121,6 +121,7 @@ var kernelNames = map[string][]string{
 	"nf4_lut":    {"nf4_lut_1", "nf4_lut_2"},
 	"nf4_matmul": append(gemvNames(), "lora_shrink", "layout"),
 	"rmsnorm":    {"rmsnorm", "rmsnorm_lora", "embed"},
+	"quantize":   {"nf4_quantize"},
 	"sample":     {"argmax", "target_logprob"},
 }
 

@@ -38,36 +38,99 @@ type layerOps struct {
 	shQKV, shO, shGU, shD shrinkDesc // LoRA shrinks of the modules sharing an input
 }
 
-// prepareHost does the host-side reshaping of the weights (NF4 code
-// re-layouts, the bf16 embedding) on every core, so the upload only copies.
-func (e *Engine) prepareHost() {
-	e.host = map[*qwen.Linear][]byte{}
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, runtime.GOMAXPROCS(0))
-	for i := range e.m.Layers {
-		for _, l := range e.m.Layers[i].Linears() {
-			if l.Quant != nil && e.nf4Fmt(l) != fmtNF4 {
-				wg.Add(1)
-				sem <- struct{}{}
-				go func() {
-					defer func() { <-sem; wg.Done() }()
-					t := e.layout(l)
-					mu.Lock()
-					e.host[l] = t
-					mu.Unlock()
-				}()
+// layoutPipe re-lays the NF4 codes of each layer for its kernels on every
+// core, a few layers ahead of the upload that copies them, in the buffers of
+// layers already uploaded: the host holds a few layers' codes at a time
+// rather than the whole model's (1.5 GB at the 3B shape, on top of the model
+// itself), and makes no garbage for the collector to lag behind.
+type layoutPipe struct {
+	layers []chan map[*qwen.Linear][]byte // layer i's codes, sent once
+	slots  chan struct{}                  // layers being re-laid
+	stop   chan struct{}
+	mu     sync.Mutex
+	free   [][]byte // buffers of uploaded layers
+}
+
+func (e *Engine) startLayouts(ahead int) *layoutPipe {
+	p := &layoutPipe{layers: make([]chan map[*qwen.Linear][]byte, len(e.m.Layers)), slots: make(chan struct{}, ahead),
+		stop: make(chan struct{})}
+	for i := range p.layers {
+		p.layers[i] = make(chan map[*qwen.Linear][]byte, 1)
+	}
+	go func() {
+		for i := range e.m.Layers {
+			select {
+			case p.slots <- struct{}{}:
+			case <-p.stop:
+				return
 			}
+			go func() {
+				host := map[*qwen.Linear][]byte{}
+				var mu sync.Mutex
+				var wg sync.WaitGroup
+				for _, l := range e.m.Layers[i].Linears() {
+					if l.Quant != nil && e.nf4Fmt(l) != fmtNF4 {
+						wg.Add(1)
+						go func() {
+							defer wg.Done()
+							t := e.layout(p.buffer(len(l.Quant.Packed)), l)
+							mu.Lock()
+							host[l] = t
+							mu.Unlock()
+						}()
+					}
+				}
+				wg.Wait()
+				p.layers[i] <- host // buffered: never blocks
+			}()
+		}
+	}()
+	return p
+}
+
+// take waits for layer i's codes and lets the next layer start.
+func (p *layoutPipe) take(i int) map[*qwen.Linear][]byte {
+	h := <-p.layers[i]
+	<-p.slots
+	return h
+}
+
+// buffer is a free buffer of n bytes, or nil.
+func (p *layoutPipe) buffer(n int) []byte {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i, b := range p.free {
+		if cap(b) >= n {
+			p.free = append(p.free[:i], p.free[i+1:]...)
+			return b
 		}
 	}
+	return nil
+}
+
+// recycle takes back the buffers of an uploaded layer.
+func (p *layoutPipe) recycle(host map[*qwen.Linear][]byte) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, b := range host {
+		p.free = append(p.free, b)
+	}
+}
+
+// close ends the pipe early (an upload failed); layers under way finish alone.
+func (p *layoutPipe) close() { close(p.stop) }
+
+// prepareEmbed makes the bf16 embedding the device holds (shared with a
+// tied lm_head), on every core.
+func (e *Engine) prepareEmbed() {
 	if emb := e.m.Embed; emb.W16 != nil { // a bf16 checkpoint's own values
 		e.embed16 = emb.W16
-		wg.Wait()
 		return
 	}
 	w := e.m.Embed.Weights()
 	e.embed16 = make([]uint16, len(w))
 	var inexact atomic.Bool
+	var wg sync.WaitGroup
 	chunk := (len(w) + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0)
 	for lo := 0; lo < len(w); lo += chunk {
 		wg.Add(1)
@@ -138,16 +201,17 @@ func (e *Engine) nf4Fmt(l *qwen.Linear) matFmt {
 	return fmtNF4
 }
 
-// layout returns an NF4 matrix's codes in the order its kernel reads them.
-func (e *Engine) layout(l *qwen.Linear) []byte {
+// layout returns an NF4 matrix's codes in the order its kernel reads them,
+// in t when it has the room.
+func (e *Engine) layout(t []byte, l *qwen.Linear) []byte {
 	q := l.Quant
 	switch e.nf4Fmt(l) {
 	case fmtNF4MMA:
-		return mmaNF4(q.Packed, l.Out, l.In)
+		return mmaNF4(t, q.Packed, l.Out, l.In)
 	case fmtNF4LUT:
-		return lutNF4(q.Packed, l.Out, l.In)
+		return lutNF4(t, q.Packed, l.Out, l.In)
 	case fmtNF4Tiled:
-		return tileNF4(q.Packed, l.Out, l.In)
+		return tileNF4(t, q.Packed, l.Out, l.In)
 	}
 	return q.Packed
 }
@@ -244,9 +308,9 @@ func (e *Engine) uploadMat(l *qwen.Linear, slot int) (mat, kernelKind, error) {
 		default:
 			kind = kindGemvNF4
 		}
-		codes := e.host[l]
+		codes := e.host[l] // re-laid by the layout pipe
 		if codes == nil {
-			codes = e.layout(l)
+			codes = e.layout(nil, l)
 		}
 		if b, err = uploadTo(e, codes, l.Name+" codes"); err != nil {
 			return mt, 0, err
@@ -421,8 +485,11 @@ func (e *Engine) upload() error {
 		return err
 	}
 	e.layers = make([]layerOps, c.Layers)
+	pipe := e.startLayouts(4)
+	defer pipe.close()
 	for i := range m.Layers {
 		l, lo := &m.Layers[i], &e.layers[i]
+		e.host = pipe.take(i)
 		if lo.inNorm, err = uploadTo(e, l.InputLayernorm, "input_layernorm"); err != nil {
 			return err
 		}
@@ -449,6 +516,8 @@ func (e *Engine) upload() error {
 		if lo.down, err = e.uploadOp(with(modeResid, e.act, e.x, e.tD, c.Hidden), down, "down_proj"); err != nil {
 			return err
 		}
+		pipe.recycle(e.host) // copied: cuMemcpyHtoD from pageable memory returns once the bytes are staged
+		e.host = nil
 		if len(m.Adapters) == 0 {
 			continue
 		}

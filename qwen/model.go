@@ -72,6 +72,10 @@ type LoadOptions struct {
 	// the bytes of the checkpoint loaded so far and the total, as the
 	// embedding, the head and each layer are bound.
 	Progress func(done, total int64)
+	// QuantizeBF16, if set, quantises the bf16 weights of --quant nf4 and
+	// nf4-dq in place of tensor.QuantizeNF4, straight from the checkpoint's
+	// mapped bytes: the GPU's quantiser (kernels.Quantizer), the same bits.
+	QuantizeBF16 func(w []byte, shape []int, double bool) (*tensor.NF4, error)
 }
 
 // ProjNames are the seven projection module names of a Qwen2 layer, in the
@@ -115,7 +119,7 @@ func Load(dir string, opt LoadOptions) (*Model, error) {
 		}
 	}
 	m := &Model{Config: cfg, Gen: gen, Dir: dir}
-	ld := loader{ck: ck, cfg: cfg, quant: opt.Quant}
+	ld := loader{ck: ck, cfg: cfg, quant: opt.Quant, quantize: opt.QuantizeBF16}
 	// Progress in bytes: each part's tensors, counted as the part is bound.
 	var total int64
 	partBytes := map[string]int64{} // "layer i" or "" (everything else)
@@ -152,7 +156,13 @@ func Load(dir string, opt LoadOptions) (*Model, error) {
 	m.Layers = make([]DecoderLayer, cfg.Layers)
 	errs := make([]error, cfg.Layers)
 	var wg sync.WaitGroup
-	sem := make(chan struct{}, runtime.GOMAXPROCS(0))
+	par := runtime.GOMAXPROCS(0)
+	if ld.quantize != nil && (ld.quant == QuantNF4 || ld.quant == QuantNF4DQ) {
+		// The device quantises a matrix at a time; a few layers in flight
+		// keep it fed, each holding its mapped 16-bit pages until its turn.
+		par = min(par, 4)
+	}
+	sem := make(chan struct{}, par)
 	for i := range m.Layers {
 		wg.Add(1)
 		sem <- struct{}{}
@@ -284,9 +294,10 @@ func (m *Model) MaxRank() int {
 // loader binds checkpoint tensors to model fields, checking shapes. Its
 // methods are safe for concurrent use (the checkpoint is only read).
 type loader struct {
-	ck    *tensor.Checkpoint
-	cfg   *Config
-	quant string
+	ck       *tensor.Checkpoint
+	cfg      *Config
+	quant    string
+	quantize func(w []byte, shape []int, double bool) (*tensor.NF4, error) // LoadOptions.QuantizeBF16
 }
 
 func (ld *loader) tensor(name string, shape ...int) (*tensor.Tensor, error) {
@@ -371,6 +382,11 @@ func (ld *loader) linear(module string, out, in int, bias bool) (*Linear, error)
 	} else if ld.cfg.Quantization != nil && ld.cfg.Quantization.LoadIn4Bit && !skipped(ld.cfg.Quantization.SkipModules, module) {
 		return nil, fmt.Errorf("%s: config.json says load_in_4bit but %s has no %s entry", ld.ck.Dir, module+".weight", BnbStateSuffix)
 	}
+	if q == nil && ld.quantize != nil && (ld.quant == QuantNF4 || ld.quant == QuantNF4DQ) {
+		if q, err = ld.quantizeBF16(module, out, in); err != nil {
+			return nil, err
+		}
+	}
 	var l *Linear
 	if q != nil {
 		l = &Linear{Name: module, Out: out, In: in, Quant: q, DType: tensor.U8}
@@ -400,6 +416,22 @@ func (ld *loader) linear(module string, out, in int, bias bool) (*Linear, error)
 		}
 	}
 	return l, nil
+}
+
+// quantizeBF16 quantises a bf16 weight with the loader's quantiser, from the
+// checkpoint's mapped pages (no host copy); nil for another dtype (the CPU
+// path quantises those).
+func (ld *loader) quantizeBF16(module string, out, in int) (*tensor.NF4, error) {
+	w, err := ld.tensor(module+".weight", out, in)
+	if err != nil || w.DType != tensor.BF16 {
+		return nil, err
+	}
+	defer w.Release() // quantised: the 16-bit pages may go
+	q, err := ld.quantize(w.Data, []int{out, in}, ld.quant == QuantNF4DQ)
+	if err != nil {
+		return nil, fmt.Errorf("%s: tensor %s: %v", w.File, w.Name, err)
+	}
+	return q, nil
 }
 
 // skipped reports whether transformers would leave module unquantised:

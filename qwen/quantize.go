@@ -6,12 +6,45 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
+	"sync"
 
 	"github.com/qbench/qbench/tensor"
 )
 
 // projWeight matches the weights bitsandbytes quantises in a Qwen2 model.
 var projWeight = regexp.MustCompile(`^(model\.layers\.\d+\.(?:self_attn\.[qkvo]_proj|mlp\.(?:gate|up|down)_proj))\.weight$`)
+
+// quantizeTensor returns the tensors a checkpoint tensor becomes: a
+// projection weight's NF4 tensors, anything else itself.
+func quantizeTensor(ck *tensor.Checkpoint, name string, double bool) ([]*tensor.Tensor, error) {
+	t, _ := ck.Get(name)
+	m := projWeight.FindStringSubmatch(name)
+	if m == nil {
+		return []*tensor.Tensor{t}, nil
+	}
+	if t.DType != tensor.BF16 && t.DType != tensor.F16 && t.DType != tensor.F32 {
+		return nil, fmt.Errorf("%s: tensor %s has dtype %v, cannot quantise", t.File, name, t.DType)
+	}
+	w := t.F32()
+	compute := tensor.BF16
+	if t.DType == tensor.F16 {
+		compute = tensor.F16
+	}
+	for j := range w { // bitsandbytes quantises the weight in the compute dtype
+		if compute == tensor.BF16 {
+			w[j] = tensor.RoundBF16(w[j])
+		} else {
+			w[j] = tensor.RoundF16(w[j])
+		}
+	}
+	q, err := tensor.QuantizeNF4(w, t.Shape, compute, double)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %s: %v", t.File, name, err)
+	}
+	t.Release() // quantised: the 16-bit pages may go
+	return BnbTensors(m[1], q), nil
+}
 
 // Quantize writes to outDir a copy of the 16-bit model in srcDir whose
 // q/k/v/o/gate/up/down weights are NF4 (double-quantised with double), in
@@ -43,38 +76,36 @@ func Quantize(srcDir, outDir string, double bool, progress func(done, total int)
 	if err := os.MkdirAll(outDir, 0o755); err != nil {
 		return err
 	}
+	// Tensors on every core (each quantised alone, as bitsandbytes does),
+	// written in the checkpoint's order.
 	names := ck.Names()
-	var out []*tensor.Tensor
+	outs := make([][]*tensor.Tensor, len(names))
+	errs := make([]error, len(names))
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	finished := 0
+	sem := make(chan struct{}, runtime.GOMAXPROCS(0))
 	for i, name := range names {
-		t, _ := ck.Get(name)
-		if m := projWeight.FindStringSubmatch(name); m != nil {
-			if t.DType != tensor.BF16 && t.DType != tensor.F16 && t.DType != tensor.F32 {
-				return fmt.Errorf("%s: tensor %s has dtype %v, cannot quantise", t.File, name, t.DType)
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			outs[i], errs[i] = quantizeTensor(ck, name, double)
+			if progress != nil {
+				mu.Lock()
+				finished++
+				progress(finished, len(names))
+				mu.Unlock()
 			}
-			w := t.F32()
-			compute := tensor.BF16
-			if t.DType == tensor.F16 {
-				compute = tensor.F16
-			}
-			for j := range w { // bitsandbytes quantises the weight in the compute dtype
-				if compute == tensor.BF16 {
-					w[j] = tensor.RoundBF16(w[j])
-				} else {
-					w[j] = tensor.RoundF16(w[j])
-				}
-			}
-			q, err := tensor.QuantizeNF4(w, t.Shape, compute, double)
-			if err != nil {
-				return fmt.Errorf("%s: %s: %v", t.File, name, err)
-			}
-			t.Release() // quantised: the 16-bit pages may go
-			out = append(out, BnbTensors(m[1], q)...)
-		} else {
-			out = append(out, t)
+		}()
+	}
+	wg.Wait()
+	var out []*tensor.Tensor
+	for i := range names {
+		if errs[i] != nil {
+			return errs[i]
 		}
-		if progress != nil {
-			progress(i+1, len(names))
-		}
+		out = append(out, outs[i]...)
 	}
 	if err := tensor.Write(filepath.Join(outDir, "model.safetensors"), out, map[string]string{"format": "pt"}); err != nil {
 		return err

@@ -147,18 +147,28 @@ func QuantizeNF4(w []float32, shape []int, compute DType, double bool) (*NF4, er
 			return nil, fmt.Errorf("nf4: element %d is %v: a non-finite weight cannot be quantised", i, v)
 		}
 	}
-	q := &NF4{Shape: append([]int(nil), shape...), BlockSize: NF4BlockSize, Compute: compute, Packed: make([]byte, n/2)}
+	packed := make([]byte, n/2)
 	absmax := blockAbsmax(w, NF4BlockSize)
 	for b, a := range absmax {
 		inv := 1 / a
 		lo, hi := b*NF4BlockSize, min((b+1)*NF4BlockSize, n)
 		for i := lo; i < hi; i += 2 {
-			q.Packed[i/2] = quantizeNF4(w[i]*inv)<<4 | quantizeNF4(w[i+1]*inv)
+			packed[i/2] = quantizeNF4(w[i]*inv)<<4 | quantizeNF4(w[i+1]*inv)
 		}
 	}
+	return NewNF4(shape, compute, packed, absmax, double), nil
+}
+
+// NewNF4 assembles a quantised tensor from its codes (blocksize 64) and the
+// fp32 absmax of each block, as QuantizeNF4 (or the GPU, which computes
+// both the same way) made them; with double, the absmax are double-quantised
+// as bitsandbytes does: their mean (torch's arithmetic) taken off, then
+// blockwise (256) coded in the 8-bit dynamic map.
+func NewNF4(shape []int, compute DType, packed []byte, absmax []float32, double bool) *NF4 {
+	q := &NF4{Shape: append([]int(nil), shape...), BlockSize: NF4BlockSize, Compute: compute, Packed: packed}
 	if !double {
 		q.Absmax = absmax
-		return q, nil
+		return q
 	}
 	q.Offset = torchMean(absmax)
 	centered := make([]float32, len(absmax))
@@ -172,7 +182,7 @@ func QuantizeNF4(w []float32, shape []int, compute DType, double bool) (*NF4, er
 	for i, c := range centered {
 		q.QAbsmax[i] = quantizeDynamic(q.NestedCode, c*(1/q.NestedAbsmax[i/NestedBlockSize]))
 	}
-	return q, nil
+	return q
 }
 
 // torchMean is torch's float32 mean on a CUDA device as bitsandbytes takes

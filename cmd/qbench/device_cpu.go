@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/qbench/qbench/qwen"
+	"github.com/qbench/qbench/tensor"
 )
 
 func defaultDevice() string { return "auto" }
@@ -23,6 +24,11 @@ func checkDevice(d *string) error {
 		return fmt.Errorf("--device cuda: this qbench was built without GPU support and found no qbench-cuda beside it")
 	}
 	return fmt.Errorf("--device %q: want cpu, cuda or auto", *d)
+}
+
+// quantizer is tensor.QuantizeNF4's: this build quantises on the CPU.
+func quantizer(device string) (func(w []byte, shape []int, double bool) (*tensor.NF4, error), func(), error) {
+	return nil, func() {}, nil
 }
 
 // newEngines is the CPU engine: this build has no GPU code (--devices is the

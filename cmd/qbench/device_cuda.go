@@ -16,6 +16,7 @@ import (
 
 	"github.com/qbench/qbench/kernels"
 	"github.com/qbench/qbench/qwen"
+	"github.com/qbench/qbench/tensor"
 )
 
 // A qbench built with -tags cuda needs the NVIDIA driver and a GPU to start:
@@ -54,6 +55,20 @@ func openDevice(ordinal int) (*kernels.Device, error) {
 		devices[ordinal] = d
 	}
 	return d, err
+}
+
+// quantizer is the GPU's NF4 quantiser for --quant at load with --device
+// cuda (on GPU 0: its result is uploaded to every GPU used); done frees it.
+func quantizer(device string) (q func(w []byte, shape []int, double bool) (*tensor.NF4, error), done func(), err error) {
+	if device != "cuda" {
+		return nil, func() {}, nil
+	}
+	d, err := openDevice(0)
+	if err != nil {
+		return nil, nil, err
+	}
+	gq := kernels.NewQuantizer(d)
+	return gq.QuantizeBF16, gq.Close, nil
 }
 
 // parseDevices reads --devices: all (every visible GPU) or a list like 0,1.

@@ -41,13 +41,19 @@ func (m *modelFlags) load(quiet bool) (*qwen.Model, error) {
 	// (at twice the live heap) so the peak stays near what is kept (3B shape,
 	// --quant nf4-dq on the CPU: 5.3 → 3.6 GB peak RSS; qwen/PERF.md).
 	defer debug.SetGCPercent(debug.SetGCPercent(25))
+	quantize, done, err := quantizer(m.device) // on the GPU when it runs there
+	if err != nil {
+		return nil, err
+	}
+	defer done()
 	bar := newByteBar("loading weights", quiet)
 	defer bar.Finish()
 	var mu sync.Mutex
-	return qwen.Load(m.model, qwen.LoadOptions{Quant: m.quant, Adapters: m.adapters, Progress: func(done, total int64) {
-		mu.Lock()
-		defer mu.Unlock()
-		bar.ChangeMax64(total)
-		bar.Set64(done)
-	}})
+	return qwen.Load(m.model, qwen.LoadOptions{Quant: m.quant, Adapters: m.adapters, QuantizeBF16: quantize,
+		Progress: func(done, total int64) {
+			mu.Lock()
+			defer mu.Unlock()
+			bar.ChangeMax64(total)
+			bar.Set64(done)
+		}})
 }
