@@ -146,8 +146,9 @@ func TestGemv(t *testing.T) {
 		switch f {
 		case "nf4dq-tiled": // in ≥ 1024: the codes are reordered into tiles on upload, a 128-column tail kept plain
 			f, K = "nf4dq", 2048+128
-		case "nf4dq-mma", "nf4-mma", "bf16-mma": // the tensor-core batch kernels: rows in 16s, whole 64-blocks
+		case "nf4dq-mma", "nf4-mma", "bf16-mma": // the tensor-core batch kernels: rows in 16s, whole 64-blocks; NT = 2, then 4 in one and in two passes
 			f, K, eng, oN, guN = f[:len(f)-4], 2048+64, "mma", 48, 32
+			batches = [][]int{pattern(11), pattern(20), pattern(37)}
 		case "nf4dq-lut", "nf4-lut": // nf4_lut: rows in 16s, 33 blocks (a partial last step); one, two, eleven rows
 			f, K, eng, oN, guN = f[:len(f)-4], 2048+64, "lut", 48, 32
 			batches = [][]int{{0}, {1, -1}, pattern(11)}

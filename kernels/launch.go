@@ -91,6 +91,14 @@ const (
 	kindLUTNF4                         // nf4_lut_<R>: NF4 on the tensor cores, one or two rows a pass
 )
 
+// mmaTW is TW in mma.cu: the tiles of 8 pairs one warp computes together.
+func mmaTW(kind kernelKind) int {
+	if kind == kindMMABF16 {
+		return 2
+	}
+	return 1
+}
+
 // gemvMT are the batch-row counts gemv is compiled for (GEMV(MT) in nf4_matmul.cu).
 var gemvMT = []int{1, 2, 4, 8, 16}
 
@@ -135,7 +143,7 @@ func (d *Device) matmulCall(kind kernelKind, op *gemvOp, rows, pairs, K int) (ca
 		case rows <= 16:
 			nt = 2
 		}
-		units = pairs / 8
+		units = (pairs/8 + mmaTW(kind) - 1) / mmaTW(kind) // a warp's group of TW tiles
 		wpp = pow2Floor(min(8, max(1, K/64), (targetWarps+units-1)/units))
 		c.name = fmt.Sprintf("mma_nf4_%d", nt)
 		if kind == kindMMABF16 {

@@ -485,7 +485,7 @@ func (e *Engine) upload() error {
 		return err
 	}
 	e.layers = make([]layerOps, c.Layers)
-	pipe := e.startLayouts(4)
+	pipe := e.startLayouts(2)
 	defer pipe.close()
 	for i := range m.Layers {
 		l, lo := &m.Layers[i], &e.layers[i]

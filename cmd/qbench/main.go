@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 )
@@ -54,7 +55,9 @@ func main() {
 		if c.name == name {
 			err := handOver(name, os.Args[2:]) // to the GPU build, when this one has no GPU code
 			if err == nil {
+				stop := cpuProfile()
 				err = c.run(os.Args[2:])
+				stop()
 			}
 			if errors.Is(err, flag.ErrHelp) {
 				return
@@ -124,3 +127,24 @@ type multiFlag []string
 
 func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
 func (m *multiFlag) Set(s string) error { *m = append(*m, s); return nil }
+
+// cpuProfile writes a Go CPU profile of the command to the file named by
+// QBENCH_CPUPROFILE, when set (for `go tool pprof`); it returns the stop.
+func cpuProfile() func() {
+	path := os.Getenv("QBENCH_CPUPROFILE")
+	if path == "" {
+		return func() {}
+	}
+	f, err := os.Create(path)
+	if err == nil {
+		err = pprof.StartCPUProfile(f)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "qbench: QBENCH_CPUPROFILE: %v\n", err)
+		return func() {}
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}
+}
