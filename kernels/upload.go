@@ -5,7 +5,6 @@ package kernels
 import (
 	"fmt"
 	"math/bits"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"unsafe"
@@ -130,21 +129,14 @@ func (e *Engine) prepareEmbed() {
 	w := e.m.Embed.Weights()
 	e.embed16 = make([]uint16, len(w))
 	var inexact atomic.Bool
-	var wg sync.WaitGroup
-	chunk := (len(w) + runtime.GOMAXPROCS(0) - 1) / runtime.GOMAXPROCS(0)
-	for lo := 0; lo < len(w); lo += chunk {
-		wg.Add(1)
-		go func(lo, hi int) {
-			defer wg.Done()
-			for i := lo; i < hi; i++ {
-				e.embed16[i] = tensor.F32ToBF16(w[i])
-				if tensor.BF16ToF32(e.embed16[i]) != w[i] {
-					inexact.Store(true)
-				}
+	tensor.ForChunks(len(w), 1<<20, func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			e.embed16[i] = tensor.F32ToBF16(w[i])
+			if tensor.BF16ToF32(e.embed16[i]) != w[i] {
+				inexact.Store(true)
 			}
-		}(lo, min(lo+chunk, len(w)))
-	}
-	wg.Wait()
+		}
+	})
 	if inexact.Load() { // an f16/f32 checkpoint: keep the embedding (and tied head) in fp32
 		e.embed16 = nil
 	}

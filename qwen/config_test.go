@@ -257,6 +257,22 @@ func TestNaNWeightAtLoad(t *testing.T) {
 	}
 }
 
+// TestNaNEmbeddingFirstIndex: the embedding is copied on every core, and
+// the error still names the first bad value (here in the second of the
+// chunks, a later one holding another).
+func TestNaNEmbeddingFirstIndex(t *testing.T) {
+	const victim = "model.embed_tokens.weight"
+	dir := editedCheckpoint(t, tinyDir, func(name string, tn *tensor.Tensor) {
+		if name == victim {
+			binary.LittleEndian.PutUint16(tn.Data[2*3_000_000:], 0x7fc0) // NaN
+			binary.LittleEndian.PutUint16(tn.Data[2*4_500_000:], 0xff80) // −∞
+		}
+	})
+	if _, err := Load(dir, LoadOptions{}); err == nil || !strings.Contains(err.Error(), victim+": value 3000000 is NaN") {
+		t.Errorf("err = %v, want value 3000000 of %s named", err, victim)
+	}
+}
+
 // TestLoadProgress: the load reports bytes as parts are bound, ending at
 // the checkpoint's total.
 func TestLoadProgress(t *testing.T) {

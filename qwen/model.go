@@ -349,12 +349,24 @@ func (ld *loader) dense(module string, out, in int, bias bool) (*Linear, error) 
 	l := &Linear{Name: module, Out: out, In: in, DType: w.DType}
 	if w.DType == tensor.BF16 { // kept as 2 bytes a weight (the checkpoint is closed after load: a copy)
 		l.W16 = make([]uint16, w.Len())
-		for i := range l.W16 {
-			b := binary.LittleEndian.Uint16(w.Data[2*i:])
-			if b&0x7f80 == 0x7f80 { // exponent all ones: NaN or infinity
-				return nil, fmt.Errorf("%s: tensor %s: value %d is %v", w.File, w.Name, i, tensor.BF16ToF32(b))
+		var mu sync.Mutex
+		// On every core (the embedding: 311 M values at the 3B shape); the
+		// first NaN or infinity is reported.
+		bad := len(l.W16)
+		tensor.ForChunks(len(l.W16), 1<<20, func(lo, hi int) {
+			for i := lo; i < hi; i++ {
+				b := binary.LittleEndian.Uint16(w.Data[2*i:])
+				if b&0x7f80 == 0x7f80 { // exponent all ones: NaN or infinity
+					mu.Lock()
+					bad = min(bad, i)
+					mu.Unlock()
+					return
+				}
+				l.W16[i] = b
 			}
-			l.W16[i] = b
+		})
+		if bad < len(l.W16) {
+			return nil, fmt.Errorf("%s: tensor %s: value %d is %v", w.File, w.Name, bad, tensor.BF16ToF32(binary.LittleEndian.Uint16(w.Data[2*bad:])))
 		}
 	} else if l.W, err = finiteF32(w); err != nil {
 		return nil, err
