@@ -27,7 +27,7 @@ __device__ __forceinline__ uint32_t dq2(uint32_t byte, float s, const float* tab
 }
 // A warp computes TW tiles of 8 pairs (16·TW rows of A) that share each B
 // fragment, so x is loaded and split once per TW tiles: 2 for dense bf16
-// (lm_head: 709 → 483 µs a step at batch 20 on an H200), 1 for NF4, whose
+// (lm_head: 709 → 559 µs a step at batch 20 on an H200), 1 for NF4, whose
 // registers at TW = 2 (≈180) leave one block a multiprocessor and lost
 // (gate/up 3,720 → 4,702 µs).
 template <int FMT, int NT, int TW>
