@@ -1,0 +1,515 @@
+// nf4_mma_batch.cu — standalone development benchmark of the batched NF4
+// matrix product on the tensor cores (llm.c dev/cuda style; issue 12):
+// versions side by side, each checked against a float64 CPU reference on fresh
+// random inputs with the output poisoned, then timed with events over rotating
+// weight copies (≥ 4× the L2), reported in µs, GB/s of weights and % of the
+// device-to-device copy bandwidth measured in the same run. Build and run on
+// the GPU machine (kernels/dev/run.sh does both, with SASS and ptxas logs):
+//
+//   nvcc -O3 -arch=sm_90 -o nf4_mma_batch kernels/dev/nf4_mma_batch.cu && ./nf4_mma_batch
+//
+// The product: y[m, n] = Σ_k W[n, k]·x[m, k] for M batch rows, W in
+// bitsandbytes NF4 with double quantisation, dequantised exactly as
+// bitsandbytes: W[n, k] = bf16(NF4[c]·s), s = fp32(fp32(code[q]·nested) +
+// offset). x is fp32 and enters the MMAs as three bf16 parts (hi + mid + lo),
+// so the product keeps fp32 accuracy. Codes are stored as the engine stores
+// them for its MMA kernels (mmaNF4 in kernels/layout.go): within each
+// (row, 64-block), thread t of a quad finds its 8 bytes at 8t.
+//
+// Why: the engine's kernel (v0 here, mma.cu) spends its time on the x side —
+// every warp loads x for its 16 rows and splits it, per 64-block — so its time
+// grows with M (3B shape, H200: gate/up 3.7 ms a step at M = 20, 9.2 ms at 64,
+// against 0.2 ms of weight bytes). Versions:
+//   v0  the engine's mma_body (STORE epilogue): a warp a tile of 16 rows, wpp
+//       warps split K inside a block, x loaded and split per warp per step.
+//   v1  x staged once per block: each 64-column step, the block's threads load
+//       x [M, 64] (the next step's loads in flight during this step's MMAs),
+//       split it into three bf16 planes in shared memory (double-buffered, one
+//       barrier a step, rows padded to 36 words: conflict-free fragment reads)
+//       that all WARPS warps (16·WARPS rows) read; K split across blocks
+//       (kchunk columns each) into fp32 partials, summed by a reduce kernel.
+//       Swept over WARPS and kchunk.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <math.h>
+#include <string.h>
+#include <time.h>
+#include <string>
+#include <thread>
+#include <algorithm>
+#include <vector>
+
+#define CK(x) ck((x), #x, __LINE__)
+static void ck(cudaError_t e, const char* what, int line) {
+  if (e != cudaSuccess) {
+    fprintf(stderr, "line %d: %s: %s\n", line, what, cudaGetErrorString(e));
+    exit(1);
+  }
+}
+
+static const float NF4_HOST[16] = {
+    -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f,
+    -0.28444138169288635f, -0.18477343022823334f, -0.09105003625154495f, 0.0f,
+    0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f, 0.33791524171829224f,
+    0.44070982933044434f, 0.5626170039176941f, 0.7229568362236023f, 1.0f};
+__constant__ float NF4_TABLE[16];
+
+struct Q {
+  const uint8_t* codes;   // [N·K/2], mma layout
+  const uint8_t* qabsmax; // [N·K/64]
+  const float* nested;    // [N·K/64/256 + 1]
+  const float* code;      // [256] dynamic map
+  float offset;
+  int N, K;
+};
+
+__device__ __forceinline__ uint32_t pack_bf16(float a, float b) { // a in the low half
+  const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+  return *(const uint32_t*)&h;
+}
+
+// split3 writes x = hi + mid + lo as three packed bf16 pairs (gemv.cuh's).
+__device__ __forceinline__ void split3(float x0, float x1, uint32_t& hi, uint32_t& mid, uint32_t& lo) {
+  hi = pack_bf16(x0, x1);
+  const float r0 = x0 - __uint_as_float(hi << 16), r1 = x1 - __uint_as_float(hi & 0xffff0000u);
+  mid = pack_bf16(r0, r1);
+  lo = pack_bf16(r0 - __uint_as_float(mid << 16), r1 - __uint_as_float(mid & 0xffff0000u));
+}
+
+__device__ __forceinline__ void mma16816(float* d, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ float scale_of(const Q& q, const float* code, unsigned e) {
+  const unsigned b = e >> 6;
+  return __fadd_rn(__fmul_rn(code[__ldg(q.qabsmax + b)], __ldg(q.nested + (b >> 8))), q.offset);
+}
+
+// dq2: the two codes of one byte as a packed bf16 pair (high nibble first).
+__device__ __forceinline__ uint32_t dq2(uint32_t byte, float s, const float* table) {
+  return pack_bf16(table[(byte >> 4) & 15u] * s, table[byte & 15u] * s);
+}
+
+// frags dequantises a thread's A fragments of one 64-block: rows ra (codes
+// ca, scale sa) and rb, k-steps st = 0…3.
+__device__ __forceinline__ void frags(uint2 ca, uint2 cb, float sa, float sb, const float* table, uint32_t (&a)[4][4]) {
+#pragma unroll
+  for (int st = 0; st < 4; st++) {
+    const uint32_t wa = st < 2 ? ca.x : ca.y, wb = st < 2 ? cb.x : cb.y;
+    const int sh = 16 * (st & 1);
+    a[st][0] = dq2(wa >> sh, sa, table);
+    a[st][2] = dq2(wa >> (sh + 8), sa, table);
+    a[st][1] = dq2(wb >> sh, sb, table);
+    a[st][3] = dq2(wb >> (sh + 8), sb, table);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// v0: the engine's kernel (mma.cu, STORE epilogue, rows of a tile r0 + g and
+// r0 + g + 8).
+template <int NT>
+__global__ void __launch_bounds__(256) v0(Q q, const float* __restrict__ x, float* __restrict__ y, int M, int wpp) {
+  __shared__ float table[16];
+  __shared__ float code[256];
+  __shared__ float red[8][NT][4][32];
+  if (threadIdx.x < 16) table[threadIdx.x] = NF4_TABLE[threadIdx.x];
+  for (int i = threadIdx.x; i < 256; i += blockDim.x) code[i] = q.code[i];
+  __syncthreads();
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+  const int part = warp % wpp, tpb = 8 / wpp;
+  const int K = q.K, tiles = q.N / 16;
+  const int blocks = K / 64, per = (blocks + wpp - 1) / wpp;
+  const int bbeg = part * per, bend = min(blocks, bbeg + per);
+  for (int tb = blockIdx.x * tpb; tb < tiles; tb += gridDim.x * tpb) {
+    const int tile = tb + warp / wpp;
+    const bool valid = tile < tiles;
+    const int ra = valid ? tile * 16 + g : 0, rb = ra + 8;
+    const unsigned ea = (unsigned)ra * K, eb = (unsigned)rb * K;
+    for (int m0 = 0; m0 < M; m0 += 8 * NT) {
+      float acc[NT][4] = {};
+      for (int b = bbeg; valid && b < bend; b++) {
+        const unsigned c0 = 64u * b;
+        const uint2 ca = __ldg((const uint2*)(q.codes + (ea + c0) / 2 + 8 * t));
+        const uint2 cb = __ldg((const uint2*)(q.codes + (eb + c0) / 2 + 8 * t));
+        uint32_t a[4][4];
+        frags(ca, cb, scale_of(q, code, ea + c0), scale_of(q, code, eb + c0), table, a);
+#pragma unroll
+        for (int st = 0; st < 4; st++) {
+          const int col = c0 + 16 * st + 2 * t;
+#pragma unroll
+          for (int n = 0; n < NT; n++) {
+            const int m = m0 + 8 * n + g;
+            float2 x0 = make_float2(0, 0), x1 = x0;
+            if (m < M) {
+              x0 = __ldg((const float2*)(x + (size_t)m * K + col));
+              x1 = __ldg((const float2*)(x + (size_t)m * K + col + 8));
+            }
+            uint32_t h0, m0r, l0, h1, m1r, l1;
+            split3(x0.x, x0.y, h0, m0r, l0);
+            split3(x1.x, x1.y, h1, m1r, l1);
+            mma16816(acc[n], a[st][0], a[st][1], a[st][2], a[st][3], h0, h1);
+            mma16816(acc[n], a[st][0], a[st][1], a[st][2], a[st][3], m0r, m1r);
+            mma16816(acc[n], a[st][0], a[st][1], a[st][2], a[st][3], l0, l1);
+          }
+        }
+      }
+      if (wpp > 1) {
+#pragma unroll
+        for (int n = 0; n < NT; n++)
+#pragma unroll
+          for (int i = 0; i < 4; i++) red[warp][n][i][lane] = acc[n][i];
+        __syncthreads();
+        if (part == 0)
+#pragma unroll
+          for (int n = 0; n < NT; n++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+              float s = 0.0f;
+              for (int w = 0; w < wpp; w++) s += red[warp + w][n][i][lane];
+              acc[n][i] = s;
+            }
+        __syncthreads();
+      }
+      if (part == 0 && valid)
+#pragma unroll
+        for (int n = 0; n < NT; n++)
+#pragma unroll
+          for (int j = 0; j < 2; j++) {
+            const int m = m0 + 8 * n + 2 * t + j;
+            if (m < M) {
+              y[(size_t)m * q.N + ra] = acc[n][j];
+              y[(size_t)m * q.N + rb] = acc[n][2 + j];
+            }
+          }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// v1: x staged once per block (see the top). Shared memory: two buffers of
+// three planes of NT·8 rows × 36 words (64 columns as bf16 pairs + 4 words of
+// padding, so that fragment reads — word (8n + g)·36 + 8st + t — hit 32
+// different banks).
+constexpr int ROWW = 36;
+
+template <int NT, int WARPS>
+__global__ void __launch_bounds__(WARPS * 32) v1_part(Q q, const float* __restrict__ x, float* __restrict__ part, int M, int kchunk) {
+  extern __shared__ uint32_t sx[]; // [2][3][NT·8][ROWW]
+  __shared__ float table[16];
+  __shared__ float code[256];
+  constexpr int T = WARPS * 32, MP = NT * 8, PAIRS = MP * 32; // column pairs of one step
+  constexpr int PER = (PAIRS + T - 1) / T;
+  if (threadIdx.x < 16) table[threadIdx.x] = NF4_TABLE[threadIdx.x];
+  for (int i = threadIdx.x; i < 256; i += T) code[i] = q.code[i];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+  const int K = q.K;
+  const int tile = blockIdx.x * WARPS + warp;
+  const bool valid = tile * 16 < q.N;
+  const int ra = valid ? tile * 16 + g : 0, rb = ra + 8;
+  const unsigned ea = (unsigned)ra * K, eb = (unsigned)rb * K;
+  const int kbeg = blockIdx.y * kchunk, kend = min(K, kbeg + kchunk);
+  float2 xv[PER];
+  auto load_x = [&](int c0) {
+#pragma unroll
+    for (int i = 0; i < PER; i++) {
+      const int p = threadIdx.x + i * T, m = p >> 5, cp = p & 31;
+      xv[i] = make_float2(0, 0);
+      if (p < PAIRS && m < M) xv[i] = __ldg((const float2*)(x + (size_t)m * K + c0 + 2 * cp));
+    }
+  };
+  load_x(kbeg);
+  float acc[NT][4] = {};
+  int buf = 0;
+  for (int c0 = kbeg; c0 < kend; c0 += 64, buf ^= 1) {
+    uint32_t* s = sx + buf * 3 * MP * ROWW;
+#pragma unroll
+    for (int i = 0; i < PER; i++) {
+      const int p = threadIdx.x + i * T, m = p >> 5, cp = p & 31;
+      if (p < PAIRS) {
+        uint32_t h, mi, lo;
+        split3(xv[i].x, xv[i].y, h, mi, lo);
+        s[m * ROWW + cp] = h;
+        s[(MP + m) * ROWW + cp] = mi;
+        s[(2 * MP + m) * ROWW + cp] = lo;
+      }
+    }
+    uint2 ca = make_uint2(0, 0), cb = ca;
+    float sa = 0.0f, sb = 0.0f;
+    if (valid) {
+      ca = __ldg((const uint2*)(q.codes + (ea + c0) / 2 + 8 * t));
+      cb = __ldg((const uint2*)(q.codes + (eb + c0) / 2 + 8 * t));
+    }
+    __syncthreads(); // this step's x planes written (and table/code, the first time)
+    if (valid) {
+      sa = scale_of(q, code, ea + c0);
+      sb = scale_of(q, code, eb + c0);
+    }
+    if (c0 + 64 < kend) load_x(c0 + 64); // in flight during the MMAs
+    if (valid) {
+      uint32_t a[4][4];
+      frags(ca, cb, sa, sb, table, a);
+#pragma unroll
+      for (int st = 0; st < 4; st++)
+#pragma unroll
+        for (int n = 0; n < NT; n++) {
+          const uint32_t* r = s + (8 * n + g) * ROWW + 8 * st + t;
+#pragma unroll
+          for (int pt = 0; pt < 3; pt++) {
+            const uint32_t* rp = r + pt * MP * ROWW;
+            mma16816(acc[n], a[st][0], a[st][1], a[st][2], a[st][3], rp[0], rp[4]);
+          }
+        }
+    }
+  }
+  if (!valid) return;
+  float* out = part + (size_t)blockIdx.y * M * q.N;
+#pragma unroll
+  for (int n = 0; n < NT; n++)
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+      const int m = 8 * n + 2 * t + j;
+      if (m < M) {
+        out[(size_t)m * q.N + ra] = acc[n][j];
+        out[(size_t)m * q.N + rb] = acc[n][2 + j];
+      }
+    }
+}
+
+__global__ void v1_reduce(float* __restrict__ y, const float* __restrict__ part, int MN, int S) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= MN) return;
+  float s = 0.0f;
+  for (int k = 0; k < S; k++) s += part[(size_t)k * MN + i];
+  y[i] = s;
+}
+
+// ---------------------------------------------------------------------------
+// Host side.
+
+static float bf16_round(float f) { // round to nearest even, as __floats2bfloat162_rn
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  u &= 0xffff0000u;
+  memcpy(&f, &u, 4);
+  return f;
+}
+
+struct Case {
+  const char* name;
+  int N, K;
+};
+
+struct Run {
+  std::string name;
+  float us;
+  double err;
+};
+
+int main() {
+  CK(cudaMemcpyToSymbol(NF4_TABLE, NF4_HOST, sizeof NF4_HOST));
+  cudaDeviceProp prop;
+  CK(cudaGetDeviceProperties(&prop, 0));
+  const int SMs = prop.multiProcessorCount;
+  printf("%s, %d SMs, L2 %d MB\n", prop.name, SMs, prop.l2CacheSize >> 20);
+  // Copy bandwidth, the same way as qbench bench (bytes read + written).
+  float copy_gbs;
+  {
+    const size_t n = 1ull << 30;
+    void *a, *b;
+    CK(cudaMalloc(&a, n));
+    CK(cudaMalloc(&b, n));
+    cudaEvent_t e0, e1;
+    cudaEventCreate(&e0);
+    cudaEventCreate(&e1);
+    CK(cudaMemcpy(b, a, n, cudaMemcpyDeviceToDevice));
+    cudaEventRecord(e0);
+    for (int i = 0; i < 10; i++) cudaMemcpy(b, a, n, cudaMemcpyDeviceToDevice);
+    cudaEventRecord(e1);
+    CK(cudaEventSynchronize(e1));
+    float ms;
+    cudaEventElapsedTime(&ms, e0, e1);
+    copy_gbs = 2.0f * n * 10 / (ms * 1e-3f) / 1e9f;
+    cudaFree(a);
+    cudaFree(b);
+  }
+  printf("copy bandwidth %.0f GB/s\n\n", copy_gbs);
+  srand(12345 + (unsigned)time(nullptr));
+  const Case cases[] = {{"gate+up", 22016, 2048}, {"down", 2048, 11008}, {"q+k+v", 2560, 2048}};
+  const int Ms[] = {20, 64, 128};
+  std::vector<float> codemap(256);
+  for (int i = 0; i < 256; i++) codemap[i] = -1.0f + 2.0f * i / 255.0f; // a sorted map in [-1, 1]
+  for (const Case& c : cases) {
+    const int N = c.N, K = c.K;
+    const size_t nb = (size_t)N * K / 64, bytes = (size_t)N * K / 2 + nb + (nb / 256 + 1) * 4;
+    // Weights: random codes (bnb order), permuted to the mma layout.
+    std::vector<uint8_t> packed((size_t)N * K / 2), perm(packed.size()), qa(nb);
+    std::vector<float> nested(nb / 256 + 1);
+    for (auto& v : packed) v = rand() & 255;
+    for (auto& v : qa) v = rand() & 255;
+    for (auto& v : nested) v = 0.01f + 0.02f * rand() / RAND_MAX;
+    const float offset = 0.015f;
+    for (size_t base = 0; base < packed.size(); base += 32)
+      for (int qd = 0; qd < 4; qd++)
+        for (int s = 0; s < 4; s++) {
+          perm[base + 8 * qd + 2 * s] = packed[base + 8 * s + qd];
+          perm[base + 8 * qd + 2 * s + 1] = packed[base + 8 * s + qd + 4];
+        }
+    // Rotating copies ≥ 4× the L2.
+    const int copies = std::max<int>(2, (int)((4.0 * prop.l2CacheSize) / bytes) + 1);
+    std::vector<Q> qs(copies);
+    float *dcode, *dnest;
+    CK(cudaMalloc(&dcode, 256 * 4));
+    CK(cudaMemcpy(dcode, codemap.data(), 256 * 4, cudaMemcpyHostToDevice));
+    CK(cudaMalloc(&dnest, nested.size() * 4));
+    CK(cudaMemcpy(dnest, nested.data(), nested.size() * 4, cudaMemcpyHostToDevice));
+    for (int i = 0; i < copies; i++) {
+      uint8_t *dc, *dq;
+      CK(cudaMalloc(&dc, perm.size()));
+      CK(cudaMemcpy(dc, perm.data(), perm.size(), cudaMemcpyHostToDevice));
+      CK(cudaMalloc(&dq, nb));
+      CK(cudaMemcpy(dq, qa.data(), nb, cudaMemcpyHostToDevice));
+      qs[i] = Q{dc, dq, dnest, dcode, offset, N, K};
+    }
+    // Dequantised weights for the reference, as the kernels compute them.
+    std::vector<float> W((size_t)N * K);
+    for (size_t e = 0; e < W.size(); e++) {
+      const size_t b = e / 64;
+      const float sm = codemap[qa[b]] * nested[b / 256]; // fp32 multiply, then fp32 add: two roundings
+      const float sc = sm + offset;
+      const uint8_t byte = packed[e / 2];
+      const int cd = (e & 1) ? (byte & 15) : (byte >> 4);
+      W[e] = bf16_round(NF4_HOST[cd] * sc);
+    }
+    for (int M : Ms) {
+      std::vector<float> x((size_t)M * K);
+      for (auto& v : x) v = (float)rand() / RAND_MAX * 2 - 1;
+      std::vector<double> ref((size_t)M * N), mag((size_t)M * N);
+      { // float64 reference, rows of W spread over the host's cores
+        std::vector<std::thread> th;
+        const int P = std::max(1u, std::thread::hardware_concurrency());
+        for (int p = 0; p < P; p++)
+          th.emplace_back([&, p] {
+            for (int n = p; n < N; n += P)
+              for (int m = 0; m < M; m++) {
+                double s = 0, a = 0;
+                const float* w = &W[(size_t)n * K];
+                const float* xr = &x[(size_t)m * K];
+                for (int k = 0; k < K; k++) {
+                  s += (double)w[k] * xr[k];
+                  a += fabs((double)w[k] * xr[k]);
+                }
+                ref[(size_t)m * N + n] = s;
+                mag[(size_t)m * N + n] = a;
+              }
+          });
+        for (auto& t : th) t.join();
+      }
+      float *dx, *dy, *dpart;
+      CK(cudaMalloc(&dx, x.size() * 4));
+      CK(cudaMemcpy(dx, x.data(), x.size() * 4, cudaMemcpyHostToDevice));
+      CK(cudaMalloc(&dy, (size_t)M * N * 4));
+      CK(cudaMalloc(&dpart, (size_t)M * N * 4 * (K / 64)));
+      std::vector<float> y((size_t)M * N);
+      auto check = [&]() {
+        CK(cudaMemcpy(y.data(), dy, y.size() * 4, cudaMemcpyDeviceToHost));
+        double worst = 0;
+        for (size_t i = 0; i < y.size(); i++) {
+          if (std::isnan(y[i])) return (double)INFINITY; // never written (poisoned) or NaN
+          worst = std::max(worst, fabs(y[i] - ref[i]) / std::max(mag[i], 1e-30));
+        }
+        return worst;
+      };
+      auto time_it = [&](auto launch) {
+        cudaEvent_t e0, e1;
+        cudaEventCreate(&e0);
+        cudaEventCreate(&e1);
+        for (int i = 0; i < copies; i++) launch(qs[i]);
+        CK(cudaDeviceSynchronize());
+        const int reps = 20 * copies;
+        cudaEventRecord(e0);
+        for (int i = 0; i < reps; i++) launch(qs[i % copies]);
+        cudaEventRecord(e1);
+        CK(cudaEventSynchronize(e1));
+        float ms;
+        cudaEventElapsedTime(&ms, e0, e1);
+        return ms * 1000 / reps;
+      };
+      std::vector<Run> runs;
+      // v0, as the engine launches it.
+      {
+        const int nt = M <= 8 ? 1 : M <= 16 ? 2 : 4;
+        const int units = N / 16;
+        int wpp = 1;
+        while (wpp * 2 <= std::min(std::min(8, K / 64), (132 * 32 + units - 1) / units)) wpp *= 2;
+        int occ;
+        const void* fn = nt == 1 ? (const void*)v0<1> : nt == 2 ? (const void*)v0<2> : (const void*)v0<4>;
+        CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, fn, 256, 0));
+        const int per = 8 / wpp, grid = std::min((units + per - 1) / per, std::max(1, occ) * SMs);
+        auto launch = [&](const Q& q) {
+          if (nt == 1) v0<1><<<grid, 256>>>(q, dx, dy, M, wpp);
+          else if (nt == 2) v0<2><<<grid, 256>>>(q, dx, dy, M, wpp);
+          else v0<4><<<grid, 256>>>(q, dx, dy, M, wpp);
+        };
+        CK(cudaMemset(dy, 0xff, y.size() * 4));
+        launch(qs[0]);
+        CK(cudaGetLastError());
+        const double err = check();
+        runs.push_back({"v0 engine", time_it(launch), err});
+      }
+      // v1 over WARPS × kchunk.
+      auto v1 = [&](auto kern, int NT, int WARPS, int kchunk, const char* name) {
+        const int smem = 2 * 3 * NT * 8 * ROWW * 4;
+        CK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+        const int S = (K + kchunk - 1) / kchunk;
+        const dim3 grid((N / 16 + WARPS - 1) / WARPS, S);
+        auto launch = [&](const Q& q) {
+          kern<<<grid, WARPS * 32, smem>>>(q, dx, dpart, M, kchunk);
+          v1_reduce<<<(M * N + 255) / 256, 256>>>(dy, dpart, M * N, S);
+        };
+        CK(cudaMemset(dy, 0xff, y.size() * 4));
+        launch(qs[0]);
+        CK(cudaGetLastError());
+        const double err = check();
+        char nm[64];
+        snprintf(nm, sizeof nm, "%s W%d k%d (%d blocks)", name, WARPS, kchunk, grid.x * grid.y);
+        runs.push_back({nm, time_it(launch), err});
+      };
+      for (int kc : {256, 512, 1024, 2048}) {
+        if (kc > K) continue;
+        if (M <= 24) {
+          v1(v1_part<3, 4>, 3, 4, kc, "v1");
+          v1(v1_part<3, 8>, 3, 8, kc, "v1");
+        } else if (M <= 64) {
+          v1(v1_part<8, 4>, 8, 4, kc, "v1");
+          v1(v1_part<8, 8>, 8, 8, kc, "v1");
+        } else {
+          v1(v1_part<16, 4>, 16, 4, kc, "v1");
+          v1(v1_part<16, 8>, 16, 8, kc, "v1");
+        }
+      }
+      printf("%s N %d K %d M %d (weights %.1f MB, %d copies)\n", c.name, N, K, M, bytes / 1e6, copies);
+      printf("  %-34s %9s %9s %7s %10s\n", "version", "µs", "GB/s", "% copy", "max rel err");
+      for (const Run& r : runs) {
+        const double gbs = bytes / (r.us * 1e-6) / 1e9;
+        printf("  %-34s %9.1f %9.0f %6.1f%% %10.2g%s\n", r.name.c_str(), r.us, gbs, 100 * gbs / copy_gbs, r.err, r.err > 1e-5 ? "  WRONG" : "");
+      }
+      cudaFree(dx);
+      cudaFree(dy);
+      cudaFree(dpart);
+    }
+    for (auto& q : qs) {
+      cudaFree((void*)q.codes);
+      cudaFree((void*)q.qabsmax);
+    }
+    cudaFree(dcode);
+    cudaFree(dnest);
+    printf("\n");
+  }
+  return 0;
+}
