@@ -94,17 +94,23 @@ func (p *layoutPipe) take(i int) map[*qwen.Linear][]byte {
 	return h
 }
 
-// buffer is a free buffer of n bytes, or nil.
+// buffer is the smallest free buffer of at least n bytes (the same matrix
+// of an earlier layer), or nil.
 func (p *layoutPipe) buffer(n int) []byte {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	best := -1
 	for i, b := range p.free {
-		if cap(b) >= n {
-			p.free = append(p.free[:i], p.free[i+1:]...)
-			return b
+		if cap(b) >= n && (best < 0 || cap(b) < cap(p.free[best])) {
+			best = i
 		}
 	}
-	return nil
+	if best < 0 {
+		return nil
+	}
+	b := p.free[best]
+	p.free = append(p.free[:best], p.free[best+1:]...)
+	return b
 }
 
 // recycle takes back the buffers of an uploaded layer.
