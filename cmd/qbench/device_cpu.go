@@ -26,6 +26,9 @@ func checkDevice(d *string) error {
 	return fmt.Errorf("--device %q: want cpu, cuda or auto", *d)
 }
 
+// warmDevices has nothing to open in this build.
+func warmDevices(device, spec string) {}
+
 // quantizer is tensor.QuantizeNF4's: this build quantises on the CPU.
 func quantizer(device string) (func(w []byte, shape []int, double bool) (*tensor.NF4, error), func(), error) {
 	return nil, func() {}, nil

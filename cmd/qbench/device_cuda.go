@@ -57,6 +57,22 @@ func openDevice(ordinal int) (*kernels.Device, error) {
 	return d, err
 }
 
+// warmDevices opens the GPUs of --devices in the background (the driver's
+// context and the kernels' modules: ~0.5 s a GPU), so that this overlaps the
+// model's load; an error shows when the engine opens the GPU itself.
+func warmDevices(device, spec string) {
+	if device == "cpu" {
+		return
+	}
+	ords, err := parseDevices(spec)
+	if err != nil {
+		return
+	}
+	for _, o := range ords {
+		go openDevice(o)
+	}
+}
+
 // quantizer is the GPU's NF4 quantiser for --quant at load with --device
 // cuda (on GPU 0: its result is uploaded to every GPU used); done frees it.
 func quantizer(device string) (q func(w []byte, shape []int, double bool) (*tensor.NF4, error), done func(), err error) {

@@ -116,15 +116,27 @@ func runEval(args []string) error {
 		modelHash, hashErr = eval.HashFiles(append([]string{filepath.Join(mf.model, "config.json")}, files...)...)
 	}()
 
+	// The GPUs and the tokenizer get ready while the weights load.
+	warmDevices(mf.device, *devices)
+	type loaded struct {
+		tok *tokenizer.Tokenizer
+		err error
+	}
+	tokDone := make(chan loaded, 1)
+	go func() {
+		tok, err := tokenizer.Load(mf.model)
+		tokDone <- loaded{tok, err}
+	}()
 	m, err := mf.load(*quiet)
 	if err != nil {
 		return err
 	}
 	bar := newBar(1+len(mf.adapters), "tokenizer and adapters", *quiet)
-	tok, err := tokenizer.Load(mf.model)
-	if err != nil {
-		return err
+	tl := <-tokDone
+	if tl.err != nil {
+		return tl.err
 	}
+	tok := tl.tok
 	bar.Add(1)
 	set := eval.Settings{Model: mf.model, Quant: m.Quant, MaxNewTokens: *maxNew, System: *system,
 		Sampling: sf.resolve(m.Gen), StopIDs: m.Gen.EosIDs, Questions: *questions}
