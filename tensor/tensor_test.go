@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 )
 
@@ -226,6 +227,24 @@ func TestRelease(t *testing.T) {
 			got, _ := f.Get(w.Name)
 			if !bytes.Equal(got.Data, w.Data) {
 				t.Fatalf("%s: tensor %s changed after Release", f.Path, w.Name)
+			}
+		}
+	}
+}
+
+// TestForChunks: every index is visited exactly once, whatever n and the
+// chunk minimum, and small inputs run inline.
+func TestForChunks(t *testing.T) {
+	for _, c := range []struct{ n, min int }{{0, 1}, {1, 1}, {7, 1}, {1000, 1}, {1000, 300}, {1 << 20, 1 << 10}, {99, 1000}} {
+		seen := make([]int32, c.n)
+		ForChunks(c.n, c.min, func(lo, hi int) {
+			for i := lo; i < hi; i++ {
+				atomic.AddInt32(&seen[i], 1)
+			}
+		})
+		for i, v := range seen {
+			if v != 1 {
+				t.Fatalf("n %d min %d: index %d visited %d times", c.n, c.min, i, v)
 			}
 		}
 	}
