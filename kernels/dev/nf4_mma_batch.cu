@@ -29,6 +29,7 @@
 //       that all WARPS warps (16·WARPS rows) read; K split across blocks
 //       (kchunk columns each) into fp32 partials, summed by a reduce kernel.
 //       Swept over WARPS and kchunk.
+//   v2  v1 with the B fragments read by ldmatrix (x4: hi and mid, x2: lo).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
@@ -197,7 +198,23 @@ __global__ void __launch_bounds__(256) v0(Q q, const float* __restrict__ x, floa
 // different banks).
 constexpr int ROWW = 36;
 
-template <int NT, int WARPS>
+// ldmatrix_x4 / _x2: 8×8 b16 matrices from shared memory; lane L gives the
+// address of row L % 8 of matrix L / 8, and thread (g, t) receives row g,
+// columns 2t and 2t + 1 of each: with rows = batch rows and columns = 8
+// consecutive k, that is exactly a B fragment register.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const uint32_t* p) {
+  const unsigned a = (unsigned)__cvta_generic_to_shared(p);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+__device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[2], const uint32_t* p) {
+  const unsigned a = (unsigned)__cvta_generic_to_shared(p);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(a));
+}
+
+// v1_part<NT, WARPS, LDM>: LDM (v2) reads the B fragments with ldmatrix, one
+// x4 for the hi and mid parts and one x2 for lo (2 instructions instead of 6
+// 32-bit loads per k-step and n-tile).
+template <int NT, int WARPS, bool LDM>
 __global__ void __launch_bounds__(WARPS * 32) v1_part(Q q, const float* __restrict__ x, float* __restrict__ part, int M, int kchunk) {
   extern __shared__ uint32_t sx[]; // [2][3][NT·8][ROWW]
   __shared__ float table[16];
@@ -257,6 +274,17 @@ __global__ void __launch_bounds__(WARPS * 32) v1_part(Q q, const float* __restri
       for (int st = 0; st < 4; st++)
 #pragma unroll
         for (int n = 0; n < NT; n++) {
+          if (LDM) {
+            // Matrices 0-3 of the x4: (hi, k 0-7), (hi, k 8-15), (mid, k 0-7), (mid, k 8-15).
+            const int mat = lane >> 3, row = 8 * n + (lane & 7);
+            uint32_t hm[4], lo[2];
+            ldmatrix_x4(hm, s + ((mat >> 1) * MP + row) * ROWW + 8 * st + 4 * (mat & 1));
+            ldmatrix_x2(lo, s + (2 * MP + row) * ROWW + 8 * st + 4 * (mat & 1));
+            mma16816(acc[n], a[st][0], a[st][1], a[st][2], a[st][3], hm[0], hm[1]);
+            mma16816(acc[n], a[st][0], a[st][1], a[st][2], a[st][3], hm[2], hm[3]);
+            mma16816(acc[n], a[st][0], a[st][1], a[st][2], a[st][3], lo[0], lo[1]);
+            continue;
+          }
           const uint32_t* r = s + (8 * n + g) * ROWW + 8 * st + t;
 #pragma unroll
           for (int pt = 0; pt < 3; pt++) {
@@ -483,14 +511,17 @@ int main() {
       for (int kc : {256, 512, 1024, 2048}) {
         if (kc > K) continue;
         if (M <= 24) {
-          v1(v1_part<3, 4>, 3, 4, kc, "v1");
-          v1(v1_part<3, 8>, 3, 8, kc, "v1");
+          v1(v1_part<3, 4, false>, 3, 4, kc, "v1");
+          v1(v1_part<3, 8, false>, 3, 8, kc, "v1");
+          v1(v1_part<3, 8, true>, 3, 8, kc, "v2");
         } else if (M <= 64) {
-          v1(v1_part<8, 4>, 8, 4, kc, "v1");
-          v1(v1_part<8, 8>, 8, 8, kc, "v1");
+          v1(v1_part<8, 4, false>, 8, 4, kc, "v1");
+          v1(v1_part<8, 8, false>, 8, 8, kc, "v1");
+          v1(v1_part<8, 8, true>, 8, 8, kc, "v2");
         } else {
-          v1(v1_part<16, 4>, 16, 4, kc, "v1");
-          v1(v1_part<16, 8>, 16, 8, kc, "v1");
+          v1(v1_part<16, 4, false>, 16, 4, kc, "v1");
+          v1(v1_part<16, 8, false>, 16, 8, kc, "v1");
+          v1(v1_part<16, 8, true>, 16, 8, kc, "v2");
         }
       }
       printf("%s N %d K %d M %d (weights %.1f MB, %d copies)\n", c.name, N, K, M, bytes / 1e6, copies);
