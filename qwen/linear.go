@@ -230,7 +230,11 @@ func (l *Linear) Forward(y, x []float32, rows int, adapters []int, ws *Workspace
 	if l.Quant != nil && l.Quant.BlockSize > maxNF4Block {
 		l.Weights()
 	}
-	ws.mv.l, ws.mv.y, ws.mv.x, ws.mv.rows = l, y, x, rows
+	bx := x
+	if baseInput != nil {
+		bx = baseInput(x)
+	}
+	ws.mv.l, ws.mv.y, ws.mv.x, ws.mv.rows = l, y, bx, rows
 	parallelFor(out, 16, &ws.mv)
 	for r := 0; r < rows; r++ {
 		if adapters == nil || adapters[r] < 0 || adapters[r] >= len(l.LoRA) || l.LoRA[adapters[r]] == nil {
@@ -240,6 +244,11 @@ func (l *Linear) Forward(y, x []float32, rows int, adapters []int, ws *Workspace
 		m.Apply(y[r*out:(r+1)*out], x[r*in:(r+1)*in], ws.loraTmp[:m.Rank])
 	}
 }
+
+// baseInput, set by a test only, replaces the input of every base product
+// (not the LoRA path's): what an approximation of x on the GPU (its split
+// into bf16 parts for the tensor cores) would cost, measured on the fixtures.
+var baseInput func(x []float32) []float32
 
 // dot is Σ a[i]·b[i] in fp32, four partial sums to shorten the dependency chain.
 func dot(a, b []float32) float32 {
