@@ -28,11 +28,7 @@
 //       weights; the next step's raw loads are in flight during a step; two
 //       accumulator chains a step are added into fp32 totals (the error grew
 //       with K without). v4b: 3 blocks an SM (80 registers).
-#include <cuda_bf16.h>
-#include <cuda_runtime.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
+#include "common.cuh"
 #include <string.h>
 #include <time.h>
 #include <math.h>
@@ -40,21 +36,6 @@
 #include <string>
 #include <vector>
 
-#define CK(x) ck((x), #x, __LINE__)
-static void ck(cudaError_t e, const char* what, int line) {
-  if (e != cudaSuccess) {
-    fprintf(stderr, "line %d: %s: %s\n", line, what, cudaGetErrorString(e));
-    exit(1);
-  }
-}
-
-// NF4 code values (bitsandbytes' NormalFloat table).
-static const float NF4_HOST[16] = {
-    -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f,
-    -0.28444138169288635f, -0.18477343022823334f, -0.09105003625154495f, 0.0f,
-    0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f, 0.33791524171829224f,
-    0.44070982933044434f, 0.5626170039176941f, 0.7229568362236023f, 1.0f};
-__constant__ float NF4_TABLE[16];
 #define NF4_0 -1.0f
 #define NF4_1 -0.6961928009986877f
 #define NF4_2 -0.5250730514526367f
@@ -128,11 +109,6 @@ __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t s) {
   return d;
 }
 
-__device__ __forceinline__ uint32_t pack_bf16(float a, float b) { // a in the low half
-  const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
-  return *(const uint32_t*)&h;
-}
-
 // Lut holds a block's 16 dequantised weights bf16(NF4[i]·s) as two byte
 // planes: lo[q] has the low bytes of values 4q…4q+3, hi[q] their high bytes.
 struct Lut {
@@ -167,12 +143,6 @@ __device__ __forceinline__ void lookup4(const Lut& t, uint32_t sel, uint32_t hse
   const uint32_t hi = prmt(prmt(t.hi[0], t.hi[1], sel), prmt(t.hi[2], t.hi[3], sel), hsel);
   f01 = prmt(lo, hi, 0x4051); // lo/hi bytes are in nibble order c1, c0, c3, c2
   f23 = prmt(lo, hi, 0x6273);
-}
-
-__device__ __forceinline__ void mma16816(float* d, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
-  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
 __device__ __forceinline__ uint32_t word(const uint4& u, int i) { return i == 0 ? u.x : i == 1 ? u.y : i == 2 ? u.z : u.w; }
@@ -266,12 +236,7 @@ __global__ void __launch_bounds__(256, MINB) gemv_v4(Q q, const float* __restric
     uint32_t p[3][2];
 #pragma unroll
     for (int h = 0; h < 2; h++) {
-      const float x0 = in[2 * h], x1 = in[2 * h + 1];
-      const uint32_t hi = pack_bf16(x0, x1);
-      const float r0 = x0 - __uint_as_float(hi << 16), r1 = x1 - __uint_as_float(hi & 0xffff0000u);
-      const uint32_t mid = pack_bf16(r0, r1);
-      const uint32_t lo = pack_bf16(r0 - __uint_as_float(mid << 16), r1 - __uint_as_float(mid & 0xffff0000u));
-      p[0][h] = hi, p[1][h] = mid, p[2][h] = lo;
+      split3(in[2 * h], in[2 * h + 1], p[0][h], p[1][h], p[2][h]);
     }
 #pragma unroll
     for (int pp = 0; pp < 3; pp++) xsm[((s * 16 + j) * 3 + pp) * 4 + tt] = make_uint2(p[pp][0], p[pp][1]);

@@ -30,11 +30,7 @@
 //       (kchunk columns each) into fp32 partials, summed by a reduce kernel.
 //       Swept over WARPS and kchunk.
 //   v2  v1 with the B fragments read by ldmatrix (x4: hi and mid, x2: lo).
-#include <cuda_bf16.h>
-#include <cuda_runtime.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
+#include "common.cuh"
 #include <math.h>
 #include <string.h>
 #include <time.h>
@@ -42,21 +38,6 @@
 #include <thread>
 #include <algorithm>
 #include <vector>
-
-#define CK(x) ck((x), #x, __LINE__)
-static void ck(cudaError_t e, const char* what, int line) {
-  if (e != cudaSuccess) {
-    fprintf(stderr, "line %d: %s: %s\n", line, what, cudaGetErrorString(e));
-    exit(1);
-  }
-}
-
-static const float NF4_HOST[16] = {
-    -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f,
-    -0.28444138169288635f, -0.18477343022823334f, -0.09105003625154495f, 0.0f,
-    0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f, 0.33791524171829224f,
-    0.44070982933044434f, 0.5626170039176941f, 0.7229568362236023f, 1.0f};
-__constant__ float NF4_TABLE[16];
 
 struct Q {
   const uint8_t* codes;   // [N·K/2], mma layout
@@ -66,25 +47,6 @@ struct Q {
   float offset;
   int N, K;
 };
-
-__device__ __forceinline__ uint32_t pack_bf16(float a, float b) { // a in the low half
-  const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
-  return *(const uint32_t*)&h;
-}
-
-// split3 writes x = hi + mid + lo as three packed bf16 pairs (gemv.cuh's).
-__device__ __forceinline__ void split3(float x0, float x1, uint32_t& hi, uint32_t& mid, uint32_t& lo) {
-  hi = pack_bf16(x0, x1);
-  const float r0 = x0 - __uint_as_float(hi << 16), r1 = x1 - __uint_as_float(hi & 0xffff0000u);
-  mid = pack_bf16(r0, r1);
-  lo = pack_bf16(r0 - __uint_as_float(mid << 16), r1 - __uint_as_float(mid & 0xffff0000u));
-}
-
-__device__ __forceinline__ void mma16816(float* d, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1) {
-  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-               : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-               : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
 
 __device__ __forceinline__ float scale_of(const Q& q, const float* code, unsigned e) {
   const unsigned b = e >> 6;
