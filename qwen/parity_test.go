@@ -25,8 +25,11 @@ type golden struct {
 	t *testing.T
 }
 
-func openGolden(t *testing.T) *golden {
-	f, err := tensor.Open(goldenPath)
+func openGolden(t *testing.T) *golden { return openGoldenAt(t, goldenPath) }
+
+// openGoldenAt opens a fixture of reference tensors (closed with the test).
+func openGoldenAt(t *testing.T, path string) *golden {
+	f, err := tensor.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}

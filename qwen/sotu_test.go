@@ -4,9 +4,9 @@ import (
 	"fmt"
 	"math"
 	"testing"
-
-	"github.com/qbench/qbench/tensor"
 )
+
+const sotuGolden = "../testdata/sotu/golden.safetensors"
 
 // TestParitySotu compares the CPU path with transformers' fp32 logits of the
 // small model trained for this project (testdata/sotu): bf16 weights alone
@@ -17,18 +17,7 @@ import (
 // summation order), while the adapter alone moves logits by whole units.
 func TestParitySotu(t *testing.T) {
 	const dir, rel = "../testdata/sotu/", 1e-5
-	f, err := tensor.Open(dir + "golden.safetensors")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	get := func(name string) *tensor.Tensor {
-		g, err := f.Get(name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return g
-	}
+	g := openGoldenAt(t, sotuGolden)
 	for _, c := range []struct {
 		variant string
 		opt     LoadOptions
@@ -41,15 +30,11 @@ func TestParitySotu(t *testing.T) {
 		r := NewRunner(m)
 		V := m.Config.Vocab
 		for k := 0; k < 3; k++ {
-			ids64, err := get(fmt.Sprintf("prompt%d.ids", k)).I64()
-			if err != nil {
-				t.Fatal(err)
+			ids := g.ints(fmt.Sprintf("prompt%d.ids", k))
+			want, ok := g.floats(fmt.Sprintf("prompt%d.%s.logits", k, c.variant))
+			if !ok {
+				t.Fatalf("%s: no logits of prompt %d, %s", sotuGolden, k, c.variant)
 			}
-			ids := make([]int, len(ids64))
-			for i, v := range ids64 {
-				ids[i] = int(v)
-			}
-			want := get(fmt.Sprintf("prompt%d.%s.logits", k, c.variant)).F32()
 			got, err := r.Forward([]*Seq{m.NewSeq(len(ids), c.adapter)}, [][]int{ids}, true)
 			if err != nil {
 				t.Fatal(err)

@@ -39,23 +39,10 @@ func TestActivationSplit(t *testing.T) {
 		dir, adapter string
 		ids          []int
 	}
-	f, err := tensor.Open("../testdata/sotu/golden.safetensors")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	g := openGoldenAt(t, sotuGolden)
 	var ms []model
 	for k := 0; k < 3; k++ {
-		g, err := f.Get(fmt.Sprintf("prompt%d.ids", k))
-		if err != nil {
-			t.Fatal(err)
-		}
-		v, _ := g.I64()
-		ids := make([]int, len(v))
-		for i, x := range v {
-			ids[i] = int(x)
-		}
-		ms = append(ms, model{"../testdata/sotu/sotu-qwen2", "../testdata/sotu/sotu-qwen2-qa", ids})
+		ms = append(ms, model{"../testdata/sotu/sotu-qwen2", "../testdata/sotu/sotu-qwen2-qa", g.ints(fmt.Sprintf("prompt%d.ids", k))})
 	}
 	ms = append(ms, model{tinyDir, loraDir, []int{9707, 11, 1879, 0, 151644, 872, 198, 3838}})
 	defer func() { baseInput = nil }()
