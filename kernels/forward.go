@@ -93,12 +93,14 @@ func (f *steps) mat(label string, layer int, op matOp, rows int) {
 	if f.err != nil {
 		return
 	}
-	c, err := f.e.Dev.matmulCall(op.kind, op.desc, rows, op.pairs, op.k)
+	cs, err := f.e.Dev.matmulCalls(op.kind, op.desc, rows, op.pairs, op.k)
 	if err != nil {
 		f.err = err
 		return
 	}
-	f.do(label, layer, c)
+	for _, c := range cs {
+		f.do(label, layer, c)
+	}
 }
 
 // norm is rmsnorm of x into out, fused with the LoRA shrink of the modules

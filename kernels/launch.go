@@ -86,7 +86,7 @@ const (
 	kindGemvNF4      kernelKind = iota // gemv_nf4_<MT>: NF4 rounded to bf16, plain or tiled codes
 	kindGemvNF4Round                   // gemv_nf4r_<MT>: NF4 rounded to f16, or not rounded
 	kindGemvDense                      // gemv_dense_<MT>: bf16 or fp32 weights
-	kindMMANF4                         // mma_nf4_<NT>: NF4 on the tensor cores, for batches
+	kindMMANF4                         // mmas_nf4_<NT>: NF4 on the tensor cores, for batches, K split across blocks
 	kindMMABF16                        // mma_bf16_<NT>: bf16 on the tensor cores, for batches
 	kindLUTNF4                         // nf4_lut_<R>: NF4 on the tensor cores, one or two rows a pass
 )
@@ -135,7 +135,9 @@ func (d *Device) matmulCall(kind kernelKind, op *gemvOp, rows, pairs, K int) (ca
 	c := call{block: 256}
 	var wpp, units int // warps per unit of work, units (pairs or 8-pair tiles)
 	switch kind {
-	case kindMMANF4, kindMMABF16: // tiles of 8 pairs, NT n-tiles of 8 batch rows a pass
+	case kindMMANF4:
+		return c, fmt.Errorf("cuda: mmas_nf4 runs through matmulCalls")
+	case kindMMABF16: // tiles of 8 pairs, NT n-tiles of 8 batch rows a pass
 		nt := 4
 		switch {
 		case rows <= 8:
@@ -145,10 +147,7 @@ func (d *Device) matmulCall(kind kernelKind, op *gemvOp, rows, pairs, K int) (ca
 		}
 		units = (pairs/8 + mmaTW(kind) - 1) / mmaTW(kind) // a warp's group of TW tiles
 		wpp = pow2Floor(min(8, max(1, K/64), (targetWarps+units-1)/units))
-		c.name = fmt.Sprintf("mma_nf4_%d", nt)
-		if kind == kindMMABF16 {
-			c.name = fmt.Sprintf("mma_bf16_%d", nt)
-		}
+		c.name = fmt.Sprintf("mma_bf16_%d", nt)
 	case kindLUTNF4: // tiles of 8 pairs (16 rows), steps of 256 columns
 		units = pairs / 8
 		steps := (K/64 + 3) / 4
@@ -180,6 +179,79 @@ func (d *Device) matmulCall(kind kernelKind, op *gemvOp, rows, pairs, K int) (ca
 	c.grid = [3]int{min((units+per-1)/per, max(1, occ)*d.SMs)}
 	c.args = []any{op, rows, wpp}
 	return c, nil
+}
+
+// matmulCalls are the launches of one matrix op over rows batch rows: one
+// (matmulCall) for every kind but mmas_nf4, which takes at most splitRows
+// rows a launch, each followed by its mmas_finish.
+func (d *Device) matmulCalls(kind kernelKind, op *gemvOp, rows, pairs, K int) ([]call, error) {
+	if kind != kindMMANF4 {
+		c, err := d.matmulCall(kind, op, rows, pairs, K)
+		return []call{c}, err
+	}
+	var cs []call
+	for m0 := 0; m0 < rows; m0 += splitRows {
+		c, err := d.splitCalls(op, rows, m0, pairs, K)
+		if err != nil {
+			return nil, err
+		}
+		cs = append(cs, c...)
+	}
+	return cs, nil
+}
+
+// splitRows is the most batch rows one mmas_nf4 launch takes (NT = 8), and
+// splitCols the columns of K each of its blocks takes (SK_COLS in mma.cu).
+const splitRows, splitCols = 64, 256
+
+// splitNT are the NT mmas_nf4 is compiled for (MMAS in mma.cu).
+var splitNT = []int{1, 2, 3, 4, 8}
+
+// splitCalls are mmas_nf4 and mmas_finish for rows m0, m0+1, … (at most
+// splitRows) of rows. mmas_nf4: blocks (group, split of K), one wave, 8
+// warps a block, each walking tiles of 8 pairs; mmas_finish: a thread a
+// (pair, batch row).
+func (d *Device) splitCalls(op *gemvOp, rows, m0, pairs, K int) ([]call, error) {
+	n := min(rows-m0, splitRows)
+	nt := splitNT[len(splitNT)-1]
+	for _, v := range splitNT {
+		if 8*v >= n {
+			nt = v
+			break
+		}
+	}
+	splits := (K + splitCols - 1) / splitCols
+	c := call{name: fmt.Sprintf("mmas_nf4_%d", nt), block: 256, shmem: 2 * 8 * nt * (splitCols/2 + 4) * 4}
+	if need := splitWSBytes(pairs, K); d.splitWS.Bytes < need {
+		return nil, fmt.Errorf("cuda: mmas_nf4: needs a split-K workspace of %d bytes, %d reserved (reserveSplit)", need, d.splitWS.Bytes)
+	}
+	occ, err := d.occupancy(c.name, c.block, c.shmem)
+	if err != nil {
+		return nil, err
+	}
+	groups := max(1, min(max(1, occ)*d.SMs/splits, (pairs/8+7)/8))
+	c.grid = [3]int{groups, splits}
+	c.args = []any{op, rows, m0, d.splitWS}
+	fin := call{name: "mmas_finish", grid: [3]int{(pairs + 255) / 256, n}, block: 256, args: []any{op, rows, m0, d.splitWS, splits, 8 * nt}}
+	return []call{c, fin}, nil
+}
+
+// splitWSBytes is the split-K workspace one mmas_nf4 launch over a matrix
+// op of pairs pairs and K columns may need: a partial sum for each split,
+// batch row of a launch and output row.
+func splitWSBytes(pairs, K int) int64 {
+	return int64((K+splitCols-1)/splitCols) * splitRows * 2 * int64(pairs) * 4
+}
+
+// reserveSplit makes the split-K workspace at least bytes (on the device's thread).
+func (d *Device) reserveSplit(bytes int64) error {
+	if d.splitWS.Bytes >= bytes {
+		return nil
+	}
+	d.Free(&d.splitWS)
+	b, err := d.Alloc(bytes, "split-K workspace")
+	d.splitWS = b
+	return err
 }
 
 // lutShmem is nf4_lut's dynamic shared memory: x split into 3 bf16 parts a

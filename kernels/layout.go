@@ -29,7 +29,7 @@ func tileNF4(t, packed []byte, out, in int) []byte {
 }
 
 // mmaNF4 reorders the codes within each 64-column block of each row (for
-// mma_nf4; in % 64 == 0): thread t of a quad gets, in its 8 bytes, for
+// mmas_nf4; in % 64 == 0): thread t of a quad gets, in its 8 bytes, for
 // s = 0…3 the byte of columns 16s + 2t, +1 and the byte of columns
 // 16s + 2t + 8, +9 — its part of the bf16 A fragment of mma.m16n8k16.
 func mmaNF4(t, packed []byte, out, in int) []byte {

@@ -16,9 +16,11 @@
 //
 // Versions: v5 fragments dequantised in registers; v5b dense bf16 too; v6
 // (reverted) x pre-split by the producers; v7 (reverted) x pre-split once per
-// matrix in fragment order; v8 (this file) two tiles a warp for dense bf16 (TW
-// below); NT = 3 for batches of 17–24 lost (gate/up 3,720 → 4,476 µs a step at
-// batch 20, H200) and is not built.
+// matrix in fragment order; v8 two tiles a warp for dense bf16 (TW below);
+// NT = 3 for batches of 17–24 lost (gate/up 3,720 → 4,476 µs a step at batch
+// 20, H200). v9 (mmas_nf4 below; kernels/dev/nf4_mma_batch.cu v5) replaces
+// mma_nf4 for NF4: x staged once per block, two bf16 parts, K split across
+// blocks.
 #include "gemv.cuh"
 
 // dq2 dequantises the two codes of one byte to a packed bf16 pair (high nibble first).
@@ -184,16 +186,227 @@ __device__ void mma_body(const struct GemvOp* __restrict__ op, long long M, int 
   }
 }
 
-// mma_nf4_<NT> / mma_bf16_<NT> (dense bf16 weights, e.g. lm_head): grid = one
-// wave of 256-thread blocks (persistent), NT n-tiles of 8 batch rows per
-// pass, wpp warps per tile of 8 pairs (1, 2, 4 or 8).
+// mma_bf16_<NT> (dense bf16 weights, e.g. lm_head): grid = one wave of
+// 256-thread blocks (persistent), NT n-tiles of 8 batch rows per pass, wpp
+// warps per tile of 8 pairs (1, 2, 4 or 8). (NF4 runs through mmas_nf4.)
 #define MMA(NT)                                                                                                    \
-  extern "C" __global__ void __launch_bounds__(256) mma_nf4_##NT(const __grid_constant__ struct GemvOp op, long long M, long long wpp) {  \
-    mma_body<FMT_NF4, NT, 1>(&op, M, (int)wpp);                                                                        \
-  }                                                                                                                \
   extern "C" __global__ void __launch_bounds__(256) mma_bf16_##NT(const __grid_constant__ struct GemvOp op, long long M, long long wpp) { \
     mma_body<FMT_BF16, NT, 2>(&op, M, (int)wpp);                                                                       \
   }
 MMA(1)
 MMA(2)
 MMA(4)
+
+// ---------------------------------------------------------------------------
+// mmas_nf4_<NT> (v9): NF4 on the tensor cores for up to 8·NT batch rows
+// m0, m0 + 1, … (one pass; the launcher issues one launch a pass). The grid is
+// (groups, splits): block (b, s) takes the columns [256s, 256s + 256) of K.
+// It stages x[rows, those columns] once in shared memory as two bf16 parts
+// (hi + lo = bf16(x − hi): 16 significant bits, qwen's TestActivationSplit
+// bounds what that moves), then each of its 8 warps walks tiles (8 pairs, the
+// 16 A-rows of the MMA, as mma_body) tile, tile + 8·groups, …, with the next
+// tile's codes and scales loaded into registers while this tile's MMAs run:
+// no barrier after the staging. Each warp writes its tile's partial sums to
+// ws[split][batch row][2·pair + {0, 1}]; mmas_finish (the next launch) sums
+// them. (Finishing in the warp that arrives last at a tile's counter was
+// tried first: its serial L2 round trips — splits × outputs, then the LoRA
+// terms — put 30–150 µs on each tile's critical path, H200, 2026-11-28.)
+constexpr int SK_COLS = 256; // columns of K a block takes
+constexpr int SK_ROWW = SK_COLS / 2 + 4; // words a staged x row: ≡ 4 mod 32, so ldmatrix's 8 rows hit distinct banks
+
+// raw_scale is what a block scale is built from: the double-quantised code
+// byte, or the fp32 absmax's bits; scale_of finishes it (nf4_scale's arithmetic).
+__device__ __forceinline__ uint32_t raw_scale(const MatRegs& r, unsigned e) {
+  const unsigned b = e >> r.blockShift;
+  return r.qabsmax ? (uint32_t)__ldg(r.qabsmax + b) : __float_as_uint(__ldg(r.absmax + b));
+}
+__device__ __forceinline__ float scale_of(const MatRegs& r, const float* code, unsigned e, uint32_t raw) {
+  if (r.qabsmax) return __fadd_rn(__fmul_rn(code[raw], __ldg(r.nested + ((e >> r.blockShift) >> r.nestedShift))), r.offset);
+  return __uint_as_float(raw);
+}
+
+// ldmatrix_x4: four 8×8 b16 matrices from shared memory; lane L gives row
+// L % 8 of matrix L / 8, and thread (g, t) receives row g, columns 2t, 2t + 1
+// of each — with rows = batch rows and columns = 8 consecutive k, a B fragment.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const uint32_t* p) {
+  const unsigned a = (unsigned)__cvta_generic_to_shared(p);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+
+// A warp's tile: this thread's pair and its two rows (as mma_body).
+struct Tile {
+  const struct Mat* A;
+  const struct Mat* B;
+  MatRegs qa, qb;
+  unsigned ea, eb; // flat index of the rows' first column of this block's split
+  int ra, rb, pair;
+  bool valid;
+};
+
+__device__ __forceinline__ Tile tile_of(const struct GemvOp* op, int tile, int tiles, int g, int K, int kbeg) {
+  Tile w;
+  w.valid = tile < tiles;
+  w.pair = w.valid ? tile * 8 + g : 0;
+  const PairRows pr = pair_rows(op, w.pair);
+  w.A = pr.A;
+  w.B = pr.B ? pr.B : pr.A;
+  w.ra = pr.ra;
+  w.rb = pr.B ? pr.rb : pr.ra;
+  w.qa = mat_regs(w.A);
+  w.qb = mat_regs(w.B);
+  w.ea = (unsigned)w.ra * K + kbeg;
+  w.eb = (unsigned)w.rb * K + kbeg;
+  return w;
+}
+
+// Next: what fetching a tile's codes and scales needs (this thread's 8
+// bytes of the rows' first 64 columns of the split; the scale sources).
+struct Next {
+  const uint8_t* ca;
+  const uint8_t* cb;
+  MatRegs qa, qb; // only the scale pointers and shift are read
+  unsigned ea, eb;
+  bool valid;
+};
+
+__device__ __forceinline__ Next next_of(const struct GemvOp* op, int tile, int tiles, int g, int t, int K, int kbeg) {
+  const Tile w = tile_of(op, tile, tiles, g, K, kbeg);
+  return Next{w.qa.packed + w.ea / 2 + 8 * t, w.qb.packed + w.eb / 2 + 8 * t, w.qa, w.qb, w.ea, w.eb, w.valid};
+}
+
+template <int NT>
+__device__ void mmas_body(const struct GemvOp* __restrict__ op, int M, int m0, float* __restrict__ ws) {
+  constexpr int WARPS = 8, T = WARPS * 32, MP = 8 * NT, S = SK_COLS / 64, HALF = SK_COLS / 2;
+  extern __shared__ uint32_t sx[]; // [2][MP][SK_ROWW]: x's hi and lo parts
+  __shared__ float table[16];
+  __shared__ float code[256];
+  const struct Mat* A0 = &op->mat[0];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3, mat = lane >> 3;
+  const int K = A0->K, kbeg = blockIdx.y * SK_COLS, steps = min(S, (K - kbeg) / 64);
+  const int P = pairs_of(op), tiles = P / 8, stride = gridDim.x * WARPS;
+  // The ring: slot s holds step s (64 columns) of the tile fetched next.
+  uint2 ca[S], cb[S];
+  uint32_t qa[S], qb[S];
+  auto fetch = [&](const Next& w, int s) {
+    ca[s] = cb[s] = make_uint2(0, 0);
+    qa[s] = qb[s] = 0;
+    if (w.valid && s < steps) {
+      ca[s] = __ldg((const uint2*)(w.ca + 32 * s));
+      cb[s] = __ldg((const uint2*)(w.cb + 32 * s));
+      qa[s] = raw_scale(w.qa, w.ea + 64 * s);
+      qb[s] = raw_scale(w.qb, w.eb + 64 * s);
+    }
+  };
+  int tile = blockIdx.x * WARPS + warp;
+#pragma unroll
+  for (int s = 0; s < S; s++) fetch(next_of(op, tile, tiles, g, t, K, kbeg), s); // the weights: in flight before the wait
+  if (threadIdx.x < 16) table[threadIdx.x] = NF4_TABLE[threadIdx.x];
+  if (A0->code)
+    for (int i = threadIdx.x; i < 256; i += T) code[i] = A0->code[i];
+  pdl_wait(); // x, the partials' workspace and the outputs come after earlier kernels
+  // x[m0 …, kbeg …] → hi and lo planes (zeros past M and past K).
+  for (int p0 = threadIdx.x; p0 < MP * HALF; p0 += 4 * T) {
+    float2 v[4];
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+      const int p = p0 + u * T, m = p / HALF, cp = p % HALF;
+      v[u] = make_float2(0, 0);
+      if (p < MP * HALF && m0 + m < M && 2 * cp < 64 * steps) v[u] = __ldg((const float2*)(op->x + (long long)(m0 + m) * K + kbeg + 2 * cp));
+    }
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+      const int p = p0 + u * T, m = p / HALF, cp = p % HALF;
+      if (p < MP * HALF) {
+        const uint32_t hi = pack_bf16(v[u].x, v[u].y);
+        sx[m * SK_ROWW + cp] = hi;
+        sx[(MP + m) * SK_ROWW + cp] = pack_bf16(v[u].x - __uint_as_float(hi << 16), v[u].y - __uint_as_float(hi & 0xffff0000u));
+      }
+    }
+  }
+  __syncthreads();
+  for (; tile < tiles; tile += stride) {
+    const Tile cur = tile_of(op, tile, tiles, g, K, kbeg);
+    const Next nxt = next_of(op, tile + stride, tiles, g, t, K, kbeg);
+    float acc[NT][4];
+#pragma unroll
+    for (int n = 0; n < NT; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+#pragma unroll
+    for (int s = 0; s < S; s++) {
+      if (s >= steps) break;
+      const uint2 cas = ca[s], cbs = cb[s];
+      const float sa = scale_of(cur.qa, code, cur.ea + 64 * s, qa[s]), sb = scale_of(cur.qb, code, cur.eb + 64 * s, qb[s]);
+      fetch(nxt, s); // the next tile's step s, in flight during this tile's MMAs
+#pragma unroll
+      for (int st = 0; st < 4; st++) {
+        const uint32_t wa = st < 2 ? cas.x : cas.y, wb = st < 2 ? cbs.x : cbs.y;
+        const int sh = 16 * (st & 1);
+        const uint32_t a0 = dq2(wa >> sh, sa, table), a2 = dq2(wa >> (sh + 8), sa, table);
+        const uint32_t a1 = dq2(wb >> sh, sb, table), a3 = dq2(wb >> (sh + 8), sb, table);
+#pragma unroll
+        for (int n = 0; n < NT; n++) {
+          // Matrices of the x4: (hi, k 0-7), (hi, k 8-15), (lo, k 0-7), (lo, k 8-15).
+          uint32_t b[4];
+          ldmatrix_x4(b, sx + ((mat >> 1) * MP + 8 * n + (lane & 7)) * SK_ROWW + 32 * s + 8 * st + 4 * (mat & 1));
+          mma16816(acc[n], a0, a1, a2, a3, b[0], b[1]);
+          mma16816(acc[n], a0, a1, a2, a3, b[2], b[3]);
+        }
+      }
+    }
+    // acc[n][j] is row ra (the A-row) of batch row m0 + 8n + 2t + j, acc[n][2 + j] row rb.
+    float* w = ws + (long long)blockIdx.y * MP * 2 * P + 2 * cur.pair;
+#pragma unroll
+    for (int n = 0; n < NT; n++)
+#pragma unroll
+      for (int j = 0; j < 2; j++) {
+        const int mm = 8 * n + 2 * t + j;
+        if (m0 + mm < M) *(float2*)(w + (long long)mm * 2 * P) = make_float2(acc[n][j], acc[n][2 + j]);
+      }
+  }
+}
+
+// mmas_finish: for batch row m0 + blockIdx.y and pair p (a thread each), the
+// sum of mmas_nf4's partials in split order (deterministic), the LoRA terms
+// and the epilogue. mp is the launch's 8·NT.
+extern "C" __global__ void __launch_bounds__(256) mmas_finish(const __grid_constant__ struct GemvOp op, long long M, long long m0,
+                                                              const float* __restrict__ ws, long long splits, long long mp) {
+  pdl_wait();
+  const int P = pairs_of(&op), pair = blockIdx.x * blockDim.x + threadIdx.x, mm = blockIdx.y, m = (int)m0 + mm;
+  if (pair >= P || m >= M) return;
+  const float* w = ws + (long long)mm * 2 * P + 2 * pair;
+  const long long stride = mp * 2 * P;
+  float va = 0.0f, vb = 0.0f;
+  int sp = 0;
+  for (; sp + 4 <= splits; sp += 4) { // four loads in flight, summed in order
+    float2 v[4];
+#pragma unroll
+    for (int u = 0; u < 4; u++) v[u] = __ldcg((const float2*)(w + (sp + u) * stride));
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+      va += v[u].x;
+      vb += v[u].y;
+    }
+  }
+  for (; sp < splits; sp++) {
+    const float2 v = __ldcg((const float2*)(w + sp * stride));
+    va += v.x;
+    vb += v.y;
+  }
+  const PairRows pr = pair_rows(&op, pair);
+  if (!pr.valid) return;
+  va += lora_serial(*pr.A, op, m, pr.ra);
+  if (pr.B) vb += lora_serial(*pr.B, op, m, pr.rb);
+  epilogue(op, m, *pr.A, pr.ra, va, pr.B, pr.rb, vb, pair);
+}
+
+// MINB blocks a multiprocessor: 2 (≤ 128 registers, a few bytes spilled)
+// up to NT = 3; NT = 4 and 8 need 169 and 231 registers.
+#define MMAS(NT, MINB)                                                                                             \
+  extern "C" __global__ void __launch_bounds__(256, MINB) mmas_nf4_##NT(const __grid_constant__ struct GemvOp op, long long M, \
+                                                                        long long m0, float* ws) {                \
+    mmas_body<NT>(&op, (int)M, (int)m0, ws);                                                                       \
+  }
+MMAS(1, 2)
+MMAS(2, 2)
+MMAS(3, 2)
+MMAS(4, 1)
+MMAS(8, 1)

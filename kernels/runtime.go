@@ -36,6 +36,10 @@ type Device struct {
 	// maxShmem is the dynamic shared memory one block may have (the device's
 	// opt-in limit less what the kernels declare statically).
 	maxShmem int
+	// splitWS is mmas_nf4's split-K workspace (the partial sums of a launch,
+	// which mmas_finish reads). The device's engines share it: their launches
+	// run in order on the one stream.
+	splitWS Buf
 }
 
 // ErrNoDevice is returned by Open when no CUDA device is usable.
@@ -104,7 +108,7 @@ func (d *Device) init(ordinal int) error {
 				return fmt.Errorf("cuda: kernel %s in %s: %v", name, m.name, err)
 			}
 			d.fns[name] = fn
-			if strings.HasPrefix(name, "nf4_lut_") { // x in dynamic shared memory, up to the device's limit
+			if strings.HasPrefix(name, "nf4_lut_") || strings.HasPrefix(name, "mmas_nf4_") { // x in dynamic shared memory, up to the device's limit
 				if err := setMaxShmem(fn, d.maxShmem); err != nil {
 					return fmt.Errorf("cuda: %s: %v", name, err)
 				}
@@ -117,7 +121,7 @@ func (d *Device) init(ordinal int) error {
 // kernelNames lists the entry points of each module.
 var kernelNames = map[string][]string{
 	"attention":  {"attn_split", "attn_combine"},
-	"mma":        {"mma_nf4_1", "mma_nf4_2", "mma_nf4_4", "mma_bf16_1", "mma_bf16_2", "mma_bf16_4"},
+	"mma":        {"mma_bf16_1", "mma_bf16_2", "mma_bf16_4", "mmas_nf4_1", "mmas_nf4_2", "mmas_nf4_3", "mmas_nf4_4", "mmas_nf4_8", "mmas_finish"},
 	"nf4_lut":    {"nf4_lut_1", "nf4_lut_2"},
 	"nf4_matmul": append(gemvNames(), "lora_shrink", "layout"),
 	"rmsnorm":    {"rmsnorm", "rmsnorm_lora", "embed"},

@@ -405,6 +405,11 @@ func (e *Engine) uploadOp(base gemvOp, ls []*qwen.Linear, what string) (matOp, e
 		}
 		op.Mat[s], mo.kind, mo.weights = mt, kind, mo.weights+matBytes(l)
 	}
+	if mo.kind == kindMMANF4 {
+		if err := e.Dev.reserveSplit(splitWSBytes(mo.pairs, mo.k)); err != nil {
+			return mo, err
+		}
+	}
 	mo.desc = &op
 	return mo, nil
 }

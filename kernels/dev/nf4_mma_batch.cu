@@ -30,6 +30,21 @@
 //       (kchunk columns each) into fp32 partials, summed by a reduce kernel.
 //       Swept over WARPS and kchunk.
 //   v2  v1 with the B fragments read by ldmatrix (x4: hi and mid, x2: lo).
+//   v3  v2 with x in two bf16 parts (hi + lo = bf16(x − hi), ≈ 16 bits;
+//       qwen's TestActivationSplit: logits move ≤ 1.5e-5 of the largest):
+//       one ldmatrix x4 and two MMAs per k-step and n-tile instead of 2 + 3.
+//       (v1–v3, H200: gate/up at batch 20 75.9 → 39.3 µs, still 14 % of the
+//       copy bandwidth: each step's code loads are issued after the previous
+//       step's barrier, so every step waits a DRAM latency.)
+//   v4  no per-step barrier: a block's threads first issue the loads of all
+//       their codes and absmax bytes for the block's KC columns (KC/64 × 16
+//       bytes a thread in flight), then stage the whole x chunk [M, KC] split
+//       into P planes (one barrier), then run the MMAs from registers and
+//       shared memory; partials summed by the reduce kernel.
+//   v5  persistent over tiles: a block stages its x chunk [M, KC] once, then
+//       each warp walks tiles tile, tile + stride, … (no barrier after the
+//       staging), the next tile's codes and absmax bytes loaded into a ring of
+//       KC/64 register slots while this tile's MMAs run.
 #include "common.cuh"
 #include <math.h>
 #include <string.h>
@@ -173,12 +188,13 @@ __device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[2], const uint32_t* p)
   asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(a));
 }
 
-// v1_part<NT, WARPS, LDM>: LDM (v2) reads the B fragments with ldmatrix, one
-// x4 for the hi and mid parts and one x2 for lo (2 instructions instead of 6
-// 32-bit loads per k-step and n-tile).
-template <int NT, int WARPS, bool LDM>
+// v1_part<NT, WARPS, LDM, P>: LDM (v2) reads the B fragments with ldmatrix,
+// one x4 for the hi and mid parts and one x2 for lo (2 instructions instead of
+// 6 32-bit loads per k-step and n-tile); P = 2 (v3, with LDM) keeps two parts,
+// hi and lo, both in one x4.
+template <int NT, int WARPS, bool LDM, int P = 3>
 __global__ void __launch_bounds__(WARPS * 32) v1_part(Q q, const float* __restrict__ x, float* __restrict__ part, int M, int kchunk) {
-  extern __shared__ uint32_t sx[]; // [2][3][NT·8][ROWW]
+  extern __shared__ uint32_t sx[]; // [2][P][NT·8][ROWW]
   __shared__ float table[16];
   __shared__ float code[256];
   constexpr int T = WARPS * 32, MP = NT * 8, PAIRS = MP * 32; // column pairs of one step
@@ -205,12 +221,18 @@ __global__ void __launch_bounds__(WARPS * 32) v1_part(Q q, const float* __restri
   float acc[NT][4] = {};
   int buf = 0;
   for (int c0 = kbeg; c0 < kend; c0 += 64, buf ^= 1) {
-    uint32_t* s = sx + buf * 3 * MP * ROWW;
+    uint32_t* s = sx + buf * P * MP * ROWW;
 #pragma unroll
     for (int i = 0; i < PER; i++) {
       const int p = threadIdx.x + i * T, m = p >> 5, cp = p & 31;
       if (p < PAIRS) {
         uint32_t h, mi, lo;
+        if (P == 2) {
+          split2(xv[i].x, xv[i].y, h, lo);
+          s[m * ROWW + cp] = h;
+          s[(MP + m) * ROWW + cp] = lo;
+          continue;
+        }
         split3(xv[i].x, xv[i].y, h, mi, lo);
         s[m * ROWW + cp] = h;
         s[(MP + m) * ROWW + cp] = mi;
@@ -241,6 +263,11 @@ __global__ void __launch_bounds__(WARPS * 32) v1_part(Q q, const float* __restri
             const int mat = lane >> 3, row = 8 * n + (lane & 7);
             uint32_t hm[4], lo[2];
             ldmatrix_x4(hm, s + ((mat >> 1) * MP + row) * ROWW + 8 * st + 4 * (mat & 1));
+            if (P == 2) { // hm = hi, lo
+              mma16816(acc[n], a[st][0], a[st][1], a[st][2], a[st][3], hm[0], hm[1]);
+              mma16816(acc[n], a[st][0], a[st][1], a[st][2], a[st][3], hm[2], hm[3]);
+              continue;
+            }
             ldmatrix_x2(lo, s + (2 * MP + row) * ROWW + 8 * st + 4 * (mat & 1));
             mma16816(acc[n], a[st][0], a[st][1], a[st][2], a[st][3], hm[0], hm[1]);
             mma16816(acc[n], a[st][0], a[st][1], a[st][2], a[st][3], hm[2], hm[3]);
@@ -268,6 +295,209 @@ __global__ void __launch_bounds__(WARPS * 32) v1_part(Q q, const float* __restri
         out[(size_t)m * q.N + rb] = acc[n][2 + j];
       }
     }
+}
+
+// v4_part<NT, WARPS, KC, P>: see the top. Shared memory [P][NT·8][KC/2 + 4]
+// words (KC/2 + 4 ≡ 4 mod 32: the 8 rows an ldmatrix reads hit distinct banks).
+template <int NT, int WARPS, int KC, int P>
+__global__ void __launch_bounds__(WARPS * 32) v4_part(Q q, const float* __restrict__ x, float* __restrict__ part, int M) {
+  constexpr int T = WARPS * 32, MP = NT * 8, S = KC / 64, RW = KC / 2 + 4, HALF = KC / 2;
+  extern __shared__ uint32_t sx[];
+  __shared__ float table[16];
+  __shared__ float code[256];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+  const int K = q.K, kbeg = blockIdx.y * KC, steps = min(S, (K - kbeg) / 64);
+  const int tile = blockIdx.x * WARPS + warp;
+  const bool valid = tile * 16 < q.N;
+  const int ra = valid ? tile * 16 + g : 0, rb = ra + 8;
+  const unsigned ea = (unsigned)ra * K + kbeg, eb = (unsigned)rb * K + kbeg;
+  // 1. This thread's codes and absmax bytes for the whole chunk, in flight together.
+  uint2 ca[S], cb[S];
+  uint32_t qa[S], qb[S];
+#pragma unroll
+  for (int s = 0; s < S; s++) {
+    ca[s] = cb[s] = make_uint2(0, 0);
+    qa[s] = qb[s] = 0;
+    if (valid && s < steps) {
+      ca[s] = __ldg((const uint2*)(q.codes + (ea + 64 * s) / 2 + 8 * t));
+      cb[s] = __ldg((const uint2*)(q.codes + (eb + 64 * s) / 2 + 8 * t));
+      qa[s] = __ldg(q.qabsmax + ea / 64 + s);
+      qb[s] = __ldg(q.qabsmax + eb / 64 + s);
+    }
+  }
+  if (threadIdx.x < 16) table[threadIdx.x] = NF4_TABLE[threadIdx.x];
+  for (int i = threadIdx.x; i < 256; i += T) code[i] = q.code[i];
+  // 2. x [M, KC] → P bf16 planes, four float2 loads in flight a thread.
+  for (int p0 = threadIdx.x; p0 < MP * HALF; p0 += 4 * T) {
+    float2 v[4];
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+      const int p = p0 + u * T, m = p / HALF, cp = p % HALF;
+      v[u] = make_float2(0, 0);
+      if (p < MP * HALF && m < M && 2 * cp < 64 * steps) v[u] = __ldg((const float2*)(x + (size_t)m * K + kbeg + 2 * cp));
+    }
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+      const int p = p0 + u * T, m = p / HALF, cp = p % HALF;
+      if (p >= MP * HALF) break;
+      uint32_t h, mi, lo;
+      if (P == 2) {
+        split2(v[u].x, v[u].y, h, lo);
+        sx[m * RW + cp] = h;
+        sx[(MP + m) * RW + cp] = lo;
+      } else {
+        split3(v[u].x, v[u].y, h, mi, lo);
+        sx[m * RW + cp] = h;
+        sx[(MP + m) * RW + cp] = mi;
+        sx[(2 * MP + m) * RW + cp] = lo;
+      }
+    }
+  }
+  __syncthreads();
+  // 3. MMAs.
+  float acc[NT][4] = {};
+  const int mat = lane >> 3;
+#pragma unroll
+  for (int s = 0; s < S; s++) {
+    if (s >= steps) break;
+    const float sa = __fadd_rn(__fmul_rn(code[qa[s]], __ldg(q.nested + ((ea / 64 + s) >> 8))), q.offset);
+    const float sb = __fadd_rn(__fmul_rn(code[qb[s]], __ldg(q.nested + ((eb / 64 + s) >> 8))), q.offset);
+    uint32_t a[4][4];
+    frags(ca[s], cb[s], sa, sb, table, a);
+#pragma unroll
+    for (int st = 0; st < 4; st++)
+#pragma unroll
+      for (int n = 0; n < NT; n++) {
+        const int row = 8 * n + (lane & 7), col = 32 * s + 8 * st + 4 * (mat & 1);
+        uint32_t hm[4];
+        ldmatrix_x4(hm, sx + ((mat >> 1) * MP + row) * RW + col);
+        mma16816(acc[n], a[st][0], a[st][1], a[st][2], a[st][3], hm[0], hm[1]);
+        mma16816(acc[n], a[st][0], a[st][1], a[st][2], a[st][3], hm[2], hm[3]);
+        if (P == 3) {
+          uint32_t lo[2];
+          ldmatrix_x2(lo, sx + (2 * MP + row) * RW + col);
+          mma16816(acc[n], a[st][0], a[st][1], a[st][2], a[st][3], lo[0], lo[1]);
+        }
+      }
+  }
+  if (!valid) return;
+  float* out = part + (size_t)blockIdx.y * M * q.N;
+#pragma unroll
+  for (int n = 0; n < NT; n++)
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+      const int m = 8 * n + 2 * t + j;
+      if (m < M) {
+        out[(size_t)m * q.N + ra] = acc[n][j];
+        out[(size_t)m * q.N + rb] = acc[n][2 + j];
+      }
+    }
+}
+
+// stage_x writes x[:, kbeg, kbeg + 64·steps) as P bf16 planes [P][MP][RW] of
+// sx (rows past M and columns past the chunk as zeros).
+template <int T, int MP, int KC, int P>
+__device__ __forceinline__ void stage_x(uint32_t* sx, const float* __restrict__ x, int M, int K, int kbeg, int steps) {
+  constexpr int RW = KC / 2 + 4, HALF = KC / 2;
+  for (int p0 = threadIdx.x; p0 < MP * HALF; p0 += 4 * T) {
+    float2 v[4];
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+      const int p = p0 + u * T, m = p / HALF, cp = p % HALF;
+      v[u] = make_float2(0, 0);
+      if (p < MP * HALF && m < M && 2 * cp < 64 * steps) v[u] = __ldg((const float2*)(x + (size_t)m * K + kbeg + 2 * cp));
+    }
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+      const int p = p0 + u * T, m = p / HALF, cp = p % HALF;
+      if (p >= MP * HALF) break;
+      uint32_t h, mi, lo;
+      if (P == 2) {
+        split2(v[u].x, v[u].y, h, lo);
+        sx[m * RW + cp] = h;
+        sx[(MP + m) * RW + cp] = lo;
+      } else {
+        split3(v[u].x, v[u].y, h, mi, lo);
+        sx[m * RW + cp] = h;
+        sx[(MP + m) * RW + cp] = mi;
+        sx[(2 * MP + m) * RW + cp] = lo;
+      }
+    }
+  }
+}
+
+// v5_part<NT, WARPS, KC, P>: grid (groups, ⌈K/KC⌉); see the top.
+template <int NT, int WARPS, int KC, int P>
+__global__ void __launch_bounds__(WARPS * 32, 1) v5_part(Q q, const float* __restrict__ x, float* __restrict__ part, int M) {
+  constexpr int T = WARPS * 32, MP = NT * 8, S = KC / 64, RW = KC / 2 + 4;
+  extern __shared__ uint32_t sx[];
+  __shared__ float table[16];
+  __shared__ float code[256];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3, mat = lane >> 3;
+  const int K = q.K, kbeg = blockIdx.y * KC, steps = min(S, (K - kbeg) / 64);
+  const int tiles = q.N / 16, stride = gridDim.x * WARPS;
+  uint2 ca[S], cb[S];
+  uint32_t qa[S], qb[S];
+  auto fetch = [&](int tl, int s) {
+    ca[s] = cb[s] = make_uint2(0, 0);
+    qa[s] = qb[s] = 0;
+    if (tl < tiles && s < steps) {
+      const unsigned ea = (unsigned)(tl * 16 + g) * K + kbeg + 64 * s, eb = ea + 8u * K;
+      ca[s] = __ldg((const uint2*)(q.codes + ea / 2 + 8 * t));
+      cb[s] = __ldg((const uint2*)(q.codes + eb / 2 + 8 * t));
+      qa[s] = __ldg(q.qabsmax + ea / 64);
+      qb[s] = __ldg(q.qabsmax + eb / 64);
+    }
+  };
+  int tile = blockIdx.x * WARPS + warp;
+#pragma unroll
+  for (int s = 0; s < S; s++) fetch(tile, s);
+  if (threadIdx.x < 16) table[threadIdx.x] = NF4_TABLE[threadIdx.x];
+  for (int i = threadIdx.x; i < 256; i += T) code[i] = q.code[i];
+  stage_x<T, MP, KC, P>(sx, x, M, K, kbeg, steps);
+  __syncthreads();
+  float* out = part + (size_t)blockIdx.y * M * q.N;
+  for (; tile < tiles; tile += stride) {
+    const int ra = tile * 16 + g, rb = ra + 8;
+    const unsigned ea = (unsigned)ra * K + kbeg, eb = (unsigned)rb * K + kbeg;
+    float acc[NT][4] = {};
+#pragma unroll
+    for (int s = 0; s < S; s++) {
+      if (s >= steps) break;
+      const uint2 cas = ca[s], cbs = cb[s];
+      const uint32_t qas = qa[s], qbs = qb[s];
+      fetch(tile + stride, s); // the next tile's step s, in flight during this tile
+      const float sa = __fadd_rn(__fmul_rn(code[qas], __ldg(q.nested + ((ea / 64 + s) >> 8))), q.offset);
+      const float sb = __fadd_rn(__fmul_rn(code[qbs], __ldg(q.nested + ((eb / 64 + s) >> 8))), q.offset);
+      uint32_t a[4][4];
+      frags(cas, cbs, sa, sb, table, a);
+#pragma unroll
+      for (int st = 0; st < 4; st++)
+#pragma unroll
+        for (int n = 0; n < NT; n++) {
+          const int row = 8 * n + (lane & 7), col = 32 * s + 8 * st + 4 * (mat & 1);
+          uint32_t hm[4];
+          ldmatrix_x4(hm, sx + ((mat >> 1) * MP + row) * RW + col);
+          mma16816(acc[n], a[st][0], a[st][1], a[st][2], a[st][3], hm[0], hm[1]);
+          mma16816(acc[n], a[st][0], a[st][1], a[st][2], a[st][3], hm[2], hm[3]);
+          if (P == 3) {
+            uint32_t lo[2];
+            ldmatrix_x2(lo, sx + (2 * MP + row) * RW + col);
+            mma16816(acc[n], a[st][0], a[st][1], a[st][2], a[st][3], lo[0], lo[1]);
+          }
+        }
+    }
+#pragma unroll
+    for (int n = 0; n < NT; n++)
+#pragma unroll
+      for (int j = 0; j < 2; j++) {
+        const int m = 8 * n + 2 * t + j;
+        if (m < M) {
+          out[(size_t)m * q.N + ra] = acc[n][j];
+          out[(size_t)m * q.N + rb] = acc[n][2 + j];
+        }
+      }
+  }
 }
 
 __global__ void v1_reduce(float* __restrict__ y, const float* __restrict__ part, int MN, int S) {
@@ -298,7 +528,7 @@ struct Case {
 struct Run {
   std::string name;
   float us;
-  double err;
+  double err, bound; // max error relative to Σ|w·x|, and what the version may have
 };
 
 int main() {
@@ -334,7 +564,11 @@ int main() {
   const int Ms[] = {20, 64, 128};
   std::vector<float> codemap(256);
   for (int i = 0; i < 256; i++) codemap[i] = -1.0f + 2.0f * i / 255.0f; // a sorted map in [-1, 1]
+  // ONLY=name and BATCH=M restrict the run (for ncu).
+  const char* only = getenv("ONLY");
+  const int batch = getenv("BATCH") ? atoi(getenv("BATCH")) : 0;
   for (const Case& c : cases) {
+    if (only && strcmp(only, c.name)) continue;
     const int N = c.N, K = c.K;
     const size_t nb = (size_t)N * K / 64, bytes = (size_t)N * K / 2 + nb + (nb / 256 + 1) * 4;
     // Weights: random codes (bnb order), permuted to the mma layout.
@@ -377,6 +611,7 @@ int main() {
       W[e] = bf16_round(NF4_HOST[cd] * sc);
     }
     for (int M : Ms) {
+      if (batch && M != batch) continue;
       std::vector<float> x((size_t)M * K);
       for (auto& v : x) v = (float)rand() / RAND_MAX * 2 - 1;
       std::vector<double> ref((size_t)M * N), mag((size_t)M * N);
@@ -450,11 +685,11 @@ int main() {
         launch(qs[0]);
         CK(cudaGetLastError());
         const double err = check();
-        runs.push_back({"v0 engine", time_it(launch), err});
+        runs.push_back({"v0 engine", time_it(launch), err, 1e-5});
       }
       // v1 over WARPS × kchunk.
-      auto v1 = [&](auto kern, int NT, int WARPS, int kchunk, const char* name) {
-        const int smem = 2 * 3 * NT * 8 * ROWW * 4;
+      auto v1 = [&](auto kern, int NT, int WARPS, int kchunk, const char* name, int P = 3) {
+        const int smem = 2 * P * NT * 8 * ROWW * 4;
         CK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
         const int S = (K + kchunk - 1) / kchunk;
         const dim3 grid((N / 16 + WARPS - 1) / WARPS, S);
@@ -468,29 +703,103 @@ int main() {
         const double err = check();
         char nm[64];
         snprintf(nm, sizeof nm, "%s W%d k%d (%d blocks)", name, WARPS, kchunk, grid.x * grid.y);
-        runs.push_back({nm, time_it(launch), err});
+        // Two parts: each x off by ≤ 2^-17 of itself, so ≤ 2^-17 of Σ|w·x| + fp32 sums.
+        runs.push_back({nm, time_it(launch), err, P == 2 ? 2e-5 : 1e-5});
       };
-      for (int kc : {256, 512, 1024, 2048}) {
+      for (int kc : {256, 512}) {
         if (kc > K) continue;
         if (M <= 24) {
           v1(v1_part<3, 4, false>, 3, 4, kc, "v1");
           v1(v1_part<3, 8, false>, 3, 8, kc, "v1");
           v1(v1_part<3, 8, true>, 3, 8, kc, "v2");
+          v1(v1_part<3, 8, true, 2>, 3, 8, kc, "v3", 2);
         } else if (M <= 64) {
           v1(v1_part<8, 4, false>, 8, 4, kc, "v1");
           v1(v1_part<8, 8, false>, 8, 8, kc, "v1");
           v1(v1_part<8, 8, true>, 8, 8, kc, "v2");
+          v1(v1_part<8, 8, true, 2>, 8, 8, kc, "v3", 2);
         } else {
           v1(v1_part<16, 4, false>, 16, 4, kc, "v1");
           v1(v1_part<16, 8, false>, 16, 8, kc, "v1");
           v1(v1_part<16, 8, true>, 16, 8, kc, "v2");
+          v1(v1_part<16, 8, true, 2>, 16, 8, kc, "v3", 2);
         }
+      }
+      auto v4 = [&](auto kern, int NT, int WARPS, int KC, int P) {
+        const int smem = P * NT * 8 * (KC / 2 + 4) * 4;
+        CK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+        const int S = (K + KC - 1) / KC;
+        const dim3 grid((N / 16 + WARPS - 1) / WARPS, S);
+        auto launch = [&](const Q& q) {
+          kern<<<grid, WARPS * 32, smem>>>(q, dx, dpart, M);
+          v1_reduce<<<(M * N + 255) / 256, 256>>>(dy, dpart, M * N, S);
+        };
+        CK(cudaMemset(dy, 0xff, y.size() * 4));
+        launch(qs[0]);
+        CK(cudaGetLastError());
+        const double err = check();
+        char nm[64];
+        snprintf(nm, sizeof nm, "v4 P%d W%d k%d (%d blocks)", P, WARPS, KC, grid.x * grid.y);
+        runs.push_back({nm, time_it(launch), err, P == 2 ? 2e-5 : 1e-5});
+      };
+      auto v5 = [&](auto kern, int NT, int WARPS, int KC, int P) {
+        const int smem = P * NT * 8 * (KC / 2 + 4) * 4;
+        CK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+        int occ;
+        CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kern, WARPS * 32, smem));
+        const int S = (K + KC - 1) / KC, tiles = N / 16;
+        // groups: one wave, and at most one tile a warp more than needed.
+        const int groups = std::max(1, std::min((occ * SMs) / S, (tiles + WARPS - 1) / WARPS));
+        const dim3 grid(groups, S);
+        auto launch = [&](const Q& q) {
+          kern<<<grid, WARPS * 32, smem>>>(q, dx, dpart, M);
+          v1_reduce<<<(M * N + 255) / 256, 256>>>(dy, dpart, M * N, S);
+        };
+        CK(cudaMemset(dy, 0xff, y.size() * 4));
+        launch(qs[0]);
+        CK(cudaGetLastError());
+        const double err = check();
+        char nm[64];
+        snprintf(nm, sizeof nm, "v5 P%d W%d k%d (%dx%d, occ %d)", P, WARPS, KC, groups, S, occ);
+        runs.push_back({nm, time_it(launch), err, P == 2 ? 2e-5 : 1e-5});
+      };
+      if (M <= 24) {
+        v5(v5_part<3, 8, 256, 2>, 3, 8, 256, 2);
+        v5(v5_part<3, 16, 256, 2>, 3, 16, 256, 2);
+        v5(v5_part<3, 8, 512, 2>, 3, 8, 512, 2);
+        v5(v5_part<3, 16, 512, 2>, 3, 16, 512, 2);
+        v5(v5_part<3, 16, 512, 3>, 3, 16, 512, 3);
+      } else if (M <= 64) {
+        v5(v5_part<8, 8, 256, 2>, 8, 8, 256, 2);
+        v5(v5_part<8, 16, 256, 2>, 8, 16, 256, 2);
+        v5(v5_part<8, 8, 512, 2>, 8, 8, 512, 2);
+      } else {
+        v5(v5_part<16, 8, 128, 2>, 16, 8, 128, 2);
+        v5(v5_part<16, 8, 256, 2>, 16, 8, 256, 2);
+      }
+      if (M <= 24) {
+        v4(v4_part<3, 4, 256, 2>, 3, 4, 256, 2);
+        v4(v4_part<3, 8, 256, 2>, 3, 8, 256, 2);
+        v4(v4_part<3, 4, 512, 2>, 3, 4, 512, 2);
+        v4(v4_part<3, 8, 512, 2>, 3, 8, 512, 2);
+        v4(v4_part<3, 8, 512, 3>, 3, 8, 512, 3);
+        v4(v4_part<3, 8, 1024, 2>, 3, 8, 1024, 2);
+      } else if (M <= 64) {
+        v4(v4_part<8, 4, 128, 2>, 8, 4, 128, 2);
+        v4(v4_part<8, 8, 128, 2>, 8, 8, 128, 2);
+        v4(v4_part<8, 4, 256, 2>, 8, 4, 256, 2);
+        v4(v4_part<8, 8, 256, 2>, 8, 8, 256, 2);
+        v4(v4_part<8, 8, 256, 3>, 8, 8, 256, 3);
+      } else {
+        v4(v4_part<16, 4, 128, 2>, 16, 4, 128, 2);
+        v4(v4_part<16, 8, 128, 2>, 16, 8, 128, 2);
+        v4(v4_part<16, 8, 128, 3>, 16, 8, 128, 3);
       }
       printf("%s N %d K %d M %d (weights %.1f MB, %d copies)\n", c.name, N, K, M, bytes / 1e6, copies);
       printf("  %-34s %9s %9s %7s %10s\n", "version", "µs", "GB/s", "% copy", "max rel err");
       for (const Run& r : runs) {
         const double gbs = bytes / (r.us * 1e-6) / 1e9;
-        printf("  %-34s %9.1f %9.0f %6.1f%% %10.2g%s\n", r.name.c_str(), r.us, gbs, 100 * gbs / copy_gbs, r.err, r.err > 1e-5 ? "  WRONG" : "");
+        printf("  %-34s %9.1f %9.0f %6.1f%% %10.2g%s\n", r.name.c_str(), r.us, gbs, 100 * gbs / copy_gbs, r.err, r.err > r.bound ? "  WRONG" : "");
       }
       cudaFree(dx);
       cudaFree(dy);
