@@ -9,7 +9,10 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
+	"sync"
+	"sync/atomic"
 )
 
 // Fingerprint hashes a model directory's configuration and tokenizer files
@@ -61,10 +64,20 @@ func hashHeader(h io.Writer, path string) error {
 	return nil
 }
 
-// HashFiles is the sha256 of the concatenated contents of the given files
-// (those that exist), in order.
+// HashFiles is the model's content hash: the sha256 of the sha256 digests of
+// the given files' 64 MiB chunks, file after file in the order given (a
+// missing file is skipped; an empty one is one empty chunk). Chunks, not
+// one stream, so that several cores share the work: one stream of a 6 GB
+// bf16 checkpoint took ~5 s of sha256 on an H200 host, longer than loading
+// and evaluating it. Each worker reads through its own buffer (no mapping),
+// so the hash adds no resident memory beyond the buffers.
 func HashFiles(paths ...string) (string, error) {
-	h := sha256.New()
+	type chunk struct {
+		f      *os.File
+		name   string
+		off, n int64
+	}
+	var chunks []chunk
 	for _, p := range paths {
 		f, err := os.Open(p)
 		if errors.Is(err, os.ErrNotExist) {
@@ -72,14 +85,48 @@ func HashFiles(paths ...string) (string, error) {
 		} else if err != nil {
 			return "", err
 		}
-		_, err = io.Copy(h, f)
-		f.Close()
+		defer f.Close()
+		st, err := f.Stat()
 		if err != nil {
 			return "", err
 		}
+		for off := int64(0); off == 0 || off < st.Size(); off += hashChunk {
+			chunks = append(chunks, chunk{f, p, off, min(hashChunk, st.Size()-off)})
+		}
 	}
-	return hex.EncodeToString(h.Sum(nil)), nil
+	sums := make([][sha256.Size]byte, len(chunks))
+	errs := make([]error, len(chunks))
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range max(1, min(len(chunks), runtime.GOMAXPROCS(0)/2)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, 1<<20)
+			for i := int(next.Add(1) - 1); i < len(chunks); i = int(next.Add(1) - 1) {
+				c := chunks[i]
+				h := sha256.New()
+				if _, err := io.CopyBuffer(h, io.NewSectionReader(c.f, c.off, c.n), buf); err != nil {
+					errs[i] = fmt.Errorf("%s: %v", c.name, err)
+					continue
+				}
+				h.Sum(sums[i][:0])
+			}
+		}()
+	}
+	wg.Wait()
+	top := sha256.New()
+	for i := range sums {
+		if errs[i] != nil {
+			return "", errs[i]
+		}
+		top.Write(sums[i][:])
+	}
+	return hex.EncodeToString(top.Sum(nil)), nil
 }
+
+// hashChunk is HashFiles' unit of work.
+const hashChunk = 64 << 20
 
 // SHA256 is the hex sha256 of b.
 func SHA256(b []byte) string {

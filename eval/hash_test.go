@@ -1,6 +1,9 @@
 package eval
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -51,4 +54,49 @@ func FuzzResume(f *testing.F) {
 			t.Fatal("no error and no results map")
 		}
 	})
+}
+
+// TestHashFiles checks the chunked content hash against its definition
+// computed here in one pass: files of 0 bytes, of exactly one chunk and of
+// a chunk and a bit, with a missing file skipped; and that one changed byte
+// in the last chunk changes it.
+func TestHashFiles(t *testing.T) {
+	dir := t.TempDir()
+	rng := rand.New(rand.NewPCG(rand.Uint64(), 1))
+	sizes := []int{0, hashChunk, hashChunk + 12345}
+	var paths []string
+	top := sha256.New()
+	for i, n := range sizes {
+		b := make([]byte, n)
+		for j := range b {
+			b[j] = byte(rng.Uint32())
+		}
+		p := filepath.Join(dir, string(rune('a'+i)))
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		paths = append(paths, p, filepath.Join(dir, "missing"))
+		for off := 0; off == 0 || off < n; off += hashChunk {
+			s := sha256.Sum256(b[off:min(n, off+hashChunk)])
+			top.Write(s[:])
+		}
+	}
+	got, err := HashFiles(paths...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := hex.EncodeToString(top.Sum(nil)); got != want {
+		t.Fatalf("HashFiles = %s, want %s", got, want)
+	}
+	b, err := os.ReadFile(paths[4])
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[hashChunk+100] ^= 0x55
+	if err := os.WriteFile(paths[4], b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if again, err := HashFiles(paths...); err != nil || again == got {
+		t.Fatalf("changed byte: %s, %v (same hash: %v)", again, err, again == got)
+	}
 }
