@@ -49,7 +49,7 @@ var ptx_sample_90 string
 // modules lists each PTX module with the sha256 of the sources it was built from.
 var modules = []ptxModule{
 	{"attention", ptx_attention_80, ptx_attention_90, "13b97419807ffcecca793ea16c2c5315eb18e53dd36fdb21554aa75811234f8a"},
-	{"mma", ptx_mma_80, ptx_mma_90, "c69d6f258168e7b46d690afd7feaf8a6c1b7d821d1e7d654212e164704ddee1d"},
+	{"mma", ptx_mma_80, ptx_mma_90, "a24b9d452a21d1a18918740aa70d10657293f444f6a74d5fc0d370b5096cee0f"},
 	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, "83c00e6a1443139ad9bb58839b97e873150a8bc914bc7aa1fe5961ce267e9895"},
 	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, "97d1fb9f8d5d9561e7ddcfcd799c33d267c7eea4a794d36dcb7978e6addf74eb"},
 	{"quantize", ptx_quantize_80, ptx_quantize_90, "e97cd4e0f97e4ec3a8b3ea1386ee9f06f910740747e5cad4827173758be59936"},
