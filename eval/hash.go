@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
+	"strconv"
 	"sync"
 	"sync/atomic"
 )
@@ -69,10 +71,9 @@ func hashHeader(h io.Writer, path string) error {
 // missing file is skipped; an empty one is one empty chunk). Chunks, not
 // one stream, so that several cores share the work: one stream of a 6 GB
 // bf16 checkpoint took ~5 s of sha256 on an H200 host, longer than loading
-// and evaluating it. A quarter of the cores, at most 4: with half of 16 the
-// hash's reads slowed the load it runs beside (seed evaluation from bf16
-// 5.5–5.7 → 6.1–6.5 s). Each worker reads through its own buffer (no
-// mapping), so the hash adds no resident memory beyond the buffers.
+// and evaluating it (hashWorkers: the hash's reads also slow the load they
+// run beside). Each worker reads through its own buffer (no mapping), so
+// the hash adds no resident memory beyond the buffers.
 func HashFiles(paths ...string) (string, error) {
 	type chunk struct {
 		f      *os.File
@@ -100,7 +101,7 @@ func HashFiles(paths ...string) (string, error) {
 	errs := make([]error, len(chunks))
 	var next atomic.Int64
 	var wg sync.WaitGroup
-	for range max(1, min(len(chunks), 4, runtime.GOMAXPROCS(0)/4)) {
+	for range max(1, min(len(chunks), hashWorkers())) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -129,6 +130,66 @@ func HashFiles(paths ...string) (string, error) {
 
 // hashChunk is HashFiles' unit of work.
 const hashChunk = 64 << 20
+
+// hashWorkers is how many cores HashFiles uses: a quarter, at most 4
+// (QBENCH_HASH_WORKERS overrides it, for tuning).
+func hashWorkers() int {
+	if n, err := strconv.Atoi(os.Getenv("QBENCH_HASH_WORKERS")); err == nil && n > 0 {
+		return n
+	}
+	return max(1, min(4, runtime.GOMAXPROCS(0)/4))
+}
+
+// CachedHashFiles is HashFiles, remembered in cacheFile (a JSON map; "" for
+// none) under a key made of each file's absolute path, size, modification
+// time and inode, so that evaluating the same checkpoint again does not
+// read its gigabytes a second time. A cache that cannot be read or written
+// only costs the hash.
+func CachedHashFiles(cacheFile string, paths ...string) (string, error) {
+	key := sha256.New()
+	for _, p := range paths {
+		st, err := os.Stat(p)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		} else if err != nil {
+			return "", err
+		}
+		abs, _ := filepath.Abs(p)
+		fmt.Fprintf(key, "%s\x00%d\x00%d\x00%d\x00", abs, st.Size(), st.ModTime().UnixNano(), inode(st))
+	}
+	k := hex.EncodeToString(key.Sum(nil))
+	cache := map[string]string{}
+	if cacheFile != "" {
+		if b, err := os.ReadFile(cacheFile); err == nil {
+			json.Unmarshal(b, &cache) // a damaged cache is an empty one
+		}
+		if h, ok := cache[k]; ok && len(h) == 2*sha256.Size {
+			return h, nil
+		}
+	}
+	h, err := HashFiles(paths...)
+	if err != nil || cacheFile == "" {
+		return h, err
+	}
+	cache[k] = h
+	if b, err := json.Marshal(cache); err == nil && os.MkdirAll(filepath.Dir(cacheFile), 0o755) == nil {
+		tmp := fmt.Sprintf("%s.%d.tmp", cacheFile, os.Getpid())
+		if os.WriteFile(tmp, b, 0o644) == nil {
+			os.Rename(tmp, cacheFile)
+		}
+	}
+	return h, nil
+}
+
+// HashCacheFile is where qbench remembers content hashes: qbench/content-hashes.json
+// in the user's cache directory ("" when there is none).
+func HashCacheFile() string {
+	d, err := os.UserCacheDir()
+	if err != nil {
+		return ""
+	}
+	return filepath.Join(d, "qbench", "content-hashes.json")
+}
 
 // SHA256 is the hex sha256 of b.
 func SHA256(b []byte) string {

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestFingerprintErrors: a safetensors file too short to hold its header
@@ -98,5 +99,40 @@ func TestHashFiles(t *testing.T) {
 	}
 	if again, err := HashFiles(paths...); err != nil || again == got {
 		t.Fatalf("changed byte: %s, %v (same hash: %v)", again, err, again == got)
+	}
+}
+
+// TestCachedHashFiles: the second call answers from the cache (shown by
+// rewriting the file's bytes but not its size or time: the old hash comes
+// back), a new modification time recomputes, and a damaged cache file only
+// costs the hash.
+func TestCachedHashFiles(t *testing.T) {
+	dir := t.TempDir()
+	p, cache := filepath.Join(dir, "w.safetensors"), filepath.Join(dir, "cache", "hashes.json")
+	if err := os.WriteFile(p, []byte("weights one"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := os.Stat(p)
+	h1, err := CachedHashFiles(cache, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want, _ := HashFiles(p); h1 != want {
+		t.Fatalf("cached %s, direct %s", h1, want)
+	}
+	os.WriteFile(p, []byte("weights two"), 0o644)
+	os.Chtimes(p, st.ModTime(), st.ModTime())
+	if h, err := CachedHashFiles(cache, p); err != nil || h != h1 {
+		t.Fatalf("same size and time: %s, %v; want the cached %s", h, err, h1)
+	}
+	later := st.ModTime().Add(time.Second)
+	os.Chtimes(p, later, later)
+	h2, err := CachedHashFiles(cache, p)
+	if want, _ := HashFiles(p); err != nil || h2 != want || h2 == h1 {
+		t.Fatalf("new time: %s, %v; want %s", h2, err, want)
+	}
+	os.WriteFile(cache, []byte("{not json"), 0o644)
+	if h, err := CachedHashFiles(cache, p); err != nil || h != h2 {
+		t.Fatalf("damaged cache: %s, %v; want %s", h, err, h2)
 	}
 }

@@ -105,7 +105,8 @@ func runEval(args []string) error {
 		return err
 	}
 	defer unlock()
-	// Hash the weights in the background while the evaluation runs.
+	// Hash the weights in the background while the evaluation runs (remembered
+	// across runs of the same files: eval.CachedHashFiles).
 	hashDone := make(chan struct{})
 	var modelHash string
 	var hashErr error
@@ -113,7 +114,7 @@ func runEval(args []string) error {
 		defer close(hashDone)
 		files, _ := filepath.Glob(filepath.Join(mf.model, "*.safetensors"))
 		sort.Strings(files)
-		modelHash, hashErr = eval.HashFiles(append([]string{filepath.Join(mf.model, "config.json")}, files...)...)
+		modelHash, hashErr = eval.CachedHashFiles(eval.HashCacheFile(), append([]string{filepath.Join(mf.model, "config.json")}, files...)...)
 	}()
 
 	// The GPUs and the tokenizer get ready while the weights load.
