@@ -41,10 +41,11 @@ the same); other settings are refused unless --force, and a second eval on
 the same --out fails at once. --shard I/N answers a 1/N of the questions for
 qbench merge; the GPU build spreads batches over --devices.`
 
-// autoBatch is the most rows eval decodes together by default: the fastest
-// batch measured (Qwen2.5-3B shape on an H200, LoRA r16, 2026-11-28: 1,934
-// tok/s at 20, 2,750 at 64; 128 not measured yet), and on the CPU more rows a
-// pass share each weight's decoding too.
+// autoBatch is the most rows eval decodes together by default (Qwen2.5-3B
+// shape on an H200, LoRA r16, 2026-11-28, batch kernel v9: 3,286 tok/s at 20,
+// 5,612 at 64, 5,768 at 128 — 3 % more for twice the rows' caches and a
+// second launch a matrix, so 64), and on the CPU more rows a pass share each
+// weight's decoding too.
 const autoBatch = 64
 
 func metricList() string {
