@@ -2,7 +2,7 @@
 # Builds and runs the standalone kernel benchmarks of kernels/dev on the GPU
 # machine (nvcc there), with SASS instruction counts of the inner loops:
 # BENCHES="nf4_gemv nf4_mma_batch" picks them (default nf4_gemv).
-# Logs go to $OUT.
+# Logs go to $OUT. sass.py counts one kernel's instructions without a GPU.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
