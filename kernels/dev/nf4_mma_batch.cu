@@ -106,7 +106,8 @@ __device__ __forceinline__ void frags(uint2 ca, uint2 cb, float sa, float sb, co
 // load is one LDS.64.
 __device__ __forceinline__ float2 lds64(uint32_t addr) {
   float2 v;
-  asm("ld.shared.v2.f32 {%0, %1}, [%2];\n" : "=f"(v.x), "=f"(v.y) : "r"(addr));
+  // volatile: the compiler must not move it above the barrier that publishes the table.
+  asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];\n" : "=f"(v.x), "=f"(v.y) : "r"(addr));
   return v;
 }
 __device__ __forceinline__ void frags_pairs(uint2 ca, uint2 cb, float sa, float sb, const float2* pairs, uint32_t (&a)[4][4]) {
