@@ -243,12 +243,13 @@ func splitWSBytes(pairs, K int) int64 {
 	return int64((K+splitCols-1)/splitCols) * splitRows * 2 * int64(pairs) * 4
 }
 
-// reserveSplit makes the split-K workspace at least bytes (on the device's thread).
+// reserveSplit makes the split-K workspace at least bytes (on the device's
+// thread). A smaller one it replaces is not freed: CUDA graphs another
+// engine captured may still name it (the context's end frees it).
 func (d *Device) reserveSplit(bytes int64) error {
 	if d.splitWS.Bytes >= bytes {
 		return nil
 	}
-	d.Free(&d.splitWS)
 	b, err := d.Alloc(bytes, "split-K workspace")
 	d.splitWS = b
 	return err
