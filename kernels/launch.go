@@ -251,8 +251,11 @@ func (d *Device) reserveSplit(bytes int64) error {
 		return nil
 	}
 	b, err := d.Alloc(bytes, "split-K workspace")
+	if err != nil {
+		return err
+	}
 	d.splitWS = b
-	return err
+	return nil
 }
 
 // lutShmem is nf4_lut's dynamic shared memory: x split into 3 bf16 parts a
