@@ -113,3 +113,29 @@ func TestBF16Linear(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkPackedNF4Rows is the packed NF4 product over 16 batch rows (the
+// prefill and log-likelihood passes of the CPU path), 2048 × 2048.
+func BenchmarkPackedNF4Rows(b *testing.B) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	const out, in, rows = 2048, 2048, 16
+	w := make([]float32, out*in)
+	for i := range w {
+		w[i] = float32(rng.NormFloat64())
+	}
+	q, err := tensor.QuantizeNF4(w, []int{out, in}, tensor.BF16, true)
+	if err != nil {
+		b.Fatal(err)
+	}
+	l := &Linear{Name: "p", Out: out, In: in, Quant: q}
+	x, y := make([]float32, rows*in), make([]float32, rows*out)
+	for i := range x {
+		x[i] = float32(rng.NormFloat64())
+	}
+	var ws Workspace
+	b.SetBytes(int64(len(q.Packed)))
+	for b.Loop() {
+		l.Forward(y, x, rows, nil, &ws)
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(out*in*rows), "ns/MAC")
+}
