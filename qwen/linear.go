@@ -175,12 +175,12 @@ func widenBF16(bits []uint16) []float32 {
 	return w
 }
 
-// dotBF16 is Σ a[i]·b[i] over bf16 weights widened exactly, four partial
-// sums as dot (so the same sums as over the fp32 copy).
+// dotBF16 is Σ a[i]·b[i] over bf16 weights widened exactly, summed as dot
+// sums (so the same sums as over the fp32 copy).
 func dotBF16(a []uint16, b []float32) float32 {
 	b = b[:len(a)]
+	v, i := dotVecBF16(a, b)
 	var s0, s1, s2, s3 float32
-	i := 0
 	for ; i+4 <= len(a); i += 4 {
 		s0 += tensor.BF16ToF32(a[i]) * b[i]
 		s1 += tensor.BF16ToF32(a[i+1]) * b[i+1]
@@ -190,7 +190,7 @@ func dotBF16(a []uint16, b []float32) float32 {
 	for ; i < len(a); i++ {
 		s0 += tensor.BF16ToF32(a[i]) * b[i]
 	}
-	return (s0 + s1) + (s2 + s3)
+	return v + ((s0 + s1) + (s2 + s3))
 }
 
 // dotNF4 is Σ t[code_i]·x[i] over 16·m codes packed two a byte (element 2i
@@ -250,11 +250,14 @@ func (l *Linear) Forward(y, x []float32, rows int, adapters []int, ws *Workspace
 // into bf16 parts for the tensor cores) would cost, measured on the fixtures.
 var baseInput func(x []float32) []float32
 
-// dot is Σ a[i]·b[i] in fp32, four partial sums to shorten the dependency chain.
+// dot is Σ a[i]·b[i] in fp32: the leading multiple of 32 elements on the
+// vector unit where there is one (dotVec: 32 partial sums, fused
+// multiply-adds), the rest with four partial sums to shorten the dependency
+// chain.
 func dot(a, b []float32) float32 {
 	b = b[:len(a)]
+	v, i := dotVec(a, b)
 	var s0, s1, s2, s3 float32
-	i := 0
 	for ; i+4 <= len(a); i += 4 {
 		s0 += a[i] * b[i]
 		s1 += a[i+1] * b[i+1]
@@ -264,5 +267,5 @@ func dot(a, b []float32) float32 {
 	for ; i < len(a); i++ {
 		s0 += a[i] * b[i]
 	}
-	return (s0 + s1) + (s2 + s3)
+	return v + ((s0 + s1) + (s2 + s3))
 }

@@ -1,0 +1,40 @@
+//go:build amd64
+
+package qwen
+
+import (
+	"os"
+
+	"golang.org/x/sys/cpu"
+)
+
+// haveFMA: the CPU has AVX2 and FMA, so the dot products run 32 elements a
+// step in dot_amd64.s (QBENCH_NO_SIMD=1 keeps them scalar).
+var haveFMA = cpu.X86.HasAVX2 && cpu.X86.HasFMA && !noSIMD()
+
+//go:noescape
+func dotFMA(a, b *float32, n int) float32
+
+//go:noescape
+func dotBF16FMA(a *uint16, b *float32, n int) float32
+
+// dotVec is Σ a[i]·b[i] over the leading multiple of 32 elements the vector
+// unit takes, and how many that is (0 without it).
+func dotVec(a, b []float32) (float32, int) {
+	n := len(a) &^ 31
+	if !haveFMA || n == 0 {
+		return 0, 0
+	}
+	return dotFMA(&a[0], &b[0], n), n
+}
+
+// dotVecBF16 is dotVec over bf16 weights widened exactly.
+func dotVecBF16(a []uint16, b []float32) (float32, int) {
+	n := len(a) &^ 31
+	if !haveFMA || n == 0 {
+		return 0, 0
+	}
+	return dotBF16FMA(&a[0], &b[0], n), n
+}
+
+func noSIMD() bool { return os.Getenv("QBENCH_NO_SIMD") == "1" }
