@@ -90,10 +90,10 @@ func (j *matvec) run(lo, hi int) {
 }
 
 // runNF4 is run for a packed NF4 weight: for each block (64 weights; a block
-// may straddle two rows) the 16 values round(NF4[i]·scale) are made once,
-// the block's codes index them, and every batch row takes the block's dot
-// product: the weights are bitsandbytes' to the bit, only 0.5 byte each is
-// read, and no fp32 copy is held.
+// may straddle two rows) the 16 values round(NF4[i]·scale) are made once and
+// the block's codes index them; every batch row takes the dot product of up
+// to maxNF4Block decoded weights at once: the weights are bitsandbytes' to
+// the bit, only 0.5 byte each is read, and no fp32 copy is held.
 func (j *matvec) runNF4(lo, hi int) {
 	l, in, out := j.l, j.l.In, j.l.Out
 	q := l.Quant
@@ -104,6 +104,10 @@ func (j *matvec) runNF4(lo, hi int) {
 		for r := 0; r < j.rows; r++ {
 			j.y[r*out+o] = 0
 		}
+		// Blocks are decoded into wbuf until it is full or the row ends; then
+		// every batch row takes one dot product over them (long dots: the
+		// vector unit's calls and sums paid once a chunk, not once a block).
+		w, k0 := wbuf[:0], 0
 		for k := 0; k < in; {
 			e := o*in + k // flat element index
 			b := e / bs
@@ -121,33 +125,49 @@ func (j *matvec) runNF4(lo, hi int) {
 				}
 			}
 			if j.rows == 1 && e%2 == 0 && n%16 == 0 { // decode: codes straight into the dot product
+				j.dotRows(o, w, k0) // what an earlier odd block left in the buffer
 				j.y[o] += dotNF4(&t, q.Packed[e/2:e/2+n/2], j.x[k:k+n])
 				k += n
+				w, k0 = wbuf[:0], k
 				continue
 			}
-			w := wbuf[:n]
+			if len(w)+n > len(wbuf) {
+				j.dotRows(o, w, k0)
+				w, k0 = wbuf[:0], k
+			}
+			d := wbuf[len(w) : len(w)+n]
 			i := 0
 			if e%2 == 1 { // a row that starts in the middle of a byte
-				w[0] = t[q.Packed[e/2]&15]
+				d[0] = t[q.Packed[e/2]&15]
 				i = 1
 			}
 			for ; i+1 < n; i += 2 {
 				c := q.Packed[(e+i)/2]
-				w[i], w[i+1] = t[c>>4], t[c&15]
+				d[i], d[i+1] = t[c>>4], t[c&15]
 			}
 			if i < n {
-				w[i] = t[q.Packed[(e+i)/2]>>4]
+				d[i] = t[q.Packed[(e+i)/2]>>4]
 			}
-			for r := 0; r < j.rows; r++ {
-				j.y[r*out+o] += dot(w, j.x[r*in+k:r*in+k+n])
-			}
+			w = wbuf[:len(w)+n]
 			k += n
 		}
+		j.dotRows(o, w, k0)
 		if l.Bias != nil {
 			for r := 0; r < j.rows; r++ {
 				j.y[r*out+o] += l.Bias[o]
 			}
 		}
+	}
+}
+
+// dotRows adds w·x[r, k0 : k0+len(w)] to output o of every batch row r.
+func (j *matvec) dotRows(o int, w []float32, k0 int) {
+	if len(w) == 0 {
+		return
+	}
+	in, out := j.l.In, j.l.Out
+	for r := 0; r < j.rows; r++ {
+		j.y[r*out+o] += dot(w, j.x[r*in+k0:r*in+k0+len(w)])
 	}
 }
 

@@ -27,11 +27,12 @@ func forwardBoth(rng *rand.Rand, l, ref *Linear, rows int) (x, got, want []float
 
 // TestPackedNF4 compares the packed NF4 matvec with the same product over the
 // dequantised fp32 weights, on fresh random inputs: shapes whose 64-blocks
-// straddle rows (and start mid-byte: odd in), every compute dtype, one and
-// several batch rows, outputs poisoned first.
+// straddle rows (and start mid-byte: odd in), rows longer than the decode
+// buffer, every compute dtype, one and several batch rows, outputs poisoned
+// first.
 func TestPackedNF4(t *testing.T) {
 	rng := rand.New(rand.NewPCG(rand.Uint64(), 7))
-	for _, sh := range [][2]int{{5, 96}, {4, 33}, {4, 1024}, {7, 70}} {
+	for _, sh := range [][2]int{{5, 96}, {4, 33}, {4, 1024}, {7, 70}, {6, 72}, {3, 5000}} { // 72: a row's blocks both buffered and fused; 5000: rows longer than the decode buffer
 		for _, compute := range []tensor.DType{tensor.BF16, tensor.F16, tensor.F32} {
 			for _, double := range []bool{false, true} {
 				out, in := sh[0], sh[1]
