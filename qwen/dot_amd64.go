@@ -18,6 +18,9 @@ func dotFMA(a, b *float32, n int) float32
 //go:noescape
 func dotBF16FMA(a *uint16, b *float32, n int) float32
 
+//go:noescape
+func dotNF4FMA(t *[16]float32, p *byte, x *float32, n int) float32
+
 // dotVec is Σ a[i]·b[i] over the leading multiple of 32 elements the vector
 // unit takes, and how many that is (0 without it).
 func dotVec(a, b []float32) (float32, int) {
@@ -35,6 +38,16 @@ func dotVecBF16(a []uint16, b []float32) (float32, int) {
 		return 0, 0
 	}
 	return dotBF16FMA(&a[0], &b[0], n), n
+}
+
+// dotVecNF4 is dotNF4 on the vector unit when there is one (ok false: not
+// taken). len(p) must be a multiple of 8, len(x) = 2·len(p).
+func dotVecNF4(t *[16]float32, p []byte, x []float32) (float32, bool) {
+	if !haveFMA || len(p) == 0 {
+		return 0, false
+	}
+	_ = x[2*len(p)-1]
+	return dotNF4FMA(t, &p[0], &x[0], 2*len(p)), true
 }
 
 func noSIMD() bool { return os.Getenv("QBENCH_NO_SIMD") == "1" }

@@ -214,8 +214,12 @@ func dotBF16(a []uint16, b []float32) float32 {
 }
 
 // dotNF4 is Σ t[code_i]·x[i] over 16·m codes packed two a byte (element 2i
-// in the high nibble), eight bytes a step, four partial sums.
+// in the high nibble), eight bytes a step, four partial sums; on the vector
+// unit where there is one (dotVecNF4).
 func dotNF4(t *[16]float32, p []byte, x []float32) float32 {
+	if v, ok := dotVecNF4(t, p, x); ok {
+		return v
+	}
 	var s0, s1, s2, s3 float32
 	for i := 0; i+8 <= len(p); i += 8 {
 		u := binary.LittleEndian.Uint64(p[i:])
