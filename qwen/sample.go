@@ -190,3 +190,87 @@ func Softmax(dst, v []float32) {
 		dst[i] *= inv
 	}
 }
+
+// Cand is one token a sampling step may still pick: its id and logit (after
+// the repetition penalty).
+type Cand struct {
+	ID    int
+	Logit float32
+}
+
+// Candidates is what a device has to hand the host for a step of s when
+// s.TopK > 0 (or greedy): the repetition penalty applied to logits (in
+// place), then every token whose logit is at least the TopK-th largest —
+// ties with it included, so possibly more than TopK — in id order. NextFrom
+// on them picks the token Next picks on the whole row. ok is false when the
+// set would exceed max (ties) or s has no top-k: then the whole row is needed.
+func (s *Sampler) Candidates(logits []float32, history []int, max int) (c []Cand, ok bool) {
+	k := s.S.TopK
+	if s.S.Temperature <= 0 {
+		k = 1
+	}
+	if k <= 0 || k > max {
+		return nil, false
+	}
+	if s.S.RepetitionPenalty != 0 && s.S.RepetitionPenalty != 1 {
+		RepetitionPenalty(logits, history, s.S.RepetitionPenalty)
+	}
+	kth := logits[0]
+	if k < len(logits) {
+		kth = kthLargest(logits, k)
+	} else {
+		for _, v := range logits {
+			kth = min(kth, v)
+		}
+	}
+	for i, v := range logits {
+		if v >= kth {
+			if len(c) == max {
+				return nil, false
+			}
+			c = append(c, Cand{i, v})
+		}
+	}
+	return c, true
+}
+
+// NextFrom is Next over a step's candidates (Candidates: penalty applied,
+// the top-k set with its ties, in id order) instead of the whole row: the
+// same transforms on the same values in the same order — every other token
+// is −Inf after top-k, adds 0 to the softmax's sums and sorts first in
+// top-p's ascending order — and the same draw, so the same token.
+func (s *Sampler) NextFrom(c []Cand) int {
+	if s.S.Temperature <= 0 {
+		best := 0
+		for i, x := range c {
+			if x.Logit > c[best].Logit {
+				best = i
+			}
+		}
+		return c[best].ID
+	}
+	v := make([]float32, len(c))
+	for i, x := range c {
+		v[i] = x.Logit
+	}
+	Temperature(v, s.S.Temperature)
+	TopK(v, s.S.TopK)
+	order, probs := make([]int, len(v)), make([]float32, len(v))
+	if s.S.TopP > 0 && s.S.TopP < 1 {
+		TopP(v, s.S.TopP, order, probs)
+	}
+	Softmax(probs, v)
+	u := s.rng.Float32()
+	var acc float32
+	last := 0
+	for i, p := range probs {
+		if p > 0 {
+			acc += p
+			last = i
+			if u < acc {
+				return c[i].ID
+			}
+		}
+	}
+	return c[last].ID
+}

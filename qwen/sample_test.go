@@ -1,0 +1,63 @@
+package qwen
+
+import (
+	"math"
+	"math/rand/v2"
+	"testing"
+)
+
+// TestNextFromCandidates: drawing from the candidate set a device would hand
+// over (Candidates: penalty, then the top-k with its ties) picks the same
+// token as Next on the whole row, draw after draw from the same seeds — on
+// fresh random logits rounded to quarters (many ties, at the k-th value
+// too), with repeated history tokens, over greedy and sampled settings.
+func TestNextFromCandidates(t *testing.T) {
+	rng := rand.New(rand.NewPCG(rand.Uint64(), 5))
+	const V = 300
+	same, whole := 0, 0
+	for trial := 0; trial < 400; trial++ {
+		s := Sampling{
+			Temperature:       []float32{0, 0.7, 1.3}[rng.IntN(3)],
+			TopK:              []int{1, 5, 20, 40}[rng.IntN(4)],
+			TopP:              []float32{1, 0.8, 0.5}[rng.IntN(3)],
+			RepetitionPenalty: []float32{1, 1.05, 1.3}[rng.IntN(3)],
+			Seed:              rng.Uint64(),
+		}
+		a, b := NewSampler(s), NewSampler(s)
+		max := []int{64, 24}[rng.IntN(2)] // 24: top-k 40, and some ties, fall back
+		hist := make([]int, 1+rng.IntN(40))
+		for i := range hist {
+			hist[i] = rng.IntN(V / 3) // repeats
+		}
+		for step := 0; step < 20; step++ {
+			orig := make([]float32, V)
+			for i := range orig {
+				orig[i] = float32(math.Round(rng.NormFloat64()*8) / 4)
+			}
+			full, part := append([]float32(nil), orig...), append([]float32(nil), orig...)
+			want := a.Next(full, hist)
+			c, ok := b.Candidates(part, hist, max)
+			if !ok {
+				// Too many ties at the k-th value for max: the device would
+				// hand over the whole row; keep b's generator in step.
+				whole++
+				b.Next(append([]float32(nil), orig...), hist)
+				continue
+			}
+			if got := b.NextFrom(c); got != want {
+				t.Fatalf("trial %d step %d %+v: NextFrom %d, Next %d (%d candidates)", trial, step, s, got, want, len(c))
+			}
+			for i := 1; i < len(c); i++ {
+				if c[i].ID <= c[i-1].ID {
+					t.Fatalf("candidates not in id order: %v", c)
+				}
+			}
+			same++
+			hist = append(hist, want)
+		}
+	}
+	t.Logf("%d draws the same from the candidates, %d fell back to the whole row", same, whole)
+	if same < 4000 || whole == 0 {
+		t.Fatalf("%d draws compared, %d fallbacks", same, whole)
+	}
+}
