@@ -195,8 +195,8 @@ func widenBF16(bits []uint16) []float32 {
 	return w
 }
 
-// dotBF16 is Σ a[i]·b[i] over bf16 weights widened exactly, summed as dot
-// sums (so the same sums as over the fp32 copy).
+// dotBF16 is Σ a[i]·b[i] over bf16 weights widened exactly, summed in dot's
+// order (so the same sums as dot over the fp32 copy).
 func dotBF16(a []uint16, b []float32) float32 {
 	b = b[:len(a)]
 	v, i := dotVecBF16(a, b)
