@@ -124,8 +124,14 @@ func TestResumeChecksWeights(t *testing.T) {
 	}
 	os.Remove(filepath.Join(out, weightsFile))
 	_, err = Eval(qwen.NewRunner(m), tok, qs, set, Options{Out: out, Batch: 2, ModelSHA256: hash("bbbb")})
-	if err == nil || !strings.Contains(err.Error(), "cannot be checked") {
+	if err == nil || !strings.Contains(err.Error(), "cannot be checked") || strings.Contains(err.Error(), "older qbench") {
 		t.Fatalf("unrecorded hash: err = %v", err)
+	}
+	// Results an older qbench made, with its hash of another definition.
+	os.WriteFile(filepath.Join(out, legacyWeightsFile), []byte("aaaa\n"), 0o644)
+	_, err = Eval(qwen.NewRunner(m), tok, qs, set, Options{Out: out, Batch: 2, ModelSHA256: hash("bbbb")})
+	if err == nil || !strings.Contains(err.Error(), "older qbench") {
+		t.Fatalf("legacy hash: err = %v", err)
 	}
 	if _, err := Eval(qwen.NewRunner(m), tok, qs, set, Options{Out: out, Batch: 2, ModelSHA256: hash("bbbb"), Force: true}); err != nil {
 		t.Fatalf("--force: %v", err)

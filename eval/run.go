@@ -424,8 +424,10 @@ func LogSoftmaxAt(row []float32, t int) float64 {
 
 const settingsFile = "settings.json"
 
-// weightsFile holds the sha256 of the weights' bytes the results were made with.
-const weightsFile = "model.sha256"
+// weightsFile holds the content hash of the weights the results were made
+// with (HashFiles). legacyWeightsFile is where qbench before 2026-11-28 kept
+// a hash of another definition (one sha256 stream), which cannot be compared.
+const weightsFile, legacyWeightsFile = "weights.sha256", "model.sha256"
 
 // sameWeights keeps earlier results only if they were made from weights with
 // the same bytes (the fingerprint in the settings covers only their layout):
@@ -443,7 +445,12 @@ func sameWeights(opt Options, done map[string]Result) (map[string]Result, error)
 	if err != nil {
 		return nil, err
 	}
+	_, legacyErr := os.Stat(filepath.Join(opt.Out, legacyWeightsFile))
 	switch {
+	case len(prev) == 0 && legacyErr == nil:
+		if !opt.Force {
+			return nil, fmt.Errorf("%s: its results were made by an older qbench, whose hash of the weights this one does not compute, so they cannot be checked; use --force to start over", opt.Out)
+		}
 	case len(prev) == 0:
 		if !opt.Force {
 			return nil, fmt.Errorf("%s: the earlier run stopped before recording its weights' sha256, so its results cannot be checked; use --force to start over", opt.Out)

@@ -105,7 +105,7 @@ func TestShardAndMerge(t *testing.T) {
 		if !reflect.DeepEqual(sum.Comparisons, single.Comparisons) || !reflect.DeepEqual(sum.Means, single.Means) || !reflect.DeepEqual(sum.PerQuestion, single.PerQuestion) {
 			t.Fatalf("N=%d: merged summary differs from the single run's", n)
 		}
-		for _, f := range []string{"summary.json", "report.md", "report.html", "settings.json", "model.sha256"} {
+		for _, f := range []string{"summary.json", "report.md", "report.html", "settings.json", weightsFile} {
 			if _, err := os.Stat(filepath.Join(out, f)); err != nil {
 				t.Errorf("N=%d: %v", n, err)
 			}
