@@ -105,6 +105,7 @@ func Merge(out string, dirs []string, qs []Question, qsHash string) (*Summary, e
 		results []Result
 		repro   *Repro
 		weights string
+		legacy  bool // an older qbench's hash of the weights (legacyWeightsFile)
 	}
 	var shards []shard
 	for _, d := range dirs {
@@ -131,6 +132,8 @@ func Merge(out string, dirs []string, qs []Question, qsHash string) (*Summary, e
 		}
 		if b, err := os.ReadFile(filepath.Join(d, weightsFile)); err == nil {
 			sh.weights = strings.TrimSpace(string(b))
+		} else if _, err := os.Stat(filepath.Join(d, legacyWeightsFile)); err == nil {
+			sh.legacy = true
 		}
 		shards = append(shards, sh)
 	}
@@ -155,6 +158,9 @@ func Merge(out string, dirs []string, qs []Question, qsHash string) (*Summary, e
 			return nil, fmt.Errorf("%s and %s are both shard %d of %d", seen[sh.i], sh.dir, sh.i, n)
 		}
 		seen[sh.i] = sh.dir
+		if sh.legacy != shards[0].legacy {
+			return nil, fmt.Errorf("%s and %s were made by qbench versions that hash the weights differently: their weights cannot be compared", shards[0].dir, sh.dir)
+		}
 		if sh.weights != "" {
 			if weights != "" && sh.weights != weights {
 				return nil, fmt.Errorf("%s: made from other weights (sha256 %.12s…, not %.12s…)", sh.dir, sh.weights, weights)

@@ -132,6 +132,12 @@ func TestShardAndMerge(t *testing.T) {
 	if _, err := Merge(filepath.Join(root, "bad"), dirs, qs, "other"); err == nil || !strings.Contains(err.Error(), "not the one the shards answered") {
 		t.Errorf("other questions: %v", err)
 	}
+	// A shard an older qbench made (its hash of another definition) beside new ones.
+	os.Remove(filepath.Join(dirs[1], weightsFile))
+	os.WriteFile(filepath.Join(dirs[1], legacyWeightsFile), []byte("aaaa\n"), 0o644)
+	if _, err := Merge(filepath.Join(root, "bad"), dirs, qs, SHA256(qb)); err == nil || !strings.Contains(err.Error(), "hash the weights differently") {
+		t.Errorf("mixed versions: %v", err)
+	}
 }
 
 // TestEvalOnSeveralEngines: three engines sharing one queue of batches give
