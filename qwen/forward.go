@@ -3,6 +3,8 @@ package qwen
 import (
 	"fmt"
 	"math"
+
+	"github.com/qbench/qbench/tensor"
 )
 
 // Seq is one sequence being decoded: its adapter and its KV cache.
@@ -286,7 +288,7 @@ func (j *attentionJob) run(lo, hi int) {
 			maxv := float32(math.Inf(-1))
 			for t := 0; t < n; t++ {
 				k := s.K[base+t*kvDim+g*hd : base+t*kvDim+(g+1)*hd]
-				scores[t] = dot(q, k) * scale
+				scores[t] = tensor.Dot(q, k) * scale
 				maxv = max(maxv, scores[t])
 			}
 			var sum float32

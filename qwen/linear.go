@@ -1,7 +1,6 @@
 package qwen
 
 import (
-	"encoding/binary"
 	"math"
 	"sync"
 
@@ -72,7 +71,7 @@ func (j *matvec) run(lo, hi int) {
 				b = l.Bias[o]
 			}
 			for r := 0; r < j.rows; r++ {
-				j.y[r*out+o] = dotBF16(w, j.x[r*in:(r+1)*in]) + b
+				j.y[r*out+o] = tensor.DotBF16(w, j.x[r*in:(r+1)*in]) + b
 			}
 		}
 		return
@@ -84,7 +83,7 @@ func (j *matvec) run(lo, hi int) {
 			b = l.Bias[o]
 		}
 		for r := 0; r < j.rows; r++ {
-			j.y[r*out+o] = dot(w, j.x[r*in:(r+1)*in]) + b
+			j.y[r*out+o] = tensor.Dot(w, j.x[r*in:(r+1)*in]) + b
 		}
 	}
 }
@@ -126,7 +125,7 @@ func (j *matvec) runNF4(lo, hi int) {
 			}
 			if j.rows == 1 && e%2 == 0 && n%16 == 0 { // decode: codes straight into the dot product
 				j.dotRows(o, w, k0) // what an earlier odd block left in the buffer
-				j.y[o] += dotNF4(&t, q.Packed[e/2:e/2+n/2], j.x[k:k+n])
+				j.y[o] += tensor.DotNF4(&t, q.Packed[e/2:e/2+n/2], j.x[k:k+n])
 				k += n
 				w, k0 = wbuf[:0], k
 				continue
@@ -167,7 +166,7 @@ func (j *matvec) dotRows(o int, w []float32, k0 int) {
 	}
 	in, out := j.l.In, j.l.Out
 	for r := 0; r < j.rows; r++ {
-		j.y[r*out+o] += dot(w, j.x[r*in+k0:r*in+k0+len(w)])
+		j.y[r*out+o] += tensor.Dot(w, j.x[r*in+k0:r*in+k0+len(w)])
 	}
 }
 
@@ -193,43 +192,6 @@ func widenBF16(bits []uint16) []float32 {
 		w[i] = tensor.BF16ToF32(b)
 	}
 	return w
-}
-
-// dotBF16 is Σ a[i]·b[i] over bf16 weights widened exactly, summed in dot's
-// order (so the same sums as dot over the fp32 copy).
-func dotBF16(a []uint16, b []float32) float32 {
-	b = b[:len(a)]
-	v, i := dotVecBF16(a, b)
-	var s0, s1, s2, s3 float32
-	for ; i+4 <= len(a); i += 4 {
-		s0 += tensor.BF16ToF32(a[i]) * b[i]
-		s1 += tensor.BF16ToF32(a[i+1]) * b[i+1]
-		s2 += tensor.BF16ToF32(a[i+2]) * b[i+2]
-		s3 += tensor.BF16ToF32(a[i+3]) * b[i+3]
-	}
-	for ; i < len(a); i++ {
-		s0 += tensor.BF16ToF32(a[i]) * b[i]
-	}
-	return v + ((s0 + s1) + (s2 + s3))
-}
-
-// dotNF4 is Σ t[code_i]·x[i] over 16·m codes packed two a byte (element 2i
-// in the high nibble), eight bytes a step, four partial sums; on the vector
-// unit where there is one (dotVecNF4).
-func dotNF4(t *[16]float32, p []byte, x []float32) float32 {
-	if v, ok := dotVecNF4(t, p, x); ok {
-		return v
-	}
-	var s0, s1, s2, s3 float32
-	for i := 0; i+8 <= len(p); i += 8 {
-		u := binary.LittleEndian.Uint64(p[i:])
-		xx := x[2*i : 2*i+16]
-		s0 += t[u>>4&15]*xx[0] + t[u&15]*xx[1] + t[u>>36&15]*xx[8] + t[u>>32&15]*xx[9]
-		s1 += t[u>>12&15]*xx[2] + t[u>>8&15]*xx[3] + t[u>>44&15]*xx[10] + t[u>>40&15]*xx[11]
-		s2 += t[u>>20&15]*xx[4] + t[u>>16&15]*xx[5] + t[u>>52&15]*xx[12] + t[u>>48&15]*xx[13]
-		s3 += t[u>>28&15]*xx[6] + t[u>>24&15]*xx[7] + t[u>>60&15]*xx[14] + t[u>>56&15]*xx[15]
-	}
-	return (s0 + s1) + (s2 + s3)
 }
 
 // maxNF4Block is the largest NF4 block size the CPU path decodes (bitsandbytes
@@ -273,23 +235,3 @@ func (l *Linear) Forward(y, x []float32, rows int, adapters []int, ws *Workspace
 // (not the LoRA path's): what an approximation of x on the GPU (its split
 // into bf16 parts for the tensor cores) would cost, measured on the fixtures.
 var baseInput func(x []float32) []float32
-
-// dot is Σ a[i]·b[i] in fp32: the leading multiple of 32 elements on the
-// vector unit where there is one (dotVec: 32 partial sums, fused
-// multiply-adds), the rest with four partial sums to shorten the dependency
-// chain.
-func dot(a, b []float32) float32 {
-	b = b[:len(a)]
-	v, i := dotVec(a, b)
-	var s0, s1, s2, s3 float32
-	for ; i+4 <= len(a); i += 4 {
-		s0 += a[i] * b[i]
-		s1 += a[i+1] * b[i+1]
-		s2 += a[i+2] * b[i+2]
-		s3 += a[i+3] * b[i+3]
-	}
-	for ; i < len(a); i++ {
-		s0 += a[i] * b[i]
-	}
-	return v + ((s0 + s1) + (s2 + s3))
-}

@@ -52,7 +52,12 @@ func (s *Sampler) Next(logits []float32, history []int) int {
 	}
 	p := s.probs[:len(logits)]
 	Softmax(p, logits)
-	u := s.rng.Float32()
+	return draw(p, s.rng.Float32())
+}
+
+// draw is the index where the running sum of the probabilities p first
+// exceeds u (the last nonzero one when u falls in the rounding gap at the top).
+func draw(p []float32, u float32) int {
 	var acc float32
 	last := 0
 	for i, v := range p {
@@ -64,7 +69,7 @@ func (s *Sampler) Next(logits []float32, history []int) int {
 			}
 		}
 	}
-	return last // u fell in the rounding gap at the top
+	return last
 }
 
 // Argmax returns the index of the largest value, the first on ties (as torch.argmax).
@@ -240,18 +245,12 @@ func (s *Sampler) Candidates(logits []float32, history []int, max int) (c []Cand
 // is −Inf after top-k, adds 0 to the softmax's sums and sorts first in
 // top-p's ascending order — and the same draw, so the same token.
 func (s *Sampler) NextFrom(c []Cand) int {
-	if s.S.Temperature <= 0 {
-		best := 0
-		for i, x := range c {
-			if x.Logit > c[best].Logit {
-				best = i
-			}
-		}
-		return c[best].ID
-	}
 	v := make([]float32, len(c))
 	for i, x := range c {
 		v[i] = x.Logit
+	}
+	if s.S.Temperature <= 0 {
+		return c[Argmax(v)].ID
 	}
 	Temperature(v, s.S.Temperature)
 	TopK(v, s.S.TopK)
@@ -260,17 +259,5 @@ func (s *Sampler) NextFrom(c []Cand) int {
 		TopP(v, s.S.TopP, order, probs)
 	}
 	Softmax(probs, v)
-	u := s.rng.Float32()
-	var acc float32
-	last := 0
-	for i, p := range probs {
-		if p > 0 {
-			acc += p
-			last = i
-			if u < acc {
-				return c[i].ID
-			}
-		}
-	}
-	return c[last].ID
+	return c[draw(probs, s.rng.Float32())].ID
 }

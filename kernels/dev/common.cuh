@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define CK(x) ck((x), #x, __LINE__)
 static void ck(cudaError_t e, const char* what, int line) {
@@ -48,4 +49,39 @@ __device__ __forceinline__ void mma16816(float* d, uint32_t a0, uint32_t a1, uin
   asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
                : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// bf16_round rounds to nearest even, as cvt.rn.bf16 (the host references).
+static float bf16_round(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  u &= 0xffff0000u;
+  memcpy(&f, &u, 4);
+  return f;
+}
+
+// copy_bandwidth is the device-to-device copy rate in GB/s (1 GiB, read +
+// written counted, as qbench bench), printed; the benchmarks' 100 %.
+static double copy_bandwidth() {
+  const size_t n = 1ull << 30;
+  void *a, *b;
+  cudaEvent_t e0, e1;
+  CK(cudaMalloc(&a, n));
+  CK(cudaMalloc(&b, n));
+  CK(cudaEventCreate(&e0));
+  CK(cudaEventCreate(&e1));
+  CK(cudaMemset(a, 1, n));
+  for (int i = 0; i < 3; i++) CK(cudaMemcpy(b, a, n, cudaMemcpyDeviceToDevice));
+  CK(cudaEventRecord(e0));
+  for (int i = 0; i < 10; i++) CK(cudaMemcpy(b, a, n, cudaMemcpyDeviceToDevice));
+  CK(cudaEventRecord(e1));
+  CK(cudaEventSynchronize(e1));
+  float ms;
+  CK(cudaEventElapsedTime(&ms, e0, e1));
+  CK(cudaFree(a));
+  CK(cudaFree(b));
+  const double gbs = 2.0 * n * 10 / (ms * 1e-3) / 1e9;
+  printf("copy bandwidth %.0f GB/s\n", gbs);
+  return gbs;
 }

@@ -286,14 +286,6 @@ __global__ void __launch_bounds__(256, MINB) gemv_v4(Q q, const float* __restric
 // ---------------------------------------------------------------------------
 // Host.
 
-static float bf16_round(float f) { // round to nearest even, as cvt.rn.bf16
-  uint32_t u;
-  memcpy(&u, &f, 4);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  u &= 0xffff0000u;
-  memcpy(&f, &u, 4);
-  return f;
-}
 
 // mma_layout: within each (row, 256-column step) of nb 64-blocks, the first
 // 16 bytes of block t go to 16t, the second 16 to 16nb + 16t.
@@ -335,26 +327,7 @@ int main(int argc, char** argv) {
   CK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   CK(cudaEventCreate(&e0));
   CK(cudaEventCreate(&e1));
-  // Copy bandwidth: 1 GiB device-to-device, read + write counted.
-  double copyGBs;
-  {
-    const size_t n = 1ull << 30;
-    void *a, *b;
-    CK(cudaMalloc(&a, n));
-    CK(cudaMalloc(&b, n));
-    CK(cudaMemset(a, 1, n));
-    for (int i = 0; i < 3; i++) CK(cudaMemcpy(b, a, n, cudaMemcpyDeviceToDevice));
-    CK(cudaEventRecord(e0));
-    for (int i = 0; i < 10; i++) CK(cudaMemcpy(b, a, n, cudaMemcpyDeviceToDevice));
-    CK(cudaEventRecord(e1));
-    CK(cudaEventSynchronize(e1));
-    float ms;
-    CK(cudaEventElapsedTime(&ms, e0, e1));
-    copyGBs = 2.0 * n * 10 / (ms * 1e-3) / 1e9;
-    printf("copy bandwidth: %.0f GB/s\n", copyGBs);
-    CK(cudaFree(a));
-    CK(cudaFree(b));
-  }
+  const double copyGBs = copy_bandwidth();
   const Shape shapes[] = {
       {"q/k/v 3B (2560x2048)", 2560, 2048},   {"o_proj 3B (2048x2048)", 2048, 2048},
       {"gate+up 3B (22016x2048)", 22016, 2048}, {"down 3B (2048x11008)", 2048, 11008},

@@ -1,5 +1,21 @@
 #include "textflag.h"
 
+// SUM1 leaves the sum of Y0's eight lanes in X0 (halves added pairwise) and
+// clears the upper halves; SUM4 does it for Y0 + Y1 + Y2 + Y3, added as
+// (Y0 + Y1) + (Y2 + Y3).
+#define SUM1 \
+	VEXTRACTF128 $1, Y0, X1; \
+	VADDPS       X1, X0, X0; \
+	VHADDPS      X0, X0, X0; \
+	VHADDPS      X0, X0, X0; \
+	VZEROUPPER
+
+#define SUM4 \
+	VADDPS Y1, Y0, Y0; \
+	VADDPS Y3, Y2, Y2; \
+	VADDPS Y2, Y0, Y0; \
+	SUM1
+
 // func dotFMA(a, b *float32, n int) float32
 // Σ a[i]·b[i] for n a positive multiple of 32: four 8-lane accumulators
 // (element i goes to accumulator (i/8)%4, lane i%8), fused multiply-adds,
@@ -27,15 +43,8 @@ loop:
 	SUBQ $32, CX
 	JNZ  loop
 
-	VADDPS       Y1, Y0, Y0
-	VADDPS       Y3, Y2, Y2
-	VADDPS       Y2, Y0, Y0
-	VEXTRACTF128 $1, Y0, X1
-	VADDPS       X1, X0, X0
-	VHADDPS      X0, X0, X0
-	VHADDPS      X0, X0, X0
-	VZEROUPPER
-	MOVSS        X0, ret+24(FP)
+	SUM4
+	MOVSS X0, ret+24(FP)
 	RET
 
 // func dotBF16FMA(a *uint16, b *float32, n int) float32
@@ -69,15 +78,8 @@ loopb:
 	SUBQ        $32, CX
 	JNZ         loopb
 
-	VADDPS       Y1, Y0, Y0
-	VADDPS       Y3, Y2, Y2
-	VADDPS       Y2, Y0, Y0
-	VEXTRACTF128 $1, Y0, X1
-	VADDPS       X1, X0, X0
-	VHADDPS      X0, X0, X0
-	VHADDPS      X0, X0, X0
-	VZEROUPPER
-	MOVSS        X0, ret+24(FP)
+	SUM4
+	MOVSS X0, ret+24(FP)
 	RET
 
 DATA nf4fifteen<>+0(SB)/4, $15
@@ -136,11 +138,7 @@ loopn:
 	SUBQ        $16, CX
 	JNZ         loopn
 
-	VADDPS       Y1, Y0, Y0
-	VEXTRACTF128 $1, Y0, X1
-	VADDPS       X1, X0, X0
-	VHADDPS      X0, X0, X0
-	VHADDPS      X0, X0, X0
-	VZEROUPPER
-	MOVSS        X0, ret+32(FP)
+	VADDPS Y1, Y0, Y0
+	SUM1
+	MOVSS  X0, ret+32(FP)
 	RET

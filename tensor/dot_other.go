@@ -1,6 +1,6 @@
 //go:build !amd64
 
-package qwen
+package tensor
 
 // haveFMA: vector dot products exist on amd64 only (dot_amd64.s).
 const haveFMA = false

@@ -1,13 +1,11 @@
 //go:build amd64
 
-package qwen
+package tensor
 
 import (
 	"math"
 	"math/rand/v2"
 	"testing"
-
-	"github.com/qbench/qbench/tensor"
 )
 
 // TestDotVec checks the AVX2/FMA dot products (dot_amd64.s) against a
@@ -25,15 +23,15 @@ func TestDotVec(t *testing.T) {
 		a16 := make([]uint16, n)
 		var want, mag float64
 		for i := range a {
-			a16[i] = tensor.F32ToBF16(float32(rng.NormFloat64()))
-			a[i] = tensor.BF16ToF32(a16[i])
+			a16[i] = F32ToBF16(float32(rng.NormFloat64()))
+			a[i] = BF16ToF32(a16[i])
 			b[i] = float32(rng.NormFloat64())
 			want += float64(a[i]) * float64(b[i])
 			mag += math.Abs(float64(a[i]) * float64(b[i]))
 		}
-		got := dot(a, b)
+		got := Dot(a, b)
 		haveFMA = false
-		scalar := dot(a, b)
+		scalar := Dot(a, b)
 		haveFMA = true
 		for _, c := range []struct {
 			name string
@@ -43,7 +41,7 @@ func TestDotVec(t *testing.T) {
 				t.Errorf("n %d, %s: %v, want %v (Σ|a·b| %v)", n, c.name, c.v, want, mag)
 			}
 		}
-		if g16 := dotBF16(a16, b); math.Float32bits(g16) != math.Float32bits(got) {
+		if g16 := DotBF16(a16, b); math.Float32bits(g16) != math.Float32bits(got) {
 			t.Errorf("n %d: dotBF16 %v, dot over the widened weights %v", n, g16, got)
 		}
 	}

@@ -1,6 +1,6 @@
 //go:build amd64
 
-package qwen
+package tensor
 
 import (
 	"os"
@@ -40,7 +40,7 @@ func dotVecBF16(a []uint16, b []float32) (float32, int) {
 	return dotBF16FMA(&a[0], &b[0], n), n
 }
 
-// dotVecNF4 is dotNF4 on the vector unit when there is one (ok false: not
+// dotVecNF4 is DotNF4 on the vector unit when there is one (ok false: not
 // taken). len(p) must be a multiple of 8, len(x) = 2·len(p).
 func dotVecNF4(t *[16]float32, p []byte, x []float32) (float32, bool) {
 	if !haveFMA || len(p) == 0 {
