@@ -9,7 +9,7 @@ import (
 )
 
 // Engine runs a qwen.Model on the GPU; it implements qwen.Engine,
-// qwen.GreedyEngine and qwen.LogProbEngine. Weights, LoRA and the per-layer
+// qwen.GreedyEngine, qwen.CandidateEngine and qwen.LogProbEngine. Weights, LoRA and the per-layer
 // launch descriptors are uploaded once (upload.go); activations are sized for
 // MaxRows rows; each sequence's KV cache is allocated by NewSeq. A pass
 // stages its per-row metadata (pass.go) and runs forward (forward.go); a
@@ -39,6 +39,7 @@ type Engine struct {
 	meta, headIdx, ids, logits Buf // [rows] rowMeta; [head rows] int32; [head rows] int32; [head rows, vocab]
 	lp                         Buf // [rows] target log-probabilities
 	part                       Buf // attention partials [rows, heads, splits, headDim+2]
+	cand                       candBufs
 
 	graphs map[graphKey]*Graph // captured decode steps of this engine
 	prof   *profile            // non-nil while profiling: launches are recorded, not run
@@ -91,6 +92,7 @@ func (e *Engine) Close() {
 			e.Dev.Free(b)
 		}
 		e.Dev.Free(&e.part)
+		e.Dev.Free(&e.cand.seen)
 		return nil
 	})
 	e.bufs = nil
@@ -143,7 +145,7 @@ func (e *Engine) Forward(seqs []*qwen.Seq, tokens [][]int, all bool) ([]float32,
 		head = rows
 	}
 	if rows <= e.MaxRows && head <= e.maxHead {
-		n, err := e.run(seqs, tokens, all, false)
+		n, err := e.run(seqs, tokens, all, tailNone)
 		if err != nil {
 			return nil, err
 		}
@@ -158,7 +160,7 @@ func (e *Engine) Forward(seqs []*qwen.Seq, tokens [][]int, all bool) ([]float32,
 	for i, s := range seqs {
 		for lo := 0; lo < len(tokens[i]); lo += chunk {
 			hi := min(lo+chunk, len(tokens[i]))
-			n, err := e.run([]*qwen.Seq{s}, [][]int{tokens[i][lo:hi]}, all, false)
+			n, err := e.run([]*qwen.Seq{s}, [][]int{tokens[i][lo:hi]}, all, tailNone)
 			if err != nil {
 				return nil, err
 			}
@@ -197,7 +199,7 @@ func (e *Engine) readLogits(n int, dst []float32) ([]float32, error) {
 
 // ForwardArgmax implements qwen.GreedyEngine: only the ids come back.
 func (e *Engine) ForwardArgmax(seqs []*qwen.Seq, tokens [][]int) ([]int, error) {
-	n, err := e.run(seqs, tokens, false, true)
+	n, err := e.run(seqs, tokens, false, tailArgmax)
 	if err != nil {
 		return nil, err
 	}
@@ -237,7 +239,7 @@ func (e *Engine) TargetLogProbs(s *qwen.Seq, tokens, targets []int) ([]float64, 
 	chunk := min(e.MaxRows, e.maxHead)
 	for lo := 0; lo < len(tokens); lo += chunk {
 		hi := min(lo+chunk, len(tokens))
-		n, err := e.run([]*qwen.Seq{s}, [][]int{tokens[lo:hi]}, true, false)
+		n, err := e.run([]*qwen.Seq{s}, [][]int{tokens[lo:hi]}, true, tailNone)
 		if err != nil {
 			return nil, err
 		}
@@ -265,9 +267,10 @@ func (e *Engine) TargetLogProbs(s *qwen.Seq, tokens, targets []int) ([]float64, 
 	return out, nil
 }
 
-// run stages the metadata of one pass and runs it: a replayed graph for
-// decode steps, direct launches otherwise. It returns the rows of logits.
-func (e *Engine) run(seqs []*qwen.Seq, tokens [][]int, all, argmax bool) (nHead int, err error) {
+// run stages the metadata of one pass and runs it, with t after the
+// logits: a replayed graph for decode steps, direct launches otherwise. It
+// returns the rows of logits.
+func (e *Engine) run(seqs []*qwen.Seq, tokens [][]int, all bool, t tail) (nHead int, err error) {
 	p, err := e.prepare(seqs, tokens, all)
 	if err != nil {
 		return 0, err
@@ -286,16 +289,16 @@ func (e *Engine) run(seqs []*qwen.Seq, tokens [][]int, all, argmax bool) (nHead 
 			return err
 		}
 		if !decode {
-			if err := e.forward(p, argmax); err != nil {
+			if err := e.forward(p, t); err != nil {
 				return err
 			}
 			return e.Dev.Sync()
 		}
-		key := graphKey{p.rows, p.splits}
+		key := graphKey{p.rows, p.splits, t}
 		g := e.graphs[key]
 		if g == nil {
 			var err error
-			if g, err = e.Dev.Capture(func() error { return e.forward(p, true) }); err != nil {
+			if g, err = e.Dev.Capture(func() error { return e.forward(p, t) }); err != nil {
 				return err
 			}
 			e.graphs[key] = g

@@ -18,13 +18,23 @@ const (
 	stepFinalNorm = "rmsnorm final"
 	stepHead      = "gemv lm_head"
 	stepArgmax    = "argmax"
+	stepCands     = "sampling candidates"
+)
+
+// tail is what a pass runs after the logits.
+type tail int
+
+const (
+	tailNone       tail = iota
+	tailArgmax          // each row's greedy id (ForwardArgmax)
+	tailCandidates      // each row's sampling candidates (ForwardCandidates)
 )
 
 // forward launches one forward pass over p.rows rows whose metadata is
-// staged (pass.go), ending with logits for p.nHead rows and, when argmax,
-// their greedy ids. It follows qwen.Runner.Forward step for step; each
-// comment names the CPU step a launch computes, or the steps it fuses.
-func (e *Engine) forward(p pass, argmax bool) error {
+// staged (pass.go), ending with logits for p.nHead rows and their tail. It
+// follows qwen.Runner.Forward step for step; each comment names the CPU step
+// a launch computes, or the steps it fuses.
+func (e *Engine) forward(p pass, t tail) error {
 	c := e.cfg
 	eps := float32(c.RMSEps)
 	f := &steps{e: e, lora: len(e.m.Adapters) > 0, pdl: p.pdl}
@@ -57,11 +67,18 @@ func (e *Engine) forward(p pass, argmax bool) error {
 		f.shrink(stepShrinkD, i, L.shD, p.rows)
 		f.mat(stepDown, i, L.down, p.rows)
 	}
-	// The final rmsNorm of the rows that get logits, lm_head, greedy ids.
+	// The final rmsNorm of the rows that get logits, lm_head; then greedy
+	// ids (Argmax), or the repetition penalty and the top-k candidates
+	// (Sampler.Candidates) in two steps: within slices, then merged.
 	f.do(stepFinalNorm, -1, rmsnormCall(e.xnHead, e.x, e.norm, e.headIdx, c.Hidden, eps, p.nHead))
 	f.mat(stepHead, -1, e.head, p.nHead)
-	if argmax {
+	switch t {
+	case tailArgmax:
 		f.do(stepArgmax, -1, argmaxCall(e.ids, e.logits, c.Vocab, p.nHead))
+	case tailCandidates:
+		cb, S := &e.cand, e.candSlices()
+		f.do(stepCands, -1, candSliceCall(e.logits, c.Vocab, cb.seen, cb.off, cb.penalty, cb.k, cb.key, cb.sid, cb.info, S, p.nHead))
+		f.do(stepCands, -1, candMergeCall(cb.key, cb.sid, cb.info, cb.k, S, c.Vocab, cb.id, cb.val, cb.count, p.nHead))
 	}
 	return f.err
 }

@@ -30,8 +30,12 @@ type Graph struct {
 }
 
 // graphKey is what a captured decode step depends on besides the engine's
-// buffers: the rows of the pass and the attention splits.
-type graphKey struct{ rows, splits int }
+// buffers: the rows of the pass, the attention splits and what follows the
+// logits.
+type graphKey struct {
+	rows, splits int
+	tail         tail
+}
 
 func (d *Device) rawStream() C.CUstream { return C.CUstream(unsafe.Pointer(d.stream.C())) }
 

@@ -73,6 +73,17 @@ func argmaxCall(ids, logits Buf, vocab, rows int) call {
 	return call{name: "argmax", grid: [3]int{rows}, block: 1024, args: []any{ids, logits, vocab}}
 }
 
+// candSliceCall: the penalty on each row's seen tokens, then each slice's
+// k-th largest logit and its list (sample.cu).
+func candSliceCall(logits Buf, vocab int, seen, off, penalty, k, key, sid, info Buf, slices, rows int) call {
+	return call{name: "cand_slice", grid: [3]int{slices, rows}, block: 256, args: []any{logits, vocab, seen, off, penalty, k, key, sid, info}}
+}
+
+// candMergeCall: each row's candidates, from its slices' lists.
+func candMergeCall(key, sid, info, k Buf, slices, vocab int, id, val, count Buf, rows int) call {
+	return call{name: "cand_merge", grid: [3]int{rows}, block: 256, args: []any{key, sid, info, k, slices, vocab, id, val, count}}
+}
+
 // targetLogprobCall: out[m] = log_softmax(logits[m])[targets[m]].
 func targetLogprobCall(out, logits, targets Buf, vocab, rows int) call {
 	return call{name: "target_logprob", grid: [3]int{rows}, block: 1024, args: []any{out, logits, targets, vocab}}

@@ -54,7 +54,7 @@ func (e *Engine) ProfileStep(seqs []*qwen.Seq, tokens [][]int, copyGBs float64) 
 		}
 		p := &profile{}
 		e.prof = p
-		err := e.forward(ps, true)
+		err := e.forward(ps, tailArgmax)
 		e.prof = nil
 		if err != nil {
 			return err
@@ -189,7 +189,7 @@ func (e *Engine) DecodeRate(seqs []*qwen.Seq, steps int, graphs bool) (float64, 
 			if err := e.stage(p); err != nil {
 				return err
 			}
-			if err := e.forward(p, true); err != nil {
+			if err := e.forward(p, tailArgmax); err != nil {
 				return err
 			}
 			ids := make([]int32, p.rows)

@@ -54,5 +54,5 @@ var modules = []ptxModule{
 	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, "97d1fb9f8d5d9561e7ddcfcd799c33d267c7eea4a794d36dcb7978e6addf74eb"},
 	{"quantize", ptx_quantize_80, ptx_quantize_90, "e97cd4e0f97e4ec3a8b3ea1386ee9f06f910740747e5cad4827173758be59936"},
 	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, "3fb5137c7cbd505fd8345d8d2a4cd36366762b2d9cf3f1b9446d88a760c8c2a9"},
-	{"sample", ptx_sample_80, ptx_sample_90, "64bd00ca7fcf1f795aa1bcae43144e43de1925219e2f12c40f6632de1998b2e6"},
+	{"sample", ptx_sample_80, ptx_sample_90, "335ac768ed1fc6e3803fc42315a93ccf8f4fbd51776f5724ef148db8e87ec735"},
 }

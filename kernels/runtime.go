@@ -126,7 +126,7 @@ var kernelNames = map[string][]string{
 	"nf4_matmul": append(gemvNames(), "lora_shrink", "layout"),
 	"rmsnorm":    {"rmsnorm", "rmsnorm_lora", "embed"},
 	"quantize":   {"nf4_quantize"},
-	"sample":     {"argmax", "target_logprob"},
+	"sample":     {"argmax", "target_logprob", "cand_slice", "cand_merge"},
 }
 
 func gemvNames() []string {

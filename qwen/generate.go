@@ -33,6 +33,15 @@ type GreedyEngine interface {
 	ForwardArgmax(seqs []*Seq, tokens [][]int) ([]int, error)
 }
 
+// CandidateEngine is implemented by engines that apply the repetition
+// penalty and select each row's top-k candidates on the device, so that at
+// most MaxCandidates ids and logits a row come back instead of the vocabulary.
+// ForwardCandidates is Forward(seqs, tokens, false) followed by, for each
+// sequence i, Sampler.Candidates under req[i] (req[i].Seen distinct).
+type CandidateEngine interface {
+	ForwardCandidates(seqs []*Seq, tokens [][]int, req []CandRequest) ([]StepRow, error)
+}
+
 // LogProbEngine is implemented by engines that compute teacher-forced
 // log-probabilities on the device. TargetLogProbs appends tokens to s and
 // returns log p(targets[i] | s up to tokens[i]) for each i.
@@ -105,11 +114,22 @@ func GenerateFrom(e Engine, seqs []*Seq, prompts [][]int, samplers []*Sampler, o
 		return out, nil
 	}
 	V := m.Config.Vocab
+	// The device's shortcuts: greedy ids when every row is plainly greedy,
+	// else each row's candidates; the whole logits otherwise.
 	greedy, canGreedy := e.(GreedyEngine)
+	cands, canCand := e.(CandidateEngine)
 	for _, s := range samplers {
-		if s.S.Temperature > 0 || (s.S.RepetitionPenalty != 0 && s.S.RepetitionPenalty != 1) {
+		if s.S.Temperature > 0 || s.penalised() {
 			canGreedy = false
 		}
+	}
+	canCand = canCand && !canGreedy
+	var seen [][]int // each penalised sequence's distinct tokens, for the device
+	var seenSet []map[int]bool
+	var req []CandRequest
+	if canCand {
+		seen, seenSet = distinctTokens(hist, samplers)
+		req = make([]CandRequest, 0, n)
 	}
 	active := make([]int, n) // indices of unfinished sequences
 	for i := range active {
@@ -120,10 +140,18 @@ func GenerateFrom(e Engine, seqs []*Seq, prompts [][]int, samplers []*Sampler, o
 	for step := 0; len(active) > 0; step++ {
 		var logits []float32
 		var ids []int
+		var rows []StepRow
 		var err error
-		if canGreedy {
+		switch {
+		case canGreedy:
 			ids, err = greedy.ForwardArgmax(stepSeqs, stepToks)
-		} else {
+		case canCand:
+			req = req[:0]
+			for _, i := range active {
+				req = append(req, samplers[i].Request(seen[i]))
+			}
+			rows, err = cands.ForwardCandidates(stepSeqs, stepToks, req)
+		default:
 			logits, err = e.Forward(stepSeqs, stepToks, false)
 		}
 		if err != nil {
@@ -133,10 +161,19 @@ func GenerateFrom(e Engine, seqs []*Seq, prompts [][]int, samplers []*Sampler, o
 		stepSeqs, stepToks = seqBuf[:0], tokBuf[:0]
 		for j, i := range active {
 			var tok int
-			if canGreedy {
+			switch {
+			case canGreedy:
 				tok = ids[j]
-			} else {
+			case canCand && rows[j].Cands != nil:
+				tok = samplers[i].NextFrom(rows[j].Cands)
+			case canCand:
+				tok = samplers[i].NextPenalised(rows[j].Logits)
+			default:
 				tok = samplers[i].Next(logits[j*V:(j+1)*V], hist[i])
+			}
+			if seenSet != nil && seenSet[i] != nil && !seenSet[i][tok] {
+				seenSet[i][tok] = true
+				seen[i] = append(seen[i], tok)
 			}
 			hist[i] = append(hist[i], tok)
 			out[i] = append(out[i], tok)
@@ -152,6 +189,26 @@ func GenerateFrom(e Engine, seqs []*Seq, prompts [][]int, samplers []*Sampler, o
 		active = next
 	}
 	return out, nil
+}
+
+// distinctTokens lists, for each sequence whose sampler has a repetition
+// penalty, the distinct tokens of its history (in first-seen order) and
+// their set; nil for the others.
+func distinctTokens(hist [][]int, samplers []*Sampler) ([][]int, []map[int]bool) {
+	seen, sets := make([][]int, len(hist)), make([]map[int]bool, len(hist))
+	for i, h := range hist {
+		if !samplers[i].penalised() {
+			continue
+		}
+		sets[i] = map[int]bool{}
+		for _, t := range h {
+			if !sets[i][t] {
+				sets[i][t] = true
+				seen[i] = append(seen[i], t)
+			}
+		}
+	}
+	return seen, sets
 }
 
 func contains(v []int, x int) bool {

@@ -34,9 +34,20 @@ func NewSampler(s Sampling) *Sampler {
 // Next picks the next token from logits (modified in place) given the
 // sequence so far (prompt and generated tokens, for the repetition penalty).
 func (s *Sampler) Next(logits []float32, history []int) int {
-	if s.S.RepetitionPenalty != 0 && s.S.RepetitionPenalty != 1 {
+	if s.penalised() {
 		RepetitionPenalty(logits, history, s.S.RepetitionPenalty)
 	}
+	return s.NextPenalised(logits)
+}
+
+// penalised reports whether s applies a repetition penalty.
+func (s *Sampler) penalised() bool {
+	return s.S.RepetitionPenalty != 0 && s.S.RepetitionPenalty != 1
+}
+
+// NextPenalised is Next on logits the repetition penalty was already applied
+// to (by a device: see CandidateEngine).
+func (s *Sampler) NextPenalised(logits []float32) int {
 	if s.S.Temperature <= 0 {
 		return Argmax(logits)
 	}
@@ -217,7 +228,7 @@ func (s *Sampler) Candidates(logits []float32, history []int, max int) (c []Cand
 	if k <= 0 || k > max {
 		return nil, false
 	}
-	if s.S.RepetitionPenalty != 0 && s.S.RepetitionPenalty != 1 {
+	if s.penalised() {
 		RepetitionPenalty(logits, history, s.S.RepetitionPenalty)
 	}
 	kth := logits[0]
@@ -260,4 +271,45 @@ func (s *Sampler) NextFrom(c []Cand) int {
 	}
 	Softmax(probs, v)
 	return c[draw(probs, s.rng.Float32())].ID
+}
+
+// MaxCandidates is the most candidates a CandidateEngine hands back for a row
+// (CAND_MAX in kernels/sample.cu).
+const MaxCandidates = 64
+
+// CandRequest is what a CandidateEngine needs for one row of a step: its
+// top-k size (1 for greedy; 0 when the sampler has none, or one above
+// MaxCandidates: the whole row comes back), its repetition penalty (1 = off)
+// and the distinct tokens the penalty applies to, each once.
+type CandRequest struct {
+	K       int
+	Penalty float32
+	Seen    []int
+}
+
+// Request is s's CandRequest for a step, given the distinct tokens of the
+// sequence so far.
+func (s *Sampler) Request(seen []int) CandRequest {
+	k := s.S.TopK
+	if s.S.Temperature <= 0 {
+		k = 1
+	}
+	if k > MaxCandidates {
+		k = 0
+	}
+	r := CandRequest{K: k, Penalty: 1}
+	if s.penalised() {
+		r.Penalty, r.Seen = s.S.RepetitionPenalty, seen
+	}
+	return r
+}
+
+// StepRow is a CandidateEngine's answer for one row: its candidates
+// (Candidates' set, with the penalty applied), or, when they would exceed
+// MaxCandidates or the request had no top-k, the whole row of logits with
+// the penalty applied. Next for the row is NextFrom(Cands) or
+// NextPenalised(Logits).
+type StepRow struct {
+	Cands  []Cand
+	Logits []float32
 }

@@ -3,7 +3,9 @@ package main
 const benchDoc = `Profiles the GPU engine on one card: the card's copy bandwidth (measured in
 the same run), then for each batch size the prefill rate, a per-kernel
 breakdown of one decode step (time, bytes, GB/s, % of copy bandwidth), and
-decode tokens/s with the adapter on and off and with CUDA graphs on and off.
+decode tokens/s with the adapter on and off, with CUDA graphs on and off, and
+sampled as Qwen2.5-Instruct's generation_config.json asks (temperature 0.7,
+top-k 20, top-p 0.8, repetition penalty 1.05: penalty and top-k on the device).
 --shape uses synthetic random NF4 (double-quant) weights of a Qwen2.5 size, no
 download needed; --model uses a real checkpoint. Needs -tags cuda.
 

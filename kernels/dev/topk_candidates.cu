@@ -8,13 +8,19 @@
 // then draws on the host from ≤ MAXC values instead of 151,936
 // (TestNextFromCandidates: the same token as Next on the whole row).
 //
-// v1: a block of 1,024 threads a row. The penalty: history tokens marked in a
+// v1: a block of 1,024 threads a row (125 µs a launch on an H200 whatever
+// the rows: one block's serial passes over 600 KB). The penalty: history tokens marked in a
 // shared bitmap of the vocabulary (atomicOr), and the thread whose atomicAnd
 // clears a token's bit applies it — once per distinct token. The k-th
 // largest: radix select on the floats' order-preserving 32-bit keys, four
 // passes of 8-bit digits with a 256-bin shared histogram each. The
 // candidates: each thread counts its contiguous slice's keys ≥ the k-th, a
 // block scan of the counts, then each writes its own in order.
+//
+// v2 (the engine's, included from ../sample.cu): cand_slice, a block per
+// 4,096-logit slice and row (penalty, keys in registers, the slice's k-th by
+// radix select, its list), then cand_merge, a block per row (the k-th of the
+// lists, ordered compaction). The host sends each row's distinct tokens.
 //
 // Checked against a CPU reference (the same definition: a partial sort for
 // the k-th value, then a scan) on fresh random logits rounded to quarters so
@@ -26,7 +32,9 @@
 #include <math.h>
 #include <time.h>
 
-constexpr int T = 1024, MAXC = 64;
+#include "../sample.cu" // v2: cand_slice, cand_merge
+
+constexpr int T = 1024, MAXC = CAND_MAX;
 
 __device__ __forceinline__ uint32_t key_of(float f) { // order-preserving: a < b ⇔ key(a) < key(b) (no NaN)
   const uint32_t u = __float_as_uint(f);
@@ -221,8 +229,76 @@ int main() {
         float ms;
         cudaEventElapsedTime(&ms, e0, e1);
         const double us = ms * 1000 / reps, gbs = (double)R * V * 4 * 5 / (us * 1e-6) / 1e9; // ~5 reads of the row
-        printf("rows %3d k %2d penalty %.2f: %8.1f µs (%.0f GB/s of logits reads), %d overflowing rows%s\n", R, k, penalty, us, gbs, overflow,
+        printf("rows %3d k %2d penalty %.2f v1: %8.1f µs (%.0f GB/s of logits reads), %d overflowing rows%s\n", R, k, penalty, us, gbs, overflow,
                bad ? "  WRONG" : "");
+        // v2: distinct tokens a row, then the two launches.
+        std::vector<int> seen, off(1, 0);
+        for (int r = 0; r < R; r++) {
+          std::vector<int> d;
+          for (int i = 0; i < H; i++) {
+            const int t = hist[(size_t)r * H + i];
+            if (t >= 0 && std::find(d.begin(), d.end(), t) == d.end()) d.push_back(t);
+          }
+          seen.insert(seen.end(), d.begin(), d.end());
+          off.push_back((int)seen.size());
+        }
+        const int S = (V + CAND_SLICE - 1) / CAND_SLICE;
+        int *dseen, *doff, *dk, *dsid;
+        float* dpen;
+        uint32_t* dskey;
+        int4* dsinfo;
+        CK(cudaMalloc(&dseen, seen.size() * 4 + 4));
+        CK(cudaMalloc(&doff, off.size() * 4));
+        CK(cudaMalloc(&dk, R * 4));
+        CK(cudaMalloc(&dpen, R * 4));
+        CK(cudaMalloc(&dskey, (size_t)R * S * CAND_MAX * 4));
+        CK(cudaMalloc(&dsid, (size_t)R * S * CAND_MAX * 4));
+        CK(cudaMalloc(&dsinfo, (size_t)R * S * 16));
+        CK(cudaMemcpy(dseen, seen.data(), seen.size() * 4, cudaMemcpyHostToDevice));
+        CK(cudaMemcpy(doff, off.data(), off.size() * 4, cudaMemcpyHostToDevice));
+        std::vector<int> ks(R, k);
+        std::vector<float> pens(R, penalty);
+        CK(cudaMemcpy(dk, ks.data(), R * 4, cudaMemcpyHostToDevice));
+        CK(cudaMemcpy(dpen, pens.data(), R * 4, cudaMemcpyHostToDevice));
+        CK(cudaMemcpy(dx, x.data(), x.size() * 4, cudaMemcpyHostToDevice));
+        CK(cudaMemset(did, 0xff, (size_t)R * MAXC * 4));
+        CK(cudaMemset(dval, 0xff, (size_t)R * MAXC * 4));
+        CK(cudaMemset(dcount, 0x7f, (size_t)R * 4));
+        CK(cudaMemset(dskey, 0xff, (size_t)R * S * CAND_MAX * 4));
+        auto v2 = [&]() {
+          cand_slice<<<dim3(S, R), CAND_T>>>(dx, V, dseen, doff, dpen, dk, dskey, dsid, dsinfo);
+          cand_merge<<<R, CAND_T>>>(dskey, dsid, dsinfo, dk, S, V, did, dval, dcount);
+        };
+        v2();
+        CK(cudaGetLastError());
+        CK(cudaMemcpy(gid.data(), did, gid.size() * 4, cudaMemcpyDeviceToHost));
+        CK(cudaMemcpy(gval.data(), dval, gval.size() * 4, cudaMemcpyDeviceToHost));
+        CK(cudaMemcpy(gcount.data(), dcount, gcount.size() * 4, cudaMemcpyDeviceToHost));
+        CK(cudaMemcpy(gx.data(), dx, gx.size() * 4, cudaMemcpyDeviceToHost));
+        int bad2 = 0;
+        for (int r = 0; r < R; r++) {
+          std::vector<float> xr(x.begin() + (size_t)r * V, x.begin() + (size_t)(r + 1) * V);
+          std::vector<int> id;
+          std::vector<float> val;
+          const int want = reference(xr, &hist[(size_t)r * H], H, penalty, k, id, val);
+          bool ok = gcount[r] == want && memcmp(xr.data(), &gx[(size_t)r * V], (size_t)V * 4) == 0;
+          for (int i = 0; ok && i < want; i++) ok = gid[r * MAXC + i] == id[i] && gval[r * MAXC + i] == val[i];
+          bad2 += !ok;
+        }
+        cudaEventRecord(e0);
+        for (int i = 0; i < reps; i++) v2();
+        cudaEventRecord(e1);
+        CK(cudaEventSynchronize(e1));
+        cudaEventElapsedTime(&ms, e0, e1);
+        printf("    v2 (slices %d):            %8.1f µs (%.0f GB/s of logits reads)%s\n", S, ms * 1000 / reps,
+               (double)R * V * 4 / (ms * 1e-3 / reps) / 1e9, bad2 ? "  WRONG" : "");
+        cudaFree(dseen);
+        cudaFree(doff);
+        cudaFree(dk);
+        cudaFree(dpen);
+        cudaFree(dskey);
+        cudaFree(dsid);
+        cudaFree(dsinfo);
         cudaFree(dx);
         cudaFree(dh);
         cudaFree(did);
