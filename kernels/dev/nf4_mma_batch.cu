@@ -73,6 +73,16 @@ int main() {
           perm[base + 8 * qd + 2 * s] = packed[base + 8 * s + qd];
           perm[base + 8 * qd + 2 * s + 1] = packed[base + 8 * s + qd + 4];
         }
+    // v7's layout (nf4_lut's, lutNF4 in kernels/layout.go): per row and
+    // 256-column step, block t's first 16 bytes at 16t, its second at 64 + 16t.
+    std::vector<uint8_t> lut(packed.size());
+    for (size_t r = 0; r < (size_t)N; r++)
+      for (int st = 0; st < K / 256; st++)
+        for (int t = 0; t < 4; t++)
+          for (int b = 0; b < 32; b++) {
+            const size_t src = r * K / 2 + 128 * st + 32 * t + b;
+            lut[r * K / 2 + 128 * st + (b < 16 ? 16 * t + b : 64 + 16 * t + b - 16)] = packed[src];
+          }
     // Rotating copies ≥ 4× the L2.
     const int copies = std::max<int>(2, (int)((4.0 * prop.l2CacheSize) / bytes) + 1);
     std::vector<Q> qs(copies);
@@ -82,12 +92,14 @@ int main() {
     CK(cudaMalloc(&dnest, nested.size() * 4));
     CK(cudaMemcpy(dnest, nested.data(), nested.size() * 4, cudaMemcpyHostToDevice));
     for (int i = 0; i < copies; i++) {
-      uint8_t *dc, *dq;
+      uint8_t *dc, *dl, *dq;
       CK(cudaMalloc(&dc, perm.size()));
       CK(cudaMemcpy(dc, perm.data(), perm.size(), cudaMemcpyHostToDevice));
+      CK(cudaMalloc(&dl, lut.size()));
+      CK(cudaMemcpy(dl, lut.data(), lut.size(), cudaMemcpyHostToDevice));
       CK(cudaMalloc(&dq, nb));
       CK(cudaMemcpy(dq, qa.data(), nb, cudaMemcpyHostToDevice));
-      qs[i] = Q{dc, dq, dnest, dcode, offset, N, K};
+      qs[i] = Q{dc, dl, dq, dnest, dcode, offset, N, K};
     }
     // Dequantised weights for the reference, as the kernels compute them.
     std::vector<float> W((size_t)N * K);
@@ -195,8 +207,9 @@ int main() {
         // Two parts: each x off by ≤ 2^-17 of itself, so ≤ 2^-17 of Σ|w·x| + fp32 sums.
         runs.push_back({nm, time_it(launch), err, P == 2 ? 2e-5 : 1e-5});
       };
+      const bool all = getenv("ALL") != nullptr; // v1–v4 and v6 too
       for (int kc : {256, 512}) {
-        if (kc > K) continue;
+        if (kc > K || !all) continue;
         if (M <= 24) {
           v1(v1_part<3, 4, false>, 3, 4, kc, "v1");
           v1(v1_part<3, 8, false>, 3, 8, kc, "v1");
@@ -252,23 +265,55 @@ int main() {
         snprintf(nm, sizeof nm, "%s P%d W%d k%d (%dx%d, occ %d)", name, P, WARPS, KC, groups, S, occ);
         runs.push_back({nm, time_it(launch), err, P == 2 ? 2e-5 : 1e-5});
       };
+      auto v7 = [&](auto kern, int NT, int WARPS, int KC) {
+        const int smem = KC / 256 * 1024 * NT * 8;
+        CK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+        int occ;
+        CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kern, WARPS * 32, smem));
+        const int S = (K + KC - 1) / KC, tiles = N / 16;
+        const int groups = std::max(1, std::min((occ * SMs) / S, (tiles + WARPS - 1) / WARPS));
+        const dim3 grid(groups, S);
+        auto launch = [&](const Q& q) {
+          kern<<<grid, WARPS * 32, smem>>>(q, dx, dpart, M);
+          v1_reduce<<<(M * N + 255) / 256, 256>>>(dy, dpart, M * N, S);
+        };
+        CK(cudaMemset(dy, 0xff, y.size() * 4));
+        launch(qs[0]);
+        CK(cudaGetLastError());
+        const double err = check();
+        char nm[64];
+        snprintf(nm, sizeof nm, "v7 W%d k%d (%dx%d, occ %d)", WARPS, KC, groups, S, occ);
+        runs.push_back({nm, time_it(launch), err, 2e-5});
+      };
+      if (M <= 24) {
+        v7(v7_part<3, 8, 256>, 3, 8, 256);
+        v7(v7_part<3, 4, 256>, 3, 4, 256);
+        v7(v7_part<3, 8, 512>, 3, 8, 512);
+      } else if (M <= 64) {
+        v7(v7_part<8, 8, 256>, 8, 8, 256);
+        v7(v7_part<8, 4, 256>, 8, 4, 256);
+        v7(v7_part<4, 8, 256>, 4, 8, 256); // two launches' worth: M ≤ 32 only
+      } else {
+        v7(v7_part<16, 8, 256>, 16, 8, 256);
+      }
       if (M <= 24) {
         v5(v5_part<3, 8, 256, 2>, 3, 8, 256, 2);
-        v5(v5_part<3, 8, 256, 2, true>, 3, 8, 256, 2, "v6");
+        if (all) v5(v5_part<3, 8, 256, 2, true>, 3, 8, 256, 2, "v6");
         v5(v5_part<3, 16, 256, 2>, 3, 16, 256, 2);
         v5(v5_part<3, 8, 512, 2>, 3, 8, 512, 2);
         v5(v5_part<3, 16, 512, 2>, 3, 16, 512, 2);
         v5(v5_part<3, 16, 512, 3>, 3, 16, 512, 3);
       } else if (M <= 64) {
         v5(v5_part<8, 8, 256, 2>, 8, 8, 256, 2);
-        v5(v5_part<8, 8, 256, 2, true>, 8, 8, 256, 2, "v6");
+        if (all) v5(v5_part<8, 8, 256, 2, true>, 8, 8, 256, 2, "v6");
         v5(v5_part<8, 16, 256, 2>, 8, 16, 256, 2);
         v5(v5_part<8, 8, 512, 2>, 8, 8, 512, 2);
       } else {
         v5(v5_part<16, 8, 128, 2>, 16, 8, 128, 2);
         v5(v5_part<16, 8, 256, 2>, 16, 8, 256, 2);
       }
-      if (M <= 24) {
+      if (!all) {
+      } else if (M <= 24) {
         v4(v4_part<3, 4, 256, 2>, 3, 4, 256, 2);
         v4(v4_part<3, 8, 256, 2>, 3, 8, 256, 2);
         v4(v4_part<3, 4, 512, 2>, 3, 4, 512, 2);
@@ -298,6 +343,7 @@ int main() {
     }
     for (auto& q : qs) {
       cudaFree((void*)q.codes);
+      cudaFree((void*)q.lut);
       cudaFree((void*)q.qabsmax);
     }
     cudaFree(dcode);

@@ -39,14 +39,26 @@
 //       LDS.64 instead of two LDS and their index arithmetic. SASS (sass.py,
 //       sm_90, M20 variant): main loop 1,192 → 873 instructions for 128
 //       weights a thread, 9.3 → 6.8 a weight (dequantisation 4.5 → 3.0).
-//       Not yet run: random bytes spread over 16 of the table's 8-byte bank
-//       pairs, so its loads conflict (~4 wavefronts a warp) — the timing
-//       decides.
+//       (H200: wrong, and 27 % slower than v5: random bytes spread over the
+//       table's banks, so its loads conflict.)
+//   v7  v5's frame with nf4_lut's dequantisation (kernels/nf4_lut.cu): a step
+//       is 256 columns, thread t of a quad owns 64-block t of the step in its
+//       two rows, builds each block's 16 exact weights bf16(NF4[i]·s) once as
+//       two byte planes in registers and looks its 64 codes up with prmt
+//       (8 a 4 weights); the MMAs' k order inside a step is permuted to match
+//       (MMA j takes columns 64t + 4j … 4j + 3 for thread t), so x is staged
+//       in that order: [step][j][part][o][row] 16-byte ldmatrix rows whose
+//       word t is x[row][64t + 4j + o … + 1] (o = 0, 2). Codes in nf4_lut's
+//       layout (lutNF4 in kernels/layout.go). Per thread and step, 128
+//       weights: 2 tables (~64 instructions), ~48 selector ops, 256 prmt,
+//       16·NT ldmatrix, 32·NT MMAs: ~4.0 a weight at NT 3 (v5: 9.3), 5.9 at
+//       NT 8 (v5: 14).
 #pragma once
 #include "common.cuh"
 
 struct Q {
   const uint8_t* codes;   // [N·K/2], mma layout
+  const uint8_t* lut;     // [N·K/2], nf4_lut layout (v7)
   const uint8_t* qabsmax; // [N·K/64]
   const float* nested;    // [N·K/64/256 + 1]
   const float* code;      // [256] dynamic map
@@ -510,3 +522,150 @@ __global__ void v1_reduce(float* __restrict__ y, const float* __restrict__ part,
   y[i] = s;
 }
 
+
+// ---------------------------------------------------------------------------
+// v7: nf4_lut's per-block table in v5's frame (see the top).
+
+__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
+  uint32_t d;
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
+  return d;
+}
+
+// Lut: one block's 16 weights bf16(NF4[i]·s) as byte planes (nf4_lut.cu).
+struct Lut {
+  uint32_t lo[4], hi[4];
+};
+
+__device__ __forceinline__ Lut make_lut(float s) {
+  uint32_t p[8]; // the NF4 values as immediates (NF4_HOST)
+  p[0] = pack_bf16(__fmul_rn(-1.0f, s), __fmul_rn(-0.6961928009986877f, s));
+  p[1] = pack_bf16(__fmul_rn(-0.5250730514526367f, s), __fmul_rn(-0.39491748809814453f, s));
+  p[2] = pack_bf16(__fmul_rn(-0.28444138169288635f, s), __fmul_rn(-0.18477343022823334f, s));
+  p[3] = pack_bf16(__fmul_rn(-0.09105003625154495f, s), __fmul_rn(0.0f, s));
+  p[4] = pack_bf16(__fmul_rn(0.07958029955625534f, s), __fmul_rn(0.16093020141124725f, s));
+  p[5] = pack_bf16(__fmul_rn(0.24611230194568634f, s), __fmul_rn(0.33791524171829224f, s));
+  p[6] = pack_bf16(__fmul_rn(0.44070982933044434f, s), __fmul_rn(0.5626170039176941f, s));
+  p[7] = pack_bf16(__fmul_rn(0.7229568362236023f, s), __fmul_rn(1.0f, s));
+  Lut t;
+#pragma unroll
+  for (int q = 0; q < 4; q++) {
+    t.lo[q] = prmt(p[2 * q], p[2 * q + 1], 0x6420);
+    t.hi[q] = prmt(p[2 * q], p[2 * q + 1], 0x7531);
+  }
+  return t;
+}
+
+// lookup4: 16 bits of codes (c0 c1 c2 c3 in bitsandbytes order) → bf16x2
+// (c0, c1) and (c2, c3); sel has bit 3 of each nibble cleared, hsel picks the
+// upper half of the table where it was set.
+__device__ __forceinline__ void lookup4(const Lut& t, uint32_t sel, uint32_t hsel, uint32_t& f01, uint32_t& f23) {
+  const uint32_t lo = prmt(prmt(t.lo[0], t.lo[1], sel), prmt(t.lo[2], t.lo[3], sel), hsel);
+  const uint32_t hi = prmt(prmt(t.hi[0], t.hi[1], sel), prmt(t.hi[2], t.hi[3], sel), hsel);
+  f01 = prmt(lo, hi, 0x4051);
+  f23 = prmt(lo, hi, 0x6273);
+}
+
+__device__ __forceinline__ uint32_t word_of(const uint4& u, int i) { return i == 0 ? u.x : i == 1 ? u.y : i == 2 ? u.z : u.w; }
+
+// stage_lut writes x[:, kbeg, kbeg + 256·steps) as two bf16 parts in the
+// permuted order: sx[((s·16 + j)·4 + 2p + o/2)·MP + m][t] = part p of
+// x[m][kbeg + 256s + 64t + 4j + o … + 1] (rows past M as zeros).
+template <int T, int MP>
+__device__ __forceinline__ void stage_lut(uint32_t* sx, const float* __restrict__ x, int M, int K, int kbeg, int steps) {
+  const int per = 64 * steps; // float4s of a row in the chunk
+  for (int i = threadIdx.x; i < MP * per; i += T) {
+    const int m = i / per, c4 = i % per, s = c4 / 64, t = (c4 / 16) & 3, j = c4 & 15;
+    float4 v = make_float4(0, 0, 0, 0);
+    if (m < M) v = __ldg((const float4*)(x + (size_t)m * K + kbeg + 4 * c4));
+    uint32_t h01, l01, h23, l23;
+    split2(v.x, v.y, h01, l01);
+    split2(v.z, v.w, h23, l23);
+    uint32_t* o = sx + ((s * 16 + j) * 4 * MP + m) * 4 + t;
+    o[0 * MP * 4] = h01;
+    o[1 * MP * 4] = h23;
+    o[2 * MP * 4] = l01;
+    o[3 * MP * 4] = l23;
+  }
+}
+
+// v7_part<NT, WARPS, KC>: grid (groups, K/KC), K % 256 == 0; shared memory
+// KC/256 · 1,024 · NT·8 bytes.
+template <int NT, int WARPS, int KC>
+__global__ void __launch_bounds__(WARPS * 32, 1) v7_part(Q q, const float* __restrict__ x, float* __restrict__ part, int M) {
+  constexpr int T = WARPS * 32, MP = NT * 8, S = KC / 256;
+  extern __shared__ uint32_t sx[];
+  __shared__ float code[256];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3, mi = lane >> 3;
+  const int K = q.K, nblk = K / 64, kbeg = blockIdx.y * KC, steps = min(S, (K - kbeg) / 256);
+  const int tiles = q.N / 16, stride = gridDim.x * WARPS;
+  uint4 ca0[S], ca1[S], cb0[S], cb1[S];
+  uint32_t qa[S], qb[S];
+  auto fetch = [&](int tl, int s) {
+    ca0[s] = ca1[s] = cb0[s] = cb1[s] = make_uint4(0, 0, 0, 0);
+    qa[s] = qb[s] = 0;
+    if (tl < tiles && s < steps) {
+      const int ra = tl * 16 + g, rb = ra + 8, blk = kbeg / 64 + 4 * s + t;
+      const uint8_t* pa = q.lut + (size_t)ra * (K / 2) + kbeg / 2 + 128 * s + 16 * t;
+      const uint8_t* pb = pa + (size_t)8 * (K / 2);
+      ca0[s] = __ldg((const uint4*)pa);
+      ca1[s] = __ldg((const uint4*)(pa + 64));
+      cb0[s] = __ldg((const uint4*)pb);
+      cb1[s] = __ldg((const uint4*)(pb + 64));
+      qa[s] = __ldg(q.qabsmax + (size_t)ra * nblk + blk);
+      qb[s] = __ldg(q.qabsmax + (size_t)rb * nblk + blk);
+    }
+  };
+  int tile = blockIdx.x * WARPS + warp;
+#pragma unroll
+  for (int s = 0; s < S; s++) fetch(tile, s);
+  for (int i = threadIdx.x; i < 256; i += T) code[i] = q.code[i];
+  stage_lut<T, MP>(sx, x, M, K, kbeg, steps);
+  __syncthreads();
+  float* out = part + (size_t)blockIdx.y * M * q.N;
+  const uint32_t* bl = sx + (mi * MP + (lane & 7)) * 4; // this lane's ldmatrix row, before (s, j, tile) offsets
+  for (; tile < tiles; tile += stride) {
+    const int ra = tile * 16 + g, rb = ra + 8;
+    float acc[NT][4] = {};
+#pragma unroll
+    for (int s = 0; s < S; s++) {
+      if (s >= steps) break;
+      const uint4 a0 = ca0[s], a1 = ca1[s], b0 = cb0[s], b1 = cb1[s];
+      const uint32_t qas = qa[s], qbs = qb[s];
+      fetch(tile + stride, s); // the next tile's step s, in flight during this one
+      const unsigned ba = (unsigned)ra * nblk + kbeg / 64 + 4 * s + t, bb = ba + 8u * nblk;
+      const Lut la = make_lut(__fadd_rn(__fmul_rn(code[qas], __ldg(q.nested + (ba >> 8))), q.offset));
+      const Lut lb = make_lut(__fadd_rn(__fmul_rn(code[qbs], __ldg(q.nested + (bb >> 8))), q.offset));
+#pragma unroll
+      for (int w = 0; w < 8; w++) { // a 32-bit word of each row: the codes of MMAs j = 2w, 2w + 1
+        const uint32_t wa = word_of(w < 4 ? a0 : a1, w & 3), wb = word_of(w < 4 ? b0 : b1, w & 3);
+        const uint32_t sa = wa & 0x77777777u, ha = ((wa >> 1) & 0x44444444u) | 0x32103210u;
+        const uint32_t sb = wb & 0x77777777u, hb = ((wb >> 1) & 0x44444444u) | 0x32103210u;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+          uint32_t f0, f1, f2, f3;
+          lookup4(la, sa >> (16 * h), ha >> (16 * h), f0, f2);
+          lookup4(lb, sb >> (16 * h), hb >> (16 * h), f1, f3);
+          const int j = 2 * w + h;
+          uint32_t bm[NT][4];
+#pragma unroll
+          for (int n = 0; n < NT; n++) ldmatrix_x4(bm[n], bl + ((s * 16 + j) * 4 * MP + 8 * n) * 4);
+#pragma unroll
+          for (int n = 0; n < NT; n++) mma16816(acc[n], f0, f1, f2, f3, bm[n][0], bm[n][1]); // hi
+#pragma unroll
+          for (int n = 0; n < NT; n++) mma16816(acc[n], f0, f1, f2, f3, bm[n][2], bm[n][3]); // lo
+        }
+      }
+    }
+#pragma unroll
+    for (int n = 0; n < NT; n++)
+#pragma unroll
+      for (int j = 0; j < 2; j++) {
+        const int m = 8 * n + 2 * t + j;
+        if (m < M) {
+          out[(size_t)m * q.N + ra] = acc[n][j];
+          out[(size_t)m * q.N + rb] = acc[n][2 + j];
+        }
+      }
+  }
+}
