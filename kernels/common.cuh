@@ -14,8 +14,7 @@
 #define FMT_BF16 1 // bfloat16
 #define FMT_F32 2  // float32
 #define FMT_NF4_TILED 3 // NF4 whose codes are reordered within each 1024-column tile (coalesced x loads)
-#define FMT_NF4_MMA 4   // NF4 whose codes are reordered within each 64-block for the mma_nf4 fragments
-#define FMT_NF4_LUT 5   // NF4 whose codes are reordered per (row, 256 columns) for nf4_lut
+#define FMT_NF4_LUT 5   // NF4 whose codes are reordered per (row, 256 columns) for nf4_lut and mmas_nf4 (4: an older layout)
 
 // Epilogues of the matrix-vector kernel.
 #define MODE_STORE 0  // y[m, n] = W·x + b (+ LoRA)

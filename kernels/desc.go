@@ -22,11 +22,9 @@ const (
 	// fmtNF4Tiled is NF4 whose codes the engine reordered within each
 	// 1024-column tile (tileNF4), so that a warp's x loads coalesce.
 	fmtNF4Tiled matFmt = 3
-	// fmtNF4MMA is NF4 whose codes the engine reordered within each 64-block
-	// (mmaNF4) for the tensor-core kernels' fragments.
-	fmtNF4MMA matFmt = 4
 	// fmtNF4LUT is NF4 whose codes the engine reordered per (row, 256
-	// columns) (lutNF4) for nf4_lut.
+	// columns) (lutNF4) for the tensor-core kernels, nf4_lut and mmas_nf4.
+	// (4 was a layout of the older batch kernel.)
 	fmtNF4LUT matFmt = 5
 )
 

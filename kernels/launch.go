@@ -232,7 +232,7 @@ func (d *Device) splitCalls(op *gemvOp, rows, m0, pairs, K int) ([]call, error) 
 		}
 	}
 	splits := (K + splitCols - 1) / splitCols
-	c := call{name: fmt.Sprintf("mmas_nf4_%d", nt), block: 256, shmem: 2 * 8 * nt * (splitCols/2 + 4) * 4}
+	c := call{name: fmt.Sprintf("mmas_nf4_%d", nt), block: 256, shmem: 16 * (16*8*nt + 4) * 4} // sk_jw in mma.cu
 	if need := splitWSBytes(pairs, K); d.splitWS.Bytes < need {
 		return nil, fmt.Errorf("cuda: mmas_nf4: needs a split-K workspace of %d bytes, %d reserved (reserveSplit)", need, d.splitWS.Bytes)
 	}

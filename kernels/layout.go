@@ -28,25 +28,8 @@ func tileNF4(t, packed []byte, out, in int) []byte {
 	return t
 }
 
-// mmaNF4 reorders the codes within each 64-column block of each row (for
-// mmas_nf4; in % 64 == 0): thread t of a quad gets, in its 8 bytes, for
-// s = 0…3 the byte of columns 16s + 2t, +1 and the byte of columns
-// 16s + 2t + 8, +9 — its part of the bf16 A fragment of mma.m16n8k16.
-func mmaNF4(t, packed []byte, out, in int) []byte {
-	t = room(t, len(packed))
-	for base := 0; base < out*in/2; base += 32 { // a block is 32 bytes of codes
-		for q := 0; q < 4; q++ {
-			for s := 0; s < 4; s++ {
-				t[base+8*q+2*s] = packed[base+8*s+q]
-				t[base+8*q+2*s+1] = packed[base+8*s+q+4]
-			}
-		}
-	}
-	return t
-}
-
 // lutNF4 reorders the codes within each 256-column step of each row (for
-// nf4_lut; in % 64 == 0): a step holds nb 64-blocks (4, or fewer at the end
+// nf4_lut and mmas_nf4; in % 64 == 0): a step holds nb 64-blocks (4, or fewer at the end
 // of a row), 32 bytes each; the first 16 bytes of block b go to 16b, the
 // second 16 to 16·nb + 16b, so that the four threads of a quad, each owning
 // one block, read one contiguous 64-byte run per 16-byte load.

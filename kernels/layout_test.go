@@ -32,7 +32,7 @@ func TestLayouts(t *testing.T) {
 			}
 			return t[o] & 15
 		}
-		tiled, mma, lut := tileNF4(nil, packed, out, in), mmaNF4(nil, packed, out, in), lutNF4(nil, packed, out, in)
+		tiled, lut := tileNF4(nil, packed, out, in), lutNF4(nil, packed, out, in)
 		for r := 0; r < out; r++ {
 			for c := 0; c < in; c++ {
 				want := code(packed, in, r, c)
@@ -48,13 +48,7 @@ func TestLayouts(t *testing.T) {
 				if in%64 != 0 {
 					continue
 				}
-				// mma_body: thread t's byte 2s holds columns 16s + 2t, +1; byte 2s+1 columns +8, +9.
-				blk, k := c/64, c%64
-				s, tq, hi8 := k/16, (k%8)/2, (k%16)/8
-				if got := nibble(mma, (r*in+64*blk)/2+8*tq+2*s+hi8, c%2 == 0); got != want {
-					t.Fatalf("mmaNF4 %dx%d: (%d, %d) = %d, want %d", out, in, r, c, got, want)
-				}
-				// load_raw: step s, block b = its thread t: bytes 16t (first half) and 16·nb + 16t.
+				// load_raw and fetch_codes: step s, block b = its thread t: bytes 16t (first half) and 16·nb + 16t.
 				st, b, byteInBlk := c/256, (c%256)/64, (c%64)/2
 				nb := min(4, in/64-4*st)
 				o := r*in/2 + 128*st + 16*b + byteInBlk

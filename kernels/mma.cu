@@ -1,48 +1,30 @@
-// mma.cu: the NF4 (and dense bf16) matrix product on the tensor cores for
-// batches: mma.sync m16n8k16, bf16 in, fp32 accumulate, for matrices with
-// K % 64 == 0, 64-blocks and rows in 16s. Bytes per call as nf4_matmul.cu;
-// the weights are read once per pass of 8·NT batch rows.
+// mma.cu: the matrix products of batches on the tensor cores: mma.sync
+// m16n8k16, bf16 in, fp32 accumulate, for matrices with K % 64 == 0, 64-blocks
+// and rows in 16s. Dense bf16 (the lm_head) runs through mma_bf16, NF4
+// through mmas_nf4 + mmas_finish.
 //
-// A tile is 8 output pairs (pair_rows in gemv.cuh; a warp takes TW tiles), the
-// 16 rows of the MMA's A operand: fragment row g is pair g's A-row, row g+8
-// its B-row — so RoPE's (j, j+half), gate/up's (gate, up) and the residual's
-// (2p, 2p+1) land in one thread's accumulators. The codes are stored permuted
-// within each (row, 64-block) by the launcher (mmaNF4): thread t of a quad
-// reads its 8 bytes, the codes of columns 16s + 2t, +1, +8, +9 for s = 0…3,
-// dequantises them exactly as bitsandbytes (round_bf16(NF4·scale)), which is
-// exactly the bf16 A fragment. x (fp32) enters as three bf16 parts, hi + mid
-// + lo, so the product keeps fp32 accuracy. NT n-tiles of 8 batch rows per
-// pass; warps per tile split K as in gemv.
+// A tile is 8 output pairs (pair_rows in gemv.cuh), the 16 rows of the MMA's
+// A operand: fragment row g is pair g's A-row, row g+8 its B-row — so RoPE's
+// (j, j+half), gate/up's (gate, up) and the residual's (2p, 2p+1) land in one
+// thread's accumulators.
 //
-// Versions: v5 fragments dequantised in registers; v5b dense bf16 too; v6
-// (reverted) x pre-split by the producers; v7 (reverted) x pre-split once per
-// matrix in fragment order; v8 two tiles a warp for dense bf16 (TW below);
-// NT = 3 for batches of 17–24 lost (gate/up 3,720 → 4,476 µs a step at batch
-// 20, H200). v9 (mmas_nf4 below; kernels/dev/nf4_mma_batch.cu v5) replaces
-// mma_nf4 for NF4: x staged once per block, two bf16 parts, K split across
-// blocks.
+// Versions (kernels/PERF.md): v5 NF4 fragments dequantised in registers; v5b
+// dense bf16 too; v6, v7 (reverted) x pre-split by its producers or once per
+// matrix; v8 two tiles a warp for dense bf16 (TW below); v9 mmas_nf4 (x staged
+// once per block as two bf16 parts, K split across blocks; dev v5); v10 its
+// dequantisation by nf4_lut's per-block table (dev v7).
 #include "gemv.cuh"
 
-// dq2 dequantises the two codes of one byte to a packed bf16 pair (high nibble first).
-__device__ __forceinline__ uint32_t dq2(uint32_t byte, float s, const float* table) {
-  return pack_bf16(table[(byte >> 4) & 15u] * s, table[byte & 15u] * s);
-}
-// A warp computes TW tiles of 8 pairs (16·TW rows of A) that share each B
-// fragment, so x is loaded and split once per TW tiles: 2 for dense bf16
-// (lm_head: 709 → 559 µs a step at batch 20 on an H200), 1 for NF4, whose
-// registers at TW = 2 (≈180) leave one block a multiprocessor and lost
-// (gate/up 3,720 → 4,702 µs).
-template <int FMT, int NT, int TW>
+// mma_body: dense bf16 weights (the fragments are the weights), x split into
+// hi + mid + lo bf16 parts per warp and step (fp32-exact). A warp computes TW
+// tiles of 8 pairs (16·TW rows of A) that share each B fragment, so x is
+// loaded and split once per TW tiles (TW = 2: lm_head 709 → 559 µs a step at
+// batch 20 on an H200).
+template <int NT, int TW>
 __device__ void mma_body(const struct GemvOp* __restrict__ op, long long M, int wpp) {
-  __shared__ float table[16];
-  __shared__ float code[256];
   __shared__ float red[8][TW][NT][4][32]; // split-K partial accumulators, per warp
   const struct Mat* A0 = &op->mat[0];
-  if (threadIdx.x < 16) table[threadIdx.x] = NF4_TABLE[threadIdx.x];
-  if (A0->code)
-    for (int i = threadIdx.x; i < 256; i += blockDim.x) code[i] = A0->code[i];
   pdl_wait(); // x, and the outputs the epilogue adds to, come from earlier kernels
-  __syncthreads();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
   const int part = warp % wpp, tpb = 8 / wpp; // warps share a tile group; groups per block
   const int P = pairs_of(op);
@@ -59,7 +41,6 @@ __device__ void mma_body(const struct GemvOp* __restrict__ op, long long M, int 
     int pair[TW], ra[TW], rb[TW];
     const struct Mat* A[TW];
     const struct Mat* B[TW];
-    MatRegs qa[TW], qb[TW];
     unsigned ea[TW], eb[TW];
 #pragma unroll
     for (int w = 0; w < TW; w++) {
@@ -70,8 +51,6 @@ __device__ void mma_body(const struct GemvOp* __restrict__ op, long long M, int 
       B[w] = pr.B;
       ra[w] = pr.ra;
       rb[w] = pr.rb;
-      qa[w] = mat_regs(A[w]);
-      qb[w] = mat_regs(B[w]);
       ea[w] = (unsigned)ra[w] * K;
       eb[w] = (unsigned)rb[w] * K;
     }
@@ -84,33 +63,13 @@ __device__ void mma_body(const struct GemvOp* __restrict__ op, long long M, int 
         for (int n = 0; n < NT; n++) acc[w][n][0] = acc[w][n][1] = acc[w][n][2] = acc[w][n][3] = 0.0f;
       for (int b = bbeg; any && b < bend; b++) {
         const unsigned c0 = 64u * b;
-        uint2 ca[TW], cb[TW];
-        float sa[TW], sb[TW];
-#pragma unroll
-        for (int w = 0; w < TW; w++) {
-          ca[w] = cb[w] = make_uint2(0, 0);
-          sa[w] = sb[w] = 0.0f;
-          if (FMT == FMT_NF4 && valid[w]) {
-            ca[w] = __ldg((const uint2*)(qa[w].packed + (ea[w] + c0) / 2 + 8 * t));
-            cb[w] = __ldg((const uint2*)(qb[w].packed + (eb[w] + c0) / 2 + 8 * t));
-            sa[w] = nf4_scale(qa[w], code, ea[w] + c0);
-            sb[w] = nf4_scale(qb[w], code, eb[w] + c0);
-          }
-        }
 #pragma unroll
         for (int st = 0; st < 4; st++) {
           const int col = c0 + 16 * st + 2 * t;
           uint32_t a[TW][4];
 #pragma unroll
           for (int w = 0; w < TW; w++) {
-            if (FMT == FMT_NF4) {
-              const uint32_t wa = st < 2 ? ca[w].x : ca[w].y, wb = st < 2 ? cb[w].x : cb[w].y;
-              const int sh = 16 * (st & 1);
-              a[w][0] = dq2(wa >> sh, sa[w], table);
-              a[w][2] = dq2(wa >> (sh + 8), sa[w], table);
-              a[w][1] = dq2(wb >> sh, sb[w], table);
-              a[w][3] = dq2(wb >> (sh + 8), sb[w], table);
-            } else if (valid[w]) { // dense bf16: the fragments are the weights
+            if (valid[w]) {
               const uint16_t* ha = A[w]->bf16 + ea[w];
               const uint16_t* hb = B[w]->bf16 + eb[w];
               a[w][0] = __ldg((const uint32_t*)(ha + col));
@@ -191,55 +150,68 @@ __device__ void mma_body(const struct GemvOp* __restrict__ op, long long M, int 
 // warps per tile of 8 pairs (1, 2, 4 or 8). (NF4 runs through mmas_nf4.)
 #define MMA(NT)                                                                                                    \
   extern "C" __global__ void __launch_bounds__(256) mma_bf16_##NT(const __grid_constant__ struct GemvOp op, long long M, long long wpp) { \
-    mma_body<FMT_BF16, NT, 2>(&op, M, (int)wpp);                                                                       \
+    mma_body<NT, 2>(&op, M, (int)wpp);                                                                       \
   }
 MMA(1)
 MMA(2)
 MMA(4)
 
 // ---------------------------------------------------------------------------
-// mmas_nf4_<NT> (v9): NF4 on the tensor cores for up to 8·NT batch rows
+// mmas_nf4_<NT> (v10): NF4 on the tensor cores for up to 8·NT batch rows
 // m0, m0 + 1, … (one pass; the launcher issues one launch a pass). The grid is
-// (groups, splits): block (b, s) takes the columns [256s, 256s + 256) of K.
-// It stages x[rows, those columns] once in shared memory as two bf16 parts
-// (hi + lo = bf16(x − hi): 16 significant bits, qwen's TestActivationSplit
-// bounds what that moves), then each of its 8 warps walks tiles (8 pairs, the
-// 16 A-rows of the MMA, as mma_body) tile, tile + 8·groups, …, with the next
-// tile's codes and scales loaded into registers while this tile's MMAs run:
-// no barrier after the staging. Each warp writes its tile's partial sums to
-// ws[split][batch row][2·pair + {0, 1}]; mmas_finish (the next launch) sums
-// them. (Finishing in the warp that arrives last at a tile's counter was
-// tried first: its serial L2 round trips — splits × outputs, then the LoRA
-// terms — put 30–150 µs on each tile's critical path, H200, 2026-11-28.)
-constexpr int SK_COLS = 256; // columns of K a block takes
-constexpr int SK_ROWW = SK_COLS / 2 + 4; // words a staged x row: ≡ 4 mod 32, so ldmatrix's 8 rows hit distinct banks
+// (groups, splits): block (b, s) takes the 256 columns [256s, 256s + 256) of
+// K, one step of the codes' nf4_lut layout (lutNF4). It stages x[rows, those
+// columns] once in shared memory as two bf16 parts (hi + lo = bf16(x − hi):
+// 16 significant bits, qwen's TestActivationSplit bounds what that moves),
+// then each of its 8 warps walks tiles (8 pairs, the 16 A-rows of the MMA)
+// tile, tile + 8·groups, …, with the next tile's codes and scales loaded into
+// registers while this tile's MMAs run: no barrier after the staging.
+// Dequantisation as nf4_lut: thread t of a quad owns 64-block t of the step
+// in its two rows, builds each block's table once and looks its 64 codes up
+// with prmt; the MMAs' k order inside the step is permuted to match (MMA j
+// takes columns 64t + 4j … 4j + 3 for thread t), so x is staged in that
+// order. Each warp writes its tile's partial sums to ws[split][batch
+// row][2·pair + {0, 1}]; mmas_finish (the next launch) sums them. (Finishing
+// in the warp that arrives last at a tile's counter was tried first: its
+// serial L2 round trips put 30–150 µs on each tile's critical path.)
+constexpr int SK_COLS = 256; // columns of K a block takes: one nf4_lut step
 
-// raw_scale is what a block scale is built from: the double-quantised code
-// byte, or the fp32 absmax's bits; scale_of finishes it (nf4_scale's arithmetic).
-__device__ __forceinline__ uint32_t raw_scale(const MatRegs& r, unsigned e) {
+// sk_jw is the words of staged x per MMA j of the step: for each of the four
+// ldmatrix matrices (hi or lo part; k pairs 0–1 or 2–3 of each thread's four
+// columns) MP rows of 16 bytes, and 4 words of padding so that the staging's
+// stores of 16 j of one row fall in different banks.
+__host__ __device__ constexpr int sk_jw(int mp) { return 16 * mp + 4; }
+
+// RawScale is what a block's scale is rebuilt from, loaded ahead: the
+// double-quantised code byte and its nested scale, or the fp32 absmax.
+struct RawScale {
+  uint32_t q;
+  float n;
+};
+__device__ __forceinline__ RawScale raw_scale(const MatRegs& r, unsigned e) {
   const unsigned b = e >> r.blockShift;
-  return r.qabsmax ? (uint32_t)__ldg(r.qabsmax + b) : __float_as_uint(__ldg(r.absmax + b));
+  if (r.qabsmax) return RawScale{(uint32_t)__ldg(r.qabsmax + b), __ldg(r.nested + (b >> r.nestedShift))};
+  return RawScale{0u, __ldg(r.absmax + b)};
 }
-__device__ __forceinline__ float scale_of(const MatRegs& r, const float* code, unsigned e, uint32_t raw) {
-  if (r.qabsmax) return __fadd_rn(__fmul_rn(code[raw], __ldg(r.nested + ((e >> r.blockShift) >> r.nestedShift))), r.offset);
-  return __uint_as_float(raw);
+// scale_of finishes it with nf4_scale's arithmetic (two roundings).
+__device__ __forceinline__ float scale_of(const MatRegs& r, const float* code, RawScale s) {
+  return r.qabsmax ? __fadd_rn(__fmul_rn(code[s.q], s.n), r.offset) : s.n;
 }
 
 // ldmatrix_x4: four 8×8 b16 matrices from shared memory; lane L gives row
-// L % 8 of matrix L / 8, and thread (g, t) receives row g, columns 2t, 2t + 1
-// of each — with rows = batch rows and columns = 8 consecutive k, a B fragment.
+// L % 8 of matrix L / 8, and thread (g, t) receives row g, word t of each —
+// with rows = batch rows, a B fragment register.
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const uint32_t* p) {
   const unsigned a = (unsigned)__cvta_generic_to_shared(p);
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
 }
 
-// A warp's tile: this thread's pair and its two rows (as mma_body).
+// A warp's tile: this thread's pair and its two rows (as mma_body), and the
+// flat index of the rows' first column of this block's step.
 struct Tile {
-  const struct Mat* A;
-  const struct Mat* B;
   MatRegs qa, qb;
-  unsigned ea, eb; // flat index of the rows' first column of this block's split
-  int ra, rb, pair;
+  unsigned ea, eb;
+  int pair;
   bool valid;
 };
 
@@ -248,118 +220,114 @@ __device__ __forceinline__ Tile tile_of(const struct GemvOp* op, int tile, int t
   w.valid = tile < tiles;
   w.pair = w.valid ? tile * 8 + g : 0;
   const PairRows pr = pair_rows(op, w.pair);
-  w.A = pr.A;
-  w.B = pr.B ? pr.B : pr.A;
-  w.ra = pr.ra;
-  w.rb = pr.B ? pr.rb : pr.ra;
-  w.qa = mat_regs(w.A);
-  w.qb = mat_regs(w.B);
-  w.ea = (unsigned)w.ra * K + kbeg;
-  w.eb = (unsigned)w.rb * K + kbeg;
+  const int rb = pr.B ? pr.rb : pr.ra;
+  w.qa = mat_regs(pr.A);
+  w.qb = mat_regs(pr.B ? pr.B : pr.A);
+  w.ea = (unsigned)pr.ra * K + kbeg;
+  w.eb = (unsigned)rb * K + kbeg;
   return w;
 }
 
-// Next: what fetching a tile's codes and scales needs (this thread's 8
-// bytes of the rows' first 64 columns of the split; the scale sources).
-struct Next {
-  const uint8_t* ca;
-  const uint8_t* cb;
-  MatRegs qa, qb; // only the scale pointers and shift are read
-  unsigned ea, eb;
-  bool valid;
+// Codes is one thread's loads for a tile: the 32 code bytes of its block in
+// each row (first and second 16 bytes of lutNF4's layout) and their scales.
+struct Codes {
+  uint4 a0, a1, b0, b1;
+  RawScale sa, sb;
 };
 
-__device__ __forceinline__ Next next_of(const struct GemvOp* op, int tile, int tiles, int g, int t, int K, int kbeg) {
-  const Tile w = tile_of(op, tile, tiles, g, K, kbeg);
-  return Next{w.qa.packed + w.ea / 2 + 8 * t, w.qb.packed + w.eb / 2 + 8 * t, w.qa, w.qb, w.ea, w.eb, w.valid};
+__device__ __forceinline__ Codes fetch_codes(const Tile& w, int t, int nb) {
+  Codes c = {};
+  if (w.valid && t < nb) {
+    const uint8_t* pa = w.qa.packed + w.ea / 2 + 16 * t;
+    const uint8_t* pb = w.qb.packed + w.eb / 2 + 16 * t;
+    c.a0 = __ldg((const uint4*)pa);
+    c.a1 = __ldg((const uint4*)(pa + 16 * nb));
+    c.b0 = __ldg((const uint4*)pb);
+    c.b1 = __ldg((const uint4*)(pb + 16 * nb));
+    c.sa = raw_scale(w.qa, w.ea + 64 * t);
+    c.sb = raw_scale(w.qb, w.eb + 64 * t);
+  }
+  return c;
 }
 
 template <int NT>
 __device__ void mmas_body(const struct GemvOp* __restrict__ op, int M, int m0, float* __restrict__ ws) {
-  constexpr int WARPS = 8, T = WARPS * 32, MP = 8 * NT, S = SK_COLS / 64, HALF = SK_COLS / 2;
-  extern __shared__ uint32_t sx[]; // [2][MP][SK_ROWW]: x's hi and lo parts
-  __shared__ float table[16];
+  constexpr int WARPS = 8, T = WARPS * 32, MP = 8 * NT, JW = sk_jw(MP);
+  extern __shared__ uint32_t sx[]; // [16 j][JW]: x's parts in the step's k order
   __shared__ float code[256];
   const struct Mat* A0 = &op->mat[0];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3, mat = lane >> 3;
-  const int K = A0->K, kbeg = blockIdx.y * SK_COLS, steps = min(S, (K - kbeg) / 64);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+  const int K = A0->K, kbeg = blockIdx.y * SK_COLS, nb = min(4, (K - kbeg) / 64); // 64-blocks in this step
   const int P = pairs_of(op), tiles = P / 8, stride = gridDim.x * WARPS;
-  // The ring: slot s holds step s (64 columns) of the tile fetched next.
-  uint2 ca[S], cb[S];
-  uint32_t qa[S], qb[S];
-  auto fetch = [&](const Next& w, int s) {
-    ca[s] = cb[s] = make_uint2(0, 0);
-    qa[s] = qb[s] = 0;
-    if (w.valid && s < steps) {
-      ca[s] = __ldg((const uint2*)(w.ca + 32 * s));
-      cb[s] = __ldg((const uint2*)(w.cb + 32 * s));
-      qa[s] = raw_scale(w.qa, w.ea + 64 * s);
-      qb[s] = raw_scale(w.qb, w.eb + 64 * s);
-    }
-  };
   int tile = blockIdx.x * WARPS + warp;
-#pragma unroll
-  for (int s = 0; s < S; s++) fetch(next_of(op, tile, tiles, g, t, K, kbeg), s); // the weights: in flight before the wait
-  if (threadIdx.x < 16) table[threadIdx.x] = NF4_TABLE[threadIdx.x];
+  Codes nxt = fetch_codes(tile_of(op, tile, tiles, g, K, kbeg), t, nb); // the weights: in flight before the wait
   if (A0->code)
     for (int i = threadIdx.x; i < 256; i += T) code[i] = A0->code[i];
   pdl_wait(); // x, the partials' workspace and the outputs come after earlier kernels
-  // x[m0 …, kbeg …] → hi and lo planes (zeros past M and past K).
-  for (int p0 = threadIdx.x; p0 < MP * HALF; p0 += 4 * T) {
-    float2 v[4];
+  // x[m0 + m][kbeg + 64c + 4j + o … + 1], part p, is word c of row m of
+  // matrix 2p + o/2 at j: sx[j·JW + ((2p + o/2)·MP + m)·4 + c]. Zeros past M
+  // and past the step's blocks.
+  for (int i0 = threadIdx.x; i0 < MP * 64; i0 += 4 * T) {
+    float4 v[4];
 #pragma unroll
     for (int u = 0; u < 4; u++) {
-      const int p = p0 + u * T, m = p / HALF, cp = p % HALF;
-      v[u] = make_float2(0, 0);
-      if (p < MP * HALF && m0 + m < M && 2 * cp < 64 * steps) v[u] = __ldg((const float2*)(op->x + (long long)(m0 + m) * K + kbeg + 2 * cp));
+      const int i = i0 + u * T, m = i / 64, c = (i / 16) & 3;
+      v[u] = make_float4(0, 0, 0, 0);
+      if (i < MP * 64 && m0 + m < M && c < nb) v[u] = __ldg((const float4*)(op->x + (long long)(m0 + m) * K + kbeg + 4 * (i % 64)));
     }
 #pragma unroll
     for (int u = 0; u < 4; u++) {
-      const int p = p0 + u * T, m = p / HALF, cp = p % HALF;
-      if (p < MP * HALF) {
-        const uint32_t hi = pack_bf16(v[u].x, v[u].y);
-        sx[m * SK_ROWW + cp] = hi;
-        sx[(MP + m) * SK_ROWW + cp] = pack_bf16(v[u].x - __uint_as_float(hi << 16), v[u].y - __uint_as_float(hi & 0xffff0000u));
+      const int i = i0 + u * T, m = i / 64, c = (i / 16) & 3, j = i & 15;
+      if (i < MP * 64) {
+        const uint32_t h01 = pack_bf16(v[u].x, v[u].y), h23 = pack_bf16(v[u].z, v[u].w);
+        uint32_t* o = sx + j * JW + m * 4 + c;
+        o[0] = h01;
+        o[MP * 4] = h23;
+        o[2 * MP * 4] = pack_bf16(v[u].x - __uint_as_float(h01 << 16), v[u].y - __uint_as_float(h01 & 0xffff0000u));
+        o[3 * MP * 4] = pack_bf16(v[u].z - __uint_as_float(h23 << 16), v[u].w - __uint_as_float(h23 & 0xffff0000u));
       }
     }
   }
   __syncthreads();
+  const uint32_t* xl = sx + ((lane >> 3) * MP + (lane & 7)) * 4; // this lane's ldmatrix row at j = 0, n-tile 0
   for (; tile < tiles; tile += stride) {
     const Tile cur = tile_of(op, tile, tiles, g, K, kbeg);
-    const Next nxt = next_of(op, tile + stride, tiles, g, t, K, kbeg);
+    const Codes c = nxt;
+    nxt = fetch_codes(tile_of(op, tile + stride, tiles, g, K, kbeg), t, nb); // in flight during this tile's MMAs
+    const bool live = t < nb;
+    const Lut la = make_lut(live ? scale_of(cur.qa, code, c.sa) : 0.0f);
+    const Lut lb = make_lut(live ? scale_of(cur.qb, code, c.sb) : 0.0f);
     float acc[NT][4];
 #pragma unroll
     for (int n = 0; n < NT; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
 #pragma unroll
-    for (int s = 0; s < S; s++) {
-      if (s >= steps) break;
-      const uint2 cas = ca[s], cbs = cb[s];
-      const float sa = scale_of(cur.qa, code, cur.ea + 64 * s, qa[s]), sb = scale_of(cur.qb, code, cur.eb + 64 * s, qb[s]);
-      fetch(nxt, s); // the next tile's step s, in flight during this tile's MMAs
+    for (int w = 0; w < 8; w++) { // a 32-bit word of each row: the codes of MMAs j = 2w, 2w + 1
+      const uint32_t wa = word(w < 4 ? c.a0 : c.a1, w & 3), wb = word(w < 4 ? c.b0 : c.b1, w & 3);
+      const uint32_t sa = wa & 0x77777777u, ha = ((wa >> 1) & 0x44444444u) | 0x32103210u;
+      const uint32_t sb = wb & 0x77777777u, hb = ((wb >> 1) & 0x44444444u) | 0x32103210u;
 #pragma unroll
-      for (int st = 0; st < 4; st++) {
-        const uint32_t wa = st < 2 ? cas.x : cas.y, wb = st < 2 ? cbs.x : cbs.y;
-        const int sh = 16 * (st & 1);
-        const uint32_t a0 = dq2(wa >> sh, sa, table), a2 = dq2(wa >> (sh + 8), sa, table);
-        const uint32_t a1 = dq2(wb >> sh, sb, table), a3 = dq2(wb >> (sh + 8), sb, table);
+      for (int h = 0; h < 2; h++) {
+        uint32_t a0, a1, a2, a3;
+        lookup4(la, sa >> (16 * h), ha >> (16 * h), a0, a2);
+        lookup4(lb, sb >> (16 * h), hb >> (16 * h), a1, a3);
+        const uint32_t* xj = xl + (2 * w + h) * JW;
+        uint32_t b[NT][4]; // matrices of each x4: (hi, k 0-1), (hi, k 2-3), (lo, k 0-1), (lo, k 2-3)
 #pragma unroll
-        for (int n = 0; n < NT; n++) {
-          // Matrices of the x4: (hi, k 0-7), (hi, k 8-15), (lo, k 0-7), (lo, k 8-15).
-          uint32_t b[4];
-          ldmatrix_x4(b, sx + ((mat >> 1) * MP + 8 * n + (lane & 7)) * SK_ROWW + 32 * s + 8 * st + 4 * (mat & 1));
-          mma16816(acc[n], a0, a1, a2, a3, b[0], b[1]);
-          mma16816(acc[n], a0, a1, a2, a3, b[2], b[3]);
-        }
+        for (int n = 0; n < NT; n++) ldmatrix_x4(b[n], xj + 32 * n);
+#pragma unroll
+        for (int n = 0; n < NT; n++) mma16816(acc[n], a0, a1, a2, a3, b[n][0], b[n][1]);
+#pragma unroll
+        for (int n = 0; n < NT; n++) mma16816(acc[n], a0, a1, a2, a3, b[n][2], b[n][3]);
       }
     }
     // acc[n][j] is row ra (the A-row) of batch row m0 + 8n + 2t + j, acc[n][2 + j] row rb.
-    float* w = ws + (long long)blockIdx.y * MP * 2 * P + 2 * cur.pair;
+    float* wsp = ws + (long long)blockIdx.y * MP * 2 * P + 2 * cur.pair;
 #pragma unroll
     for (int n = 0; n < NT; n++)
 #pragma unroll
       for (int j = 0; j < 2; j++) {
         const int mm = 8 * n + 2 * t + j;
-        if (m0 + mm < M) *(float2*)(w + (long long)mm * 2 * P) = make_float2(acc[n][j], acc[n][2 + j]);
+        if (m0 + mm < M) *(float2*)(wsp + (long long)mm * 2 * P) = make_float2(acc[n][j], acc[n][2 + j]);
       }
   }
 }
@@ -425,8 +393,8 @@ extern "C" __global__ void __launch_bounds__(256) mmas_finish(const __grid_const
   epilogue(op, m, *pr.A, pr.ra, va, pr.B, pr.rb, vb, pair);
 }
 
-// MINB blocks a multiprocessor: 2 (≤ 128 registers, a few bytes spilled)
-// up to NT = 3; NT = 4 and 8 need 169 and 231 registers.
+// MINB blocks a multiprocessor: 2 (≤ 128 registers) up to NT = 3; 1 for NT =
+// 4 and 8.
 #define MMAS(NT, MINB)                                                                                             \
   extern "C" __global__ void __launch_bounds__(256, MINB) mmas_nf4_##NT(const __grid_constant__ struct GemvOp op, long long M, \
                                                                         long long m0, float* ws) {                \

@@ -30,69 +30,6 @@
 // of them prmt: the kernel is bound by the integer pipe, not by memory.
 #include "gemv.cuh"
 
-// The NF4 values as immediates (NF4_TABLE in gemv.cuh has the same numbers).
-#define NF4_V0 -1.0f
-#define NF4_V1 -0.6961928009986877f
-#define NF4_V2 -0.5250730514526367f
-#define NF4_V3 -0.39491748809814453f
-#define NF4_V4 -0.28444138169288635f
-#define NF4_V5 -0.18477343022823334f
-#define NF4_V6 -0.09105003625154495f
-#define NF4_V7 0.0f
-#define NF4_V8 0.07958029955625534f
-#define NF4_V9 0.16093020141124725f
-#define NF4_V10 0.24611230194568634f
-#define NF4_V11 0.33791524171829224f
-#define NF4_V12 0.44070982933044434f
-#define NF4_V13 0.5626170039176941f
-#define NF4_V14 0.7229568362236023f
-#define NF4_V15 1.0f
-
-__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t s) {
-  uint32_t d;
-  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(s));
-  return d;
-}
-
-// Lut is one block's 16 weights bf16(NF4[i]·s) as byte planes: lo[q] holds
-// the low bytes of values 4q … 4q+3, hi[q] their high bytes.
-struct Lut {
-  uint32_t lo[4], hi[4];
-};
-
-__device__ __forceinline__ Lut make_lut(float s) {
-  uint32_t p[8];
-  p[0] = pack_bf16(__fmul_rn(NF4_V0, s), __fmul_rn(NF4_V1, s));
-  p[1] = pack_bf16(__fmul_rn(NF4_V2, s), __fmul_rn(NF4_V3, s));
-  p[2] = pack_bf16(__fmul_rn(NF4_V4, s), __fmul_rn(NF4_V5, s));
-  p[3] = pack_bf16(__fmul_rn(NF4_V6, s), __fmul_rn(NF4_V7, s));
-  p[4] = pack_bf16(__fmul_rn(NF4_V8, s), __fmul_rn(NF4_V9, s));
-  p[5] = pack_bf16(__fmul_rn(NF4_V10, s), __fmul_rn(NF4_V11, s));
-  p[6] = pack_bf16(__fmul_rn(NF4_V12, s), __fmul_rn(NF4_V13, s));
-  p[7] = pack_bf16(__fmul_rn(NF4_V14, s), __fmul_rn(NF4_V15, s));
-  Lut t;
-#pragma unroll
-  for (int q = 0; q < 4; q++) {
-    t.lo[q] = prmt(p[2 * q], p[2 * q + 1], 0x6420);
-    t.hi[q] = prmt(p[2 * q], p[2 * q + 1], 0x7531);
-  }
-  return t;
-}
-
-// lookup4 turns 16 bits of codes in bitsandbytes order (columns c0…c3: byte
-// c0<<4 | c1, then c2<<4 | c3) into the bf16x2 fragments (c0, c1) and (c2,
-// c3). sel is the codes with bit 3 of each nibble cleared (prmt reads bit 3
-// as a sign-replicate flag); hsel picks the upper table half for the nibbles
-// whose bit 3 is set.
-__device__ __forceinline__ void lookup4(const Lut& t, uint32_t sel, uint32_t hsel, uint32_t& f01, uint32_t& f23) {
-  const uint32_t lo = prmt(prmt(t.lo[0], t.lo[1], sel), prmt(t.lo[2], t.lo[3], sel), hsel);
-  const uint32_t hi = prmt(prmt(t.hi[0], t.hi[1], sel), prmt(t.hi[2], t.hi[3], sel), hsel);
-  f01 = prmt(lo, hi, 0x4051); // the planes' bytes come in nibble order c1, c0, c3, c2
-  f23 = prmt(lo, hi, 0x6273);
-}
-
-__device__ __forceinline__ uint32_t word(const uint4& u, int i) { return i == 0 ? u.x : i == 1 ? u.y : i == 2 ? u.z : u.w; }
-
 // Raw is one thread's loads for one step: 32 bytes of codes of row ra's block
 // and 32 of row rb's, and what their scales are rebuilt from (the absmax code
 // and nested scale, or the fp32 absmax in na/nb). Only loads: the scales are

@@ -48,11 +48,11 @@ var ptx_sample_90 string
 
 // modules lists each PTX module with the sha256 of the sources it was built from.
 var modules = []ptxModule{
-	{"attention", ptx_attention_80, ptx_attention_90, "13b97419807ffcecca793ea16c2c5315eb18e53dd36fdb21554aa75811234f8a"},
-	{"mma", ptx_mma_80, ptx_mma_90, "a24b9d452a21d1a18918740aa70d10657293f444f6a74d5fc0d370b5096cee0f"},
-	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, "83c00e6a1443139ad9bb58839b97e873150a8bc914bc7aa1fe5961ce267e9895"},
-	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, "97d1fb9f8d5d9561e7ddcfcd799c33d267c7eea4a794d36dcb7978e6addf74eb"},
-	{"quantize", ptx_quantize_80, ptx_quantize_90, "e97cd4e0f97e4ec3a8b3ea1386ee9f06f910740747e5cad4827173758be59936"},
-	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, "3fb5137c7cbd505fd8345d8d2a4cd36366762b2d9cf3f1b9446d88a760c8c2a9"},
-	{"sample", ptx_sample_80, ptx_sample_90, "335ac768ed1fc6e3803fc42315a93ccf8f4fbd51776f5724ef148db8e87ec735"},
+	{"attention", ptx_attention_80, ptx_attention_90, "57171c12f751df403fdadec28fb86358e248ecf7ccfc9d4ef8c7c3ad5e397277"},
+	{"mma", ptx_mma_80, ptx_mma_90, "46af4f28b06d25e28c8cb1571faf54fd1980dbcebd0c099beff90a4de2c11c98"},
+	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, "fb328c902b8d12181fc80534eff007abb5499a6d0bedf1f69c72c67c23feb4f7"},
+	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, "d45cbcd5baecd4e0e051f79e9a858b17505a94c758c80dca19c44d58400b2a81"},
+	{"quantize", ptx_quantize_80, ptx_quantize_90, "372edf008533c121dcf83d2b9c344b45e6ce76481ce977e52f537bcea5975411"},
+	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, "b27bca6110f38d02fc6526d6d9ce245be295a1ac17e21bbe1a444d9ecb40f1a1"},
+	{"sample", ptx_sample_80, ptx_sample_90, "94cb3d8234b73e36e8a8c3a75b44ef2c40ba393c2872a42129a728fa7b5ccf93"},
 }

@@ -189,9 +189,7 @@ func (e *Engine) nf4Fmt(l *qwen.Linear) matFmt {
 	q := l.Quant
 	tc := tcFits(l) && !e.plain[l]
 	switch {
-	case e.mma && tc:
-		return fmtNF4MMA
-	case e.lut && tc:
+	case (e.mma || e.lut) && tc:
 		return fmtNF4LUT
 	case l.In >= 1024 && l.In%64 == 0 && q.BlockSize == 64:
 		return fmtNF4Tiled
@@ -204,8 +202,6 @@ func (e *Engine) nf4Fmt(l *qwen.Linear) matFmt {
 func (e *Engine) layout(t []byte, l *qwen.Linear) []byte {
 	q := l.Quant
 	switch e.nf4Fmt(l) {
-	case fmtNF4MMA:
-		return mmaNF4(t, q.Packed, l.Out, l.In)
 	case fmtNF4LUT:
 		return lutNF4(t, q.Packed, l.Out, l.In)
 	case fmtNF4Tiled:
@@ -297,7 +293,7 @@ func (e *Engine) uploadMat(l *qwen.Linear, slot int) (mat, kernelKind, error) {
 			mt.Round = 1
 		}
 		switch {
-		case mt.Fmt == fmtNF4MMA:
+		case mt.Fmt == fmtNF4LUT && e.mma:
 			kind = kindMMANF4
 		case mt.Fmt == fmtNF4LUT:
 			kind = kindLUTNF4

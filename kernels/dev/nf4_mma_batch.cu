@@ -13,8 +13,9 @@
 // bitsandbytes: W[n, k] = bf16(NF4[c]·s), s = fp32(fp32(code[q]·nested) +
 // offset). x is fp32 and enters the MMAs as three bf16 parts (hi + mid + lo),
 // so the product keeps fp32 accuracy. Codes are stored as the engine stores
-// them for its MMA kernels (mmaNF4 in kernels/layout.go): within each
-// (row, 64-block), thread t of a quad finds its 8 bytes at 8t.
+// them for its MMA kernels until v10 (the mmaNF4 layout, since removed): within each
+// (row, 64-block), thread t of a quad finds its 8 bytes at 8t; v7 reads
+// nf4_lut's layout (lutNF4), which the engine now uses for both.
 //
 // The versions and what each measured: nf4_mma_batch.cuh.
 #include "nf4_mma_batch.cuh"
@@ -183,6 +184,7 @@ int main() {
           else v0<4><<<grid, 256>>>(q, dx, dy, M, wpp);
         };
         CK(cudaMemset(dy, 0xff, y.size() * 4));
+        CK(cudaMemset(dpart, 0xff, (size_t)M * N * 4 * (K / 64))); // stale partials must not pass
         launch(qs[0]);
         CK(cudaGetLastError());
         const double err = check();
@@ -199,6 +201,7 @@ int main() {
           v1_reduce<<<(M * N + 255) / 256, 256>>>(dy, dpart, M * N, S);
         };
         CK(cudaMemset(dy, 0xff, y.size() * 4));
+        CK(cudaMemset(dpart, 0xff, (size_t)M * N * 4 * (K / 64))); // stale partials must not pass
         launch(qs[0]);
         CK(cudaGetLastError());
         const double err = check();
@@ -237,6 +240,7 @@ int main() {
           v1_reduce<<<(M * N + 255) / 256, 256>>>(dy, dpart, M * N, S);
         };
         CK(cudaMemset(dy, 0xff, y.size() * 4));
+        CK(cudaMemset(dpart, 0xff, (size_t)M * N * 4 * (K / 64))); // stale partials must not pass
         launch(qs[0]);
         CK(cudaGetLastError());
         const double err = check();
@@ -258,6 +262,7 @@ int main() {
           v1_reduce<<<(M * N + 255) / 256, 256>>>(dy, dpart, M * N, S);
         };
         CK(cudaMemset(dy, 0xff, y.size() * 4));
+        CK(cudaMemset(dpart, 0xff, (size_t)M * N * 4 * (K / 64))); // stale partials must not pass
         launch(qs[0]);
         CK(cudaGetLastError());
         const double err = check();
@@ -266,7 +271,7 @@ int main() {
         runs.push_back({nm, time_it(launch), err, P == 2 ? 2e-5 : 1e-5});
       };
       auto v7 = [&](auto kern, int NT, int WARPS, int KC) {
-        const int smem = KC / 256 * 1024 * NT * 8;
+        const int smem = KC / 16 * (16 * NT * 8 + 4) * 4;
         CK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
         int occ;
         CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kern, WARPS * 32, smem));
@@ -278,6 +283,7 @@ int main() {
           v1_reduce<<<(M * N + 255) / 256, 256>>>(dy, dpart, M * N, S);
         };
         CK(cudaMemset(dy, 0xff, y.size() * 4));
+        CK(cudaMemset(dpart, 0xff, (size_t)M * N * 4 * (K / 64))); // stale partials must not pass
         launch(qs[0]);
         CK(cudaGetLastError());
         const double err = check();

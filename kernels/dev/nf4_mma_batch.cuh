@@ -5,7 +5,7 @@
 // every warp loads x for its 16 rows and splits it, per 64-block — so its time
 // grows with M (3B shape, H200: gate/up 3.7 ms a step at M = 20, 9.2 ms at 64,
 // against 0.2 ms of weight bytes). Versions:
-//   v0  the engine's mma_body (STORE epilogue): a warp a tile of 16 rows, wpp
+//   v0  the engine's mma_body before v9 (STORE epilogue): a warp a tile of 16 rows, wpp
 //       warps split K inside a block, x loaded and split per warp per step.
 //   v1  x staged once per block: each 64-column step, the block's threads load
 //       x [M, 64] (the next step's loads in flight during this step's MMAs),
@@ -51,8 +51,13 @@
 //       word t is x[row][64t + 4j + o … + 1] (o = 0, 2). Codes in nf4_lut's
 //       layout (lutNF4 in kernels/layout.go). Per thread and step, 128
 //       weights: 2 tables (~64 instructions), ~48 selector ops, 256 prmt,
-//       16·NT ldmatrix, 32·NT MMAs: ~4.0 a weight at NT 3 (v5: 9.3), 5.9 at
-//       NT 8 (v5: 14).
+//       16·NT ldmatrix, 32·NT MMAs: SASS main loop 5.8 a weight at NT 3
+//       (v5: 9.3), 8.7 at NT 8 (v5: 14). H200: gate+up M20 33.1 µs (v5
+//       37.5), M64 65.4 (72.5); down M20 20.2 (23.1). Nsight (M20): issue
+//       33 % busy, 4 warps a scheduler (112 registers), stalls on global
+//       loads, the integer pipe and fixed-latency dependencies about equally;
+//       the split-K partials and their reduce are ~1/5 of the time. Wired
+//       into the engine as mmas_nf4 v10.
 #pragma once
 #include "common.cuh"
 
@@ -569,8 +574,12 @@ __device__ __forceinline__ void lookup4(const Lut& t, uint32_t sel, uint32_t hse
 __device__ __forceinline__ uint32_t word_of(const uint4& u, int i) { return i == 0 ? u.x : i == 1 ? u.y : i == 2 ? u.z : u.w; }
 
 // stage_lut writes x[:, kbeg, kbeg + 256·steps) as two bf16 parts in the
-// permuted order: sx[((s·16 + j)·4 + 2p + o/2)·MP + m][t] = part p of
-// x[m][kbeg + 256s + 64t + 4j + o … + 1] (rows past M as zeros).
+// permuted order: sx[(s·16 + j)·JW + ((2p + o/2)·MP + m)·4 + t] = part p of
+// x[m][kbeg + 256s + 64t + 4j + o … + 1] (rows past M as zeros). JW = 16·MP
+// + 4 words a (s, j): the 4 words of padding put a warp's 16 j of one row in
+// different banks (without them its stores conflicted 16-way).
+template <int MP>
+__host__ __device__ constexpr int lut_jw() { return 16 * MP + 4; }
 template <int T, int MP>
 __device__ __forceinline__ void stage_lut(uint32_t* sx, const float* __restrict__ x, int M, int K, int kbeg, int steps) {
   const int per = 64 * steps; // float4s of a row in the chunk
@@ -581,7 +590,7 @@ __device__ __forceinline__ void stage_lut(uint32_t* sx, const float* __restrict_
     uint32_t h01, l01, h23, l23;
     split2(v.x, v.y, h01, l01);
     split2(v.z, v.w, h23, l23);
-    uint32_t* o = sx + ((s * 16 + j) * 4 * MP + m) * 4 + t;
+    uint32_t* o = sx + (s * 16 + j) * lut_jw<MP>() + m * 4 + t;
     o[0 * MP * 4] = h01;
     o[1 * MP * 4] = h23;
     o[2 * MP * 4] = l01;
@@ -590,7 +599,7 @@ __device__ __forceinline__ void stage_lut(uint32_t* sx, const float* __restrict_
 }
 
 // v7_part<NT, WARPS, KC>: grid (groups, K/KC), K % 256 == 0; shared memory
-// KC/256 · 1,024 · NT·8 bytes.
+// KC/16 · lut_jw<NT·8>() words.
 template <int NT, int WARPS, int KC>
 __global__ void __launch_bounds__(WARPS * 32, 1) v7_part(Q q, const float* __restrict__ x, float* __restrict__ part, int M) {
   constexpr int T = WARPS * 32, MP = NT * 8, S = KC / 256;
@@ -601,9 +610,11 @@ __global__ void __launch_bounds__(WARPS * 32, 1) v7_part(Q q, const float* __res
   const int tiles = q.N / 16, stride = gridDim.x * WARPS;
   uint4 ca0[S], ca1[S], cb0[S], cb1[S];
   uint32_t qa[S], qb[S];
+  float na[S], nb[S];
   auto fetch = [&](int tl, int s) {
     ca0[s] = ca1[s] = cb0[s] = cb1[s] = make_uint4(0, 0, 0, 0);
     qa[s] = qb[s] = 0;
+    na[s] = nb[s] = 0.0f;
     if (tl < tiles && s < steps) {
       const int ra = tl * 16 + g, rb = ra + 8, blk = kbeg / 64 + 4 * s + t;
       const uint8_t* pa = q.lut + (size_t)ra * (K / 2) + kbeg / 2 + 128 * s + 16 * t;
@@ -614,6 +625,8 @@ __global__ void __launch_bounds__(WARPS * 32, 1) v7_part(Q q, const float* __res
       cb1[s] = __ldg((const uint4*)(pb + 64));
       qa[s] = __ldg(q.qabsmax + (size_t)ra * nblk + blk);
       qb[s] = __ldg(q.qabsmax + (size_t)rb * nblk + blk);
+      na[s] = __ldg(q.nested + (((unsigned)ra * nblk + blk) >> 8));
+      nb[s] = __ldg(q.nested + (((unsigned)rb * nblk + blk) >> 8));
     }
   };
   int tile = blockIdx.x * WARPS + warp;
@@ -623,7 +636,7 @@ __global__ void __launch_bounds__(WARPS * 32, 1) v7_part(Q q, const float* __res
   stage_lut<T, MP>(sx, x, M, K, kbeg, steps);
   __syncthreads();
   float* out = part + (size_t)blockIdx.y * M * q.N;
-  const uint32_t* bl = sx + (mi * MP + (lane & 7)) * 4; // this lane's ldmatrix row, before (s, j, tile) offsets
+  const uint32_t* bl = sx + (mi * MP + (lane & 7)) * 4; // this lane's ldmatrix row, before (s, j, n-tile) offsets
   for (; tile < tiles; tile += stride) {
     const int ra = tile * 16 + g, rb = ra + 8;
     float acc[NT][4] = {};
@@ -632,10 +645,10 @@ __global__ void __launch_bounds__(WARPS * 32, 1) v7_part(Q q, const float* __res
       if (s >= steps) break;
       const uint4 a0 = ca0[s], a1 = ca1[s], b0 = cb0[s], b1 = cb1[s];
       const uint32_t qas = qa[s], qbs = qb[s];
+      const float nas = na[s], nbs = nb[s];
       fetch(tile + stride, s); // the next tile's step s, in flight during this one
-      const unsigned ba = (unsigned)ra * nblk + kbeg / 64 + 4 * s + t, bb = ba + 8u * nblk;
-      const Lut la = make_lut(__fadd_rn(__fmul_rn(code[qas], __ldg(q.nested + (ba >> 8))), q.offset));
-      const Lut lb = make_lut(__fadd_rn(__fmul_rn(code[qbs], __ldg(q.nested + (bb >> 8))), q.offset));
+      const Lut la = make_lut(__fadd_rn(__fmul_rn(code[qas], nas), q.offset));
+      const Lut lb = make_lut(__fadd_rn(__fmul_rn(code[qbs], nbs), q.offset));
 #pragma unroll
       for (int w = 0; w < 8; w++) { // a 32-bit word of each row: the codes of MMAs j = 2w, 2w + 1
         const uint32_t wa = word_of(w < 4 ? a0 : a1, w & 3), wb = word_of(w < 4 ? b0 : b1, w & 3);
@@ -649,7 +662,7 @@ __global__ void __launch_bounds__(WARPS * 32, 1) v7_part(Q q, const float* __res
           const int j = 2 * w + h;
           uint32_t bm[NT][4];
 #pragma unroll
-          for (int n = 0; n < NT; n++) ldmatrix_x4(bm[n], bl + ((s * 16 + j) * 4 * MP + 8 * n) * 4);
+          for (int n = 0; n < NT; n++) ldmatrix_x4(bm[n], bl + (s * 16 + j) * lut_jw<MP>() + 32 * n);
 #pragma unroll
           for (int n = 0; n < NT; n++) mma16816(acc[n], f0, f1, f2, f3, bm[n][0], bm[n][1]); // hi
 #pragma unroll
