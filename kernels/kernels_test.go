@@ -270,6 +270,10 @@ func checkGemv(t *testing.T, d *Device, rng *rand.Rand, ls []*qwen.Linear, mode 
 		if eng != "" && mo.kind != want || eng == "" && tc {
 			return fmt.Errorf("kernel kind %d for engine %q", mo.kind, eng)
 		}
+		if mo.kind == kindMMANF4 { // the steps of K a block takes: the launcher's 1, or forced 2 and 4 (a one-step tail)
+			d.splitSteps = map[int]int{2: 2, 8: 4, 4: 4}[wpp]
+			defer func() { d.splitSteps = 0 }()
+		}
 		cs, err := d.matmulCalls(mo.kind, mo.desc, M, mo.pairs, K)
 		if err != nil {
 			return err
@@ -277,7 +281,7 @@ func checkGemv(t *testing.T, d *Device, rng *rand.Rand, ls []*qwen.Linear, mode 
 		for _, c := range cs {
 			switch {
 			case wpp > 0 && c.name == "mmas_finish":
-			case wpp > 0 && mo.kind == kindMMANF4: // one group a split: each warp walks several tiles
+			case wpp > 0 && mo.kind == kindMMANF4: // one group a split: each warp walks several tiles (and blocks several steps: splitSteps)
 				c.grid[0] = 1
 			case wpp > 0: // force a split of K, and few blocks so that each walks several tiles
 				c.args[2], c.grid = wpp, [3]int{2}

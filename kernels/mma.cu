@@ -159,13 +159,15 @@ MMA(4)
 // ---------------------------------------------------------------------------
 // mmas_nf4_<NT> (v10): NF4 on the tensor cores for up to 8·NT batch rows
 // m0, m0 + 1, … (one pass; the launcher issues one launch a pass). The grid is
-// (groups, splits): block (b, s) takes the 256 columns [256s, 256s + 256) of
-// K, one step of the codes' nf4_lut layout (lutNF4). It stages x[rows, those
-// columns] once in shared memory as two bf16 parts (hi + lo = bf16(x − hi):
-// 16 significant bits, qwen's TestActivationSplit bounds what that moves),
-// then each of its 8 warps walks tiles (8 pairs, the 16 A-rows of the MMA)
-// tile, tile + 8·groups, …, with the next tile's codes and scales loaded into
-// registers while this tile's MMAs run: no barrier after the staging.
+// (groups, splits): block (b, s) takes the columns [256·S·s, 256·S·(s + 1))
+// of K, S steps of the codes' nf4_lut layout (lutNF4; S = 1, 2 or 4, chosen
+// by the launcher: fewer splits, fewer partial sums to write and add). It
+// stages x[rows, those columns] once in shared memory as two bf16 parts (hi +
+// lo = bf16(x − hi): 16 significant bits, qwen's TestActivationSplit bounds
+// what that moves), then each of its 8 warps walks tiles (8 pairs, the 16
+// A-rows of the MMA) tile, tile + 8·groups, …, step by step, the next step's
+// codes and scales (the next tile's first, after the last) loaded into
+// registers while this step's MMAs run: no barrier after the staging.
 // Dequantisation as nf4_lut: thread t of a quad owns 64-block t of the step
 // in its two rows, builds each block's table once and looks its 64 codes up
 // with prmt; the MMAs' k order inside the step is permuted to match (MMA j
@@ -235,52 +237,54 @@ struct Codes {
   RawScale sa, sb;
 };
 
-__device__ __forceinline__ Codes fetch_codes(const Tile& w, int t, int nb) {
+__device__ __forceinline__ Codes fetch_codes(const Tile& w, unsigned off, int t, int nb) {
   Codes c = {};
   if (w.valid && t < nb) {
-    const uint8_t* pa = w.qa.packed + w.ea / 2 + 16 * t;
-    const uint8_t* pb = w.qb.packed + w.eb / 2 + 16 * t;
+    const uint8_t* pa = w.qa.packed + (w.ea + off) / 2 + 16 * t;
+    const uint8_t* pb = w.qb.packed + (w.eb + off) / 2 + 16 * t;
     c.a0 = __ldg((const uint4*)pa);
     c.a1 = __ldg((const uint4*)(pa + 16 * nb));
     c.b0 = __ldg((const uint4*)pb);
     c.b1 = __ldg((const uint4*)(pb + 16 * nb));
-    c.sa = raw_scale(w.qa, w.ea + 64 * t);
-    c.sb = raw_scale(w.qb, w.eb + 64 * t);
+    c.sa = raw_scale(w.qa, w.ea + off + 64 * t);
+    c.sb = raw_scale(w.qb, w.eb + off + 64 * t);
   }
   return c;
 }
 
 template <int NT>
-__device__ void mmas_body(const struct GemvOp* __restrict__ op, int M, int m0, float* __restrict__ ws) {
+__device__ void mmas_body(const struct GemvOp* __restrict__ op, int M, int m0, float* __restrict__ ws, int S) {
   constexpr int WARPS = 8, T = WARPS * 32, MP = 8 * NT, JW = sk_jw(MP);
-  extern __shared__ uint32_t sx[]; // [16 j][JW]: x's parts in the step's k order
+  extern __shared__ uint32_t sx[]; // [S·16 (step, j)][JW]: x's parts in each step's k order
   __shared__ float code[256];
   const struct Mat* A0 = &op->mat[0];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-  const int K = A0->K, kbeg = blockIdx.y * SK_COLS, nb = min(4, (K - kbeg) / 64); // 64-blocks in this step
+  const int K = A0->K, kbeg = blockIdx.y * S * SK_COLS, steps = min(S, (K - kbeg + SK_COLS - 1) / SK_COLS);
   const int P = pairs_of(op), tiles = P / 8, stride = gridDim.x * WARPS;
+  auto nb_of = [&](int s) { return min(4, (K - kbeg - s * SK_COLS) / 64); }; // 64-blocks in step s
   int tile = blockIdx.x * WARPS + warp;
-  Codes nxt = fetch_codes(tile_of(op, tile, tiles, g, K, kbeg), t, nb); // the weights: in flight before the wait
+  Codes nxt = fetch_codes(tile_of(op, tile, tiles, g, K, kbeg), 0, t, nb_of(0)); // the weights: in flight before the wait
   if (A0->code)
     for (int i = threadIdx.x; i < 256; i += T) code[i] = A0->code[i];
   pdl_wait(); // x, the partials' workspace and the outputs come after earlier kernels
-  // x[m0 + m][kbeg + 64c + 4j + o … + 1], part p, is word c of row m of
-  // matrix 2p + o/2 at j: sx[j·JW + ((2p + o/2)·MP + m)·4 + c]. Zeros past M
-  // and past the step's blocks.
-  for (int i0 = threadIdx.x; i0 < MP * 64; i0 += 4 * T) {
+  // x[m0 + m][kbeg + 256s + 64c + 4j + o … + 1], part p, is word c of row m
+  // of matrix 2p + o/2 at (s, j): sx[(16s + j)·JW + ((2p + o/2)·MP + m)·4 +
+  // c]. Zeros past M and past the step's blocks.
+  const int n4 = MP * 64 * steps;
+  for (int i0 = threadIdx.x; i0 < n4; i0 += 4 * T) {
     float4 v[4];
 #pragma unroll
     for (int u = 0; u < 4; u++) {
-      const int i = i0 + u * T, m = i / 64, c = (i / 16) & 3;
+      const int i = i0 + u * T, m = i / (64 * steps), q = i % (64 * steps), c = (q / 16) & 3;
       v[u] = make_float4(0, 0, 0, 0);
-      if (i < MP * 64 && m0 + m < M && c < nb) v[u] = __ldg((const float4*)(op->x + (long long)(m0 + m) * K + kbeg + 4 * (i % 64)));
+      if (i < n4 && m0 + m < M && c < nb_of(q / 64)) v[u] = __ldg((const float4*)(op->x + (long long)(m0 + m) * K + kbeg + 4 * q));
     }
 #pragma unroll
     for (int u = 0; u < 4; u++) {
-      const int i = i0 + u * T, m = i / 64, c = (i / 16) & 3, j = i & 15;
-      if (i < MP * 64) {
+      const int i = i0 + u * T, m = i / (64 * steps), q = i % (64 * steps);
+      if (i < n4) {
         const uint32_t h01 = pack_bf16(v[u].x, v[u].y), h23 = pack_bf16(v[u].z, v[u].w);
-        uint32_t* o = sx + j * JW + m * 4 + c;
+        uint32_t* o = sx + (16 * (q / 64) + (q & 15)) * JW + m * 4 + ((q / 16) & 3);
         o[0] = h01;
         o[MP * 4] = h23;
         o[2 * MP * 4] = pack_bf16(v[u].x - __uint_as_float(h01 << 16), v[u].y - __uint_as_float(h01 & 0xffff0000u));
@@ -289,39 +293,42 @@ __device__ void mmas_body(const struct GemvOp* __restrict__ op, int M, int m0, f
     }
   }
   __syncthreads();
-  const uint32_t* xl = sx + ((lane >> 3) * MP + (lane & 7)) * 4; // this lane's ldmatrix row at j = 0, n-tile 0
+  const uint32_t* xl = sx + ((lane >> 3) * MP + (lane & 7)) * 4; // this lane's ldmatrix row at (s, j) = 0, n-tile 0
   for (; tile < tiles; tile += stride) {
-    const Tile cur = tile_of(op, tile, tiles, g, K, kbeg);
-    const Codes c = nxt;
-    nxt = fetch_codes(tile_of(op, tile + stride, tiles, g, K, kbeg), t, nb); // in flight during this tile's MMAs
-    const bool live = t < nb;
-    const Lut la = make_lut(live ? scale_of(cur.qa, code, c.sa) : 0.0f);
-    const Lut lb = make_lut(live ? scale_of(cur.qb, code, c.sb) : 0.0f);
     float acc[NT][4];
 #pragma unroll
     for (int n = 0; n < NT; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+    for (int s = 0; s < steps; s++) {
+      const Tile cur = tile_of(op, tile, tiles, g, K, kbeg); // from the kernel's parameters each step: fewer live registers
+      const Codes c = nxt;
+      const bool live = t < nb_of(s);
+      if (s + 1 < steps) nxt = fetch_codes(cur, SK_COLS * (s + 1), t, nb_of(s + 1)); // in flight during this step's MMAs
+      else nxt = fetch_codes(tile_of(op, tile + stride, tiles, g, K, kbeg), 0, t, nb_of(0));
+      const Lut la = make_lut(live ? scale_of(cur.qa, code, c.sa) : 0.0f);
+      const Lut lb = make_lut(live ? scale_of(cur.qb, code, c.sb) : 0.0f);
 #pragma unroll
-    for (int w = 0; w < 8; w++) { // a 32-bit word of each row: the codes of MMAs j = 2w, 2w + 1
-      const uint32_t wa = word(w < 4 ? c.a0 : c.a1, w & 3), wb = word(w < 4 ? c.b0 : c.b1, w & 3);
-      const uint32_t sa = wa & 0x77777777u, ha = ((wa >> 1) & 0x44444444u) | 0x32103210u;
-      const uint32_t sb = wb & 0x77777777u, hb = ((wb >> 1) & 0x44444444u) | 0x32103210u;
+      for (int w = 0; w < 8; w++) { // a 32-bit word of each row: the codes of MMAs j = 2w, 2w + 1
+        const uint32_t wa = word(w < 4 ? c.a0 : c.a1, w & 3), wb = word(w < 4 ? c.b0 : c.b1, w & 3);
+        const uint32_t sa = wa & 0x77777777u, ha = ((wa >> 1) & 0x44444444u) | 0x32103210u;
+        const uint32_t sb = wb & 0x77777777u, hb = ((wb >> 1) & 0x44444444u) | 0x32103210u;
 #pragma unroll
-      for (int h = 0; h < 2; h++) {
-        uint32_t a0, a1, a2, a3;
-        lookup4(la, sa >> (16 * h), ha >> (16 * h), a0, a2);
-        lookup4(lb, sb >> (16 * h), hb >> (16 * h), a1, a3);
-        const uint32_t* xj = xl + (2 * w + h) * JW;
-        uint32_t b[NT][4]; // matrices of each x4: (hi, k 0-1), (hi, k 2-3), (lo, k 0-1), (lo, k 2-3)
+        for (int h = 0; h < 2; h++) {
+          uint32_t a0, a1, a2, a3;
+          lookup4(la, sa >> (16 * h), ha >> (16 * h), a0, a2);
+          lookup4(lb, sb >> (16 * h), hb >> (16 * h), a1, a3);
+          const uint32_t* xj = xl + (16 * s + 2 * w + h) * JW;
+          uint32_t b[NT][4]; // matrices of each x4: (hi, k 0-1), (hi, k 2-3), (lo, k 0-1), (lo, k 2-3)
 #pragma unroll
-        for (int n = 0; n < NT; n++) ldmatrix_x4(b[n], xj + 32 * n);
+          for (int n = 0; n < NT; n++) ldmatrix_x4(b[n], xj + 32 * n);
 #pragma unroll
-        for (int n = 0; n < NT; n++) mma16816(acc[n], a0, a1, a2, a3, b[n][0], b[n][1]);
+          for (int n = 0; n < NT; n++) mma16816(acc[n], a0, a1, a2, a3, b[n][0], b[n][1]);
 #pragma unroll
-        for (int n = 0; n < NT; n++) mma16816(acc[n], a0, a1, a2, a3, b[n][2], b[n][3]);
+          for (int n = 0; n < NT; n++) mma16816(acc[n], a0, a1, a2, a3, b[n][2], b[n][3]);
+        }
       }
     }
     // acc[n][j] is row ra (the A-row) of batch row m0 + 8n + 2t + j, acc[n][2 + j] row rb.
-    float* wsp = ws + (long long)blockIdx.y * MP * 2 * P + 2 * cur.pair;
+    float* wsp = ws + (long long)blockIdx.y * MP * 2 * P + 2 * (tile * 8 + g);
 #pragma unroll
     for (int n = 0; n < NT; n++)
 #pragma unroll
@@ -397,8 +404,8 @@ extern "C" __global__ void __launch_bounds__(256) mmas_finish(const __grid_const
 // 4 and 8.
 #define MMAS(NT, MINB)                                                                                             \
   extern "C" __global__ void __launch_bounds__(256, MINB) mmas_nf4_##NT(const __grid_constant__ struct GemvOp op, long long M, \
-                                                                        long long m0, float* ws) {                \
-    mmas_body<NT>(&op, (int)M, (int)m0, ws);                                                                       \
+                                                                        long long m0, float* ws, long long S) {   \
+    mmas_body<NT>(&op, (int)M, (int)m0, ws, (int)S);                                                               \
   }
 MMAS(1, 2)
 MMAS(2, 2)

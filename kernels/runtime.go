@@ -40,6 +40,9 @@ type Device struct {
 	// which mmas_finish reads). The device's engines share it: their launches
 	// run in order on the one stream.
 	splitWS Buf
+	// splitSteps, when 1, 2 or 4, forces the steps of K an mmas_nf4 block takes
+	// (the launcher's choice otherwise); tests set it.
+	splitSteps int
 }
 
 // ErrNoDevice is returned by Open when no CUDA device is usable.
