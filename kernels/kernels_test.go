@@ -146,7 +146,7 @@ func TestGemv(t *testing.T) {
 		switch f {
 		case "nf4dq-tiled": // in ≥ 1024: the codes are reordered into tiles on upload, a 128-column tail kept plain
 			f, K = "nf4dq", 2048+128
-		case "nf4dq-mma", "nf4-mma", "bf16-mma": // the tensor-core batch kernels: rows in 16s, whole 64-blocks, 9 splits of K (the last one step); NT = 2, 3, 8, then 8 in two launches (NF4) / NT = 2, then 4 in one and in several passes (bf16)
+		case "nf4dq-mma", "nf4-mma", "bf16-mma": // the tensor-core batch kernels: rows in 16s, whole 64-blocks, 9 steps of K (the last one block); NT = 2, 3, 8, then 8 in two launches
 			f, K, eng, oN, guN = f[:len(f)-4], 2048+64, "mma", 48, 32
 			batches = [][]int{pattern(11), pattern(20), pattern(37), pattern(70)}
 		case "nf4dq-lut", "nf4-lut": // nf4_lut: rows in 16s, 33 blocks (a partial last step); one, two, eleven rows
@@ -283,6 +283,8 @@ func checkGemv(t *testing.T, d *Device, rng *rand.Rand, ls []*qwen.Linear, mode 
 			case wpp > 0 && c.name == "mmas_finish":
 			case wpp > 0 && mo.kind == kindMMANF4: // one group a split: each warp walks several tiles (and blocks several steps: splitSteps)
 				c.grid[0] = 1
+			case wpp > 0 && mo.kind == kindMMABF16: // one block: it walks every tile group
+				c.grid[0] = 1
 			case wpp > 0: // force a split of K, and few blocks so that each walks several tiles
 				c.args[2], c.grid = wpp, [3]int{2}
 			}
@@ -345,7 +347,7 @@ func checkGemv(t *testing.T, d *Device, rng *rand.Rand, ls []*qwen.Linear, mode 
 		}
 	}
 	tol := fp32Tol
-	if eng == "mma" && ls[0].Quant != nil {
+	if eng == "mma" {
 		tol = twoPartTol
 	}
 	if r := relErr(got, want); r > tol {
@@ -353,7 +355,7 @@ func checkGemv(t *testing.T, d *Device, rng *rand.Rand, ls []*qwen.Linear, mode 
 	}
 }
 
-// twoPartTol bounds mmas_nf4, whose x enters as two bf16 parts (16
+// twoPartTol bounds mmas_nf4 and mmas_bf16, whose x enters as two bf16 parts (16
 // significant bits): each product is off by ≤ 2^-17 of |w·x|, randomly
 // signed, so a row's error is ~2^-17·√K·rms(w·x)/√3 against a largest
 // output of ~3.5·√K·rms(w·x): ~1.3e-6 of it, 2e-5 leaves room for the

@@ -98,17 +98,9 @@ const (
 	kindGemvNF4Round                   // gemv_nf4r_<MT>: NF4 rounded to f16, or not rounded
 	kindGemvDense                      // gemv_dense_<MT>: bf16 or fp32 weights
 	kindMMANF4                         // mmas_nf4_<NT>: NF4 on the tensor cores, for batches, K split across blocks
-	kindMMABF16                        // mma_bf16_<NT>: bf16 on the tensor cores, for batches
+	kindMMABF16                        // mmas_bf16_<NT>: bf16 on the tensor cores, for batches
 	kindLUTNF4                         // nf4_lut_<R>: NF4 on the tensor cores, one or two rows a pass
 )
-
-// mmaTW is TW in mma.cu: the tiles of 8 pairs one warp computes together.
-func mmaTW(kind kernelKind) int {
-	if kind == kindMMABF16 {
-		return 2
-	}
-	return 1
-}
 
 // gemvMT are the batch-row counts gemv is compiled for (GEMV(MT) in nf4_matmul.cu).
 var gemvMT = []int{1, 2, 4, 8, 16}
@@ -146,19 +138,8 @@ func (d *Device) matmulCall(kind kernelKind, op *gemvOp, rows, pairs, K int) (ca
 	c := call{block: 256}
 	var wpp, units int // warps per unit of work, units (pairs or 8-pair tiles)
 	switch kind {
-	case kindMMANF4:
-		return c, fmt.Errorf("cuda: mmas_nf4 runs through matmulCalls")
-	case kindMMABF16: // tiles of 8 pairs, NT n-tiles of 8 batch rows a pass
-		nt := 4
-		switch {
-		case rows <= 8:
-			nt = 1
-		case rows <= 16:
-			nt = 2
-		}
-		units = (pairs/8 + mmaTW(kind) - 1) / mmaTW(kind) // a warp's group of TW tiles
-		wpp = pow2Floor(min(8, max(1, K/64), (targetWarps+units-1)/units))
-		c.name = fmt.Sprintf("mma_bf16_%d", nt)
+	case kindMMANF4, kindMMABF16:
+		return c, fmt.Errorf("cuda: the batch kernels run through matmulCalls")
 	case kindLUTNF4: // tiles of 8 pairs (16 rows), steps of 256 columns
 		units = pairs / 8
 		steps := (K/64 + 3) / 4
@@ -193,16 +174,22 @@ func (d *Device) matmulCall(kind kernelKind, op *gemvOp, rows, pairs, K int) (ca
 }
 
 // matmulCalls are the launches of one matrix op over rows batch rows: one
-// (matmulCall) for every kind but mmas_nf4, which takes at most splitRows
-// rows a launch, each followed by its mmas_finish.
+// (matmulCall) for every kind but the batch kernels, which take at most
+// splitRows rows a launch (mmas_nf4 each followed by its mmas_finish).
 func (d *Device) matmulCalls(kind kernelKind, op *gemvOp, rows, pairs, K int) ([]call, error) {
-	if kind != kindMMANF4 {
+	if kind != kindMMANF4 && kind != kindMMABF16 {
 		c, err := d.matmulCall(kind, op, rows, pairs, K)
 		return []call{c}, err
 	}
 	var cs []call
 	for m0 := 0; m0 < rows; m0 += splitRows {
-		c, err := d.splitCalls(op, rows, m0, pairs, K)
+		var c []call
+		var err error
+		if kind == kindMMANF4 {
+			c, err = d.splitCalls(op, rows, m0, pairs, K)
+		} else {
+			c, err = d.bf16Call(op, rows, m0, pairs)
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -211,11 +198,38 @@ func (d *Device) matmulCalls(kind kernelKind, op *gemvOp, rows, pairs, K int) ([
 	return cs, nil
 }
 
+// batchNT is the n-tiles of 8 batch rows a batch-kernel launch over rows
+// m0, m0+1, … takes (splitNT: the fewest that hold them, at most 8).
+func batchNT(rows, m0 int) int {
+	n := min(rows-m0, splitRows)
+	for _, v := range splitNT {
+		if 8*v >= n {
+			return v
+		}
+	}
+	return splitNT[len(splitNT)-1]
+}
+
+// bf16Call is mmas_bf16 over rows m0, m0+1, … (at most splitRows) of rows:
+// one wave of blocks, 8 warps each taking a tile of 8 pairs, K walked in
+// steps of 256 columns with x double-buffered in shared memory.
+func (d *Device) bf16Call(op *gemvOp, rows, m0, pairs int) ([]call, error) {
+	nt := batchNT(rows, m0)
+	c := call{name: fmt.Sprintf("mmas_bf16_%d", nt), block: 256, shmem: 2 * 16 * (16*8*nt + 4) * 4} // two steps of sk_jw rows (mma.cu)
+	occ, err := d.occupancy(c.name, c.block, c.shmem)
+	if err != nil {
+		return nil, err
+	}
+	c.grid = [3]int{max(1, min(max(1, occ)*d.SMs, (pairs/8+7)/8))}
+	c.args = []any{op, rows, m0}
+	return []call{c}, nil
+}
+
 // splitRows is the most batch rows one mmas_nf4 launch takes (NT = 8), and
 // splitCols the columns of one step of its blocks (SK_COLS in mma.cu).
 const splitRows, splitCols = 64, 256
 
-// splitNT are the NT mmas_nf4 is compiled for (MMAS in mma.cu).
+// splitNT are the NT mmas_nf4 and mmas_bf16 are compiled for (MMAS, MMASB in mma.cu).
 var splitNT = []int{1, 2, 3, 4, 8}
 
 // splitCalls are mmas_nf4 and mmas_finish for rows m0, m0+1, … (at most
@@ -223,14 +237,7 @@ var splitNT = []int{1, 2, 3, 4, 8}
 // warps a block, each walking tiles of 8 pairs; mmas_finish: a thread a
 // (pair, batch row).
 func (d *Device) splitCalls(op *gemvOp, rows, m0, pairs, K int) ([]call, error) {
-	n := min(rows-m0, splitRows)
-	nt := splitNT[len(splitNT)-1]
-	for _, v := range splitNT {
-		if 8*v >= n {
-			nt = v
-			break
-		}
-	}
+	n, nt := min(rows-m0, splitRows), batchNT(rows, m0)
 	if need := splitWSBytes(pairs, K); d.splitWS.Bytes < need {
 		return nil, fmt.Errorf("cuda: mmas_nf4: needs a split-K workspace of %d bytes, %d reserved (reserveSplit)", need, d.splitWS.Bytes)
 	}

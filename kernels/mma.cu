@@ -1,6 +1,6 @@
 // mma.cu: the matrix products of batches on the tensor cores: mma.sync
 // m16n8k16, bf16 in, fp32 accumulate, for matrices with K % 64 == 0, 64-blocks
-// and rows in 16s. Dense bf16 (the lm_head) runs through mma_bf16, NF4
+// and rows in 16s. Dense bf16 (the lm_head) runs through mmas_bf16, NF4
 // through mmas_nf4 + mmas_finish.
 //
 // A tile is 8 output pairs (pair_rows in gemv.cuh), the 16 rows of the MMA's
@@ -12,149 +12,9 @@
 // dense bf16 too; v6, v7 (reverted) x pre-split by its producers or once per
 // matrix; v8 two tiles a warp for dense bf16 (TW below); v9 mmas_nf4 (x staged
 // once per block as two bf16 parts, K split across blocks; dev v5); v10 its
-// dequantisation by nf4_lut's per-block table (dev v7).
+// dequantisation by nf4_lut's per-block table (dev v7); v11 mmas_bf16 in the
+// same frame for dense bf16 (mma_body, the v5b–v8 kernel, removed).
 #include "gemv.cuh"
-
-// mma_body: dense bf16 weights (the fragments are the weights), x split into
-// hi + mid + lo bf16 parts per warp and step (fp32-exact). A warp computes TW
-// tiles of 8 pairs (16·TW rows of A) that share each B fragment, so x is
-// loaded and split once per TW tiles (TW = 2: lm_head 709 → 559 µs a step at
-// batch 20 on an H200).
-template <int NT, int TW>
-__device__ void mma_body(const struct GemvOp* __restrict__ op, long long M, int wpp) {
-  __shared__ float red[8][TW][NT][4][32]; // split-K partial accumulators, per warp
-  const struct Mat* A0 = &op->mat[0];
-  pdl_wait(); // x, and the outputs the epilogue adds to, come from earlier kernels
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-  const int part = warp % wpp, tpb = 8 / wpp; // warps share a tile group; groups per block
-  const int P = pairs_of(op);
-  const int K = A0->K;
-  const int blocks = K / 64, per = (blocks + wpp - 1) / wpp;
-  const int bbeg = part * per, bend = min(blocks, bbeg + per);
-  // Persistent, block-uniform loop (the split-K meeting has block barriers):
-  // the block's tile groups are bb, bb + 8·TW, …; a warp whose tiles are
-  // past the end still takes part in the barriers.
-  for (int bb = blockIdx.x * tpb * 8 * TW; bb < P; bb += gridDim.x * tpb * 8 * TW) {
-    const int base = bb + (warp / wpp) * 8 * TW;
-    // This thread's pair (g) of each tile and its two rows (B is never null: N % 16 == 0).
-    bool valid[TW];
-    int pair[TW], ra[TW], rb[TW];
-    const struct Mat* A[TW];
-    const struct Mat* B[TW];
-    unsigned ea[TW], eb[TW];
-#pragma unroll
-    for (int w = 0; w < TW; w++) {
-      valid[w] = base + 8 * w < P;
-      pair[w] = valid[w] ? base + 8 * w + g : 0;
-      const PairRows pr = pair_rows(op, pair[w]);
-      A[w] = pr.A;
-      B[w] = pr.B;
-      ra[w] = pr.ra;
-      rb[w] = pr.rb;
-      ea[w] = (unsigned)ra[w] * K;
-      eb[w] = (unsigned)rb[w] * K;
-    }
-    const bool any = valid[0]; // tiles are taken in order: the first is valid if any is
-    for (long long m0 = 0; m0 < M; m0 += 8 * NT) {
-      float acc[TW][NT][4];
-#pragma unroll
-      for (int w = 0; w < TW; w++)
-#pragma unroll
-        for (int n = 0; n < NT; n++) acc[w][n][0] = acc[w][n][1] = acc[w][n][2] = acc[w][n][3] = 0.0f;
-      for (int b = bbeg; any && b < bend; b++) {
-        const unsigned c0 = 64u * b;
-#pragma unroll
-        for (int st = 0; st < 4; st++) {
-          const int col = c0 + 16 * st + 2 * t;
-          uint32_t a[TW][4];
-#pragma unroll
-          for (int w = 0; w < TW; w++) {
-            if (valid[w]) {
-              const uint16_t* ha = A[w]->bf16 + ea[w];
-              const uint16_t* hb = B[w]->bf16 + eb[w];
-              a[w][0] = __ldg((const uint32_t*)(ha + col));
-              a[w][2] = __ldg((const uint32_t*)(ha + col + 8));
-              a[w][1] = __ldg((const uint32_t*)(hb + col));
-              a[w][3] = __ldg((const uint32_t*)(hb + col + 8));
-            } else {
-              a[w][0] = a[w][1] = a[w][2] = a[w][3] = 0;
-            }
-          }
-#pragma unroll
-          for (int n = 0; n < NT; n++) {
-            const long long m = m0 + 8 * n + g;
-            float2 x0 = make_float2(0, 0), x1 = x0;
-            if (m < M) {
-              x0 = __ldg((const float2*)(op->x + m * K + col));
-              x1 = __ldg((const float2*)(op->x + m * K + col + 8));
-            }
-            uint32_t h0, m0r, l0, h1, m1r, l1;
-            split3(x0.x, x0.y, h0, m0r, l0);
-            split3(x1.x, x1.y, h1, m1r, l1);
-#pragma unroll
-            for (int w = 0; w < TW; w++) {
-              mma16816(acc[w][n], a[w][0], a[w][1], a[w][2], a[w][3], h0, h1);
-              mma16816(acc[w][n], a[w][0], a[w][1], a[w][2], a[w][3], m0r, m1r);
-              mma16816(acc[w][n], a[w][0], a[w][1], a[w][2], a[w][3], l0, l1);
-            }
-          }
-        }
-      }
-      if (wpp > 1) { // the group's warps meet in shared memory; its first warp finishes
-#pragma unroll
-        for (int w = 0; w < TW; w++)
-#pragma unroll
-          for (int n = 0; n < NT; n++)
-#pragma unroll
-            for (int i = 0; i < 4; i++) red[warp][w][n][i][lane] = acc[w][n][i];
-        __syncthreads();
-        if (part == 0) {
-#pragma unroll
-          for (int w = 0; w < TW; w++)
-#pragma unroll
-            for (int n = 0; n < NT; n++)
-#pragma unroll
-              for (int i = 0; i < 4; i++) {
-                float s = 0.0f;
-                for (int v = 0; v < wpp; v++) s += red[warp + v][w][n][i][lane];
-                acc[w][n][i] = s;
-              }
-        }
-        __syncthreads();
-      }
-      if (part == 0) {
-        // acc[w][n][j] is tile w's row g (the A-row), batch row m0 + 8n + 2t + j; acc[w][n][2+j] the B-row.
-#pragma unroll
-        for (int w = 0; w < TW; w++) {
-          if (!valid[w]) continue;
-#pragma unroll
-          for (int n = 0; n < NT; n++)
-#pragma unroll
-            for (int j = 0; j < 2; j++) {
-              const long long m = m0 + 8 * n + 2 * t + j;
-              if (m < M) {
-                float va = acc[w][n][j], vb = acc[w][n][2 + j];
-                va += lora_serial(*A[w], *op, (int)m, ra[w]);
-                vb += lora_serial(*B[w], *op, (int)m, rb[w]);
-                epilogue(*op, (int)m, *A[w], ra[w], va, B[w], rb[w], vb, pair[w]);
-              }
-            }
-        }
-      }
-    }
-  }
-}
-
-// mma_bf16_<NT> (dense bf16 weights, e.g. lm_head): grid = one wave of
-// 256-thread blocks (persistent), NT n-tiles of 8 batch rows per pass, wpp
-// warps per tile of 8 pairs (1, 2, 4 or 8). (NF4 runs through mmas_nf4.)
-#define MMA(NT)                                                                                                    \
-  extern "C" __global__ void __launch_bounds__(256) mma_bf16_##NT(const __grid_constant__ struct GemvOp op, long long M, long long wpp) { \
-    mma_body<NT, 2>(&op, M, (int)wpp);                                                                       \
-  }
-MMA(1)
-MMA(2)
-MMA(4)
 
 // ---------------------------------------------------------------------------
 // mmas_nf4_<NT> (v10): NF4 on the tensor cores for up to 8·NT batch rows
@@ -208,7 +68,58 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const uint32_t* p)
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
 }
 
-// A warp's tile: this thread's pair and its two rows (as mma_body), and the
+// stage_x writes x[m0 + m][kbeg + 256s + 64c + 4j + o … + 1], part p (hi
+// or lo), as word c of row m of matrix 2p + o/2 at (s, j): sx[(16s + j)·JW +
+// ((2p + o/2)·MP + m)·4 + c], for s < steps — each step in the k order of
+// the MMAs below (MMA j takes columns 64t + 4j … 4j + 3 for thread t). Zeros
+// past M and past K. The block's threads all take part.
+template <int MP>
+__device__ __forceinline__ void stage_x(uint32_t* sx, const float* __restrict__ x, int M, int m0, int K, int kbeg, int steps) {
+  constexpr int JW = sk_jw(MP);
+  const int n4 = MP * 64 * steps;
+  for (int i0 = threadIdx.x; i0 < n4; i0 += 4 * blockDim.x) {
+    float4 v[4];
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+      const int i = i0 + u * blockDim.x, m = i / (64 * steps), q = i % (64 * steps);
+      v[u] = make_float4(0, 0, 0, 0);
+      if (i < n4 && m0 + m < M && kbeg + 4 * q < K) v[u] = __ldg((const float4*)(x + (long long)(m0 + m) * K + kbeg + 4 * q));
+    }
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+      const int i = i0 + u * blockDim.x, m = i / (64 * steps), q = i % (64 * steps);
+      if (i < n4) {
+        const uint32_t h01 = pack_bf16(v[u].x, v[u].y), h23 = pack_bf16(v[u].z, v[u].w);
+        uint32_t* o = sx + (16 * (q / 64) + (q & 15)) * JW + m * 4 + ((q / 16) & 3);
+        o[0] = h01;
+        o[MP * 4] = h23;
+        o[2 * MP * 4] = pack_bf16(v[u].x - __uint_as_float(h01 << 16), v[u].y - __uint_as_float(h01 & 0xffff0000u));
+        o[3 * MP * 4] = pack_bf16(v[u].z - __uint_as_float(h23 << 16), v[u].w - __uint_as_float(h23 & 0xffff0000u));
+      }
+    }
+  }
+}
+
+// mma_step runs one step's 32·NT MMAs from A fragments a(j) (a functor giving
+// the four registers of MMA j) and the staged x at xl (this lane's ldmatrix
+// row of the step at j = 0, n-tile 0).
+template <int NT, int JW, typename F>
+__device__ __forceinline__ void mma_step(float (&acc)[NT][4], const uint32_t* xl, F a) {
+#pragma unroll
+  for (int j = 0; j < 16; j++) {
+    uint32_t a0, a1, a2, a3;
+    a(j, a0, a1, a2, a3);
+    uint32_t b[NT][4]; // matrices of each x4: (hi, k 0-1), (hi, k 2-3), (lo, k 0-1), (lo, k 2-3)
+#pragma unroll
+    for (int n = 0; n < NT; n++) ldmatrix_x4(b[n], xl + j * JW + 32 * n);
+#pragma unroll
+    for (int n = 0; n < NT; n++) mma16816(acc[n], a0, a1, a2, a3, b[n][0], b[n][1]);
+#pragma unroll
+    for (int n = 0; n < NT; n++) mma16816(acc[n], a0, a1, a2, a3, b[n][2], b[n][3]);
+  }
+}
+
+// A warp's tile: this thread's pair and its two rows, and the
 // flat index of the rows' first column of this block's step.
 struct Tile {
   MatRegs qa, qb;
@@ -267,31 +178,7 @@ __device__ void mmas_body(const struct GemvOp* __restrict__ op, int M, int m0, f
   if (A0->code)
     for (int i = threadIdx.x; i < 256; i += T) code[i] = A0->code[i];
   pdl_wait(); // x, the partials' workspace and the outputs come after earlier kernels
-  // x[m0 + m][kbeg + 256s + 64c + 4j + o … + 1], part p, is word c of row m
-  // of matrix 2p + o/2 at (s, j): sx[(16s + j)·JW + ((2p + o/2)·MP + m)·4 +
-  // c]. Zeros past M and past the step's blocks.
-  const int n4 = MP * 64 * steps;
-  for (int i0 = threadIdx.x; i0 < n4; i0 += 4 * T) {
-    float4 v[4];
-#pragma unroll
-    for (int u = 0; u < 4; u++) {
-      const int i = i0 + u * T, m = i / (64 * steps), q = i % (64 * steps), c = (q / 16) & 3;
-      v[u] = make_float4(0, 0, 0, 0);
-      if (i < n4 && m0 + m < M && c < nb_of(q / 64)) v[u] = __ldg((const float4*)(op->x + (long long)(m0 + m) * K + kbeg + 4 * q));
-    }
-#pragma unroll
-    for (int u = 0; u < 4; u++) {
-      const int i = i0 + u * T, m = i / (64 * steps), q = i % (64 * steps);
-      if (i < n4) {
-        const uint32_t h01 = pack_bf16(v[u].x, v[u].y), h23 = pack_bf16(v[u].z, v[u].w);
-        uint32_t* o = sx + (16 * (q / 64) + (q & 15)) * JW + m * 4 + ((q / 16) & 3);
-        o[0] = h01;
-        o[MP * 4] = h23;
-        o[2 * MP * 4] = pack_bf16(v[u].x - __uint_as_float(h01 << 16), v[u].y - __uint_as_float(h01 & 0xffff0000u));
-        o[3 * MP * 4] = pack_bf16(v[u].z - __uint_as_float(h23 << 16), v[u].w - __uint_as_float(h23 & 0xffff0000u));
-      }
-    }
-  }
+  stage_x<MP>(sx, op->x, M, m0, K, kbeg, steps);
   __syncthreads();
   const uint32_t* xl = sx + ((lane >> 3) * MP + (lane & 7)) * 4; // this lane's ldmatrix row at (s, j) = 0, n-tile 0
   for (; tile < tiles; tile += stride) {
@@ -412,3 +299,81 @@ MMAS(2, 2)
 MMAS(3, 2)
 MMAS(4, 1)
 MMAS(8, 1)
+
+// ---------------------------------------------------------------------------
+// mmas_bf16_<NT> (v11): dense bf16 matrices (the lm_head; every matrix of a
+// bf16 checkpoint) for up to 8·NT batch rows m0, m0 + 1, …, x as two bf16
+// parts like mmas_nf4 (TestActivationSplit's bound covers every base
+// product, the lm_head included). No split of K — the lm_head has 9,496
+// tiles, enough for every warp, and split partials would be M·151,936 floats
+// each: a block's 8 warps take 8 tiles and walk K together in steps of 256
+// columns; the block stages each step of x (double-buffered, one barrier a
+// step) in mmas_nf4's k order, and thread t loads columns 64t … 64t + 63 of
+// the step in its two rows (8 16-byte loads each), which are the A fragments
+// of that order as they lie in memory. The epilogue (and any LoRA term) runs
+// in the kernel. It replaces mma_bf16 (x loaded and split into three parts
+// per warp and 64 columns: 0.9 TB/s for the lm_head at batch 20, H200).
+template <int NT>
+__device__ void mmasb_body(const struct GemvOp* __restrict__ op, int M, int m0) {
+  constexpr int WARPS = 8, MP = 8 * NT, JW = sk_jw(MP);
+  extern __shared__ uint32_t sx[]; // [2 buffers][16 j][JW]
+  const struct Mat* A0 = &op->mat[0];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+  const int K = A0->K, steps = (K + SK_COLS - 1) / SK_COLS, tiles = pairs_of(op) / 8;
+  const uint32_t* xl = sx + ((lane >> 3) * MP + (lane & 7)) * 4; // this lane's ldmatrix row at j = 0, n-tile 0
+  pdl_wait(); // x, the LoRA shrink and the outputs the epilogue adds to come from earlier kernels
+  for (int tg = blockIdx.x * WARPS; tg < tiles; tg += gridDim.x * WARPS) { // block-uniform: the steps have barriers
+    const int tile = tg + warp, pair = tile < tiles ? tile * 8 + g : 0;
+    const PairRows pr = pair_rows(op, pair);
+    const struct Mat* B = pr.B ? pr.B : pr.A;
+    const uint4* wa = (const uint4*)(pr.A->bf16 + (long long)pr.ra * K + 64 * t);
+    const uint4* wb = (const uint4*)(B->bf16 + (long long)(pr.B ? pr.rb : pr.ra) * K + 64 * t);
+    float acc[NT][4];
+#pragma unroll
+    for (int n = 0; n < NT; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+    for (int s = 0; s < steps; s++) {
+      const int kbeg = s * SK_COLS;
+      const bool live = tile < tiles && kbeg + 64 * t < K;
+      uint4 ua[8], ub[8]; // this step's 64 columns of each row, in flight while x is staged
+#pragma unroll
+      for (int q = 0; q < 8; q++) {
+        ua[q] = live ? __ldg(wa + kbeg / 8 + q) : make_uint4(0, 0, 0, 0);
+        ub[q] = live ? __ldg(wb + kbeg / 8 + q) : make_uint4(0, 0, 0, 0);
+      }
+      stage_x<MP>(sx + (s & 1) * 16 * JW, op->x, M, m0, K, kbeg, 1);
+      __syncthreads();
+      // MMA j: columns 64t + 4j … 4j + 3 of each row, words 2(j & 1) and 2(j & 1) + 1 of load j/2.
+      mma_step<NT, JW>(acc, xl + (s & 1) * 16 * JW, [&](int j, uint32_t& a0, uint32_t& a1, uint32_t& a2, uint32_t& a3) {
+        a0 = j & 1 ? ua[j / 2].z : ua[j / 2].x;
+        a2 = j & 1 ? ua[j / 2].w : ua[j / 2].y;
+        a1 = j & 1 ? ub[j / 2].z : ub[j / 2].x;
+        a3 = j & 1 ? ub[j / 2].w : ub[j / 2].y;
+      });
+    }
+    // acc[n][j] is row ra (the A-row) of batch row m0 + 8n + 2t + j, acc[n][2 + j] row rb.
+    if (tile < tiles && pr.valid)
+#pragma unroll
+      for (int n = 0; n < NT; n++)
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+          const int m = m0 + 8 * n + 2 * t + j;
+          if (m < M) {
+            const float va = acc[n][j] + lora_serial(*pr.A, *op, m, pr.ra);
+            const float vb = acc[n][2 + j] + (pr.B ? lora_serial(*pr.B, *op, m, pr.rb) : 0.0f);
+            epilogue(*op, m, *pr.A, pr.ra, va, pr.B, pr.rb, vb, pair);
+          }
+        }
+    __syncthreads(); // the next group's first step rewrites a buffer the last may still be read from
+  }
+}
+
+#define MMASB(NT, MINB)                                                                                            \
+  extern "C" __global__ void __launch_bounds__(256, MINB) mmas_bf16_##NT(const __grid_constant__ struct GemvOp op, long long M, \
+                                                                         long long m0) {                         \
+    mmasb_body<NT>(&op, (int)M, (int)m0);                                                                          \
+  }
+MMASB(1, 2)
+MMASB(2, 2)
+MMASB(3, 2)
+MMASB(4, 1)
+MMASB(8, 1)
