@@ -41,12 +41,12 @@ the same); other settings are refused unless --force, and a second eval on
 the same --out fails at once. --shard I/N answers a 1/N of the questions for
 qbench merge; the GPU build spreads batches over --devices.`
 
-// autoBatch is the most rows eval decodes together by default (Qwen2.5-3B
-// shape on an H200, LoRA r16, 2026-11-28, batch kernel v9: 3,286 tok/s at 20,
-// 5,612 at 64, 5,768 at 128 — 3 % more for twice the rows' caches and a
-// second launch a matrix, so 64), and on the CPU more rows a pass share each
-// weight's decoding too.
-const autoBatch = 64
+// autoBatch is the most rows eval decodes together by default: the fastest
+// batch measured (Qwen2.5-3B shape on an H200, LoRA r16 on / off, 2026-11-28,
+// batch kernels v10b + v11: 3,677 / 4,491 tok/s at 20, 6,408 / 8,444 at 64,
+// 6,653 / 8,880 at 128); on the CPU more rows a pass share each weight's
+// decoding too. Each row's KV cache is on the device (3B: ~73 KB a token).
+const autoBatch = 128
 
 func metricList() string {
 	var b strings.Builder
@@ -66,7 +66,7 @@ func runEval(args []string) error {
 	out := fs.String("out", "", "output `DIR` (default a new ./qbench-eval-<time>-<random>)")
 	maxNew := fs.Int("max-new-tokens", 256, "most tokens per answer")
 	system := fs.String("system", "", "system prompt (default: the chat template's)")
-	batch := fs.Int("batch", 0, "sequences per forward pass (0: every row, up to 64 an engine, the rows shared evenly between the GPUs)")
+	batch := fs.Int("batch", 0, "sequences per forward pass (0: every row, up to 128 an engine, the rows shared evenly between the GPUs)")
 	tie := fs.Float64("tie", 0, "differences up to this are 'similar' (0 = identical scores, as the seed counted)")
 	force := fs.Bool("force", false, "discard results in --out made with other settings")
 	quiet := fs.Bool("quiet", false, "no progress bars")
