@@ -8,8 +8,10 @@
 // upload.go (weights and descriptors onto the device), pass.go (a pass's
 // per-row metadata), forward.go (the forward pass, step for step beside
 // qwen/forward.go), launch.go (one typed launcher per kernel: all launch
-// geometry), layout.go (host re-layouts of NF4 codes), profile.go (per-kernel
-// timing and byte accounting), reference.go (CPU references of the kernels).
+// geometry), layout.go (host re-layouts of NF4 codes), candidates.go
+// (sampling on the device: the penalty and each row's top-k candidates),
+// profile.go (per-kernel timing and byte accounting), reference.go (CPU
+// references of the kernels).
 //
 // Files that touch the GPU build only with -tags cuda; without it the package
 // holds the embedded PTX (ptx.go, source.go), the NF4 re-layouts and the
