@@ -291,6 +291,36 @@ int main() {
         snprintf(nm, sizeof nm, "v7 W%d k%d (%dx%d, occ %d)", WARPS, KC, groups, S, occ);
         runs.push_back({nm, time_it(launch), err, 2e-5});
       };
+      auto v8 = [&](auto kern, int NT, int WARPS, int STAGES) {
+        const int smem = 16 * (16 * NT * 8 + 4) * 4 + WARPS * STAGES * 2048;
+        CK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+        int occ;
+        CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kern, WARPS * 32, smem));
+        const int S = K / 256, tiles = N / 16;
+        const int groups = std::max(1, std::min((occ * SMs) / S, (tiles + WARPS - 1) / WARPS));
+        const dim3 grid(groups, S);
+        auto launch = [&](const Q& q) {
+          kern<<<grid, WARPS * 32, smem>>>(q, dx, dpart, M);
+          v1_reduce<<<(M * N + 255) / 256, 256>>>(dy, dpart, M * N, S);
+        };
+        CK(cudaMemset(dy, 0xff, y.size() * 4));
+        CK(cudaMemset(dpart, 0xff, (size_t)M * N * 4 * (K / 64)));
+        launch(qs[0]);
+        CK(cudaGetLastError());
+        const double err = check();
+        char nm[64];
+        snprintf(nm, sizeof nm, "v8 W%d stages %d (%dx%d, occ %d)", WARPS, STAGES, groups, S, occ);
+        runs.push_back({nm, time_it(launch), err, 2e-5});
+      };
+      if (M <= 24) {
+        v8(v8_part<3, 8, 3>, 3, 8, 3);
+        v8(v8_part<3, 8, 4>, 3, 8, 4);
+        v8(v8_part<3, 16, 3>, 3, 16, 3);
+        v8(v8_part<3, 8, 3, 3>, 3, 8, 3);
+      } else if (M <= 64) {
+        v8(v8_part<8, 8, 3>, 8, 8, 3);
+        v8(v8_part<8, 8, 4>, 8, 8, 4);
+      }
       if (M <= 24) {
         v7(v7_part<3, 8, 256>, 3, 8, 256);
         v7(v7_part<3, 4, 256>, 3, 4, 256);

@@ -58,6 +58,12 @@
 //       loads, the integer pipe and fixed-latency dependencies about equally;
 //       the split-K partials and their reduce are ~1/5 of the time. Wired
 //       into the engine as mmas_nf4 v10.
+//   v8  v7 with each warp's codes in a shared-memory ring of STAGES tiles
+//       filled by cp.async (STAGES − 1 tiles in flight instead of one, and
+//       16 fewer registers: 86 at NT 3, so MINB 3 gives 24 warps an SM);
+//       the scales stay one tile ahead in registers.
+//       Written in the fourth session after the device time was spent: not
+//       yet run.
 #pragma once
 #include "common.cuh"
 
@@ -681,4 +687,109 @@ __global__ void __launch_bounds__(WARPS * 32, 1) v7_part(Q q, const float* __res
         }
       }
   }
+}
+
+// ---------------------------------------------------------------------------
+// v8: v7 (KC = 256) with the codes through a per-warp cp.async ring.
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool live) {
+  const unsigned a = (unsigned)__cvta_generic_to_shared(smem);
+  // src-size 0 fills the 16 bytes with zeros: a tile past the end, or a block past K.
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(gmem), "r"(live ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+// v8_part<NT, WARPS, STAGES, MINB>: grid (groups, K/256); shared memory: x as
+// v7 (16·lut_jw<NT·8>() words), then WARPS·STAGES·2 KB of codes. MINB = 3 asks
+// for ≤ 85 registers: 24 warps an SM.
+template <int NT, int WARPS, int STAGES, int MINB = 1>
+__global__ void __launch_bounds__(WARPS * 32, MINB) v8_part(Q q, const float* __restrict__ x, float* __restrict__ part, int M) {
+  constexpr int T = WARPS * 32, MP = NT * 8, JW = lut_jw<MP>();
+  extern __shared__ uint32_t sx[];
+  uint4* ring = (uint4*)(sx + 16 * JW) + (threadIdx.x >> 5) * STAGES * 128; // [STAGES][32 lanes][4 uint4]
+  __shared__ float code[256];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3, mi = lane >> 3;
+  const int K = q.K, nblk = K / 64, kbeg = blockIdx.y * 256;
+  const int tiles = q.N / 16, stride = gridDim.x * WARPS;
+  // fill: this thread's 64 code bytes of tile tl into slot sl (zeros past the end).
+  auto fill = [&](int tl, int sl) {
+    const bool live = tl < tiles;
+    const int ra = live ? tl * 16 + g : 0;
+    const uint8_t* pa = q.lut + (size_t)ra * (K / 2) + kbeg / 2 + 16 * t;
+    const uint8_t* pb = pa + (size_t)8 * (K / 2);
+    uint4* r = ring + (sl * 32 + lane) * 4;
+    cp_async16(r + 0, pa, live);
+    cp_async16(r + 1, pa + 64, live);
+    cp_async16(r + 2, pb, live);
+    cp_async16(r + 3, pb + 64, live);
+    cp_async_commit();
+  };
+  uint32_t qa = 0, qb = 0;
+  float na = 0.0f, nb = 0.0f;
+  auto scales = [&](int tl) { // one tile ahead, in registers
+    qa = qb = 0;
+    na = nb = 0.0f;
+    if (tl < tiles) {
+      const unsigned ba = (unsigned)(tl * 16 + g) * nblk + kbeg / 64 + t, bb = ba + 8u * nblk;
+      qa = __ldg(q.qabsmax + ba);
+      qb = __ldg(q.qabsmax + bb);
+      na = __ldg(q.nested + (ba >> 8));
+      nb = __ldg(q.nested + (bb >> 8));
+    }
+  };
+  int tile = blockIdx.x * WARPS + warp;
+#pragma unroll
+  for (int i = 0; i < STAGES - 1; i++) fill(tile + i * stride, i);
+  scales(tile);
+  for (int i = threadIdx.x; i < 256; i += T) code[i] = q.code[i];
+  stage_lut<T, MP>(sx, x, M, K, kbeg, 1);
+  __syncthreads();
+  float* out = part + (size_t)blockIdx.y * M * q.N;
+  const uint32_t* bl = sx + (mi * MP + (lane & 7)) * 4;
+  for (int it = 0; tile < tiles; tile += stride, it++) {
+    const int ra = tile * 16 + g, rb = ra + 8;
+    fill(tile + (STAGES - 1) * stride, (it + STAGES - 1) % STAGES);
+    cp_async_wait<STAGES - 1>(); // this tile's group has landed (each thread reads only what it copied)
+    const uint4* r = ring + ((it % STAGES) * 32 + lane) * 4;
+    const uint4 a0 = r[0], a1 = r[1], b0 = r[2], b1 = r[3];
+    const uint32_t qas = qa, qbs = qb;
+    const float nas = na, nbs = nb;
+    scales(tile + stride);
+    const Lut la = make_lut(__fadd_rn(__fmul_rn(code[qas], nas), q.offset));
+    const Lut lb = make_lut(__fadd_rn(__fmul_rn(code[qbs], nbs), q.offset));
+    float acc[NT][4] = {};
+#pragma unroll
+    for (int w = 0; w < 8; w++) {
+      const uint32_t wa = word_of(w < 4 ? a0 : a1, w & 3), wb = word_of(w < 4 ? b0 : b1, w & 3);
+      const uint32_t sa = wa & 0x77777777u, ha = ((wa >> 1) & 0x44444444u) | 0x32103210u;
+      const uint32_t sb = wb & 0x77777777u, hb = ((wb >> 1) & 0x44444444u) | 0x32103210u;
+#pragma unroll
+      for (int h = 0; h < 2; h++) {
+        uint32_t f0, f1, f2, f3;
+        lookup4(la, sa >> (16 * h), ha >> (16 * h), f0, f2);
+        lookup4(lb, sb >> (16 * h), hb >> (16 * h), f1, f3);
+        const int j = 2 * w + h;
+        uint32_t bm[NT][4];
+#pragma unroll
+        for (int n = 0; n < NT; n++) ldmatrix_x4(bm[n], bl + j * JW + 32 * n);
+#pragma unroll
+        for (int n = 0; n < NT; n++) mma16816(acc[n], f0, f1, f2, f3, bm[n][0], bm[n][1]);
+#pragma unroll
+        for (int n = 0; n < NT; n++) mma16816(acc[n], f0, f1, f2, f3, bm[n][2], bm[n][3]);
+      }
+    }
+#pragma unroll
+    for (int n = 0; n < NT; n++)
+#pragma unroll
+      for (int j = 0; j < 2; j++) {
+        const int m = 8 * n + 2 * t + j;
+        if (m < M) {
+          out[(size_t)m * q.N + ra] = acc[n][j];
+          out[(size_t)m * q.N + rb] = acc[n][2 + j];
+        }
+      }
+  }
+  cp_async_wait<0>();
 }
