@@ -17,8 +17,10 @@
 // (row, 64-block), thread t of a quad finds its 8 bytes at 8t; v7 reads
 // nf4_lut's layout (lutNF4), which the engine now uses for both.
 //
-// The versions and what each measured: nf4_mma_batch.cuh.
+// The versions and what each measured: nf4_mma_batch.cuh (v7 and v8 in
+// nf4_mma_batch_lut.cuh).
 #include "nf4_mma_batch.cuh"
+#include "nf4_mma_batch_lut.cuh"
 #include <math.h>
 #include <string.h>
 #include <time.h>
