@@ -51,6 +51,20 @@ func (s *Sampler) NextPenalised(logits []float32) int {
 	if s.S.Temperature <= 0 {
 		return Argmax(logits)
 	}
+	if k := s.S.TopK; k > 0 && k < len(logits) {
+		// Only the top-k set (with its ties) can be drawn: the same draw as
+		// nextWhole's from it alone (NextFrom), without sorting the whole row
+		// for top-p (TestNextFromCandidates).
+		c, _ := topK(logits, k, len(logits))
+		return s.NextFrom(c)
+	}
+	return s.nextWhole(logits)
+}
+
+// nextWhole is NextPenalised by transformers' transforms on the whole row:
+// temperature, top-k, top-p, softmax, one draw (the reference NextFrom is
+// tested against).
+func (s *Sampler) nextWhole(logits []float32) int {
 	Temperature(logits, s.S.Temperature)
 	if s.S.TopK > 0 {
 		TopK(logits, s.S.TopK)
@@ -231,6 +245,12 @@ func (s *Sampler) Candidates(logits []float32, history []int, max int) (c []Cand
 	if s.penalised() {
 		RepetitionPenalty(logits, history, s.S.RepetitionPenalty)
 	}
+	return topK(logits, k, max)
+}
+
+// topK is every token whose logit is at least the k-th largest, in id order;
+// ok is false when there are more than max.
+func topK(logits []float32, k, max int) (c []Cand, ok bool) {
 	kth := logits[0]
 	if k < len(logits) {
 		kth = kthLargest(logits, k)
