@@ -24,7 +24,7 @@ func TestNextFromCandidates(t *testing.T) {
 			Seed:              rng.Uint64(),
 		}
 		a, b, n := NewSampler(s), NewSampler(s), NewSampler(s) // whole rows, candidates, Next
-		max := []int{64, 24}[rng.IntN(2)] // 24: top-k 40, and some ties, fall back
+		max := []int{64, 24}[rng.IntN(2)]                      // 24: top-k 40, and some ties, fall back
 		hist := make([]int, 1+rng.IntN(40))
 		for i := range hist {
 			hist[i] = rng.IntN(V / 3) // repeats
