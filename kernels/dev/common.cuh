@@ -51,6 +51,61 @@ __device__ __forceinline__ void mma16816(float* d, uint32_t a0, uint32_t a1, uin
                : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
+// ldmatrix_x4 / _x2: 8×8 b16 matrices from shared memory; lane L gives the
+// address of row L % 8 of matrix L / 8, and thread (g, t) receives row g,
+// columns 2t and 2t + 1 of each: with rows = batch rows and columns = 8
+// consecutive k, that is exactly a B fragment register.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const uint32_t* p) {
+  const unsigned a = (unsigned)__cvta_generic_to_shared(p);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+__device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[2], const uint32_t* p) {
+  const unsigned a = (unsigned)__cvta_generic_to_shared(p);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(a));
+}
+
+__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
+  uint32_t d;
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
+  return d;
+}
+
+// Lut: one block's 16 weights bf16(NF4[i]·s) as byte planes (nf4_lut.cu).
+struct Lut {
+  uint32_t lo[4], hi[4];
+};
+
+__device__ __forceinline__ Lut make_lut(float s) {
+  uint32_t p[8]; // the NF4 values as immediates (NF4_HOST)
+  p[0] = pack_bf16(__fmul_rn(-1.0f, s), __fmul_rn(-0.6961928009986877f, s));
+  p[1] = pack_bf16(__fmul_rn(-0.5250730514526367f, s), __fmul_rn(-0.39491748809814453f, s));
+  p[2] = pack_bf16(__fmul_rn(-0.28444138169288635f, s), __fmul_rn(-0.18477343022823334f, s));
+  p[3] = pack_bf16(__fmul_rn(-0.09105003625154495f, s), __fmul_rn(0.0f, s));
+  p[4] = pack_bf16(__fmul_rn(0.07958029955625534f, s), __fmul_rn(0.16093020141124725f, s));
+  p[5] = pack_bf16(__fmul_rn(0.24611230194568634f, s), __fmul_rn(0.33791524171829224f, s));
+  p[6] = pack_bf16(__fmul_rn(0.44070982933044434f, s), __fmul_rn(0.5626170039176941f, s));
+  p[7] = pack_bf16(__fmul_rn(0.7229568362236023f, s), __fmul_rn(1.0f, s));
+  Lut t;
+#pragma unroll
+  for (int q = 0; q < 4; q++) {
+    t.lo[q] = prmt(p[2 * q], p[2 * q + 1], 0x6420);
+    t.hi[q] = prmt(p[2 * q], p[2 * q + 1], 0x7531);
+  }
+  return t;
+}
+
+// lookup4: 16 bits of codes (c0 c1 c2 c3 in bitsandbytes order) → bf16x2
+// (c0, c1) and (c2, c3); sel has bit 3 of each nibble cleared, hsel picks the
+// upper half of the table where it was set.
+__device__ __forceinline__ void lookup4(const Lut& t, uint32_t sel, uint32_t hsel, uint32_t& f01, uint32_t& f23) {
+  const uint32_t lo = prmt(prmt(t.lo[0], t.lo[1], sel), prmt(t.lo[2], t.lo[3], sel), hsel);
+  const uint32_t hi = prmt(prmt(t.hi[0], t.hi[1], sel), prmt(t.hi[2], t.hi[3], sel), hsel);
+  f01 = prmt(lo, hi, 0x4051);
+  f23 = prmt(lo, hi, 0x6273);
+}
+
+__device__ __forceinline__ uint32_t word_of(const uint4& u, int i) { return i == 0 ? u.x : i == 1 ? u.y : i == 2 ? u.z : u.w; }
+
 // bf16_round rounds to nearest even, as cvt.rn.bf16 (the host references).
 static float bf16_round(float f) {
   uint32_t u;

@@ -36,23 +36,6 @@
 #include <string>
 #include <vector>
 
-#define NF4_0 -1.0f
-#define NF4_1 -0.6961928009986877f
-#define NF4_2 -0.5250730514526367f
-#define NF4_3 -0.39491748809814453f
-#define NF4_4 -0.28444138169288635f
-#define NF4_5 -0.18477343022823334f
-#define NF4_6 -0.09105003625154495f
-#define NF4_7 0.0f
-#define NF4_8 0.07958029955625534f
-#define NF4_9 0.16093020141124725f
-#define NF4_10 0.24611230194568634f
-#define NF4_11 0.33791524171829224f
-#define NF4_12 0.44070982933044434f
-#define NF4_13 0.5626170039176941f
-#define NF4_14 0.7229568362236023f
-#define NF4_15 1.0f
-
 struct Q {
   const uint8_t* codes;   // [N*K/2], layout per version
   const uint8_t* qabsmax; // [N*K/64]
@@ -103,47 +86,7 @@ __global__ void __launch_bounds__(256) gemv_v1(Q q, const float* __restrict__ x,
 // ---------------------------------------------------------------------------
 // v2/v3: tensor cores with an exact per-block table.
 
-__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t s) {
-  uint32_t d;
-  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(s));
-  return d;
-}
-
-// Lut holds a block's 16 dequantised weights bf16(NF4[i]·s) as two byte
-// planes: lo[q] has the low bytes of values 4q…4q+3, hi[q] their high bytes.
-struct Lut {
-  uint32_t lo[4], hi[4];
-};
-
-__device__ __forceinline__ Lut make_lut(float s) {
-  uint32_t p[8];
-  p[0] = pack_bf16(__fmul_rn(NF4_0, s), __fmul_rn(NF4_1, s));
-  p[1] = pack_bf16(__fmul_rn(NF4_2, s), __fmul_rn(NF4_3, s));
-  p[2] = pack_bf16(__fmul_rn(NF4_4, s), __fmul_rn(NF4_5, s));
-  p[3] = pack_bf16(__fmul_rn(NF4_6, s), __fmul_rn(NF4_7, s));
-  p[4] = pack_bf16(__fmul_rn(NF4_8, s), __fmul_rn(NF4_9, s));
-  p[5] = pack_bf16(__fmul_rn(NF4_10, s), __fmul_rn(NF4_11, s));
-  p[6] = pack_bf16(__fmul_rn(NF4_12, s), __fmul_rn(NF4_13, s));
-  p[7] = pack_bf16(__fmul_rn(NF4_14, s), __fmul_rn(NF4_15, s));
-  Lut t;
-#pragma unroll
-  for (int q = 0; q < 4; q++) {
-    t.lo[q] = prmt(p[2 * q], p[2 * q + 1], 0x6420);
-    t.hi[q] = prmt(p[2 * q], p[2 * q + 1], 0x7531);
-  }
-  return t;
-}
-
-// lookup4 turns 16 bits of codes in bitsandbytes order (columns c0…c3: byte
-// c0<<4|c1, then c2<<4|c3) into the two bf16x2 fragments (c0,c1) and (c2,c3).
-// sel is the codes with bit 3 of each nibble cleared, hsel picks the upper
-// table half for nibbles with bit 3 set (prepared once per 32-bit word).
-__device__ __forceinline__ void lookup4(const Lut& t, uint32_t sel, uint32_t hsel, uint32_t& f01, uint32_t& f23) {
-  const uint32_t lo = prmt(prmt(t.lo[0], t.lo[1], sel), prmt(t.lo[2], t.lo[3], sel), hsel);
-  const uint32_t hi = prmt(prmt(t.hi[0], t.hi[1], sel), prmt(t.hi[2], t.hi[3], sel), hsel);
-  f01 = prmt(lo, hi, 0x4051); // lo/hi bytes are in nibble order c1, c0, c3, c2
-  f23 = prmt(lo, hi, 0x6273);
-}
+// prmt, Lut, make_lut and lookup4: common.cuh.
 
 __device__ __forceinline__ uint32_t word(const uint4& u, int i) { return i == 0 ? u.x : i == 1 ? u.y : i == 2 ? u.z : u.w; }
 

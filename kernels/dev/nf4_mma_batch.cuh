@@ -218,18 +218,6 @@ __global__ void __launch_bounds__(256) v0(Q q, const float* __restrict__ x, floa
 // different banks).
 constexpr int ROWW = 36;
 
-// ldmatrix_x4 / _x2: 8×8 b16 matrices from shared memory; lane L gives the
-// address of row L % 8 of matrix L / 8, and thread (g, t) receives row g,
-// columns 2t and 2t + 1 of each: with rows = batch rows and columns = 8
-// consecutive k, that is exactly a B fragment register.
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const uint32_t* p) {
-  const unsigned a = (unsigned)__cvta_generic_to_shared(p);
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
-}
-__device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[2], const uint32_t* p) {
-  const unsigned a = (unsigned)__cvta_generic_to_shared(p);
-  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(a));
-}
 
 // v1_part<NT, WARPS, LDM, P>: LDM (v2) reads the B fragments with ldmatrix,
 // one x4 for the hi and mid parts and one x2 for lo (2 instructions instead of
