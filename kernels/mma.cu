@@ -10,7 +10,7 @@
 //
 // Versions (kernels/PERF.md): v5 NF4 fragments dequantised in registers; v5b
 // dense bf16 too; v6, v7 (reverted) x pre-split by its producers or once per
-// matrix; v8 two tiles a warp for dense bf16 (TW below); v9 mmas_nf4 (x staged
+// matrix; v8 two tiles a warp for dense bf16; v9 mmas_nf4 (x staged
 // once per block as two bf16 parts, K split across blocks; dev v5); v10 its
 // dequantisation by nf4_lut's per-block table (dev v7); v11 mmas_bf16 in the
 // same frame for dense bf16 (mma_body, the v5b–v8 kernel, removed).
@@ -193,6 +193,8 @@ __device__ void mmas_body(const struct GemvOp* __restrict__ op, int M, int m0, f
       else nxt = fetch_codes(tile_of(op, tile + stride, tiles, g, K, kbeg), 0, t, nb_of(0));
       const Lut la = make_lut(live ? scale_of(cur.qa, code, c.sa) : 0.0f);
       const Lut lb = make_lut(live ? scale_of(cur.qb, code, c.sb) : 0.0f);
+      // mma_step's loop, with each 32-bit word's selectors built once for its
+      // two MMAs (through mma_step's per-MMA functor: 5 % more instructions).
 #pragma unroll
       for (int w = 0; w < 8; w++) { // a 32-bit word of each row: the codes of MMAs j = 2w, 2w + 1
         const uint32_t wa = word(w < 4 ? c.a0 : c.a1, w & 3), wb = word(w < 4 ? c.b0 : c.b1, w & 3);

@@ -49,7 +49,7 @@ var ptx_sample_90 string
 // modules lists each PTX module with the sha256 of the sources it was built from.
 var modules = []ptxModule{
 	{"attention", ptx_attention_80, ptx_attention_90, "57171c12f751df403fdadec28fb86358e248ecf7ccfc9d4ef8c7c3ad5e397277"},
-	{"mma", ptx_mma_80, ptx_mma_90, "e291aea5d470f1c538895e3c5fab3dc29661bd9bf0c1a04601b0121dafa0afc6"},
+	{"mma", ptx_mma_80, ptx_mma_90, "70e77ab8bf58774bebdfb2d0774d84761a4d8e672402c146ce6bd4468d1cb208"},
 	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, "fb328c902b8d12181fc80534eff007abb5499a6d0bedf1f69c72c67c23feb4f7"},
 	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, "d45cbcd5baecd4e0e051f79e9a858b17505a94c758c80dca19c44d58400b2a81"},
 	{"quantize", ptx_quantize_80, ptx_quantize_90, "372edf008533c121dcf83d2b9c344b45e6ce76481ce977e52f537bcea5975411"},
