@@ -2,6 +2,7 @@ package eval
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -168,5 +169,60 @@ func TestLockOut(t *testing.T) {
 	b, err := NewOutDir(filepath.Dir(a))
 	if err != nil || a == b {
 		t.Fatalf("two fresh directories %q, %q (%v)", a, b, err)
+	}
+}
+
+// smallDevice is the CPU Runner with room for at most live sequences at once:
+// NewSeq beyond them fails with qwen.ErrOutOfMemory, as a GPU's would.
+type smallDevice struct {
+	*qwen.Runner
+	live, max, refused int
+}
+
+func (d *smallDevice) NewSeq(capacity, adapter int) (*qwen.Seq, error) {
+	if d.live == d.max {
+		d.refused++
+		return nil, fmt.Errorf("cuda: %w allocating K cache", qwen.ErrOutOfMemory)
+	}
+	d.live++
+	return d.Runner.NewSeq(capacity, adapter)
+}
+
+func (d *smallDevice) Release(s *qwen.Seq) {
+	d.live--
+	d.Runner.Release(s)
+}
+
+// TestBatchThatFits: a batch the device has no room for runs in halves, with
+// the answers of a run that fits, and a device without room for one
+// sequence is an error.
+func TestBatchThatFits(t *testing.T) {
+	m, tok := loadTiny(t, "../testdata/tiny-qwen2-lora")
+	qs, _, err := LoadQuestions("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	qs = qs[:5]
+	set := Settings{Model: "tiny", Quant: m.Quant, MaxNewTokens: 6, StopIDs: m.Gen.EosIDs,
+		Adapters: []AdapterInfo{{Name: "lora", Dir: "../testdata/tiny-qwen2-lora"}}}
+	want, err := Eval(qwen.NewRunner(m), tok, qs, set, Options{Out: t.TempDir(), Batch: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	small := &smallDevice{Runner: qwen.NewRunner(m), max: 3}
+	got, err := Eval(small, tok, qs, set, Options{Out: t.TempDir(), Batch: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if small.refused == 0 {
+		t.Fatal("the device never ran out of room: the test tests nothing")
+	}
+	for i := range want.PerQuestion {
+		if fmt.Sprint(got.PerQuestion[i].Answers) != fmt.Sprint(want.PerQuestion[i].Answers) {
+			t.Errorf("question %d: in halves %v, in one batch %v", i, got.PerQuestion[i].Answers, want.PerQuestion[i].Answers)
+		}
+	}
+	if _, err := Eval(&smallDevice{Runner: qwen.NewRunner(m)}, tok, qs, set, Options{Out: t.TempDir(), Batch: 4}); !errors.Is(err, qwen.ErrOutOfMemory) {
+		t.Errorf("no room at all: err = %v, want out of memory", err)
 	}
 }

@@ -189,7 +189,7 @@ func runQueue(engines []qwen.Engine, tok *tokenizer.Tokenizer, items []item, var
 		go func() {
 			defer wg.Done()
 			for chunk := range queue {
-				rs, err := runBatch(e, tok, items, variants, chunk, set)
+				rs, err := runFitting(e, tok, items, variants, chunk, set)
 				out <- done{rs, err}
 			}
 		}()
@@ -228,6 +228,27 @@ func runQueue(engines []qwen.Engine, tok *tokenizer.Tokenizer, items []item, var
 		}
 	}
 	return results, first
+}
+
+// runFitting is runBatch, in halves (and their halves) when the device runs
+// out of memory for a batch: the default batch is the fastest measured, not
+// what every model and prompt length fits. The answers do not depend on the
+// batching (each pair's sampler has its own seed).
+func runFitting(e qwen.Engine, tok *tokenizer.Tokenizer, items []item, variants []string, chunk []pair, set Settings) ([]Result, error) {
+	rs, err := runBatch(e, tok, items, variants, chunk, set)
+	if err == nil || !errors.Is(err, qwen.ErrOutOfMemory) || len(chunk) == 1 {
+		return rs, err
+	}
+	h := len(chunk) / 2
+	a, err := runFitting(e, tok, items, variants, chunk[:h], set)
+	if err != nil {
+		return nil, err
+	}
+	b, err := runFitting(e, tok, items, variants, chunk[h:], set)
+	if err != nil {
+		return nil, err
+	}
+	return append(a, b...), nil
 }
 
 // item is one question with its prompt through the chat template.

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"unsafe"
 
+	"github.com/qbench/qbench/qwen"
 	"gorgonia.org/cu"
 )
 
@@ -207,7 +208,7 @@ func (d *Device) Alloc(bytes int64, what string) (Buf, error) {
 	p, err := cu.MemAlloc(bytes)
 	if err != nil {
 		free, total, _ := cu.MemInfo()
-		return Buf{}, fmt.Errorf("cuda: out of memory allocating %s: needed %d bytes, %d of %d free (%v)", what, bytes, free, total, err)
+		return Buf{}, fmt.Errorf("cuda: %w allocating %s: needed %d bytes, %d of %d free (%v)", qwen.ErrOutOfMemory, what, bytes, free, total, err)
 	}
 	return Buf{p, bytes}, nil
 }

@@ -1,6 +1,13 @@
 package qwen
 
-import "fmt"
+import (
+	"errors"
+	"fmt"
+)
+
+// ErrOutOfMemory is wrapped by an engine's errors when the device ran out of
+// memory (for a sequence's cache, say): a smaller batch may still fit.
+var ErrOutOfMemory = errors.New("out of memory")
 
 // GenerateOptions controls decoding.
 type GenerateOptions struct {

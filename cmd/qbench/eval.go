@@ -45,7 +45,8 @@ qbench merge; the GPU build spreads batches over --devices.`
 // batch measured (Qwen2.5-3B shape on an H200, LoRA r16 on / off, 2026-11-28,
 // batch kernels v10b + v11: 3,677 / 4,491 tok/s at 20, 6,408 / 8,444 at 64,
 // 6,653 / 8,880 at 128); on the CPU more rows a pass share each weight's
-// decoding too. Each row's KV cache is on the device (3B: ~73 KB a token).
+// decoding too. Each row's KV cache is on the device (3B: ~73 KB a token); a
+// batch that does not fit runs in halves (eval.runFitting).
 const autoBatch = 128
 
 func metricList() string {
@@ -66,7 +67,7 @@ func runEval(args []string) error {
 	out := fs.String("out", "", "output `DIR` (default a new ./qbench-eval-<time>-<random>)")
 	maxNew := fs.Int("max-new-tokens", 256, "most tokens per answer")
 	system := fs.String("system", "", "system prompt (default: the chat template's)")
-	batch := fs.Int("batch", 0, "sequences per forward pass (0: every row, up to 128 an engine, the rows shared evenly between the GPUs)")
+	batch := fs.Int("batch", 0, "sequences per forward pass (0: every row, up to 128 an engine, the rows shared evenly between the GPUs); a batch the GPU has no memory for runs in halves")
 	tie := fs.Float64("tie", 0, "differences up to this are 'similar' (0 = identical scores, as the seed counted)")
 	force := fs.Bool("force", false, "discard results in --out made with other settings")
 	quiet := fs.Bool("quiet", false, "no progress bars")
