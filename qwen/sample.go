@@ -31,7 +31,7 @@ func NewSampler(s Sampling) *Sampler {
 	return &Sampler{S: s, rng: rand.New(rand.NewPCG(s.Seed, 0x9e3779b97f4a7c15))}
 }
 
-// Next picks the next token from logits (modified in place) given the
+// Next picks the next token from logits (which it may modify) given the
 // sequence so far (prompt and generated tokens, for the repetition penalty).
 func (s *Sampler) Next(logits []float32, history []int) int {
 	if s.penalised() {
