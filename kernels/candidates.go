@@ -39,19 +39,12 @@ func (e *Engine) ensureCand(n int) error {
 	c := &e.cand
 	if c.count.Ptr == 0 {
 		R, S := int64(e.maxHead), int64(e.candSlices())
-		for _, a := range []struct {
-			b     *Buf
-			bytes int64
-			what  string
-		}{
-			{&c.k, 4 * R, "top-k sizes"}, {&c.penalty, 4 * R, "penalties"}, {&c.off, 4 * (R + 1), "seen offsets"},
-			{&c.key, 4 * R * S * candMax, "slice keys"}, {&c.sid, 4 * R * S * candMax, "slice ids"}, {&c.info, 16 * R * S, "slice info"},
-			{&c.id, 4 * R * candMax, "candidate ids"}, {&c.val, 4 * R * candMax, "candidate logits"}, {&c.count, 4 * R, "candidate counts"},
-		} {
-			var err error
-			if *a.b, err = e.alloc(a.bytes, a.what); err != nil {
-				return err
-			}
+		if err := e.allocWords([]words{
+			{&c.k, R, "top-k sizes"}, {&c.penalty, R, "penalties"}, {&c.off, R + 1, "seen offsets"},
+			{&c.key, R * S * candMax, "slice keys"}, {&c.sid, R * S * candMax, "slice ids"}, {&c.info, 4 * R * S, "slice info"}, // int4s
+			{&c.id, R * candMax, "candidate ids"}, {&c.val, R * candMax, "candidate logits"}, {&c.count, R, "candidate counts"},
+		}); err != nil {
+			return err
 		}
 	}
 	if need := int64(max(n, 1024)) * 4; need > c.seen.Bytes {

@@ -227,6 +227,24 @@ func (e *Engine) alloc(bytes int64, what string) (Buf, error) {
 	return b, err
 }
 
+// words is a buffer of n 4-byte elements for allocWords.
+type words struct {
+	b    *Buf
+	n    int64
+	what string
+}
+
+// allocWords allocates each buffer with e.alloc (freed on Close).
+func (e *Engine) allocWords(bufs []words) error {
+	for _, a := range bufs {
+		var err error
+		if *a.b, err = e.alloc(4*a.n, a.what); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func uploadTo[T any](e *Engine, v []T, what string) (Buf, error) {
 	b, err := Upload(e.Dev, v, what)
 	if err == nil {
@@ -437,15 +455,10 @@ func (e *Engine) uploadShrink(ls []*qwen.Linear, x, t Buf, k int) (shrinkDesc, e
 // its thread).
 func (e *Engine) upload() error {
 	c := e.cfg
-	var err error
 	R := int64(e.MaxRows)
 	qDim, kvDim := c.Heads*c.HeadDim, c.KVHeads*c.HeadDim
 	r := int64(max(e.rmax, 1))
-	for _, a := range []struct {
-		b     *Buf
-		elems int64
-		what  string
-	}{
+	if err := e.allocWords([]words{
 		{&e.x, R * int64(c.Hidden), "residual stream"}, {&e.xn, R * int64(c.Hidden), "normed activations"},
 		{&e.q, R * int64(qDim), "queries"}, {&e.att, R * int64(qDim), "attention output"},
 		{&e.act, R * int64(c.Intermediate), "MLP activations"}, {&e.xnHead, int64(e.maxHead) * int64(c.Hidden), "head input"},
@@ -454,11 +467,10 @@ func (e *Engine) upload() error {
 		{&e.tGU, R * 2 * r, "LoRA gate/up shrink"}, {&e.tD, R * r, "LoRA down shrink"},
 		{&e.rope, R * int64(c.HeadDim), "RoPE table"}, {&e.headIdx, R, "head rows"}, {&e.ids, R, "token ids"},
 		{&e.lp, R, "log-probabilities"},
-	} {
-		if *a.b, err = e.alloc(4*a.elems, a.what); err != nil {
-			return err
-		}
+	}); err != nil {
+		return err
 	}
+	var err error
 	if e.invFreq, err = uploadTo(e, qwen.RopeInvFreq(c), "RoPE frequencies"); err != nil {
 		return err
 	}

@@ -415,7 +415,7 @@ func sampledRate(eng *kernels.Engine, b, promptLen, newTokens int) (float64, err
 	for i := range prompts {
 		prompts[i] = make([]int, promptLen)
 		for j := range prompts[i] {
-			prompts[i][j] = (i*7919 + j*104729) % eng.Model().Config.Vocab // as prefill's
+			prompts[i][j] = benchToken(i, j, eng.Model().Config.Vocab)
 		}
 		s := instructSampling
 		s.Seed = uint64(i)
@@ -445,6 +445,9 @@ func firstTokens(b int) [][]int {
 	return t
 }
 
+// benchToken is token j of bench's prompt i.
+func benchToken(i, j, vocab int) int { return (i*7919 + j*104729) % vocab }
+
 // prefill starts b sequences with a prompt of n tokens each in one pass and
 // returns them with the prefill rate in tokens/s.
 func prefill(e *kernels.Engine, b, n, room, adapter int) ([]*qwen.Seq, float64, error) {
@@ -458,7 +461,7 @@ func prefill(e *kernels.Engine, b, n, room, adapter int) ([]*qwen.Seq, float64, 
 		seqs[i] = s
 		toks[i] = make([]int, n)
 		for j := range toks[i] {
-			toks[i][j] = (i*7919 + j*104729) % e.Model().Config.Vocab
+			toks[i][j] = benchToken(i, j, e.Model().Config.Vocab)
 		}
 	}
 	start := time.Now()
