@@ -250,8 +250,9 @@ int main() {
         snprintf(nm, sizeof nm, "v4 P%d W%d k%d (%d blocks)", P, WARPS, KC, grid.x * grid.y);
         runs.push_back({nm, time_it(launch), err, P == 2 ? 2e-5 : 1e-5});
       };
-      auto v5 = [&](auto kern, int NT, int WARPS, int KC, int P, const char* name = "v5") {
-        const int smem = P * NT * 8 * (KC / 2 + 4) * 4;
+      // persistent: a kernel whose blocks each take KC columns of K and walk
+      // tiles (v5–v8), launched as one wave, and the reduce; label names it.
+      auto persistent = [&](auto kern, int WARPS, int KC, int smem, const char* label, double bound) {
         CK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
         int occ;
         CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kern, WARPS * 32, smem));
@@ -268,51 +269,24 @@ int main() {
         launch(qs[0]);
         CK(cudaGetLastError());
         const double err = check();
-        char nm[64];
-        snprintf(nm, sizeof nm, "%s P%d W%d k%d (%dx%d, occ %d)", name, P, WARPS, KC, groups, S, occ);
-        runs.push_back({nm, time_it(launch), err, P == 2 ? 2e-5 : 1e-5});
+        char nm[96];
+        snprintf(nm, sizeof nm, "%s (%dx%d, occ %d)", label, groups, S, occ);
+        runs.push_back({nm, time_it(launch), err, bound});
+      };
+      auto v5 = [&](auto kern, int NT, int WARPS, int KC, int P, const char* name = "v5") {
+        char label[64];
+        snprintf(label, sizeof label, "%s P%d W%d k%d", name, P, WARPS, KC);
+        persistent(kern, WARPS, KC, P * NT * 8 * (KC / 2 + 4) * 4, label, P == 2 ? 2e-5 : 1e-5);
       };
       auto v7 = [&](auto kern, int NT, int WARPS, int KC) {
-        const int smem = KC / 16 * (16 * NT * 8 + 4) * 4;
-        CK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-        int occ;
-        CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kern, WARPS * 32, smem));
-        const int S = (K + KC - 1) / KC, tiles = N / 16;
-        const int groups = std::max(1, std::min((occ * SMs) / S, (tiles + WARPS - 1) / WARPS));
-        const dim3 grid(groups, S);
-        auto launch = [&](const Q& q) {
-          kern<<<grid, WARPS * 32, smem>>>(q, dx, dpart, M);
-          v1_reduce<<<(M * N + 255) / 256, 256>>>(dy, dpart, M * N, S);
-        };
-        CK(cudaMemset(dy, 0xff, y.size() * 4));
-        CK(cudaMemset(dpart, 0xff, (size_t)M * N * 4 * (K / 64))); // stale partials must not pass
-        launch(qs[0]);
-        CK(cudaGetLastError());
-        const double err = check();
-        char nm[64];
-        snprintf(nm, sizeof nm, "v7 W%d k%d (%dx%d, occ %d)", WARPS, KC, groups, S, occ);
-        runs.push_back({nm, time_it(launch), err, 2e-5});
+        char label[64];
+        snprintf(label, sizeof label, "v7 W%d k%d", WARPS, KC);
+        persistent(kern, WARPS, KC, KC / 16 * (16 * NT * 8 + 4) * 4, label, 2e-5);
       };
       auto v8 = [&](auto kern, int NT, int WARPS, int STAGES) {
-        const int smem = 16 * (16 * NT * 8 + 4) * 4 + WARPS * STAGES * 2048;
-        CK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-        int occ;
-        CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kern, WARPS * 32, smem));
-        const int S = K / 256, tiles = N / 16;
-        const int groups = std::max(1, std::min((occ * SMs) / S, (tiles + WARPS - 1) / WARPS));
-        const dim3 grid(groups, S);
-        auto launch = [&](const Q& q) {
-          kern<<<grid, WARPS * 32, smem>>>(q, dx, dpart, M);
-          v1_reduce<<<(M * N + 255) / 256, 256>>>(dy, dpart, M * N, S);
-        };
-        CK(cudaMemset(dy, 0xff, y.size() * 4));
-        CK(cudaMemset(dpart, 0xff, (size_t)M * N * 4 * (K / 64)));
-        launch(qs[0]);
-        CK(cudaGetLastError());
-        const double err = check();
-        char nm[64];
-        snprintf(nm, sizeof nm, "v8 W%d stages %d (%dx%d, occ %d)", WARPS, STAGES, groups, S, occ);
-        runs.push_back({nm, time_it(launch), err, 2e-5});
+        char label[64];
+        snprintf(label, sizeof label, "v8 W%d stages %d", WARPS, STAGES);
+        persistent(kern, WARPS, 256, 16 * (16 * NT * 8 + 4) * 4 + WARPS * STAGES * 2048, label, 2e-5);
       };
       if (M <= 24) {
         v8(v8_part<3, 8, 3>, 3, 8, 3);

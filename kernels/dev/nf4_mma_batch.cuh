@@ -211,6 +211,22 @@ __global__ void __launch_bounds__(256) v0(Q q, const float* __restrict__ x, floa
   }
 }
 
+// store_part writes one tile's partial sums into out [M][N]: acc[n][j] is
+// row ra of batch row 8n + 2t + j, acc[n][2 + j] row rb (v1, v4, v5, v7, v8).
+template <int NT>
+__device__ __forceinline__ void store_part(float* out, const float (&acc)[NT][4], int M, int N, int ra, int rb, int t) {
+#pragma unroll
+  for (int n = 0; n < NT; n++)
+#pragma unroll
+    for (int j = 0; j < 2; j++) {
+      const int m = 8 * n + 2 * t + j;
+      if (m < M) {
+        out[(size_t)m * N + ra] = acc[n][j];
+        out[(size_t)m * N + rb] = acc[n][2 + j];
+      }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // v1: x staged once per block (see the top). Shared memory: two buffers of
 // three planes of NT·8 rows × 36 words (64 columns as bf16 pairs + 4 words of
@@ -316,16 +332,7 @@ __global__ void __launch_bounds__(WARPS * 32) v1_part(Q q, const float* __restri
   }
   if (!valid) return;
   float* out = part + (size_t)blockIdx.y * M * q.N;
-#pragma unroll
-  for (int n = 0; n < NT; n++)
-#pragma unroll
-    for (int j = 0; j < 2; j++) {
-      const int m = 8 * n + 2 * t + j;
-      if (m < M) {
-        out[(size_t)m * q.N + ra] = acc[n][j];
-        out[(size_t)m * q.N + rb] = acc[n][2 + j];
-      }
-    }
+  store_part(out, acc, M, q.N, ra, rb, t);
 }
 
 // stage_x writes x[:, kbeg, kbeg + 64·steps) as P bf16 planes [P][MP][RW] of
@@ -421,16 +428,7 @@ __global__ void __launch_bounds__(WARPS * 32) v4_part(Q q, const float* __restri
   }
   if (!valid) return;
   float* out = part + (size_t)blockIdx.y * M * q.N;
-#pragma unroll
-  for (int n = 0; n < NT; n++)
-#pragma unroll
-    for (int j = 0; j < 2; j++) {
-      const int m = 8 * n + 2 * t + j;
-      if (m < M) {
-        out[(size_t)m * q.N + ra] = acc[n][j];
-        out[(size_t)m * q.N + rb] = acc[n][2 + j];
-      }
-    }
+  store_part(out, acc, M, q.N, ra, rb, t);
 }
 
 // v5_part<NT, WARPS, KC, P, PAIRS>: grid (groups, ⌈K/KC⌉); see the top.
@@ -500,16 +498,7 @@ __global__ void __launch_bounds__(WARPS * 32, 1) v5_part(Q q, const float* __res
           }
         }
     }
-#pragma unroll
-    for (int n = 0; n < NT; n++)
-#pragma unroll
-      for (int j = 0; j < 2; j++) {
-        const int m = 8 * n + 2 * t + j;
-        if (m < M) {
-          out[(size_t)m * q.N + ra] = acc[n][j];
-          out[(size_t)m * q.N + rb] = acc[n][2 + j];
-        }
-      }
+    store_part(out, acc, M, q.N, ra, rb, t);
   }
 }
 

@@ -33,6 +33,35 @@ __device__ __forceinline__ void stage_lut(uint32_t* sx, const float* __restrict_
   }
 }
 
+// lut_step runs one 256-column step of a tile (v7, v8): rows ra's and rb's
+// 64 codes (a0 a1, b0 b1: the first and second 16 bytes of the thread's
+// block) looked up in their blocks' tables, 32·NT MMAs against the staged x
+// at xl (this lane's ldmatrix row of the step at j = 0, n-tile 0).
+template <int NT, int JW>
+__device__ __forceinline__ void lut_step(float (&acc)[NT][4], uint4 a0, uint4 a1, uint4 b0, uint4 b1, const Lut& la, const Lut& lb,
+                                         const uint32_t* xl) {
+#pragma unroll
+  for (int w = 0; w < 8; w++) { // a 32-bit word of each row: the codes of MMAs j = 2w, 2w + 1
+    const uint32_t wa = word_of(w < 4 ? a0 : a1, w & 3), wb = word_of(w < 4 ? b0 : b1, w & 3);
+    const uint32_t sa = wa & 0x77777777u, ha = ((wa >> 1) & 0x44444444u) | 0x32103210u;
+    const uint32_t sb = wb & 0x77777777u, hb = ((wb >> 1) & 0x44444444u) | 0x32103210u;
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      uint32_t f0, f1, f2, f3;
+      lookup4(la, sa >> (16 * h), ha >> (16 * h), f0, f2);
+      lookup4(lb, sb >> (16 * h), hb >> (16 * h), f1, f3);
+      const int j = 2 * w + h;
+      uint32_t bm[NT][4];
+#pragma unroll
+      for (int n = 0; n < NT; n++) ldmatrix_x4(bm[n], xl + j * JW + 32 * n);
+#pragma unroll
+      for (int n = 0; n < NT; n++) mma16816(acc[n], f0, f1, f2, f3, bm[n][0], bm[n][1]); // hi
+#pragma unroll
+      for (int n = 0; n < NT; n++) mma16816(acc[n], f0, f1, f2, f3, bm[n][2], bm[n][3]); // lo
+    }
+  }
+}
+
 // v7_part<NT, WARPS, KC>: grid (groups, K/KC), K % 256 == 0; shared memory
 // KC/16 · lut_jw<NT·8>() words.
 template <int NT, int WARPS, int KC>
@@ -84,37 +113,9 @@ __global__ void __launch_bounds__(WARPS * 32, 1) v7_part(Q q, const float* __res
       fetch(tile + stride, s); // the next tile's step s, in flight during this one
       const Lut la = make_lut(__fadd_rn(__fmul_rn(code[qas], nas), q.offset));
       const Lut lb = make_lut(__fadd_rn(__fmul_rn(code[qbs], nbs), q.offset));
-#pragma unroll
-      for (int w = 0; w < 8; w++) { // a 32-bit word of each row: the codes of MMAs j = 2w, 2w + 1
-        const uint32_t wa = word_of(w < 4 ? a0 : a1, w & 3), wb = word_of(w < 4 ? b0 : b1, w & 3);
-        const uint32_t sa = wa & 0x77777777u, ha = ((wa >> 1) & 0x44444444u) | 0x32103210u;
-        const uint32_t sb = wb & 0x77777777u, hb = ((wb >> 1) & 0x44444444u) | 0x32103210u;
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-          uint32_t f0, f1, f2, f3;
-          lookup4(la, sa >> (16 * h), ha >> (16 * h), f0, f2);
-          lookup4(lb, sb >> (16 * h), hb >> (16 * h), f1, f3);
-          const int j = 2 * w + h;
-          uint32_t bm[NT][4];
-#pragma unroll
-          for (int n = 0; n < NT; n++) ldmatrix_x4(bm[n], bl + (s * 16 + j) * lut_jw<MP>() + 32 * n);
-#pragma unroll
-          for (int n = 0; n < NT; n++) mma16816(acc[n], f0, f1, f2, f3, bm[n][0], bm[n][1]); // hi
-#pragma unroll
-          for (int n = 0; n < NT; n++) mma16816(acc[n], f0, f1, f2, f3, bm[n][2], bm[n][3]); // lo
-        }
-      }
+      lut_step<NT, lut_jw<MP>()>(acc, a0, a1, b0, b1, la, lb, bl + s * 16 * lut_jw<MP>());
     }
-#pragma unroll
-    for (int n = 0; n < NT; n++)
-#pragma unroll
-      for (int j = 0; j < 2; j++) {
-        const int m = 8 * n + 2 * t + j;
-        if (m < M) {
-          out[(size_t)m * q.N + ra] = acc[n][j];
-          out[(size_t)m * q.N + rb] = acc[n][2 + j];
-        }
-      }
+    store_part(out, acc, M, q.N, ra, rb, t);
   }
 }
 
@@ -189,36 +190,8 @@ __global__ void __launch_bounds__(WARPS * 32, MINB) v8_part(Q q, const float* __
     const Lut la = make_lut(__fadd_rn(__fmul_rn(code[qas], nas), q.offset));
     const Lut lb = make_lut(__fadd_rn(__fmul_rn(code[qbs], nbs), q.offset));
     float acc[NT][4] = {};
-#pragma unroll
-    for (int w = 0; w < 8; w++) {
-      const uint32_t wa = word_of(w < 4 ? a0 : a1, w & 3), wb = word_of(w < 4 ? b0 : b1, w & 3);
-      const uint32_t sa = wa & 0x77777777u, ha = ((wa >> 1) & 0x44444444u) | 0x32103210u;
-      const uint32_t sb = wb & 0x77777777u, hb = ((wb >> 1) & 0x44444444u) | 0x32103210u;
-#pragma unroll
-      for (int h = 0; h < 2; h++) {
-        uint32_t f0, f1, f2, f3;
-        lookup4(la, sa >> (16 * h), ha >> (16 * h), f0, f2);
-        lookup4(lb, sb >> (16 * h), hb >> (16 * h), f1, f3);
-        const int j = 2 * w + h;
-        uint32_t bm[NT][4];
-#pragma unroll
-        for (int n = 0; n < NT; n++) ldmatrix_x4(bm[n], bl + j * JW + 32 * n);
-#pragma unroll
-        for (int n = 0; n < NT; n++) mma16816(acc[n], f0, f1, f2, f3, bm[n][0], bm[n][1]);
-#pragma unroll
-        for (int n = 0; n < NT; n++) mma16816(acc[n], f0, f1, f2, f3, bm[n][2], bm[n][3]);
-      }
-    }
-#pragma unroll
-    for (int n = 0; n < NT; n++)
-#pragma unroll
-      for (int j = 0; j < 2; j++) {
-        const int m = 8 * n + 2 * t + j;
-        if (m < M) {
-          out[(size_t)m * q.N + ra] = acc[n][j];
-          out[(size_t)m * q.N + rb] = acc[n][2 + j];
-        }
-      }
+    lut_step<NT, JW>(acc, a0, a1, b0, b1, la, lb, bl);
+    store_part(out, acc, M, q.N, ra, rb, t);
   }
   cp_async_wait<0>();
 }
