@@ -41,7 +41,7 @@ func rmsnormCall(out, x, w, idx Buf, hidden int, eps float32, rows int) call {
 // rmsnormLoRACall: rmsnorm of all rows, with the LoRA shrink A·out of the
 // shrink op's slots (q/k/v or gate/up) computed by extra blocks.
 func rmsnormLoRACall(out, x, w Buf, hidden int, eps float32, shrink *shrinkOp, slots, rmax, rows int) call {
-	return call{name: "rmsnorm_lora", grid: [3]int{rows, 1 + slots*rmax}, block: 256, args: []any{out, x, w, hidden, eps, shrink}}
+	return call{name: "rmsnorm_lora", grid: [3]int{rows, 1 + (slots*rmax+7)/8}, block: 256, shmem: 4 * hidden, args: []any{out, x, w, hidden, eps, shrink}}
 }
 
 // shrinkCall: t[m, slot, j] = A[adapter(m)][slot][j]·x[m], a block per output.

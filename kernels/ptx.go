@@ -53,6 +53,6 @@ var modules = []ptxModule{
 	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, "fb328c902b8d12181fc80534eff007abb5499a6d0bedf1f69c72c67c23feb4f7"},
 	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, "d45cbcd5baecd4e0e051f79e9a858b17505a94c758c80dca19c44d58400b2a81"},
 	{"quantize", ptx_quantize_80, ptx_quantize_90, "372edf008533c121dcf83d2b9c344b45e6ce76481ce977e52f537bcea5975411"},
-	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, "b27bca6110f38d02fc6526d6d9ce245be295a1ac17e21bbe1a444d9ecb40f1a1"},
+	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, "cbd1f1cc3f91cbf6c2b55f485f4a6c7844642f5ff993c32b479fb75420a648d1"},
 	{"sample", ptx_sample_80, ptx_sample_90, "94cb3d8234b73e36e8a8c3a75b44ef2c40ba393c2872a42129a728fa7b5ccf93"},
 }
