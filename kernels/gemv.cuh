@@ -258,6 +258,22 @@ __device__ __forceinline__ void lookup4(const Lut& t, uint32_t sel, uint32_t hse
 // word is 32-bit word i of u.
 __device__ __forceinline__ uint32_t word(const uint4& u, int i) { return i == 0 ? u.x : i == 1 ? u.y : i == 2 ? u.z : u.w; }
 
+// RawScale is what a block's scale is rebuilt from, loaded ahead: the
+// double-quantised code byte and its nested scale, or the fp32 absmax.
+struct RawScale {
+  uint32_t q;
+  float n;
+};
+__device__ __forceinline__ RawScale raw_scale(const MatRegs& r, unsigned e) {
+  const unsigned b = e >> r.blockShift;
+  if (r.qabsmax) return RawScale{(uint32_t)__ldg(r.qabsmax + b), __ldg(r.nested + (b >> r.nestedShift))};
+  return RawScale{0u, __ldg(r.absmax + b)};
+}
+// scale_of finishes it with nf4_scale's arithmetic (two roundings).
+__device__ __forceinline__ float scale_of(const MatRegs& r, const float* code, RawScale s) {
+  return r.qabsmax ? __fadd_rn(__fmul_rn(code[s.q], s.n), r.offset) : s.n;
+}
+
 // split3 writes x = hi + mid + lo as three packed bf16 pairs (exact to ~2^-24).
 __device__ __forceinline__ void split3(float x0, float x1, uint32_t& hi, uint32_t& mid, uint32_t& lo) {
   hi = pack_bf16(x0, x1);

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"testing"
 	"unsafe"
@@ -148,10 +149,10 @@ func TestGemv(t *testing.T) {
 			f, K = "nf4dq", 2048+128
 		case "nf4dq-mma", "nf4-mma", "bf16-mma": // the tensor-core batch kernels: rows in 16s, whole 64-blocks, 9 steps of K (the last one block); NT = 2, 3, 8, then 8 in two launches
 			f, K, eng, oN, guN = f[:len(f)-4], 2048+64, "mma", 48, 32
-			batches = [][]int{pattern(11), pattern(20), pattern(37), pattern(70)}
-		case "nf4dq-lut", "nf4-lut": // nf4_lut: rows in 16s, 33 blocks (a partial last step); one, two, eleven rows
+			batches = [][]int{pattern(11), pattern(20), pattern(37), pattern(70), pattern(130), pattern(300)} // 130, 300: prefill_nf4 (64-row blocks, a partial last one)
+		case "nf4dq-lut", "nf4-lut": // nf4_lut: rows in 16s, 33 blocks (a partial last step); one, two rows; eleven and 130 (mmas_nf4, prefill_nf4 on nf4_lut's codes)
 			f, K, eng, oN, guN = f[:len(f)-4], 2048+64, "lut", 48, 32
-			batches = [][]int{{0}, {1, -1}, pattern(11)}
+			batches = [][]int{{0}, {1, -1}, pattern(11), pattern(130)}
 		}
 		for _, adapters := range batches {
 			for i, mode := range []int{modeStore, modeResid, modeGateUp, modeQKV} {
@@ -280,8 +281,8 @@ func checkGemv(t *testing.T, d *Device, rng *rand.Rand, ls []*qwen.Linear, mode 
 		}
 		for _, c := range cs {
 			switch {
-			case wpp > 0 && c.name == "mmas_finish":
-			case wpp > 0 && mo.kind == kindMMANF4: // one group a split: each warp walks several tiles (and blocks several steps: splitSteps)
+			case wpp > 0 && (c.name == "mmas_finish" || c.name == "prefill_nf4"):
+			case wpp > 0 && strings.HasPrefix(c.name, "mmas_nf4"): // one group a split: each warp walks several tiles (and blocks several steps: splitSteps)
 				c.grid[0] = 1
 			case wpp > 0 && mo.kind == kindMMABF16: // one block: it walks every tile group
 				c.grid[0] = 1
@@ -347,7 +348,7 @@ func checkGemv(t *testing.T, d *Device, rng *rand.Rand, ls []*qwen.Linear, mode 
 		}
 	}
 	tol := fp32Tol
-	if eng == "mma" {
+	if eng == "mma" || eng == "lut" && M > 2 { // lut: passes of more rows run mmas_nf4 or prefill_nf4
 		tol = twoPartTol
 	}
 	if r := relErr(got, want); r > tol {
@@ -355,7 +356,7 @@ func checkGemv(t *testing.T, d *Device, rng *rand.Rand, ls []*qwen.Linear, mode 
 	}
 }
 
-// twoPartTol bounds mmas_nf4 and mmas_bf16, whose x enters as two bf16 parts (16
+// twoPartTol bounds mmas_nf4, prefill_nf4 and mmas_bf16, whose x enters as two bf16 parts (16
 // significant bits): each product is off by ≤ 2^-17 of |w·x|, randomly
 // signed, so a row's error is ~2^-17·√K·rms(w·x)/√3 against a largest
 // output of ~3.5·√K·rms(w·x): ~1.3e-6 of it, 2e-5 leaves room for the

@@ -173,11 +173,19 @@ func (d *Device) matmulCall(kind kernelKind, op *gemvOp, rows, pairs, K int) (ca
 	return c, nil
 }
 
-// matmulCalls are the launches of one matrix op over rows batch rows: one
-// (matmulCall) for every kind but the batch kernels, which take at most
-// splitRows rows a launch (mmas_nf4 each followed by its mmas_finish).
+// matmulCalls are the launches of one matrix op over rows batch rows. NF4 in
+// lutNF4's layout (kinds MMANF4 and LUTNF4) takes, by rows: nf4_lut (one or
+// two), mmas_nf4 + mmas_finish (up to prefillMin, at most splitRows a
+// launch), prefill_nf4 (more). Dense bf16 of batch engines takes mmas_bf16
+// (splitRows a launch), every other kind one matmulCall.
 func (d *Device) matmulCalls(kind kernelKind, op *gemvOp, rows, pairs, K int) ([]call, error) {
-	if kind != kindMMANF4 && kind != kindMMABF16 {
+	lut := kind == kindMMANF4 || kind == kindLUTNF4
+	switch {
+	case lut && rows > prefillMin:
+		return []call{prefillCall(op, rows, pairs)}, nil
+	case kind == kindLUTNF4 && rows > 2:
+		kind = kindMMANF4
+	case kind != kindMMANF4 && kind != kindMMABF16:
 		c, err := d.matmulCall(kind, op, rows, pairs, K)
 		return []call{c}, err
 	}
@@ -196,6 +204,19 @@ func (d *Device) matmulCalls(kind kernelKind, op *gemvOp, rows, pairs, K int) ([
 		cs = append(cs, c...)
 	}
 	return cs, nil
+}
+
+// prefillMin is the most rows the NF4 kernels for batches take; longer
+// passes run prefill_nf4, whose grid of 64-pair × 64-row blocks then holds
+// enough blocks to fill the card even for the short matrices (o, down).
+const prefillMin = 128
+
+// prefillCall is prefill_nf4 over rows batch rows: blocks of 64 pairs ×
+// PF_BM rows, each running its outputs' LoRA terms and epilogue.
+func prefillCall(op *gemvOp, rows, pairs int) call {
+	const bm, bn, ld = 64, 128, 64 + 8 // PF_BM, PF_BN, PF_LDW = PF_LDX in prefill.cu
+	return call{name: "prefill_nf4", block: 256, shmem: (bn*ld + 2*bm*ld) * 2,
+		grid: [3]int{(pairs + 63) / 64, (rows + bm - 1) / bm}, args: []any{op, rows}}
 }
 
 // batchNT is the n-tiles of 8 batch rows a batch-kernel launch over rows

@@ -44,22 +44,6 @@ constexpr int SK_COLS = 256; // columns of K a block takes: one nf4_lut step
 // stores of 16 j of one row fall in different banks.
 __host__ __device__ constexpr int sk_jw(int mp) { return 16 * mp + 4; }
 
-// RawScale is what a block's scale is rebuilt from, loaded ahead: the
-// double-quantised code byte and its nested scale, or the fp32 absmax.
-struct RawScale {
-  uint32_t q;
-  float n;
-};
-__device__ __forceinline__ RawScale raw_scale(const MatRegs& r, unsigned e) {
-  const unsigned b = e >> r.blockShift;
-  if (r.qabsmax) return RawScale{(uint32_t)__ldg(r.qabsmax + b), __ldg(r.nested + (b >> r.nestedShift))};
-  return RawScale{0u, __ldg(r.absmax + b)};
-}
-// scale_of finishes it with nf4_scale's arithmetic (two roundings).
-__device__ __forceinline__ float scale_of(const MatRegs& r, const float* code, RawScale s) {
-  return r.qabsmax ? __fadd_rn(__fmul_rn(code[s.q], s.n), r.offset) : s.n;
-}
-
 // ldmatrix_x4: four 8×8 b16 matrices from shared memory; lane L gives row
 // L % 8 of matrix L / 8, and thread (g, t) receives row g, word t of each —
 // with rows = batch rows, a B fragment register.

@@ -28,6 +28,12 @@ var ptx_nf4_matmul_80 string
 //go:embed ptx/nf4_matmul.sm90.ptx
 var ptx_nf4_matmul_90 string
 
+//go:embed ptx/prefill.sm80.ptx
+var ptx_prefill_80 string
+
+//go:embed ptx/prefill.sm90.ptx
+var ptx_prefill_90 string
+
 //go:embed ptx/quantize.sm80.ptx
 var ptx_quantize_80 string
 
@@ -48,11 +54,12 @@ var ptx_sample_90 string
 
 // modules lists each PTX module with the sha256 of the sources it was built from.
 var modules = []ptxModule{
-	{"attention", ptx_attention_80, ptx_attention_90, "57171c12f751df403fdadec28fb86358e248ecf7ccfc9d4ef8c7c3ad5e397277"},
-	{"mma", ptx_mma_80, ptx_mma_90, "70e77ab8bf58774bebdfb2d0774d84761a4d8e672402c146ce6bd4468d1cb208"},
-	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, "fb328c902b8d12181fc80534eff007abb5499a6d0bedf1f69c72c67c23feb4f7"},
-	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, "d45cbcd5baecd4e0e051f79e9a858b17505a94c758c80dca19c44d58400b2a81"},
-	{"quantize", ptx_quantize_80, ptx_quantize_90, "372edf008533c121dcf83d2b9c344b45e6ce76481ce977e52f537bcea5975411"},
-	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, "cbd1f1cc3f91cbf6c2b55f485f4a6c7844642f5ff993c32b479fb75420a648d1"},
-	{"sample", ptx_sample_80, ptx_sample_90, "94cb3d8234b73e36e8a8c3a75b44ef2c40ba393c2872a42129a728fa7b5ccf93"},
+	{"attention", ptx_attention_80, ptx_attention_90, "d91671534fb80cc815615827770b03e5334f590d0ad81f21b54c8b568b84cc7e"},
+	{"mma", ptx_mma_80, ptx_mma_90, "c8714e30f6602c43eb9867c87dd939c0e2b1c154a525d8e82a1107bba97a1ac8"},
+	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, "79563718c55eed7bcc5885b909c1a77f2f0e6abde2743ab30660d1d04af68b5c"},
+	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, "3c7dfa28c36bd35b9881d176c801a4bccf2e2439d26792a0cc58c0bddd0dd5dd"},
+	{"prefill", ptx_prefill_80, ptx_prefill_90, "0866ad4cc8bc6c41d3ff6f541957ad63d1ee33b263d5e8648f10a9c223eba2b0"},
+	{"quantize", ptx_quantize_80, ptx_quantize_90, "45070e47ecdfc5dc540d75049e44808920b4b02a677d2ce75938565b51627077"},
+	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, "8c3fdbd28c518eb4e05917789a1e3652b382921610d152880a5dcea6b7aaf441"},
+	{"sample", ptx_sample_80, ptx_sample_90, "1612fb662f2b7d77c55fcb9122094ba580c7de53864615427099194c1e0f4a8b"},
 }

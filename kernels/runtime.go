@@ -112,7 +112,7 @@ func (d *Device) init(ordinal int) error {
 				return fmt.Errorf("cuda: kernel %s in %s: %v", name, m.name, err)
 			}
 			d.fns[name] = fn
-			if strings.HasPrefix(name, "nf4_lut_") || strings.HasPrefix(name, "mmas_") { // x in dynamic shared memory, up to the device's limit
+			if strings.HasPrefix(name, "nf4_lut_") || strings.HasPrefix(name, "mmas_") || strings.HasPrefix(name, "prefill_") { // x in dynamic shared memory, up to the device's limit
 				if err := setMaxShmem(fn, d.maxShmem); err != nil {
 					return fmt.Errorf("cuda: %s: %v", name, err)
 				}
@@ -131,6 +131,7 @@ var kernelNames = map[string][]string{
 	"rmsnorm":    {"rmsnorm", "rmsnorm_lora", "embed"},
 	"quantize":   {"nf4_quantize"},
 	"sample":     {"argmax", "target_logprob", "cand_slice", "cand_merge"},
+	"prefill":    {"prefill_nf4_64", "prefill_nf4_128"},
 }
 
 func gemvNames() []string {

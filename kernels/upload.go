@@ -419,7 +419,7 @@ func (e *Engine) uploadOp(base gemvOp, ls []*qwen.Linear, what string) (matOp, e
 		}
 		op.Mat[s], mo.kind, mo.weights = mt, kind, mo.weights+matBytes(l)
 	}
-	if mo.kind == kindMMANF4 {
+	if mo.kind == kindMMANF4 || mo.kind == kindLUTNF4 { // LUTNF4: passes of 3–128 rows run mmas_nf4
 		if err := e.Dev.reserveSplit(splitWSBytes(mo.pairs, mo.k)); err != nil {
 			return mo, err
 		}
