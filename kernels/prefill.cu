@@ -155,6 +155,7 @@ __device__ void prefill_body(const struct GemvOp* __restrict__ op, int M) {
   }
 }
 
-extern "C" __global__ void __launch_bounds__(256) prefill_nf4(const __grid_constant__ struct GemvOp op, long long M) {
+// Two blocks an SM (128 registers; the epilogue spills 4 bytes).
+extern "C" __global__ void __launch_bounds__(256, 2) prefill_nf4(const __grid_constant__ struct GemvOp op, long long M) {
   prefill_body<PF_BM>(&op, (int)M);
 }
