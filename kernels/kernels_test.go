@@ -3,6 +3,7 @@
 package kernels
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -25,8 +26,11 @@ var (
 // device opens GPU 0 once for all tests, or skips with a one-line reason.
 func device(t testing.TB) *Device {
 	devOnce.Do(func() { dev, devErr = Open(0) })
-	if devErr != nil {
+	if errors.Is(devErr, ErrNoDevice) {
 		t.Skipf("no usable CUDA device: %v", devErr)
+	}
+	if devErr != nil { // a device that fails to load the kernels is a failure, not a skip
+		t.Fatal(devErr)
 	}
 	return dev
 }

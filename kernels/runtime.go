@@ -131,7 +131,7 @@ var kernelNames = map[string][]string{
 	"rmsnorm":    {"rmsnorm", "rmsnorm_lora", "embed"},
 	"quantize":   {"nf4_quantize"},
 	"sample":     {"argmax", "target_logprob", "cand_slice", "cand_merge"},
-	"prefill":    {"prefill_nf4_64", "prefill_nf4_128"},
+	"prefill":    {"prefill_nf4"},
 }
 
 func gemvNames() []string {
