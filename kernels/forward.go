@@ -128,7 +128,7 @@ func (f *steps) norm(label string, layer int, out, w Buf, sh shrinkDesc, eps flo
 		f.do(label, layer, rmsnormCall(out, e.x, w, Buf{}, e.cfg.Hidden, eps, rows))
 		return
 	}
-	f.do(label, layer, rmsnormLoRACall(out, e.x, w, e.cfg.Hidden, eps, sh.desc, sh.slots, e.rmax, rows))
+	f.do(label, layer, rmsnormLoRACall(out, e.x, w, e.cfg.Hidden, eps, sh.desc, sh.slots, e.rmax, rows, e.Dev.SMs))
 }
 
 // shrink is a LoRA shrink of its own launch (when the model has adapters).

@@ -39,9 +39,16 @@ func rmsnormCall(out, x, w, idx Buf, hidden int, eps float32, rows int) call {
 }
 
 // rmsnormLoRACall: rmsnorm of all rows, with the LoRA shrink A·out of the
-// shrink op's slots (q/k/v or gate/up) computed by extra blocks.
-func rmsnormLoRACall(out, x, w Buf, hidden int, eps float32, shrink *shrinkOp, slots, rmax, rows int) call {
-	return call{name: "rmsnorm_lora", grid: [3]int{rows, 1 + (slots*rmax+7)/8}, block: 256, shmem: 4 * hidden, args: []any{out, x, w, hidden, eps, shrink}}
+// shrink op's slots (q/k/v or gate/up) computed by extra blocks, each taking
+// per outputs: the most (of 1, 2, 4, 8) that still leave a shrink block for
+// every multiprocessor of sms.
+func rmsnormLoRACall(out, x, w Buf, hidden int, eps float32, shrink *shrinkOp, slots, rmax, rows, sms int) call {
+	outs, per := slots*rmax, 1
+	for per < 8 && rows*((outs+2*per-1)/(2*per)) >= sms {
+		per *= 2
+	}
+	return call{name: "rmsnorm_lora", grid: [3]int{rows, 1 + (outs+per-1)/per}, block: 256, shmem: 4 * hidden,
+		args: []any{out, x, w, hidden, eps, shrink, per}}
 }
 
 // shrinkCall: t[m, slot, j] = A[adapter(m)][slot][j]·x[m], a block per output.

@@ -3,6 +3,7 @@
 package kernels
 
 import (
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"testing"
@@ -15,7 +16,8 @@ import (
 
 // TestRMSNormLoRA checks the fused rmsnorm_lora against its two unfused
 // references: rmsnorm then lora_shrink on the GPU (kernel bugs: bit-equal
-// norm, shrink within fp32 summation order) and RefRMSNorm + A·xn in float64.
+// norm, shrink within fp32 summation order) and RefRMSNorm + A·xn in float64,
+// with 1, 2, 4 and 8 outputs a shrink block.
 func TestRMSNormLoRA(t *testing.T) {
 	d := device(t)
 	rng := rand.New(rand.NewPCG(rand.Uint64(), 6))
@@ -26,12 +28,23 @@ func TestRMSNormLoRA(t *testing.T) {
 		{Name: "gate_proj", In: H, Out: 8, LoRA: []*lora.Module{{Rank: 4, In: H, A: randSlice(rng, 4*H, 0.1)}, {Rank: 8, In: H, A: randSlice(rng, 8*H, 0.1)}}},
 		{Name: "up_proj", In: H, Out: 8, LoRA: []*lora.Module{{Rank: 4, In: H, A: randSlice(rng, 4*H, 0.1)}, nil}},
 	}
+	e := &Engine{Dev: d, rmax: rmax}
+	defer e.Close()
+	for _, per := range []int{1, 2, 4, 8} {
+		checkRMSNormLoRA(t, d, e, x, w, ls, adapters, per)
+	}
+}
+
+func checkRMSNormLoRA(t *testing.T, d *Device, e *Engine, x, w []float32, ls []*qwen.Linear, adapters []int, per int) {
+	const H, rmax = 2048 + 96, 8
+	M := len(adapters)
+	// the launcher's sms for per at M = 5 rows and 16 outputs: it doubles per
+	// while M·⌈16 / 2per⌉ ≥ sms
+	sms := map[int]int{1: 1 << 20, 2: 30, 4: 15, 8: 1}[per]
 	meta := make([]rowMeta, M)
 	for m, a := range adapters {
 		meta[m].Adapter = int32(a)
 	}
-	e := &Engine{Dev: d, rmax: rmax}
-	defer e.Close()
 	var fusedXN, plainXN, fusedT, plainT []float32
 	err := d.Do(func() error {
 		var err error
@@ -41,8 +54,8 @@ func TestRMSNormLoRA(t *testing.T) {
 		xb, _ := uploadTo(e, x, "x")
 		wb, _ := uploadTo(e, w, "w")
 		run := func(fused bool) ([]float32, []float32, error) {
-			xn, _ := e.alloc(M*H*4, "xn")
-			tb, _ := e.alloc(M*2*rmax*4, "t")
+			xn, _ := e.alloc(int64(M*H*4), "xn")
+			tb, _ := e.alloc(int64(M*2*rmax*4), "t")
 			d.Poison(xn)
 			d.Poison(tb)
 			sh, err := e.uploadShrink(ls, xn, tb, H)
@@ -50,7 +63,11 @@ func TestRMSNormLoRA(t *testing.T) {
 				return nil, nil, err
 			}
 			if fused {
-				err = d.run(rmsnormLoRACall(xn, xb, wb, H, 1e-6, sh.desc, 2, rmax, M))
+				c := rmsnormLoRACall(xn, xb, wb, H, 1e-6, sh.desc, 2, rmax, M, sms)
+				if c.args[6] != per {
+					return nil, nil, fmt.Errorf("rmsnormLoRACall with %d SMs: %v outputs a block, want %d", sms, c.args[6], per)
+				}
+				err = d.run(c)
 			} else if err = d.run(rmsnormCall(xn, xb, wb, Buf{}, H, 1e-6, M)); err == nil {
 				err = d.run(shrinkCall(sh.desc, rmax, 2, M))
 			}
@@ -72,6 +89,7 @@ func TestRMSNormLoRA(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("%d outputs a shrink block", per)
 	for i := range plainXN {
 		if fusedXN[i] != plainXN[i] {
 			t.Fatalf("normed output %d: fused %v, unfused %v (the same arithmetic: must be equal)", i, fusedXN[i], plainXN[i])

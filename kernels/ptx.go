@@ -60,6 +60,6 @@ var modules = []ptxModule{
 	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, "3c7dfa28c36bd35b9881d176c801a4bccf2e2439d26792a0cc58c0bddd0dd5dd"},
 	{"prefill", ptx_prefill_80, ptx_prefill_90, "50f9d72c25050c4c69b0a06759d8612e891017a29248df5d1961243267cee8f6"},
 	{"quantize", ptx_quantize_80, ptx_quantize_90, "45070e47ecdfc5dc540d75049e44808920b4b02a677d2ce75938565b51627077"},
-	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, "8c3fdbd28c518eb4e05917789a1e3652b382921610d152880a5dcea6b7aaf441"},
+	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, "49d5e03f03cbf0374ad8bc98d3b722014cacf4718a46e9dcb88e6c0d1e3364f9"},
 	{"sample", ptx_sample_80, ptx_sample_90, "1612fb662f2b7d77c55fcb9122094ba580c7de53864615427099194c1e0f4a8b"},
 }

@@ -60,17 +60,20 @@ extern "C" __global__ void embed(float* x, const void* table, long long isBF16, 
 // rmsnorm_lora: rmsnorm (blocks with blockIdx.y == 0) fused with the LoRA
 // shrink of the modules that read its output (q/k/v, or gate/up): block
 // (i, 1 + b) recomputes row i's norm the same way into shared memory (H
-// floats of dynamic shared memory), then each of its 8 warps writes one
-// output, idx = 8b + warp: t[i, slot, j] = Σ_k A[adapter(i)][slot][j, k]·xn[i,
-// k] (slot = idx / rmax, j = idx % rmax; 0 without an adapter or past its
-// rank), so the shrink needs no launch of its own. (Until the fourth session a
-// block an output, each recomputing the norm and reading x and w again: 3,136
-// blocks at batch 64, 17 µs a launch on an H200.)
+// floats of dynamic shared memory), then computes per (1, 2, 4 or 8) outputs
+// idx = per·b + o, 8/per warps each (a share of k each, summed in warp order):
+// t[i, slot, j] = Σ_k A[adapter(i)][slot][j, k]·xn[i, k] (slot = idx / rmax,
+// j = idx % rmax; 0 without an adapter or past its rank), so the shrink needs
+// no launch of its own. per is the launcher's: few rows take 1 (enough blocks
+// to fill the card), many 8 (the norm computed once for 8 outputs). (Until
+// the fourth session a block an output always: 3,136 blocks at batch 64, 17 µs
+// a launch on an H200; 8 always: 448, but 7 blocks at batch 1.)
 extern "C" __global__ void rmsnorm_lora(float* out, const float* x, const float* w, long long H, float eps,
-                                        const __grid_constant__ struct ShrinkOp op) {
+                                        const __grid_constant__ struct ShrinkOp op, long long per) {
   pdl_trigger();
   pdl_wait(); // everything below may read what the previous kernel wrote
   extern __shared__ float xn[]; // [H]: row i normed, for the shrink blocks
+  __shared__ float part[8];
   const int i = blockIdx.x;
   const float* xr = x + (long long)i * H;
   const float inv = inv_rms(xr, H, eps); // exactly as rmsnorm computes it
@@ -81,32 +84,39 @@ extern "C" __global__ void rmsnorm_lora(float* out, const float* x, const float*
   }
   for (long long k = threadIdx.x; k < H; k += blockDim.x) xn[k] = w[k] * (xr[k] * inv); // the same values
   __syncthreads();
-  const int lane = threadIdx.x & 31, idx = (blockIdx.y - 1) * 8 + (threadIdx.x >> 5);
-  if (idx >= op.nslots * op.rmax) return; // no barrier below
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wpo = 8 / (int)per; // warps an output
+  const int idx = (blockIdx.y - 1) * (int)per + warp / wpo, q = warp % wpo;      // output, and this warp's share
   const int slot = idx / op.rmax, j = idx % op.rmax, ad = op.rows[i].adapter;
   float s = 0.0f;
-  if (ad >= 0 && op.A[slot][ad] != nullptr && j < op.rank[slot][ad]) { // the same for the whole warp
+  if (idx < op.nslots * op.rmax && ad >= 0 && op.A[slot][ad] != nullptr && j < op.rank[slot][ad]) { // the same for the whole warp
     const float* a = op.A[slot][ad] + (long long)j * H;
     if (H % 4 == 0) { // 16-byte loads, four in flight
       const float4* a4 = (const float4*)a;
       const float4* x4 = (const float4*)xn;
+      const long long step = 32 * wpo;
       float s4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-      long long k = lane;
-      for (; k + 96 < H / 4; k += 128)
+      long long k = lane + 32 * q;
+      for (; k + 3 * step < H / 4; k += 4 * step)
 #pragma unroll
         for (int u = 0; u < 4; u++) {
-          const float4 av = __ldg(a4 + k + 32 * u), xv = x4[k + 32 * u];
+          const float4 av = __ldg(a4 + k + step * u), xv = x4[k + step * u];
           s4[u] += av.x * xv.x + av.y * xv.y + av.z * xv.z + av.w * xv.w;
         }
-      for (; k < H / 4; k += 32) {
+      for (; k < H / 4; k += step) {
         const float4 av = __ldg(a4 + k), xv = x4[k];
         s4[0] += av.x * xv.x + av.y * xv.y + av.z * xv.z + av.w * xv.w;
       }
       s = (s4[0] + s4[1]) + (s4[2] + s4[3]);
     } else {
-      for (long long k = lane; k < H; k += 32) s += __ldg(a + k) * xn[k];
+      for (long long k = lane + 32 * q; k < H; k += 32 * wpo) s += __ldg(a + k) * xn[k];
     }
     s = warp_sum(s);
   }
-  if (lane == 0) op.t[(long long)i * op.tStride + slot * op.rmax + j] = s;
+  if (wpo > 1) { // the output's warps' sums, in warp order
+    if (lane == 0) part[warp] = s;
+    __syncthreads();
+    if (q != 0) return;
+    for (int u = 1; u < wpo; u++) s += part[warp + u];
+  }
+  if (lane == 0 && idx < op.nslots * op.rmax) op.t[(long long)i * op.tStride + slot * op.rmax + j] = s;
 }
