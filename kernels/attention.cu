@@ -128,3 +128,137 @@ extern "C" __global__ void __launch_bounds__(128) attn_combine(float* att, const
     att[(long long)m * heads * hd + h * hd + d] = acc / sum;
   }
 }
+
+// attn_flash_<D>: causal attention of prefill passes (flash attention on the
+// CUDA cores, fp32 throughout; dev: kernels/dev/attn_prefill.cu v1). The pass
+// is cut into tiles of up to FQ consecutive rows of one sequence (tiles[i] =
+// {first row, rows}, built by the host); block (tile, h) takes the tile's
+// rows for query head h over the keys 0 … its last row's position, FK
+// positions at a time: S = q·Kᵀ·scale (a thread 4 rows × 4 positions 16
+// apart), the causal mask by each row's own position, the online softmax
+// (row max and sum across the 16 threads of a row group by shuffles), P
+// through shared memory, O += P·V (a thread 4 rows × D/16 dims, in
+// registers); O / l at the end into att[m, h·D + d], as attn_combine writes
+// it. 256 threads; dynamic shared memory (FQ·D + FK·(D+4) + FK·D + FQ·(FK+4))·4.
+// Bytes per block: the tile's K and V once (the heads of a group read them
+// again, from L2); flops 4·FQ·(pos+1)·D. The flash-decoding pair above
+// would take a block per (head, row, 32 positions): 2.1 M blocks a layer for
+// one 2,048-token prompt.
+constexpr int FQ = 64, FK = 64;
+
+template <int D>
+__device__ void attn_flash_body(float* __restrict__ att, const float* __restrict__ q, const struct RowMeta* __restrict__ rows,
+                                const int* __restrict__ tiles, int layer, int heads, int kvHeads) {
+  constexpr int LDK = D + 4, LDP = FK + 4, DT = D / 16; // K's padded rows; P's; dims a thread
+  extern __shared__ float sm[];
+  float* qs = sm;             // [FQ][D]
+  float* ks = qs + FQ * D;    // [FK][LDK]
+  float* vs = ks + FK * LDK;  // [FK][D]
+  float* ps = vs + FK * D;    // [FQ][LDP]
+  __shared__ int qpos[FQ];    // each row's position; −1 past the tile
+  pdl_trigger();
+  pdl_wait(); // everything below may read what the previous kernel wrote
+  const int h = blockIdx.y, r0 = tiles[2 * blockIdx.x], n = tiles[2 * blockIdx.x + 1];
+  const struct RowMeta rm = rows[r0];
+  const long long kvDim = (long long)kvHeads * D, g = h / (heads / kvHeads);
+  const float* K = rm.k + (long long)layer * rm.cap * kvDim + g * D;
+  const float* V = rm.v + (long long)layer * rm.cap * kvDim + g * D;
+  const int tid = threadIdx.x, rg = tid >> 4, cg = tid & 15; // rows 4rg … 4rg + 3; positions cg + 16j; dims DT·cg …
+  const float scale = 1.0f / sqrtf((float)D);
+  for (int i = tid; i < FQ; i += blockDim.x) qpos[i] = i < n ? rows[r0 + i].pos : -1;
+  for (int i = tid; i < FQ * D / 4; i += blockDim.x) {
+    const int r = i / (D / 4), c = i % (D / 4);
+    *(float4*)(qs + r * D + 4 * c) = r < n ? *(const float4*)(q + ((long long)(r0 + r) * heads + h) * D + 4 * c) : make_float4(0, 0, 0, 0);
+  }
+  __syncthreads();
+  int last = 0; // the keys the tile needs: 0 … its largest position
+  for (int i = 0; i < n; i++) last = max(last, qpos[i]);
+  float acc[4][DT] = {}, mrow[4], lrow[4];
+#pragma unroll
+  for (int i = 0; i < 4; i++) mrow[i] = -INFINITY, lrow[i] = 0.0f;
+  for (int kv0 = 0; kv0 <= last; kv0 += FK) {
+    __syncthreads(); // the previous tile's K, V and P are read
+    for (int i = tid; i < FK * D / 4; i += blockDim.x) {
+      const int r = i / (D / 4), c = i % (D / 4), pos = kv0 + r;
+      float4 kk = make_float4(0, 0, 0, 0), vv = kk;
+      if (pos <= last) {
+        kk = *(const float4*)(K + pos * kvDim + 4 * c);
+        vv = *(const float4*)(V + pos * kvDim + 4 * c);
+      }
+      *(float4*)(ks + r * LDK + 4 * c) = kk;
+      *(float4*)(vs + r * D + 4 * c) = vv;
+    }
+    __syncthreads();
+    float s[4][4] = {};
+    for (int d = 0; d < D; d += 4) {
+      float4 qa[4], kb[4];
+#pragma unroll
+      for (int i = 0; i < 4; i++) qa[i] = *(const float4*)(qs + (4 * rg + i) * D + d);
+#pragma unroll
+      for (int j = 0; j < 4; j++) kb[j] = *(const float4*)(ks + (cg + 16 * j) * LDK + d);
+#pragma unroll
+      for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) s[i][j] += qa[i].x * kb[j].x + qa[i].y * kb[j].y + qa[i].z * kb[j].z + qa[i].w * kb[j].w;
+    }
+    // The row group's 16 threads are lanes 0–15 or 16–31 of one warp.
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      const int pq = qpos[4 * rg + i];
+      float mx = -INFINITY;
+#pragma unroll
+      for (int j = 0; j < 4; j++) {
+        s[i][j] = kv0 + cg + 16 * j > pq ? -INFINITY : s[i][j] * scale;
+        mx = fmaxf(mx, s[i][j]);
+      }
+#pragma unroll
+      for (int off = 1; off < 16; off <<= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+      const float mnew = fmaxf(mrow[i], mx);
+      const float mref = mnew == -INFINITY ? 0.0f : mnew; // no key yet (or a row past the tile): exp gives 0, not NaN
+      float sum = 0.0f;
+#pragma unroll
+      for (int j = 0; j < 4; j++) {
+        s[i][j] = expf(s[i][j] - mref);
+        sum += s[i][j];
+      }
+#pragma unroll
+      for (int off = 1; off < 16; off <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+      const float corr = expf(mrow[i] - mref);
+      lrow[i] = lrow[i] * corr + sum;
+      mrow[i] = mnew;
+#pragma unroll
+      for (int e = 0; e < DT; e++) acc[i][e] *= corr;
+#pragma unroll
+      for (int j = 0; j < 4; j++) ps[(4 * rg + i) * LDP + cg + 16 * j] = s[i][j];
+    }
+    __syncthreads();
+    for (int j = 0; j < FK; j++) {
+      float vj[DT];
+#pragma unroll
+      for (int e = 0; e < DT; e += 4) *(float4*)(vj + e) = *(const float4*)(vs + j * D + DT * cg + e);
+#pragma unroll
+      for (int i = 0; i < 4; i++) {
+        const float p = ps[(4 * rg + i) * LDP + j];
+#pragma unroll
+        for (int e = 0; e < DT; e++) acc[i][e] += p * vj[e];
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    const int r = 4 * rg + i;
+    if (r >= n) continue;
+    float* out = att + ((long long)(r0 + r) * heads + h) * D + DT * cg;
+    const float inv = 1.0f / lrow[i];
+#pragma unroll
+    for (int e = 0; e < DT; e += 4) *(float4*)(out + e) = make_float4(acc[i][e] * inv, acc[i][e + 1] * inv, acc[i][e + 2] * inv, acc[i][e + 3] * inv);
+  }
+}
+
+#define ATTN_FLASH(D)                                                                                                                  \
+  extern "C" __global__ void __launch_bounds__(256) attn_flash_##D(float* att, const float* q, const struct RowMeta* rows,           \
+                                                                   const int* tiles, long long layer, long long heads, long long kvHeads) { \
+    attn_flash_body<D>(att, q, rows, tiles, (int)layer, (int)heads, (int)kvHeads);                                                   \
+  }
+ATTN_FLASH(64)
+ATTN_FLASH(128)

@@ -39,6 +39,7 @@ type Engine struct {
 	meta, headIdx, ids, logits Buf // [rows] rowMeta; [head rows] int32; [head rows] int32; [head rows, vocab]
 	lp                         Buf // [rows] target log-probabilities
 	part                       Buf // attention partials [rows, heads, splits, headDim+2]
+	tiles                      Buf // [rows] {first row, rows}: attn_flash's tiles of a prefill pass
 	cand                       candBufs
 
 	graphs map[graphKey]*Graph // captured decode steps of this engine
@@ -48,6 +49,7 @@ type Engine struct {
 	embed16  []uint16                // the embedding as bf16, likewise
 	hostMeta []rowMeta
 	hostIdx  []int32
+	hostTile []int32
 	hostIDs  []int32
 	out      []float32
 }

@@ -50,10 +50,16 @@ func (e *Engine) forward(p pass, t tail) error {
 		// j + headDim/2 meet in one thread); k and v straight into each row's
 		// cache slot.
 		f.mat(stepQKV, i, L.qkv, p.rows)
-		// att = softmax(q·Kᵀ/√headDim)·V over each row's cache, GQA; split
-		// over chunks of positions, then the chunks combined.
-		f.do(stepAttn, i, attnSplitCall(e.part, e.q, e.meta, i, c.Heads, c.KVHeads, c.HeadDim, p.splits, p.rows))
-		f.do(stepCombine, i, attnCombineCall(e.att, e.part, c.Heads, c.HeadDim, p.splits, p.rows))
+		// att = softmax(q·Kᵀ/√headDim)·V over each row's cache, GQA: in
+		// prefill passes a block per tile of a sequence's rows (flash
+		// attention), else split over chunks of positions, then the chunks
+		// combined (flash-decoding).
+		if p.tiles > 0 {
+			f.do(stepAttn, i, attnFlashCall(e.att, e.q, e.meta, e.tiles, i, c.Heads, c.KVHeads, c.HeadDim, p.tiles))
+		} else {
+			f.do(stepAttn, i, attnSplitCall(e.part, e.q, e.meta, i, c.Heads, c.KVHeads, c.HeadDim, p.splits, p.rows))
+			f.do(stepCombine, i, attnCombineCall(e.att, e.part, c.Heads, c.HeadDim, p.splits, p.rows))
+		}
 		// x += att·W_oᵀ + LoRA (its shrink A·att first): the residual add
 		// is the epilogue of the matrix kernel.
 		f.shrink(stepShrinkO, i, L.shO, p.rows)

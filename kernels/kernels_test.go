@@ -450,6 +450,80 @@ func TestRMSNormAndAttention(t *testing.T) {
 	}
 }
 
+// TestFlashAttention checks attn_flash (prefill passes) against RefAttention
+// in float64: one pass over three sequences — 70 new rows after 30 cached
+// positions (a full tile and a partial one), 5 rows from position 0, 130 rows
+// after 200 (three tiles, keys past one tile) — at head sizes 64 and 128, 4
+// query heads over 2 KV heads, layer 1 of 2; the output poisoned first.
+func TestFlashAttention(t *testing.T) {
+	d := device(t)
+	rng := rand.New(rand.NewPCG(rand.Uint64(), 12))
+	for _, hd := range []int{64, 128} {
+		const heads, kvHeads, layers = 4, 2, 2
+		starts, lens := []int{30, 0, 200}, []int{70, 5, 130}
+		kvDim := kvHeads * hd
+		var Ks, Vs [][]float32
+		var meta []rowMeta
+		tokens := make([][]int, len(lens))
+		rows := 0
+		for i := range lens {
+			capTok := starts[i] + lens[i] + 3
+			Ks, Vs = append(Ks, randSlice(rng, layers*capTok*kvDim, 1)), append(Vs, randSlice(rng, layers*capTok*kvDim, 1))
+			tokens[i] = make([]int, lens[i])
+			rows += lens[i]
+		}
+		q := randSlice(rng, rows*heads*hd, 1)
+		tiles := flashTiles(nil, tokens)
+		var att []float32
+		err := d.Do(func() error {
+			var bufs []Buf
+			defer func() {
+				for i := range bufs {
+					d.Free(&bufs[i])
+				}
+			}()
+			meta = meta[:0]
+			for i := range lens {
+				kb, _ := Upload(d, Ks[i], "K")
+				vb, _ := Upload(d, Vs[i], "V")
+				bufs = append(bufs, kb, vb)
+				for j := 0; j < lens[i]; j++ {
+					meta = append(meta, rowMeta{Pos: int32(starts[i] + j), Cap: int32(starts[i] + lens[i] + 3), K: uint64(kb.Ptr), V: uint64(vb.Ptr)})
+				}
+			}
+			mb, _ := Upload(d, meta, "meta")
+			qb, _ := Upload(d, q, "q")
+			tb, _ := Upload(d, tiles, "tiles")
+			ab, _ := d.Alloc(int64(rows*heads*hd*4), "att")
+			bufs = append(bufs, mb, qb, tb, ab)
+			d.Poison(ab)
+			if err := d.run(attnFlashCall(ab, qb, mb, tb, 1, heads, kvHeads, hd, len(tiles)/2)); err != nil {
+				return err
+			}
+			att = make([]float32, rows*heads*hd)
+			return Read(att, ab)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(tiles) != 2*(2+1+3) {
+			t.Fatalf("hd %d: %d tiles, want 6: %v", hd, len(tiles)/2, tiles)
+		}
+		m := 0
+		for i := range lens {
+			capTok := starts[i] + lens[i] + 3
+			off := 1 * capTok * kvDim // layer 1
+			for j := 0; j < lens[i]; j, m = j+1, m+1 {
+				want := RefAttention(q[m*heads*hd:(m+1)*heads*hd], Ks[i][off:], Vs[i][off:], starts[i]+j, heads, kvHeads, hd)
+				g := att[m*heads*hd : (m+1)*heads*hd]
+				if r := relErr(g, want); r > fp32Tol {
+					t.Fatalf("hd %d, sequence %d row %d (pos %d): relative error %.3g; %s", hd, i, j, starts[i]+j, r, firstMismatch(g, want, fp32Tol))
+				}
+			}
+		}
+	}
+}
+
 func TestArgmax(t *testing.T) {
 	d := device(t)
 	rng := rand.New(rand.NewPCG(rand.Uint64(), 5))

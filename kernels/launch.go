@@ -69,6 +69,21 @@ func attnCombineCall(att, part Buf, heads, hd, splits, rows int) call {
 
 const attnChunk = 32 // CHUNK in attention.cu: positions per attn_split block
 
+// attnFlashCall: the causal attention of a prefill pass, a block per (tile
+// of up to flashRows rows of one sequence, head), straight into att.
+func attnFlashCall(att, q, meta, tiles Buf, layer, heads, kvHeads, hd, ntiles int) call {
+	return call{name: fmt.Sprintf("attn_flash_%d", hd), grid: [3]int{ntiles, heads}, block: 256, shmem: flashShmem(hd),
+		args: []any{att, q, meta, tiles, layer, heads, kvHeads}}
+}
+
+// flashRows is the rows of an attn_flash tile (FQ = FK in attention.cu).
+const flashRows = 64
+
+// flashShmem is attn_flash's dynamic shared memory for head size hd.
+func flashShmem(hd int) int {
+	return (flashRows*hd + flashRows*(hd+4) + flashRows*hd + flashRows*(flashRows+4)) * 4
+}
+
 // layoutCall writes the C structs' sizes and offsets into out (9 int64s),
 // for TestStructLayout.
 func layoutCall(out Buf) call {

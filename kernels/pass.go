@@ -13,6 +13,7 @@ type pass struct {
 	rows   int // new tokens over all sequences
 	nHead  int // rows that get logits
 	splits int // attention chunks of attnChunk positions (the longest sequence's)
+	tiles  int // attn_flash tiles (hostTile), or 0: flash-decoding (attn_split + attn_combine)
 	// pdl: launch the pass's kernels as programmatic dependents — for the
 	// decode steps of an engine for one sequence, where it measured faster
 	// (H200: +3 % with an adapter, +9 % without); batches and prefill passes
@@ -48,6 +49,11 @@ func (e *Engine) prepare(seqs []*qwen.Seq, tokens [][]int, all bool) (pass, erro
 		maxLen = max(maxLen, s.Len+len(tokens[i]))
 	}
 	p := pass{rows: rows, nHead: len(e.hostIdx), splits: (maxLen + attnChunk - 1) / attnChunk}
+	e.hostTile = e.hostTile[:0]
+	if e.flash(rows, len(seqs)) {
+		e.hostTile = flashTiles(e.hostTile, tokens)
+		p.tiles = len(e.hostTile) / 2
+	}
 	if p.nHead > e.maxHead {
 		return pass{}, fmt.Errorf("forward: logits for %d rows in one pass, the engine returns at most %d", p.nHead, e.maxHead)
 	}
@@ -57,13 +63,41 @@ func (e *Engine) prepare(seqs []*qwen.Seq, tokens [][]int, all bool) (pass, erro
 // stage sizes the attention scratch and copies the pass's row metadata and
 // head-row list to the device (on its thread).
 func (e *Engine) stage(p pass) error {
-	if err := e.ensurePart(p.rows, p.splits); err != nil {
+	if p.tiles > 0 {
+		if err := Write(e.tiles, e.hostTile); err != nil {
+			return err
+		}
+	} else if err := e.ensurePart(p.rows, p.splits); err != nil {
 		return err
 	}
 	if err := Write(e.meta, e.hostMeta); err != nil {
 		return err
 	}
 	return Write(e.headIdx, e.hostIdx)
+}
+
+// flash reports whether a pass of rows rows over seqs sequences runs its
+// attention as attn_flash: prefill passes (16 rows a sequence or more on
+// average: a tile's unused rows cost little), head sizes it is built for, and
+// its shared memory on this device. Decode steps (a row a sequence) keep
+// flash-decoding, which splits each row's keys over many blocks.
+func (e *Engine) flash(rows, seqs int) bool {
+	hd := e.cfg.HeadDim
+	return rows >= 16*seqs && (hd == 64 || hd == 128) && flashShmem(hd) <= e.Dev.maxShmem
+}
+
+// flashTiles appends to t the attn_flash tiles {first row, rows} of a pass
+// whose sequences bring len(tokens[i]) rows each, in order: up to flashRows
+// consecutive rows of one sequence a tile.
+func flashTiles(t []int32, tokens [][]int) []int32 {
+	r0 := 0
+	for _, ts := range tokens {
+		for j := 0; j < len(ts); j += flashRows {
+			t = append(t, int32(r0+j), int32(min(flashRows, len(ts)-j)))
+		}
+		r0 += len(ts)
+	}
+	return t
 }
 
 // ensurePart sizes the split-attention scratch (outside any capture); the

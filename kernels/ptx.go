@@ -54,7 +54,7 @@ var ptx_sample_90 string
 
 // modules lists each PTX module with the sha256 of the sources it was built from.
 var modules = []ptxModule{
-	{"attention", ptx_attention_80, ptx_attention_90, "d91671534fb80cc815615827770b03e5334f590d0ad81f21b54c8b568b84cc7e"},
+	{"attention", ptx_attention_80, ptx_attention_90, "b885863bd1970d8fdbf9bd80bad44c589a1e956dbfd2a83a18792fcacb840a99"},
 	{"mma", ptx_mma_80, ptx_mma_90, "c8714e30f6602c43eb9867c87dd939c0e2b1c154a525d8e82a1107bba97a1ac8"},
 	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, "79563718c55eed7bcc5885b909c1a77f2f0e6abde2743ab30660d1d04af68b5c"},
 	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, "3c7dfa28c36bd35b9881d176c801a4bccf2e2439d26792a0cc58c0bddd0dd5dd"},

@@ -465,7 +465,7 @@ func (e *Engine) upload() error {
 		{&e.logits, int64(e.maxHead) * int64(c.Vocab), "logits"},
 		{&e.tQKV, R * 3 * r, "LoRA q/k/v shrink"}, {&e.tO, R * r, "LoRA o shrink"},
 		{&e.tGU, R * 2 * r, "LoRA gate/up shrink"}, {&e.tD, R * r, "LoRA down shrink"},
-		{&e.rope, R * int64(c.HeadDim), "RoPE table"}, {&e.headIdx, R, "head rows"}, {&e.ids, R, "token ids"},
+		{&e.rope, R * int64(c.HeadDim), "RoPE table"}, {&e.headIdx, R, "head rows"}, {&e.tiles, 2 * R, "attention tiles"}, {&e.ids, R, "token ids"},
 		{&e.lp, R, "log-probabilities"},
 	}); err != nil {
 		return err

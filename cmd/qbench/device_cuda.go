@@ -178,12 +178,13 @@ func newEngine(m *qwen.Model, device string, batch int) (qwen.Engine, error) {
 type benchRow struct {
 	Batch         int                  `json:"batch"`
 	PrefillTokS   float64              `json:"prefill_tok_s"`
-	PrefillLong   float64              `json:"prefill_tok_s_one_2048,omitempty"` // one prompt of longPrompt tokens (engines for batches)
+	PrefillLong   float64              `json:"prefill_tok_s_one_2048,omitempty"` // one prompt of longPrompt tokens
 	DecodeOn      float64              `json:"decode_tok_s_adapter_on"`
 	DecodeOff     float64              `json:"decode_tok_s_adapter_off"`
 	DecodeNoGraph float64              `json:"decode_tok_s_adapter_on_no_graphs"`
 	DecodeSampled float64              `json:"decode_tok_s_adapter_on_sampled"` // Qwen2.5-Instruct's sampling settings
 	Kernels       []kernels.KernelTime `json:"kernels_adapter_on"`
+	PrefillKern   []kernels.KernelTime `json:"prefill_kernels_adapter_on,omitempty"`          // with --prefill-kernels
 	Aggregate     float64              `json:"decode_tok_s_adapter_on_all_devices,omitempty"` // with --devices: every GPU decoding at once
 }
 
@@ -224,6 +225,7 @@ func runBench(args []string) error {
 	promptLen := fs.Int("prompt-len", 64, "prompt tokens per sequence")
 	newTokens := fs.Int("new-tokens", 128, "decode steps timed")
 	asJSON := fs.Bool("json", false, "print JSON instead of tables")
+	prefillKernels := fs.Bool("prefill-kernels", false, "also print the per-kernel breakdown of one prefill pass (batch × prompt-len tokens)")
 	quiet := fs.Bool("quiet", false, "no progress bar")
 	devs := fs.String("devices", "0", "also decode on these GPUs at once and report the aggregate rate: `all` or a list like 0,1")
 	load := fs.Bool("load", false, "time loading --model (cold and warm page cache, upload included) instead")
@@ -297,7 +299,7 @@ func runBench(args []string) error {
 		if err != nil {
 			return err
 		}
-		if err := benchAdapterOn(eng, &rows[i], b, *promptLen, *newTokens, copyGBs); err != nil {
+		if err := benchAdapterOn(eng, &rows[i], b, *promptLen, *newTokens, copyGBs, *prefillKernels); err != nil {
 			eng.Close()
 			return err
 		}
@@ -337,31 +339,46 @@ func runBench(args []string) error {
 	}
 	for _, r := range rows {
 		fmt.Printf("\nper-kernel breakdown of one decode step, batch %d, adapter on (each kernel ×10 in a graph, event-timed):\n", r.Batch)
-		fmt.Printf("%-24s %6s %10s %12s %9s %7s\n", "kernel", "calls", "µs/step", "bytes/step", "GB/s", "% copy")
-		var total float64
-		for _, k := range r.Kernels {
-			total += k.Micros
-			fmt.Printf("%-24s %6d %10.1f %12d %9.0f %6.1f%%\n", k.Label, k.Calls, k.Micros, k.Bytes, k.GBs, k.PctCopy)
+		printKernels(r.Kernels, "µs/step", "bytes/step")
+	}
+	for _, r := range rows {
+		if r.PrefillKern == nil {
+			continue
 		}
-		fmt.Printf("%-24s %6s %10.1f\n", "total kernel time", "", total)
+		fmt.Printf("\nper-kernel breakdown of one prefill pass, %d × %d tokens, adapter on (each kernel ×10 in a graph, event-timed):\n", r.Batch, *promptLen)
+		printKernels(r.PrefillKern, "µs/pass", "bytes/pass")
 	}
 	return nil
 }
 
+// printKernels prints a per-kernel table and its total.
+func printKernels(ks []kernels.KernelTime, per, bytes string) {
+	fmt.Printf("%-24s %6s %10s %12s %9s %7s\n", "kernel", "calls", per, bytes, "GB/s", "% copy")
+	var total float64
+	for _, k := range ks {
+		total += k.Micros
+		fmt.Printf("%-24s %6d %10.1f %12d %9.0f %6.1f%%\n", k.Label, k.Calls, k.Micros, k.Bytes, k.GBs, k.PctCopy)
+	}
+	fmt.Printf("%-24s %6s %10.1f\n", "total kernel time", "", total)
+}
+
 // benchAdapterOn measures prefill, the per-kernel profile and decode with
 // and without graphs, all rows on adapter 0.
-func benchAdapterOn(eng *kernels.Engine, row *benchRow, b, promptLen, newTokens int, copyGBs float64) error {
+func benchAdapterOn(eng *kernels.Engine, row *benchRow, b, promptLen, newTokens int, copyGBs float64, prefillKernels bool) error {
 	seqs, rate, err := prefill(eng, b, promptLen, newTokens, 0)
 	if err != nil {
 		return err
 	}
 	row.PrefillTokS = rate
-	if b >= 2 { // one long prompt, in an engine for batches (one for a sequence takes 2 rows a pass)
-		if long, rate, err := prefill(eng, 1, longPrompt, 8, 0); err != nil { // reported, not fatal: the other figures stand
-			fmt.Fprintf(os.Stderr, "qbench: bench: the %d-token prefill at batch %d: %v\n", longPrompt, b, err)
-		} else {
-			row.PrefillLong = rate
-			release(eng, long)
+	if long, rate, err := prefill(eng, 1, longPrompt, 8, 0); err != nil { // reported, not fatal: the other figures stand
+		fmt.Fprintf(os.Stderr, "qbench: bench: the %d-token prefill at batch %d: %v\n", longPrompt, b, err)
+	} else {
+		row.PrefillLong = rate
+		release(eng, long)
+	}
+	if prefillKernels {
+		if row.PrefillKern, err = profilePrefill(eng, b, promptLen, copyGBs); err != nil {
+			return err
 		}
 	}
 	if row.Kernels, err = eng.ProfileStep(seqs, firstTokens(b), copyGBs); err == nil {
@@ -391,12 +408,25 @@ func benchAdapterOn(eng *kernels.Engine, row *benchRow, b, promptLen, newTokens 
 const longPrompt = 2048
 
 // benchRows is the rows a bench engine for batch b holds: the batch's
-// prompts, and for batches the long prompt.
-func benchRows(b, promptLen int) int {
-	if b >= 2 {
-		return max(b*promptLen, longPrompt)
+// prompts, or the long prompt.
+func benchRows(b, promptLen int) int { return max(b*promptLen, longPrompt) }
+
+// profilePrefill is the per-kernel profile of the prefill pass of b new
+// sequences of promptLen tokens each (adapter 0).
+func profilePrefill(eng *kernels.Engine, b, promptLen int, copyGBs float64) ([]kernels.KernelTime, error) {
+	seqs, toks := make([]*qwen.Seq, b), make([][]int, b)
+	defer func() { release(eng, seqs) }()
+	for i := range seqs {
+		s, err := eng.NewSeq(promptLen+8, 0)
+		if err != nil {
+			return nil, err
+		}
+		seqs[i], toks[i] = s, make([]int, promptLen)
+		for j := range toks[i] {
+			toks[i][j] = benchToken(i, j, eng.Model().Config.Vocab)
+		}
 	}
-	return b * promptLen
+	return eng.ProfileStep(seqs, toks, copyGBs)
 }
 
 // instructSampling is Qwen2.5-3B-Instruct's generation_config.json.
