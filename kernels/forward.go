@@ -126,20 +126,26 @@ func (f *steps) mat(label string, layer int, op matOp, rows int) {
 	}
 }
 
-// norm is rmsnorm of x into out, fused with the LoRA shrink of the modules
-// reading out when the model has adapters.
+// norm is rmsnorm of x into out with the LoRA shrink of the modules reading
+// out when the model has adapters: fused into the norm's launch, or in long
+// passes a launch of its own (shrink_rows).
 func (f *steps) norm(label string, layer int, out, w Buf, sh shrinkDesc, eps float32, rows int) {
 	e := f.e
-	if !f.lora {
+	if !f.lora || rows > prefillMin {
 		f.do(label, layer, rmsnormCall(out, e.x, w, Buf{}, e.cfg.Hidden, eps, rows))
+		f.shrink(label, layer, sh, rows)
 		return
 	}
 	f.do(label, layer, rmsnormLoRACall(out, e.x, w, e.cfg.Hidden, eps, sh.desc, sh.slots, e.rmax, rows, e.Dev.SMs))
 }
 
-// shrink is a LoRA shrink of its own launch (when the model has adapters).
+// shrink is a LoRA shrink of its own launch (when the model has adapters): a
+// block an output, or in long passes a warp a row.
 func (f *steps) shrink(label string, layer int, sh shrinkDesc, rows int) {
-	if f.lora {
+	switch {
+	case f.lora && rows > prefillMin:
+		f.do(label, layer, shrinkRowsCall(sh.desc, rows))
+	case f.lora:
 		f.do(label, layer, shrinkCall(sh.desc, f.e.rmax, sh.slots, rows))
 	}
 }

@@ -56,6 +56,11 @@ func shrinkCall(op *shrinkOp, rmax, slots, rows int) call {
 	return call{name: "lora_shrink", grid: [3]int{rmax, slots, rows}, block: 1024, args: []any{op, rows}}
 }
 
+// shrinkRowsCall: the LoRA shrink of a long pass, a warp a row (shrink_rows).
+func shrinkRowsCall(op *shrinkOp, rows int) call {
+	return call{name: "shrink_rows", grid: [3]int{(rows + 7) / 8}, block: 256, args: []any{op, rows}}
+}
+
 // attnSplitCall: each row's attention over its cache, one block per (head,
 // row, chunk of attnChunk positions), partial results into part.
 func attnSplitCall(part, q, meta Buf, layer, heads, kvHeads, hd, splits, rows int) call {

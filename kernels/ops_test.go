@@ -17,18 +17,19 @@ import (
 // TestRMSNormLoRA checks the fused rmsnorm_lora against its two unfused
 // references: rmsnorm then lora_shrink on the GPU (kernel bugs: bit-equal
 // norm, shrink within fp32 summation order) and RefRMSNorm + A·xn in float64,
-// with 1, 2, 4 and 8 outputs a shrink block.
+// with 1, 2, 4 and 8 outputs a shrink block; and shrink_rows (long passes)
+// against the float64 reference.
 func TestRMSNormLoRA(t *testing.T) {
 	d := device(t)
 	rng := rand.New(rand.NewPCG(rand.Uint64(), 6))
-	const M, H, rmax = 5, 2048 + 96, 8
+	const M, H = 5, 2048 + 96
 	adapters := []int{-1, 0, 1, 0, 1}
 	x, w := randSlice(rng, M*H, 2), randSlice(rng, H, 1)
 	ls := []*qwen.Linear{ // two slots; adapter 1 skips the second, adapter 0 has rank 4 < rmax
 		{Name: "gate_proj", In: H, Out: 8, LoRA: []*lora.Module{{Rank: 4, In: H, A: randSlice(rng, 4*H, 0.1)}, {Rank: 8, In: H, A: randSlice(rng, 8*H, 0.1)}}},
 		{Name: "up_proj", In: H, Out: 8, LoRA: []*lora.Module{{Rank: 4, In: H, A: randSlice(rng, 4*H, 0.1)}, nil}},
 	}
-	e := &Engine{Dev: d, rmax: rmax}
+	e := &Engine{Dev: d, rmax: 12}
 	defer e.Close()
 	for _, per := range []int{1, 2, 4, 8} {
 		checkRMSNormLoRA(t, d, e, x, w, ls, adapters, per)
@@ -36,16 +37,16 @@ func TestRMSNormLoRA(t *testing.T) {
 }
 
 func checkRMSNormLoRA(t *testing.T, d *Device, e *Engine, x, w []float32, ls []*qwen.Linear, adapters []int, per int) {
-	const H, rmax = 2048 + 96, 8
+	const H, rmax = 2048 + 96, 12 // 24 outputs: shrink_rows takes them in two rounds, the second partial
 	M := len(adapters)
-	// the launcher's sms for per at M = 5 rows and 16 outputs: it doubles per
-	// while M·⌈16 / 2per⌉ ≥ sms
-	sms := map[int]int{1: 1 << 20, 2: 30, 4: 15, 8: 1}[per]
+	// the launcher's sms for per at M = 5 rows and 24 outputs: it doubles per
+	// while M·⌈24 / 2per⌉ ≥ sms
+	sms := map[int]int{1: 1 << 20, 2: 45, 4: 20, 8: 1}[per]
 	meta := make([]rowMeta, M)
 	for m, a := range adapters {
 		meta[m].Adapter = int32(a)
 	}
-	var fusedXN, plainXN, fusedT, plainT []float32
+	var fusedXN, plainXN, fusedT, plainT, rowsT []float32
 	err := d.Do(func() error {
 		var err error
 		if e.meta, err = uploadTo(e, meta, "meta"); err != nil {
@@ -53,7 +54,7 @@ func checkRMSNormLoRA(t *testing.T, d *Device, e *Engine, x, w []float32, ls []*
 		}
 		xb, _ := uploadTo(e, x, "x")
 		wb, _ := uploadTo(e, w, "w")
-		run := func(fused bool) ([]float32, []float32, error) {
+		run := func(kind string) ([]float32, []float32, error) {
 			xn, _ := e.alloc(int64(M*H*4), "xn")
 			tb, _ := e.alloc(int64(M*2*rmax*4), "t")
 			d.Poison(xn)
@@ -62,14 +63,21 @@ func checkRMSNormLoRA(t *testing.T, d *Device, e *Engine, x, w []float32, ls []*
 			if err != nil {
 				return nil, nil, err
 			}
-			if fused {
+			switch {
+			case kind == "rmsnorm_lora":
 				c := rmsnormLoRACall(xn, xb, wb, H, 1e-6, sh.desc, 2, rmax, M, sms)
 				if c.args[6] != per {
 					return nil, nil, fmt.Errorf("rmsnormLoRACall with %d SMs: %v outputs a block, want %d", sms, c.args[6], per)
 				}
 				err = d.run(c)
-			} else if err = d.run(rmsnormCall(xn, xb, wb, Buf{}, H, 1e-6, M)); err == nil {
-				err = d.run(shrinkCall(sh.desc, rmax, 2, M))
+			case kind == "lora_shrink":
+				if err = d.run(rmsnormCall(xn, xb, wb, Buf{}, H, 1e-6, M)); err == nil {
+					err = d.run(shrinkCall(sh.desc, rmax, 2, M))
+				}
+			default: // shrink_rows
+				if err = d.run(rmsnormCall(xn, xb, wb, Buf{}, H, 1e-6, M)); err == nil {
+					err = d.run(shrinkRowsCall(sh.desc, M))
+				}
 			}
 			if err != nil {
 				return nil, nil, err
@@ -80,10 +88,13 @@ func checkRMSNormLoRA(t *testing.T, d *Device, e *Engine, x, w []float32, ls []*
 			}
 			return gx, gt, Read(gt, tb)
 		}
-		if fusedXN, fusedT, err = run(true); err != nil {
+		if fusedXN, fusedT, err = run("rmsnorm_lora"); err != nil {
 			return err
 		}
-		plainXN, plainT, err = run(false)
+		if _, rowsT, err = run("shrink_rows"); err != nil {
+			return err
+		}
+		plainXN, plainT, err = run("lora_shrink")
 		return err
 	})
 	if err != nil {
@@ -117,6 +128,9 @@ func checkRMSNormLoRA(t *testing.T, d *Device, e *Engine, x, w []float32, ls []*
 	}
 	if r := relErr(fusedT, want); r > fp32Tol {
 		t.Errorf("shrink vs float64 reference: relative error %.3g; %s", r, firstMismatch(fusedT, want, fp32Tol))
+	}
+	if r := relErr(rowsT, want); r > fp32Tol {
+		t.Errorf("shrink_rows vs float64 reference: relative error %.3g; %s", r, firstMismatch(rowsT, want, fp32Tol))
 	}
 }
 

@@ -13,14 +13,17 @@
 // bit for bit; the codes in nf4_lut's layout) into shared memory as bf16 and
 // splits its share of x into hi and lo bf16 planes, the next step's codes,
 // scales and x already loading; then 8 warps — 2 (x rows) × 4 (32 weight
-// rows) — run the step's MMAs from ldmatrix fragments. No split of K: each
-// thread ends holding both rows of its pairs for its x rows, and adds the
-// LoRA terms and runs the epilogue itself (mmas_finish's work).
+// rows) — run the step's MMAs from ldmatrix fragments. No split of K: the
+// block's sums go through shared memory to its threads, consecutive pairs of
+// one x row each, which add the LoRA terms and run the epilogue (mmas_finish's
+// work).
 //
 // Bytes per launch: the weights once per PF_BM rows, x once per 64 pairs.
 #include "gemv.cuh"
 
 constexpr int PF_BM = 64, PF_BN = 128, PF_LDW = 64 + 8, PF_LDX = 64 + 8; // weight rows a block; bf16 a shared row (+8: conflict-free ldmatrix)
+constexpr int PF_LDR = 2 * 64 + 1; // floats a row of the block's sums in shared memory (fits the steps' buffers)
+static_assert(PF_BM * PF_LDR * 4 <= (PF_BN * PF_LDW + 2 * PF_BM * PF_LDX) * 2, "the sums reuse the steps' shared memory");
 
 __device__ __forceinline__ void pf_ldmatrix_x4(uint32_t (&r)[4], const uint16_t* p) {
   const unsigned a = (unsigned)__cvta_generic_to_shared(p);
@@ -132,30 +135,33 @@ __device__ void prefill_body(const struct GemvOp* __restrict__ op, int M) {
       }
     }
   }
-  // acc[at][nt][j]: local weight row wn·32 + 16at + g (+ 8 for j ≥ 2) — pair
-  // blockIdx.x·64 + (2wn + at)·8 + g, its A-row (j < 2) or B-row —, x row
-  // mb + wm·WM + 8nt + 2t + j % 2. The thread holds both rows of its pairs:
-  // the LoRA terms and the epilogue run here, as mmas_finish's.
+  // acc[at][nt][j]: local weight row wn·32 + 16at + g (+ 8 for j ≥ 2) — local
+  // pair (2wn + at)·8 + g, its A-row (j < 2) or B-row —, local x row wm·WM +
+  // 8nt + 2t + j % 2. Through shared memory (the steps' buffers, free now) so
+  // that the epilogue's threads take consecutive pairs of one x row: their
+  // LoRA B rows are neighbours and t[m] one broadcast (mmas_finish's work).
+  float* res = (float*)sm; // [BM][PF_LDR]: (A, B) sums of the 64 pairs
+  __syncthreads();         // every warp's last fragments are read
 #pragma unroll
-  for (int at = 0; at < 2; at++) {
-    const int p = blockIdx.x * 64 + (2 * wn + at) * 8 + g;
-    if (p >= P) continue;
-    const PairRows pq = pair_rows(op, p);
-    if (!pq.valid) continue;
+  for (int at = 0; at < 2; at++)
 #pragma unroll
     for (int nt = 0; nt < NT; nt++)
 #pragma unroll
-      for (int j = 0; j < 2; j++) {
-        const int m = mb + wm * WM + 8 * nt + 2 * t + j;
-        if (m >= M) continue;
-        float va = acc[at][nt][j] + lora_serial(*pq.A, *op, m, pq.ra), vb = acc[at][nt][j + 2];
-        if (pq.B) vb += lora_serial(*pq.B, *op, m, pq.rb);
-        epilogue(*op, m, *pq.A, pq.ra, va, pq.B, pq.rb, vb, p);
-      }
+      for (int j = 0; j < 4; j++) res[(wm * WM + 8 * nt + 2 * t + (j & 1)) * PF_LDR + 2 * ((2 * wn + at) * 8 + g) + (j >> 1)] = acc[at][nt][j];
+  __syncthreads();
+#pragma unroll 1
+  for (int i = threadIdx.x; i < BM * 64; i += blockDim.x) {
+    const int r = i / 64, p = blockIdx.x * 64 + i % 64, m = mb + r;
+    if (m >= M || p >= P) continue;
+    const PairRows pq = pair_rows(op, p);
+    if (!pq.valid) continue;
+    float va = res[r * PF_LDR + 2 * (i % 64)] + lora_vec(*pq.A, *op, m, pq.ra), vb = res[r * PF_LDR + 2 * (i % 64) + 1];
+    if (pq.B) vb += lora_vec(*pq.B, *op, m, pq.rb);
+    epilogue(*op, m, *pq.A, pq.ra, va, pq.B, pq.rb, vb, p);
   }
 }
 
-// Two blocks an SM (128 registers; the epilogue spills 4 bytes).
+// Two blocks an SM (128 registers).
 extern "C" __global__ void __launch_bounds__(256, 2) prefill_nf4(const __grid_constant__ struct GemvOp op, long long M) {
   prefill_body<PF_BM>(&op, (int)M);
 }

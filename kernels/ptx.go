@@ -54,12 +54,12 @@ var ptx_sample_90 string
 
 // modules lists each PTX module with the sha256 of the sources it was built from.
 var modules = []ptxModule{
-	{"attention", ptx_attention_80, ptx_attention_90, "b885863bd1970d8fdbf9bd80bad44c589a1e956dbfd2a83a18792fcacb840a99"},
-	{"mma", ptx_mma_80, ptx_mma_90, "c8714e30f6602c43eb9867c87dd939c0e2b1c154a525d8e82a1107bba97a1ac8"},
-	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, "79563718c55eed7bcc5885b909c1a77f2f0e6abde2743ab30660d1d04af68b5c"},
-	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, "3c7dfa28c36bd35b9881d176c801a4bccf2e2439d26792a0cc58c0bddd0dd5dd"},
-	{"prefill", ptx_prefill_80, ptx_prefill_90, "50f9d72c25050c4c69b0a06759d8612e891017a29248df5d1961243267cee8f6"},
-	{"quantize", ptx_quantize_80, ptx_quantize_90, "45070e47ecdfc5dc540d75049e44808920b4b02a677d2ce75938565b51627077"},
-	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, "49d5e03f03cbf0374ad8bc98d3b722014cacf4718a46e9dcb88e6c0d1e3364f9"},
-	{"sample", ptx_sample_80, ptx_sample_90, "1612fb662f2b7d77c55fcb9122094ba580c7de53864615427099194c1e0f4a8b"},
+	{"attention", ptx_attention_80, ptx_attention_90, "f54507f234c856010ba6b8be5c90bcb8675473e3c912011dc800643663106d86"},
+	{"mma", ptx_mma_80, ptx_mma_90, "caff127c61ec19092cfd6c157313caa589e1dc5bfd7b76e69b7975babe0f9665"},
+	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, "76dd678c3872e5f34c8b314c6404ad1f2afbcfcddc6927d23afeda92b1b972c2"},
+	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, "3ff96d1f9890dc9eabf78aa23e926eadd2d9b36ea66249ddebb3947c8defa619"},
+	{"prefill", ptx_prefill_80, ptx_prefill_90, "f2a4c0592e4d8d8a81dc31478121255bf86e1b47d95c849cfab096c582c4b5ed"},
+	{"quantize", ptx_quantize_80, ptx_quantize_90, "f7f358289c6da585cecabca951cab0da03e0a8cdf712cbef47ed34530a801137"},
+	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, "43cbafef81579383529aa8cfb4d357cdf300636c3c3a64692760bb10540c7a3e"},
+	{"sample", ptx_sample_80, ptx_sample_90, "673003b3eee88fb8212bb87ad345c6902d3e30a66030ca4bc823f739efbe77e1"},
 }

@@ -120,3 +120,44 @@ extern "C" __global__ void rmsnorm_lora(float* out, const float* x, const float*
   }
   if (lane == 0 && idx < op.nslots * op.rmax) op.t[(long long)i * op.tStride + slot * op.rmax + j] = s;
 }
+
+// shrink_rows: the LoRA shrink of long passes (more than prefillMin rows),
+// t[m, slot, j] = Σ_k A[adapter(m)][slot][j, k]·x[m, k] for every output of
+// a row by one warp: block b takes rows 8b … 8b + 7, a warp each; the lanes
+// walk k in 16-byte steps and hold 16 outputs' sums at a time (each output's
+// A row read as its own stream), then reduce them across the warp. The 8
+// warps read the same A rows when their rows share an adapter, so A comes
+// from L2 once a block (lora_shrink, a block an output, reads it once a row:
+// 0.9 GB a launch for the down shrink of 1,280 rows). Zeros for rows without
+// an adapter and ranks below rmax. Needs K % 4 == 0 (lora_shrink too).
+extern "C" __global__ void __launch_bounds__(256) shrink_rows(const __grid_constant__ struct ShrinkOp op, long long M) {
+  pdl_trigger();
+  pdl_wait(); // everything below may read what the previous kernel wrote
+  const int lane = threadIdx.x & 31, m = blockIdx.x * 8 + (threadIdx.x >> 5);
+  if (m >= M) return;
+  const int ad = op.rows[m].adapter, outs = op.nslots * op.rmax, K4 = op.K / 4;
+  const float4* x = (const float4*)(op.x + (long long)m * op.K);
+  for (int c0 = 0; c0 < outs; c0 += 16) {
+    const float4* a[16]; // each output's A row, or null (a zero)
+#pragma unroll
+    for (int o = 0; o < 16; o++) {
+      const int idx = c0 + o, slot = idx / op.rmax, j = idx % op.rmax;
+      a[o] = idx < outs && ad >= 0 && op.A[slot][ad] != nullptr && j < op.rank[slot][ad] ? (const float4*)(op.A[slot][ad] + (long long)j * op.K) : nullptr;
+    }
+    float s[16] = {};
+    for (int k = lane; k < K4; k += 32) {
+      const float4 xv = __ldg(x + k);
+#pragma unroll
+      for (int o = 0; o < 16; o++)
+        if (a[o]) {
+          const float4 av = __ldg(a[o] + k);
+          s[o] += av.x * xv.x + av.y * xv.y + av.z * xv.z + av.w * xv.w;
+        }
+    }
+#pragma unroll
+    for (int o = 0; o < 16; o++) {
+      const float v = warp_sum(s[o]);
+      if (lane == 0 && c0 + o < outs) op.t[(long long)m * op.tStride + c0 + o] = v; // slot·rmax + j
+    }
+  }
+}

@@ -128,7 +128,7 @@ var kernelNames = map[string][]string{
 	"mma":        {"mmas_bf16_1", "mmas_bf16_2", "mmas_bf16_3", "mmas_bf16_4", "mmas_bf16_8", "mmas_nf4_1", "mmas_nf4_2", "mmas_nf4_3", "mmas_nf4_4", "mmas_nf4_8", "mmas_finish"},
 	"nf4_lut":    {"nf4_lut_1", "nf4_lut_2"},
 	"nf4_matmul": append(gemvNames(), "lora_shrink", "layout"),
-	"rmsnorm":    {"rmsnorm", "rmsnorm_lora", "embed"},
+	"rmsnorm":    {"rmsnorm", "rmsnorm_lora", "embed", "shrink_rows"},
 	"quantize":   {"nf4_quantize"},
 	"sample":     {"argmax", "target_logprob", "cand_slice", "cand_merge"},
 	"prefill":    {"prefill_nf4"},
