@@ -126,24 +126,25 @@ func (f *steps) mat(label string, layer int, op matOp, rows int) {
 	}
 }
 
-// norm is rmsnorm of x into out with the LoRA shrink of the modules reading
-// out when the model has adapters: fused into the norm's launch, or in long
-// passes a launch of its own (shrink_rows).
+// norm is rmsnorm of x into out, fused with the LoRA shrink of the modules
+// reading out when the model has adapters.
 func (f *steps) norm(label string, layer int, out, w Buf, sh shrinkDesc, eps float32, rows int) {
 	e := f.e
-	if !f.lora || rows > prefillMin {
+	if !f.lora {
 		f.do(label, layer, rmsnormCall(out, e.x, w, Buf{}, e.cfg.Hidden, eps, rows))
-		f.shrink(label, layer, sh, rows)
 		return
 	}
 	f.do(label, layer, rmsnormLoRACall(out, e.x, w, e.cfg.Hidden, eps, sh.desc, sh.slots, e.rmax, rows, e.Dev.SMs))
 }
 
-// shrink is a LoRA shrink of its own launch (when the model has adapters): a
-// block an output, or in long passes a warp a row.
+// shrink is a LoRA shrink of its own launch (when the model has adapters):
+// a block an output, or for the o shrink of long passes a warp a row
+// (shrink_rows; 3B, 1,280 rows, H200: 95 → 28 µs a launch; for the down
+// shrink, K = 11,008, it measured slower: 194 → 277 µs, its A rows no
+// longer shared through L1 by the block's warps).
 func (f *steps) shrink(label string, layer int, sh shrinkDesc, rows int) {
 	switch {
-	case f.lora && rows > prefillMin:
+	case f.lora && rows > prefillMin && sh.k <= 4096:
 		f.do(label, layer, shrinkRowsCall(sh.desc, rows))
 	case f.lora:
 		f.do(label, layer, shrinkCall(sh.desc, f.e.rmax, sh.slots, rows))

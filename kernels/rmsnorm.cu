@@ -121,15 +121,16 @@ extern "C" __global__ void rmsnorm_lora(float* out, const float* x, const float*
   if (lane == 0 && idx < op.nslots * op.rmax) op.t[(long long)i * op.tStride + slot * op.rmax + j] = s;
 }
 
-// shrink_rows: the LoRA shrink of long passes (more than prefillMin rows),
-// t[m, slot, j] = Σ_k A[adapter(m)][slot][j, k]·x[m, k] for every output of
-// a row by one warp: block b takes rows 8b … 8b + 7, a warp each; the lanes
-// walk k in 16-byte steps and hold 16 outputs' sums at a time (each output's
-// A row read as its own stream), then reduce them across the warp. The 8
-// warps read the same A rows when their rows share an adapter, so A comes
-// from L2 once a block (lora_shrink, a block an output, reads it once a row:
-// 0.9 GB a launch for the down shrink of 1,280 rows). Zeros for rows without
-// an adapter and ranks below rmax. Needs K % 4 == 0 (lora_shrink too).
+// shrink_rows: the LoRA shrink of long passes (more than prefillMin rows; the
+// launcher takes it for short K only), t[m, slot, j] = Σ_k A[adapter(m)][slot][j, k]·x[m, k]
+// for every output of a row by one warp: block b takes rows 8b … 8b + 7, a
+// warp each; the lanes walk k in 16-byte steps and hold 16 outputs' sums at a
+// time (each output's A row read as its own stream), then reduce them across
+// the warp. The 8 warps read the same A rows when their rows share an adapter:
+// for K = 2,048 (A 128 KB) mostly from L1; for K = 11,008 (704 KB) the warps
+// drift apart and A comes from L2 again for each row, as in lora_shrink (a
+// block an output). Zeros for rows without an adapter and ranks below rmax.
+// Needs K % 4 == 0 (lora_shrink too).
 extern "C" __global__ void __launch_bounds__(256) shrink_rows(const __grid_constant__ struct ShrinkOp op, long long M) {
   pdl_trigger();
   pdl_wait(); // everything below may read what the previous kernel wrote

@@ -27,6 +27,7 @@ type matOp struct {
 type shrinkDesc struct {
 	desc  *shrinkOp
 	slots int
+	k     int // input columns
 	bytes int64
 }
 
@@ -431,7 +432,7 @@ func (e *Engine) uploadOp(base gemvOp, ls []*qwen.Linear, what string) (matOp, e
 // uploadShrink builds the LoRA shrink descriptor of the modules sharing input x
 // (k columns) whose results go to t.
 func (e *Engine) uploadShrink(ls []*qwen.Linear, x, t Buf, k int) (shrinkDesc, error) {
-	sd := shrinkDesc{slots: len(ls)}
+	sd := shrinkDesc{slots: len(ls), k: k}
 	op := shrinkOp{X: uint64(x.Ptr), T: uint64(t.Ptr), Rows: uint64(e.meta.Ptr), NSlots: int32(len(ls)), K: int32(k),
 		TStride: int32(len(ls) * e.rmax), Rmax: int32(e.rmax)}
 	for s, l := range ls {
