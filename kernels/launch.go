@@ -241,8 +241,8 @@ const prefillMin = 128
 // prefillCall is prefill_nf4 over rows batch rows: blocks of 64 pairs ×
 // PF_BM rows, each running its outputs' LoRA terms and epilogue.
 func prefillCall(op *gemvOp, rows, pairs int) call {
-	const bm, bn, ld = 64, 128, 64 + 8 // PF_BM, PF_BN, PF_LDW = PF_LDX in prefill.cu
-	return call{name: "prefill_nf4", block: 256, shmem: (bn*ld + 2*bm*ld) * 2,
+	const bm, bn, ld, rmax = 64, 128, 64 + 8, 32                                         // PF_BM, PF_BN, PF_LDW = PF_LDX, PF_RMAX in prefill.cu
+	return call{name: "prefill_nf4", block: 256, shmem: (bn*ld+2*bm*ld)*2 + 2*rmax*64*4, // PF_SMEM
 		grid: [3]int{(pairs + 63) / 64, (rows + bm - 1) / bm}, args: []any{op, rows}}
 }
 
