@@ -377,32 +377,47 @@ int main() {
       printf("%s N %d K %d M %d (weights %.1f MB, %d copies; %.1f GFLOP with two parts)\n", cs.name, N, K, M, bytes / 1e6, copies,
              4.0 * M * N * K / 1e9);
       printf("  %-22s %9s %9s %7s %9s %10s\n", "version", "µs", "GB/s", "% copy", "TFLOP/s", "max rel err");
-      auto run = [&](auto kern, int BM, const char* name) {
-        const int smem = BM == 64 ? gemm_smem<64>() : gemm_smem<128>();
-        CK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-        const dim3 grid((N + BN - 1) / BN, (M + BM - 1) / BM);
+      // check runs launch(copy 0) once on a poisoned output and returns its
+      // worst relative error on the sampled outputs (∞ if any is unwritten);
+      // time_us times launch over the rotating weight copies after a warm-up.
+      auto check = [&](auto launch) {
         CK(cudaMemset(dc, 0xff, (size_t)M * N * 4)); // NaN: unwritten outputs show
-        kern<<<grid, 256, smem>>>(ws[0], dx, dc, M);
+        launch(0);
         CK(cudaGetLastError());
         CK(cudaMemcpy(out.data(), dc, out.size() * 4, cudaMemcpyDeviceToHost));
         double worst = 0;
         for (float v : out)
           if (std::isnan(v)) worst = INFINITY;
         for (int i = 0; i < S; i++) worst = std::max(worst, fabs(out[(size_t)sm[i] * N + sn[i]] - ref[i]) / std::max(mag[i], 1e-30));
+        return worst;
+      };
+      auto time_us = [&](auto launch) {
         cudaEvent_t e0, e1;
         cudaEventCreate(&e0);
         cudaEventCreate(&e1);
-        for (int i = 0; i < copies; i++) kern<<<grid, 256, smem>>>(ws[i], dx, dc, M);
+        for (int i = 0; i < copies; i++) launch(i);
         const int reps = 5 * copies;
         cudaEventRecord(e0);
-        for (int i = 0; i < reps; i++) kern<<<grid, 256, smem>>>(ws[i % copies], dx, dc, M);
+        for (int i = 0; i < reps; i++) launch(i % copies);
         cudaEventRecord(e1);
         CK(cudaEventSynchronize(e1));
         float ms;
         cudaEventElapsedTime(&ms, e0, e1);
-        const double us = ms * 1000 / reps, gbs = bytes / (us * 1e-6) / 1e9;
-        printf("  %-22s %9.1f %9.0f %6.1f%% %9.1f %10.2g%s\n", name, us, gbs, 100 * gbs / copy_gbs, 4.0 * M * N * K / (us * 1e-6) / 1e12, worst,
-               worst > 2e-5 ? "  WRONG" : "");
+        return ms * 1000.0 / reps;
+      };
+      auto tflops = [&](double us) { return 4.0 * M * N * K / (us * 1e-6) / 1e12; };
+      auto report = [&](const char* name, double us, double worst) {
+        const double gbs = bytes / (us * 1e-6) / 1e9;
+        printf("  %-22s %9.1f %9.0f %6.1f%% %9.1f %10.2g%s", name, us, gbs, 100 * gbs / copy_gbs, tflops(us), worst, worst > 2e-5 ? "  WRONG" : "");
+      };
+      auto run = [&](auto kern, int BM, const char* name) {
+        const int smem = BM == 64 ? gemm_smem<64>() : gemm_smem<128>();
+        CK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+        const dim3 grid((N + BN - 1) / BN, (M + BM - 1) / BM);
+        auto launch = [&](int i) { kern<<<grid, 256, smem>>>(ws[i], dx, dc, M); };
+        const double worst = check(launch);
+        report(name, time_us(launch), worst);
+        printf("\n");
       };
       run(gemm<64, false>, 64, "v1 BM 64");
       run(gemm<64, true>, 64, "v2 BM 64");
@@ -412,38 +427,16 @@ int main() {
         CK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
         const dim3 grid((M + G_BM - 1) / G_BM, (N + G_BN - 1) / G_BN);
         const size_t n32 = (size_t)N * K / 32, n4 = (size_t)M * K / 4;
+        auto gemm_only = [&](int) { kern<<<grid, 256, smem>>>(wbf, xh, xl, dc, M, N, K); };
         auto whole = [&](int i) {
           dequant_bf16<<<(unsigned)((n32 + 255) / 256), 256>>>(ws[i], wbf);
           split_x<<<(unsigned)((n4 + 255) / 256), 256>>>(dx, xh, xl, n4);
-          kern<<<grid, 256, smem>>>(wbf, xh, xl, dc, M, N, K);
+          gemm_only(i);
         };
-        CK(cudaMemset(dc, 0xff, (size_t)M * N * 4));
-        whole(0);
-        CK(cudaGetLastError());
-        CK(cudaMemcpy(out.data(), dc, out.size() * 4, cudaMemcpyDeviceToHost));
-        double worst = 0;
-        for (float v : out)
-          if (std::isnan(v)) worst = INFINITY;
-        for (int i = 0; i < S; i++) worst = std::max(worst, fabs(out[(size_t)sm[i] * N + sn[i]] - ref[i]) / std::max(mag[i], 1e-30));
-        cudaEvent_t e0, e1;
-        cudaEventCreate(&e0);
-        cudaEventCreate(&e1);
-        for (int i = 0; i < copies; i++) whole(i);
-        const int reps = 5 * copies;
-        float ms, ms2;
-        cudaEventRecord(e0);
-        for (int i = 0; i < reps; i++) whole(i % copies);
-        cudaEventRecord(e1);
-        CK(cudaEventSynchronize(e1));
-        cudaEventElapsedTime(&ms, e0, e1);
-        cudaEventRecord(e0);
-        for (int i = 0; i < reps; i++) kern<<<grid, 256, smem>>>(wbf, xh, xl, dc, M, N, K);
-        cudaEventRecord(e1);
-        CK(cudaEventSynchronize(e1));
-        cudaEventElapsedTime(&ms2, e0, e1);
-        const double us = ms * 1000 / reps, us2 = ms2 * 1000 / reps, gbs = bytes / (us * 1e-6) / 1e9;
-        printf("  %-22s %9.1f %9.0f %6.1f%% %9.1f %10.2g%s   (gemm_bf16 alone %.1f µs, %.1f TFLOP/s)\n", name, us, gbs, 100 * gbs / copy_gbs,
-               4.0 * M * N * K / (us * 1e-6) / 1e12, worst, worst > 2e-5 ? "  WRONG" : "", us2, 4.0 * M * N * K / (us2 * 1e-6) / 1e12);
+        const double worst = check(whole);
+        report(name, time_us(whole), worst);
+        const double us = time_us(gemm_only);
+        printf("   (gemm_bf16 alone %.1f µs, %.1f TFLOP/s)\n", us, tflops(us));
       };
       run3(gemm_bf16<3>, gemm3_smem<3>(), "v3 stages 3");
       run3(gemm_bf16<4>, gemm3_smem<4>(), "v3 stages 4");
