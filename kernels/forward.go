@@ -138,15 +138,20 @@ func (f *steps) norm(label string, layer int, out, w Buf, sh shrinkDesc, eps flo
 }
 
 // shrink is a LoRA shrink of its own launch (when the model has adapters):
-// a block an output, or for the o shrink of long passes a warp a row
-// (shrink_rows; 3B, 1,280 rows, H200: 95 → 28 µs a launch; for the down
-// shrink, K = 11,008, it measured slower: 194 → 277 µs, its A rows no
-// longer shared through L1 by the block's warps).
+// K split in chunks, A staged once a group of 32 rows (shrink_split, when
+// its shared memory holds the outputs' rows), or a block an output.
 func (f *steps) shrink(label string, layer int, sh shrinkDesc, rows int) {
-	switch {
-	case f.lora && rows > prefillMin && sh.k <= 4096:
-		f.do(label, layer, shrinkRowsCall(sh.desc, rows))
-	case f.lora:
-		f.do(label, layer, shrinkCall(sh.desc, f.e.rmax, sh.slots, rows))
+	if !f.lora {
+		return
 	}
+	if outs := sh.slots * f.e.rmax; rows >= shrinkSplitMin && outs <= ssOuts {
+		for _, c := range shrinkSplitCalls(sh.desc, outs, sh.k, rows, f.e.Dev.splitWS) {
+			f.do(label, layer, c)
+		}
+		return
+	}
+	f.do(label, layer, shrinkCall(sh.desc, f.e.rmax, sh.slots, rows))
 }
+
+// shrinkSplitMin is the fewest rows whose o and down shrinks take shrink_split.
+var shrinkSplitMin = prefillMin + 1

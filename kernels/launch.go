@@ -56,9 +56,23 @@ func shrinkCall(op *shrinkOp, rmax, slots, rows int) call {
 	return call{name: "lora_shrink", grid: [3]int{rmax, slots, rows}, block: 1024, args: []any{op, rows}}
 }
 
-// shrinkRowsCall: the LoRA shrink of a long pass, a warp a row (shrink_rows).
-func shrinkRowsCall(op *shrinkOp, rows int) call {
-	return call{name: "shrink_rows", grid: [3]int{(rows + 7) / 8}, block: 256, args: []any{op, rows}}
+// shrinkSplitCalls: the LoRA shrink with K split in chunks of ssCols
+// columns and rows in groups of 32 (shrink_split), the chunks' partial sums
+// in ws, then added in order (shrink_sum). outs = slots·rmax ≤ ssOuts.
+func shrinkSplitCalls(op *shrinkOp, outs, k, rows int, ws Buf) []call {
+	chunks := (k + ssCols - 1) / ssCols
+	return []call{
+		{name: "shrink_split", grid: [3]int{chunks, (rows + 31) / 32}, block: 256, shmem: outs * (ssCols + 4) * 4, args: []any{op, rows, ws}},
+		{name: "shrink_sum", grid: [3]int{(rows*outs + 255) / 256}, block: 256, args: []any{op, rows, ws, chunks}},
+	}
+}
+
+// ssCols and ssOuts are SS_COLS and SS_OUTS in rmsnorm.cu.
+const ssCols, ssOuts = 256, 64
+
+// shrinkWSBytes is the partial sums shrink_split writes for rows rows.
+func shrinkWSBytes(outs, k, rows int) int64 {
+	return int64((k+ssCols-1)/ssCols) * int64(rows) * int64(outs) * 4
 }
 
 // attnSplitCall: each row's attention over its cache, one block per (head,

@@ -17,13 +17,17 @@ import (
 // TestRMSNormLoRA checks the fused rmsnorm_lora against its two unfused
 // references: rmsnorm then lora_shrink on the GPU (kernel bugs: bit-equal
 // norm, shrink within fp32 summation order) and RefRMSNorm + A·xn in float64,
-// with 1, 2, 4 and 8 outputs a shrink block; and shrink_rows (long passes)
-// against the float64 reference.
+// with 1, 2, 4 and 8 outputs a shrink block; and shrink_split + shrink_sum
+// (K in 9 chunks, the last partial; 37 rows: two row groups, three adapter
+// values in each) against the float64 reference.
 func TestRMSNormLoRA(t *testing.T) {
 	d := device(t)
 	rng := rand.New(rand.NewPCG(rand.Uint64(), 6))
-	const M, H = 5, 2048 + 96
-	adapters := []int{-1, 0, 1, 0, 1}
+	const M, H = 37, 2048 + 96
+	adapters := make([]int, M)
+	for m := range adapters {
+		adapters[m] = m%3 - 1 // −1 (no adapter), 0, 1
+	}
 	x, w := randSlice(rng, M*H, 2), randSlice(rng, H, 1)
 	ls := []*qwen.Linear{ // two slots; adapter 1 skips the second, adapter 0 has rank 4 < rmax
 		{Name: "gate_proj", In: H, Out: 8, LoRA: []*lora.Module{{Rank: 4, In: H, A: randSlice(rng, 4*H, 0.1)}, {Rank: 8, In: H, A: randSlice(rng, 8*H, 0.1)}}},
@@ -37,11 +41,11 @@ func TestRMSNormLoRA(t *testing.T) {
 }
 
 func checkRMSNormLoRA(t *testing.T, d *Device, e *Engine, x, w []float32, ls []*qwen.Linear, adapters []int, per int) {
-	const H, rmax = 2048 + 96, 12 // 24 outputs: shrink_rows takes them in two rounds, the second partial
+	const H, rmax = 2048 + 96, 12 // 24 outputs
 	M := len(adapters)
-	// the launcher's sms for per at M = 5 rows and 24 outputs: it doubles per
+	// the launcher's sms for per at M = 37 rows and 24 outputs: it doubles per
 	// while M·⌈24 / 2per⌉ ≥ sms
-	sms := map[int]int{1: 1 << 20, 2: 45, 4: 20, 8: 1}[per]
+	sms := map[int]int{1: 1 << 20, 2: 300, 4: 150, 8: 1}[per]
 	meta := make([]rowMeta, M)
 	for m, a := range adapters {
 		meta[m].Adapter = int32(a)
@@ -74,9 +78,16 @@ func checkRMSNormLoRA(t *testing.T, d *Device, e *Engine, x, w []float32, ls []*
 				if err = d.run(rmsnormCall(xn, xb, wb, Buf{}, H, 1e-6, M)); err == nil {
 					err = d.run(shrinkCall(sh.desc, rmax, 2, M))
 				}
-			default: // shrink_rows
+			default: // shrink_split
+				if err = d.reserveSplit(shrinkWSBytes(2*rmax, H, M)); err != nil {
+					return nil, nil, err
+				}
 				if err = d.run(rmsnormCall(xn, xb, wb, Buf{}, H, 1e-6, M)); err == nil {
-					err = d.run(shrinkRowsCall(sh.desc, M))
+					for _, c := range shrinkSplitCalls(sh.desc, 2*rmax, H, M, d.splitWS) {
+						if err = d.run(c); err != nil {
+							break
+						}
+					}
 				}
 			}
 			if err != nil {
@@ -91,7 +102,7 @@ func checkRMSNormLoRA(t *testing.T, d *Device, e *Engine, x, w []float32, ls []*
 		if fusedXN, fusedT, err = run("rmsnorm_lora"); err != nil {
 			return err
 		}
-		if _, rowsT, err = run("shrink_rows"); err != nil {
+		if _, rowsT, err = run("shrink_split"); err != nil {
 			return err
 		}
 		plainXN, plainT, err = run("lora_shrink")
@@ -130,7 +141,7 @@ func checkRMSNormLoRA(t *testing.T, d *Device, e *Engine, x, w []float32, ls []*
 		t.Errorf("shrink vs float64 reference: relative error %.3g; %s", r, firstMismatch(fusedT, want, fp32Tol))
 	}
 	if r := relErr(rowsT, want); r > fp32Tol {
-		t.Errorf("shrink_rows vs float64 reference: relative error %.3g; %s", r, firstMismatch(rowsT, want, fp32Tol))
+		t.Errorf("shrink_split vs float64 reference: relative error %.3g; %s", r, firstMismatch(rowsT, want, fp32Tol))
 	}
 }
 

@@ -121,44 +121,69 @@ extern "C" __global__ void rmsnorm_lora(float* out, const float* x, const float*
   if (lane == 0 && idx < op.nslots * op.rmax) op.t[(long long)i * op.tStride + slot * op.rmax + j] = s;
 }
 
-// shrink_rows: the LoRA shrink of long passes (more than prefillMin rows; the
-// launcher takes it for short K only), t[m, slot, j] = Σ_k A[adapter(m)][slot][j, k]·x[m, k]
-// for every output of a row by one warp: block b takes rows 8b … 8b + 7, a
-// warp each; the lanes walk k in 16-byte steps and hold 16 outputs' sums at a
-// time (each output's A row read as its own stream), then reduce them across
-// the warp. The 8 warps read the same A rows when their rows share an adapter:
-// for K = 2,048 (A 128 KB) mostly from L1; for K = 11,008 (704 KB) the warps
-// drift apart and A comes from L2 again for each row, as in lora_shrink (a
-// block an output). Zeros for rows without an adapter and ranks below rmax.
-// Needs K % 4 == 0 (lora_shrink too).
-extern "C" __global__ void __launch_bounds__(256) shrink_rows(const __grid_constant__ struct ShrinkOp op, long long M) {
+// shrink_split: the LoRA shrink t[m, slot, j] = Σ_k A[adapter(m)][slot][j, k]·x[m, k]
+// with K split into chunks of SS_COLS columns: block (c, g) takes chunk c
+// and rows SS_ROWS·g …; for each adapter among its rows it stages that
+// adapter's A[slot][j][chunk] of every output in shared memory (coalesced,
+// zeros past a rank or where a matrix has none), then each thread — 8 a row,
+// outputs q, q + 8, … — sums over the chunk with x's 16-byte pieces from
+// global memory (a row's 8 threads read the same ones). Partial sums to
+// ws[c][m][idx] (idx = slot·rmax + j; zeros for rows without an adapter);
+// shrink_sum adds the chunks in order into t (deterministic). Bytes: A once
+// per row group, x once — lora_shrink (a block an output) reads A once a row.
+// At most SS_OUTS outputs (slots·rmax); dynamic shared memory outs·SS_LDA·4.
+// Needs K % 4 == 0.
+constexpr int SS_COLS = 256, SS_ROWS = 32, SS_LDA = SS_COLS + 4, SS_OUTS = 64;
+
+extern "C" __global__ void __launch_bounds__(256) shrink_split(const __grid_constant__ struct ShrinkOp op, long long M, float* ws) {
   pdl_trigger();
   pdl_wait(); // everything below may read what the previous kernel wrote
-  const int lane = threadIdx.x & 31, m = blockIdx.x * 8 + (threadIdx.x >> 5);
-  if (m >= M) return;
-  const int ad = op.rows[m].adapter, outs = op.nslots * op.rmax, K4 = op.K / 4;
-  const float4* x = (const float4*)(op.x + (long long)m * op.K);
-  for (int c0 = 0; c0 < outs; c0 += 16) {
-    const float4* a[16]; // each output's A row, or null (a zero)
-#pragma unroll
-    for (int o = 0; o < 16; o++) {
-      const int idx = c0 + o, slot = idx / op.rmax, j = idx % op.rmax;
-      a[o] = idx < outs && ad >= 0 && op.A[slot][ad] != nullptr && j < op.rank[slot][ad] ? (const float4*)(op.A[slot][ad] + (long long)j * op.K) : nullptr;
+  extern __shared__ __align__(16) float as[]; // [outs][SS_LDA]
+  __shared__ int ads[SS_ROWS];
+  const int c = blockIdx.x, m0 = blockIdx.y * SS_ROWS, k0 = c * SS_COLS, kn = min(SS_COLS, op.K - k0);
+  const int outs = op.nslots * op.rmax, r = threadIdx.x >> 3, q = threadIdx.x & 7, m = m0 + r;
+  if (threadIdx.x < SS_ROWS) ads[threadIdx.x] = m0 + (int)threadIdx.x < M ? op.rows[m0 + threadIdx.x].adapter : -1;
+  __syncthreads();
+  const int ad = ads[r];
+  const float4* x = (const float4*)(op.x + (long long)(m < M ? m : 0) * op.K + k0);
+  float s[SS_OUTS / 8] = {};
+  for (int a = 0; a < MAX_ADAPTERS; a++) {
+    bool present = false; // the same for every thread
+    for (int i = 0; i < SS_ROWS; i++) present |= ads[i] == a;
+    if (!present) continue;
+    __syncthreads(); // the previous adapter's A is read
+    for (int i = threadIdx.x; i < outs * (kn / 4); i += blockDim.x) {
+      const int o = i / (kn / 4), kk = i % (kn / 4), slot = o / op.rmax, j = o % op.rmax;
+      const float* A = op.A[slot][a];
+      *(float4*)(as + o * SS_LDA + 4 * kk) =
+          A != nullptr && j < op.rank[slot][a] ? __ldg((const float4*)(A + (long long)j * op.K + k0) + kk) : make_float4(0, 0, 0, 0);
     }
-    float s[16] = {};
-    for (int k = lane; k < K4; k += 32) {
-      const float4 xv = __ldg(x + k);
+    __syncthreads();
+    if (ad != a) continue;
+    for (int kk = 0; kk < kn / 4; kk++) {
+      const float4 xv = __ldg(x + kk);
 #pragma unroll
-      for (int o = 0; o < 16; o++)
-        if (a[o]) {
-          const float4 av = __ldg(a[o] + k);
-          s[o] += av.x * xv.x + av.y * xv.y + av.z * xv.z + av.w * xv.w;
+      for (int u = 0; u < SS_OUTS / 8; u++)
+        if (q + 8 * u < outs) {
+          const float4 av = *(const float4*)(as + (q + 8 * u) * SS_LDA + 4 * kk);
+          s[u] += av.x * xv.x + av.y * xv.y + av.z * xv.z + av.w * xv.w;
         }
     }
-#pragma unroll
-    for (int o = 0; o < 16; o++) {
-      const float v = warp_sum(s[o]);
-      if (lane == 0 && c0 + o < outs) op.t[(long long)m * op.tStride + c0 + o] = v; // slot·rmax + j
-    }
   }
+  if (m >= M) return;
+#pragma unroll
+  for (int u = 0; u < SS_OUTS / 8; u++)
+    if (q + 8 * u < outs) ws[((long long)c * M + m) * outs + q + 8 * u] = s[u];
+}
+
+// shrink_sum: t[m, idx] = Σ_c ws[c][m][idx] in chunk order, a thread an output.
+extern "C" __global__ void __launch_bounds__(256) shrink_sum(const __grid_constant__ struct ShrinkOp op, long long M, const float* ws, long long chunks) {
+  pdl_trigger();
+  pdl_wait();
+  const int outs = op.nslots * op.rmax;
+  const long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+  if (i >= M * outs) return;
+  float s = 0.0f;
+  for (long long c = 0; c < chunks; c++) s += __ldcg(ws + c * M * outs + i);
+  op.t[(i / outs) * op.tStride + i % outs] = s;
 }

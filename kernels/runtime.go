@@ -112,7 +112,7 @@ func (d *Device) init(ordinal int) error {
 				return fmt.Errorf("cuda: kernel %s in %s: %v", name, m.name, err)
 			}
 			d.fns[name] = fn
-			if strings.HasPrefix(name, "nf4_lut_") || strings.HasPrefix(name, "mmas_") || strings.HasPrefix(name, "prefill_") || strings.HasPrefix(name, "attn_flash_") { // x in dynamic shared memory, up to the device's limit
+			if strings.HasPrefix(name, "nf4_lut_") || strings.HasPrefix(name, "mmas_") || strings.HasPrefix(name, "prefill_") || strings.HasPrefix(name, "attn_flash_") || name == "shrink_split" { // x in dynamic shared memory, up to the device's limit
 				if err := setMaxShmem(fn, d.maxShmem); err != nil {
 					return fmt.Errorf("cuda: %s: %v", name, err)
 				}
@@ -128,7 +128,7 @@ var kernelNames = map[string][]string{
 	"mma":        {"mmas_bf16_1", "mmas_bf16_2", "mmas_bf16_3", "mmas_bf16_4", "mmas_bf16_8", "mmas_nf4_1", "mmas_nf4_2", "mmas_nf4_3", "mmas_nf4_4", "mmas_nf4_8", "mmas_finish"},
 	"nf4_lut":    {"nf4_lut_1", "nf4_lut_2"},
 	"nf4_matmul": append(gemvNames(), "lora_shrink", "layout"),
-	"rmsnorm":    {"rmsnorm", "rmsnorm_lora", "embed", "shrink_rows"},
+	"rmsnorm":    {"rmsnorm", "rmsnorm_lora", "embed", "shrink_split", "shrink_sum"},
 	"quantize":   {"nf4_quantize"},
 	"sample":     {"argmax", "target_logprob", "cand_slice", "cand_merge"},
 	"prefill":    {"prefill_nf4"},

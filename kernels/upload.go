@@ -449,6 +449,11 @@ func (e *Engine) uploadShrink(ls []*qwen.Linear, x, t Buf, k int) (shrinkDesc, e
 		}
 	}
 	sd.desc = &op
+	if outs := len(ls) * e.rmax; e.rmax > 0 && outs <= ssOuts { // shrink_split's partial sums
+		if err := e.Dev.reserveSplit(shrinkWSBytes(outs, k, e.MaxRows)); err != nil {
+			return sd, err
+		}
+	}
 	return sd, nil
 }
 
