@@ -126,12 +126,14 @@ func (f *steps) mat(label string, layer int, op matOp, rows int) {
 	}
 }
 
-// norm is rmsnorm of x into out, fused with the LoRA shrink of the modules
-// reading out when the model has adapters.
+// norm is rmsnorm of x into out with the LoRA shrink of the modules reading
+// out when the model has adapters: fused into the norm's launch, or in long
+// passes shrink_split after it.
 func (f *steps) norm(label string, layer int, out, w Buf, sh shrinkDesc, eps float32, rows int) {
 	e := f.e
-	if !f.lora {
+	if !f.lora || rows >= shrinkSplitMin && sh.slots*e.rmax <= ssOuts {
 		f.do(label, layer, rmsnormCall(out, e.x, w, Buf{}, e.cfg.Hidden, eps, rows))
+		f.shrink(label, layer, sh, rows)
 		return
 	}
 	f.do(label, layer, rmsnormLoRACall(out, e.x, w, e.cfg.Hidden, eps, sh.desc, sh.slots, e.rmax, rows, e.Dev.SMs))
@@ -153,5 +155,6 @@ func (f *steps) shrink(label string, layer int, sh shrinkDesc, rows int) {
 	f.do(label, layer, shrinkCall(sh.desc, f.e.rmax, sh.slots, rows))
 }
 
-// shrinkSplitMin is the fewest rows whose o and down shrinks take shrink_split.
-var shrinkSplitMin = prefillMin + 1
+// shrinkSplitMin is the fewest rows whose shrinks take shrink_split (decode
+// steps measured slower with it: few blocks and a second launch).
+const shrinkSplitMin = prefillMin + 1
