@@ -39,7 +39,7 @@ type Engine struct {
 	meta, headIdx, ids, logits Buf // [rows] rowMeta; [head rows] int32; [head rows] int32; [head rows, vocab]
 	lp                         Buf // [rows] target log-probabilities
 	part                       Buf // attention partials [rows, heads, splits, headDim+2]
-	tiles                      Buf // [rows] {first row, rows}: attn_flash's tiles of a prefill pass
+	tiles                      Buf // [rows][2] int32 {first row, rows}: attn_flash's tiles of a prefill pass
 	cand                       candBufs
 
 	graphs map[graphKey]*Graph // captured decode steps of this engine

@@ -1,4 +1,7 @@
-// rmsnorm.cu: RMSNorm and the embedding gather.
+// rmsnorm.cu: RMSNorm, the embedding gather, and the LoRA shrinks that
+// read a norm's output (fused into it: rmsnorm_lora; for long passes after it:
+// shrink_split + shrink_sum, which the o and down shrinks of long passes take
+// too).
 //
 // rmsnorm: out[i, :] = x[src(i), :] / sqrt(mean(x²) + eps) · w, one block per
 // row; src(i) = rows[i] when a row list is given (the final norm of only the

@@ -38,8 +38,9 @@ type Device struct {
 	// opt-in limit less what the kernels declare statically).
 	maxShmem int
 	// splitWS is mmas_nf4's split-K workspace (the partial sums of a launch,
-	// which mmas_finish reads). The device's engines share it: their launches
-	// run in order on the one stream.
+	// which mmas_finish reads), and shrink_split's (shrink_sum reads them).
+	// The device's engines share it: their launches run in order on the one
+	// stream, each reader right after its writer.
 	splitWS Buf
 	// splitSteps, when 1, 2 or 4, forces the steps of K an mmas_nf4 block takes
 	// (the launcher's choice otherwise); tests set it.
