@@ -299,6 +299,8 @@ int main() {
       }
       if (M <= 24) {
         v7(v7_part<3, 8, 256>, 3, 8, 256);
+        v7(v7_part<3, 8, 256, 3>, 3, 8, 256); // ≤ 80 registers: 6 warps a scheduler
+        v7(v7_part<3, 8, 256, 4>, 3, 8, 256); // ≤ 64: 8 warps a scheduler
         v7(v7_part<3, 4, 256>, 3, 4, 256);
         v7(v7_part<3, 8, 512>, 3, 8, 512);
       } else if (M <= 64) {

@@ -62,10 +62,13 @@ __device__ __forceinline__ void lut_step(float (&acc)[NT][4], uint4 a0, uint4 a1
   }
 }
 
-// v7_part<NT, WARPS, KC>: grid (groups, K/KC), K % 256 == 0; shared memory
-// KC/16 · lut_jw<NT·8>() words.
-template <int NT, int WARPS, int KC>
-__global__ void __launch_bounds__(WARPS * 32, 1) v7_part(Q q, const float* __restrict__ x, float* __restrict__ part, int M) {
+// v7_part<NT, WARPS, KC, MINB>: grid (groups, K/KC), K % 256 == 0; shared
+// memory KC/16 · lut_jw<NT·8>() words. MINB 3 and 4 (fifth session, not yet
+// run) cap the registers at 80 and 64 (ptxas sm_80: 84 and 184 bytes of
+// spills) for 6 and 8 warps a scheduler: Nsight Compute on v7 saw 4 warps a
+// scheduler, 0.84 eligible, issue 33 % busy — latency, not instruction count.
+template <int NT, int WARPS, int KC, int MINB = 1>
+__global__ void __launch_bounds__(WARPS * 32, MINB) v7_part(Q q, const float* __restrict__ x, float* __restrict__ part, int M) {
   constexpr int T = WARPS * 32, MP = NT * 8, S = KC / 256;
   extern __shared__ uint32_t sx[];
   __shared__ float code[256];
