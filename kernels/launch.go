@@ -95,9 +95,6 @@ func attnFlashCall(att, q, meta, tiles Buf, layer, heads, kvHeads, hd, ntiles in
 		args: []any{att, q, meta, tiles, layer, heads, kvHeads}}
 }
 
-// flashRows is the rows of an attn_flash tile (FQ = FK in attention.cu).
-const flashRows = 64
-
 // flashShmem is attn_flash's dynamic shared memory for head size hd.
 func flashShmem(hd int) int {
 	return (flashRows*hd + flashRows*(hd+4) + flashRows*hd + flashRows*(flashRows+4)) * 4

@@ -57,3 +57,20 @@ func room(t []byte, n int) []byte {
 	}
 	return t[:n]
 }
+
+// flashRows is the rows of an attn_flash tile (FQ = FK in attention.cu).
+const flashRows = 64
+
+// flashTiles appends to t the attn_flash tiles {first row, rows} of a pass
+// whose sequences bring len(tokens[i]) rows each, in order: up to flashRows
+// consecutive rows of one sequence a tile.
+func flashTiles(t []int32, tokens [][]int) []int32 {
+	r0 := 0
+	for _, ts := range tokens {
+		for j := 0; j < len(ts); j += flashRows {
+			t = append(t, int32(r0+j), int32(min(flashRows, len(ts)-j)))
+		}
+		r0 += len(ts)
+	}
+	return t
+}

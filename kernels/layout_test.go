@@ -62,3 +62,42 @@ func TestLayouts(t *testing.T) {
 		}
 	}
 }
+
+// TestFlashTiles checks the attn_flash tiles of passes: every row of every
+// sequence in exactly one tile of its own sequence, in order, at most
+// flashRows a tile, consecutive rows.
+func TestFlashTiles(t *testing.T) {
+	for _, lens := range [][]int{{}, {1}, {64}, {65}, {128, 1, 63, 200}, {5, 0, 70}} {
+		tokens := make([][]int, len(lens))
+		for i, n := range lens {
+			tokens[i] = make([]int, n)
+		}
+		tiles := flashTiles([]int32{-7}, tokens)[1:] // appends after what t holds
+		if len(tiles)%2 != 0 {
+			t.Fatalf("%v: odd tile list %v", lens, tiles)
+		}
+		next, seq, left := 0, 0, 0 // the next row expected, its sequence, rows of it still to come
+		for k := 0; k < len(tiles); k += 2 {
+			for left == 0 && seq < len(lens) {
+				if left = lens[seq]; left == 0 {
+					seq++
+				}
+			}
+			r0, n := int(tiles[k]), int(tiles[k+1])
+			if r0 != next || n < 1 || n > flashRows || n > left {
+				t.Fatalf("%v: tile %d = {%d, %d}; want first row %d, 1…%d rows", lens, k/2, r0, n, next, min(flashRows, left))
+			}
+			next, left = next+n, left-n
+			if left == 0 {
+				seq++
+			}
+		}
+		total := 0
+		for _, n := range lens {
+			total += n
+		}
+		if next != total {
+			t.Fatalf("%v: tiles cover %d rows, want %d", lens, next, total)
+		}
+	}
+}

@@ -86,20 +86,6 @@ func (e *Engine) flash(rows, seqs int) bool {
 	return rows >= 16*seqs && (hd == 64 || hd == 128) && flashShmem(hd) <= e.Dev.maxShmem
 }
 
-// flashTiles appends to t the attn_flash tiles {first row, rows} of a pass
-// whose sequences bring len(tokens[i]) rows each, in order: up to flashRows
-// consecutive rows of one sequence a tile.
-func flashTiles(t []int32, tokens [][]int) []int32 {
-	r0 := 0
-	for _, ts := range tokens {
-		for j := 0; j < len(ts); j += flashRows {
-			t = append(t, int32(r0+j), int32(min(flashRows, len(ts)-j)))
-		}
-		r0 += len(ts)
-	}
-	return t
-}
-
 // ensurePart sizes the split-attention scratch (outside any capture); the
 // graphs that held the old buffer go.
 func (e *Engine) ensurePart(rows, splits int) error {
