@@ -15,8 +15,8 @@
 // scales and x already loading; then 8 warps — 2 (x rows) × 4 (32 weight
 // rows) — run the step's MMAs from ldmatrix fragments. No split of K: the
 // block's sums go through shared memory to its threads, consecutive pairs of
-// one x row each, which add the LoRA terms and run the epilogue (mmas_finish's
-// work).
+// one x row each, which add the LoRA terms (the pairs' B rows staged in shared
+// memory) and run the epilogue (mmas_finish's work).
 //
 // Bytes per launch: the weights once per PF_BM rows, x once per 64 pairs.
 #include "gemv.cuh"
