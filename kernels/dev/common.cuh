@@ -116,6 +116,28 @@ static float bf16_round(float f) {
   return f;
 }
 
+// rotating_us is the µs of one launch(i) — i the weight copy, rotating over
+// copies (together ≥ 4× the L2, so the weights come from DRAM) — event-timed
+// over reps_per_copy·copies launches after one warm-up pass over the copies.
+template <typename F>
+static double rotating_us(F launch, int copies, int reps_per_copy) {
+  cudaEvent_t e0, e1;
+  CK(cudaEventCreate(&e0));
+  CK(cudaEventCreate(&e1));
+  for (int i = 0; i < copies; i++) launch(i);
+  CK(cudaDeviceSynchronize());
+  const int reps = reps_per_copy * copies;
+  CK(cudaEventRecord(e0));
+  for (int i = 0; i < reps; i++) launch(i % copies);
+  CK(cudaEventRecord(e1));
+  CK(cudaEventSynchronize(e1));
+  float ms;
+  CK(cudaEventElapsedTime(&ms, e0, e1));
+  CK(cudaEventDestroy(e0));
+  CK(cudaEventDestroy(e1));
+  return ms * 1000.0 / reps;
+}
+
 // copy_bandwidth is the device-to-device copy rate in GB/s (1 GiB, read +
 // written counted, as qbench bench), printed; the benchmarks' 100 %.
 static double copy_bandwidth() {

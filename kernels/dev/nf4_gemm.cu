@@ -378,8 +378,7 @@ int main() {
              4.0 * M * N * K / 1e9);
       printf("  %-22s %9s %9s %7s %9s %10s\n", "version", "µs", "GB/s", "% copy", "TFLOP/s", "max rel err");
       // check runs launch(copy 0) once on a poisoned output and returns its
-      // worst relative error on the sampled outputs (∞ if any is unwritten);
-      // time_us times launch over the rotating weight copies after a warm-up.
+      // worst relative error on the sampled outputs (∞ if any is unwritten).
       auto check = [&](auto launch) {
         CK(cudaMemset(dc, 0xff, (size_t)M * N * 4)); // NaN: unwritten outputs show
         launch(0);
@@ -391,20 +390,7 @@ int main() {
         for (int i = 0; i < S; i++) worst = std::max(worst, fabs(out[(size_t)sm[i] * N + sn[i]] - ref[i]) / std::max(mag[i], 1e-30));
         return worst;
       };
-      auto time_us = [&](auto launch) {
-        cudaEvent_t e0, e1;
-        cudaEventCreate(&e0);
-        cudaEventCreate(&e1);
-        for (int i = 0; i < copies; i++) launch(i);
-        const int reps = 5 * copies;
-        cudaEventRecord(e0);
-        for (int i = 0; i < reps; i++) launch(i % copies);
-        cudaEventRecord(e1);
-        CK(cudaEventSynchronize(e1));
-        float ms;
-        cudaEventElapsedTime(&ms, e0, e1);
-        return ms * 1000.0 / reps;
-      };
+      auto time_us = [&](auto launch) { return rotating_us(launch, copies, 5); };
       auto tflops = [&](double us) { return 4.0 * M * N * K / (us * 1e-6) / 1e12; };
       auto report = [&](const char* name, double us, double worst) {
         const double gbs = bytes / (us * 1e-6) / 1e9;

@@ -154,21 +154,7 @@ int main() {
         }
         return worst;
       };
-      auto time_it = [&](auto launch) {
-        cudaEvent_t e0, e1;
-        cudaEventCreate(&e0);
-        cudaEventCreate(&e1);
-        for (int i = 0; i < copies; i++) launch(qs[i]);
-        CK(cudaDeviceSynchronize());
-        const int reps = 20 * copies;
-        cudaEventRecord(e0);
-        for (int i = 0; i < reps; i++) launch(qs[i % copies]);
-        cudaEventRecord(e1);
-        CK(cudaEventSynchronize(e1));
-        float ms;
-        cudaEventElapsedTime(&ms, e0, e1);
-        return ms * 1000 / reps;
-      };
+      auto time_it = [&](auto launch) { return (float)rotating_us([&](int i) { launch(qs[i]); }, copies, 20); };
       std::vector<Run> runs;
       // v0, as the engine launches it.
       {
