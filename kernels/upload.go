@@ -449,7 +449,7 @@ func (e *Engine) uploadShrink(ls []*qwen.Linear, x, t Buf, k int) (shrinkDesc, e
 		}
 	}
 	sd.desc = &op
-	if outs := len(ls) * e.rmax; e.rmax > 0 && outs <= ssOuts { // shrink_split's partial sums
+	if outs := len(ls) * e.rmax; e.rmax > 0 && outs <= ssOuts && e.MaxRows >= shrinkSplitMin { // shrink_split's partial sums (long passes only)
 		if err := e.Dev.reserveSplit(shrinkWSBytes(outs, k, e.MaxRows)); err != nil {
 			return sd, err
 		}
