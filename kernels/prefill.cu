@@ -164,31 +164,33 @@ __device__ void prefill_body(const struct GemvOp* __restrict__ op, int M) {
     for (int nt = 0; nt < NT; nt++)
 #pragma unroll
       for (int j = 0; j < 4; j++) res[(wm * WM + 8 * nt + 2 * t + (j & 1)) * PF_LDR + 2 * ((2 * wn + at) * 8 + g) + (j >> 1)] = acc[at][nt][j];
-  // The LoRA B rows of the block's pairs for the adapter of its first row
-  // (rows of other adapters read theirs from global memory), transposed so
-  // that the threads of a warp, consecutive pairs, read consecutive words:
-  // bs[(ab·R + j)·64 + pair], zeros past a rank or where a matrix has none.
+  // Each thread keeps one pair (the block's 256 threads: 64 pairs × 4) for
+  // x rows r0, r0 + 4, …: its pair's rows looked up once. The LoRA B rows of
+  // the pairs for the adapter of the block's first row (rows of other
+  // adapters read theirs from global memory) are staged transposed, so that
+  // a warp's consecutive pairs read consecutive words: bs[(ab·R + j)·64 +
+  // pair], zeros past a rank or where a matrix has none.
+  static_assert(BM * 64 % 256 == 0, "four threads a pair");
+  const int pl = threadIdx.x % 64, r0 = threadIdx.x / 64, p = blockIdx.x * 64 + pl;
+  const PairRows pq = pair_rows(op, p < P ? p : 0);
+  const bool mine = p < P && pq.valid;
   float* bs = res + BM * PF_LDR;
   const int R = op->rmax, ad0 = op->rows[mb].adapter;
   const bool staged = ad0 >= 0 && R <= PF_RMAX && R % 4 == 0;
   if (staged)
-    for (int i = threadIdx.x; i < 2 * R * 64; i += blockDim.x) {
-      const int ab = i / (R * 64), j = i / 64 % R, p = blockIdx.x * 64 + i % 64;
-      float v = 0.0f;
-      if (p < P) {
-        const PairRows pq = pair_rows(op, p);
-        const struct Mat* a = ab ? pq.B : pq.A;
-        if (pq.valid && a && a->loraSlot >= 0 && a->loraB[ad0] && j < a->loraRank[ad0]) v = a->loraB[ad0][(ab ? pq.rb : pq.ra) * a->loraRank[ad0] + j];
-      }
-      bs[i] = v;
+    for (int ab = 0; ab < 2; ab++) {
+      const struct Mat* a = ab ? pq.B : pq.A;
+      const bool has = mine && a && a->loraSlot >= 0 && a->loraB[ad0];
+      const float* B = has ? a->loraB[ad0] + (ab ? pq.rb : pq.ra) * a->loraRank[ad0] : nullptr;
+      const int rank = has ? a->loraRank[ad0] : 0;
+      for (int j = r0; j < R; j += 4) bs[(ab * R + j) * 64 + pl] = j < rank ? B[j] : 0.0f;
     }
   __syncthreads();
+  if (!mine) return; // no barrier below
 #pragma unroll 1
-  for (int i = threadIdx.x; i < BM * 64; i += blockDim.x) {
-    const int r = i / 64, pl = i % 64, p = blockIdx.x * 64 + pl, m = mb + r;
-    if (m >= M || p >= P) continue;
-    const PairRows pq = pair_rows(op, p);
-    if (!pq.valid) continue;
+  for (int r = r0; r < BM; r += 4) {
+    const int m = mb + r;
+    if (m >= M) break;
     float va = res[r * PF_LDR + 2 * pl], vb = res[r * PF_LDR + 2 * pl + 1];
     if (staged && op->rows[m].adapter == ad0) {
       va += lora_staged(*pq.A, *op, m, bs + pl, R, ad0);

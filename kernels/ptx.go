@@ -58,7 +58,7 @@ var modules = []ptxModule{
 	{"mma", ptx_mma_80, ptx_mma_90, "caff127c61ec19092cfd6c157313caa589e1dc5bfd7b76e69b7975babe0f9665"},
 	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, "76dd678c3872e5f34c8b314c6404ad1f2afbcfcddc6927d23afeda92b1b972c2"},
 	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, "3ff96d1f9890dc9eabf78aa23e926eadd2d9b36ea66249ddebb3947c8defa619"},
-	{"prefill", ptx_prefill_80, ptx_prefill_90, "f02d4455bf89089fe6e0b5a8941a4b434dfb71cf2d6272ccaa463cf1c315fe22"},
+	{"prefill", ptx_prefill_80, ptx_prefill_90, "39142eb9bd00ba38c5c2f41d480881e9c6b7622da67998096f463b300a5c1f5a"},
 	{"quantize", ptx_quantize_80, ptx_quantize_90, "f7f358289c6da585cecabca951cab0da03e0a8cdf712cbef47ed34530a801137"},
 	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, "4bc76e774a6c763f25015d0611c2c3fa6e0fd4a17d9640a750e0d3c5b1adb08e"},
 	{"sample", ptx_sample_80, ptx_sample_90, "673003b3eee88fb8212bb87ad345c6902d3e30a66030ca4bc823f739efbe77e1"},
