@@ -60,6 +60,6 @@ var modules = []ptxModule{
 	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, "3ff96d1f9890dc9eabf78aa23e926eadd2d9b36ea66249ddebb3947c8defa619"},
 	{"prefill", ptx_prefill_80, ptx_prefill_90, "39142eb9bd00ba38c5c2f41d480881e9c6b7622da67998096f463b300a5c1f5a"},
 	{"quantize", ptx_quantize_80, ptx_quantize_90, "f7f358289c6da585cecabca951cab0da03e0a8cdf712cbef47ed34530a801137"},
-	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, "4bc76e774a6c763f25015d0611c2c3fa6e0fd4a17d9640a750e0d3c5b1adb08e"},
+	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, "e5ef3c5a01e9f53bcbd524e1a9d30855ee20aeb136122545b53861530bc1c49e"},
 	{"sample", ptx_sample_80, ptx_sample_90, "673003b3eee88fb8212bb87ad345c6902d3e30a66030ca4bc823f739efbe77e1"},
 }

@@ -68,7 +68,9 @@ extern "C" __global__ void embed(float* x, const void* table, long long isBF16, 
 // t[i, slot, j] = Σ_k A[adapter(i)][slot][j, k]·xn[i, k] (slot = idx / rmax,
 // j = idx % rmax; 0 without an adapter or past its rank), so the shrink needs
 // no launch of its own. per is the launcher's: few rows take 1 (enough blocks
-// to fill the card), many 8 (the norm computed once for 8 outputs). (Until
+// to fill the card; then x and w are read beside A, not through shared
+// memory: one dependent round trip fewer), many 8 (the norm computed once for
+// 8 outputs). (Until
 // the fourth session a block an output always: 3,136 blocks at batch 64, 17 µs
 // a launch on an H200; 8 always: 448, but 7 blocks at batch 1.)
 extern "C" __global__ void rmsnorm_lora(float* out, const float* x, const float* w, long long H, float eps,
@@ -85,8 +87,18 @@ extern "C" __global__ void rmsnorm_lora(float* out, const float* x, const float*
     for (long long k = threadIdx.x; k < H; k += blockDim.x) o[k] = w[k] * (xr[k] * inv);
     return;
   }
-  for (long long k = threadIdx.x; k < H; k += blockDim.x) xn[k] = w[k] * (xr[k] * inv); // the same values
-  __syncthreads();
+  // One output a block (per 1, few rows): x and w are read beside A, the
+  // normed values needed once; else they go through shared memory once.
+  const bool direct = per == 1 && H % 4 == 0;
+  if (!direct) {
+    for (long long k = threadIdx.x; k < H; k += blockDim.x) xn[k] = w[k] * (xr[k] * inv); // the same values
+    __syncthreads();
+  }
+  auto xn4 = [&](long long k) { // normed values 4k … 4k + 3
+    if (!direct) return ((const float4*)xn)[k];
+    const float4 xv = __ldg((const float4*)xr + k), wv = __ldg((const float4*)w + k);
+    return make_float4(wv.x * (xv.x * inv), wv.y * (xv.y * inv), wv.z * (xv.z * inv), wv.w * (xv.w * inv));
+  };
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wpo = 8 / (int)per; // warps an output
   const int idx = (blockIdx.y - 1) * (int)per + warp / wpo, q = warp % wpo;      // output, and this warp's share
   const int slot = idx / op.rmax, j = idx % op.rmax, ad = op.rows[i].adapter;
@@ -95,18 +107,17 @@ extern "C" __global__ void rmsnorm_lora(float* out, const float* x, const float*
     const float* a = op.A[slot][ad] + (long long)j * H;
     if (H % 4 == 0) { // 16-byte loads, four in flight
       const float4* a4 = (const float4*)a;
-      const float4* x4 = (const float4*)xn;
       const long long step = 32 * wpo;
       float s4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
       long long k = lane + 32 * q;
       for (; k + 3 * step < H / 4; k += 4 * step)
 #pragma unroll
         for (int u = 0; u < 4; u++) {
-          const float4 av = __ldg(a4 + k + step * u), xv = x4[k + step * u];
+          const float4 av = __ldg(a4 + k + step * u), xv = xn4(k + step * u);
           s4[u] += av.x * xv.x + av.y * xv.y + av.z * xv.z + av.w * xv.w;
         }
       for (; k < H / 4; k += step) {
-        const float4 av = __ldg(a4 + k), xv = x4[k];
+        const float4 av = __ldg(a4 + k), xv = xn4(k);
         s4[0] += av.x * xv.x + av.y * xv.y + av.z * xv.z + av.w * xv.w;
       }
       s = (s4[0] + s4[1]) + (s4[2] + s4[3]);
