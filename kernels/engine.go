@@ -278,7 +278,7 @@ func (e *Engine) run(seqs []*qwen.Seq, tokens [][]int, all bool, t tail) (nHead 
 		return 0, err
 	}
 	decode := !all && p.rows == len(seqs)
-	p.pdl = decode && e.lut
+	p.pdl = decode
 	if decode { // a graph is keyed by rows and splits: size splits by capacity so it survives the whole generation
 		maxCap := 0
 		for _, s := range seqs {

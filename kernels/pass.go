@@ -14,10 +14,10 @@ type pass struct {
 	nHead  int // rows that get logits
 	splits int // attention chunks of attnChunk positions (the longest sequence's)
 	tiles  int // attn_flash tiles (hostTile), or 0: flash-decoding (attn_split + attn_combine)
-	// pdl: launch the pass's kernels as programmatic dependents — for the
-	// decode steps of an engine for one sequence, where it measured faster
-	// (H200: +3 % with an adapter, +9 % without); batches and prefill passes
-	// measured slower with it (kernels/PERF.md, v9).
+	// pdl: launch the pass's kernels as programmatic dependents — for decode
+	// steps, where it measured faster (H200: batch 1 +3 % with an adapter,
+	// +9 % without; batch 20 +4 %, 64 +2 %); prefill passes measured slower
+	// with it (kernels/PERF.md, v9).
 	pdl bool
 }
 

@@ -45,7 +45,7 @@ func (e *Engine) ProfileStep(seqs []*qwen.Seq, tokens [][]int, copyGBs float64) 
 	if err != nil {
 		return nil, err
 	}
-	ps.pdl = e.lut // a decode step, as run makes it
+	ps.pdl = true // a decode step, as run makes it
 	const reps = 10
 	var out []KernelTime
 	err = e.Dev.Do(func() error {
@@ -184,7 +184,7 @@ func (e *Engine) DecodeRate(seqs []*qwen.Seq, steps int, graphs bool) (float64, 
 		if err != nil {
 			return err
 		}
-		p.pdl = e.lut
+		p.pdl = true
 		err = e.Dev.Do(func() error {
 			if err := e.stage(p); err != nil {
 				return err

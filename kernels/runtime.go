@@ -26,7 +26,7 @@ type Device struct {
 	Debug bool // synchronise after every launch and name the kernel that failed
 	// PDL: the device can launch a kernel as a programmatic dependent of
 	// the previous one (Hopper and later; QBENCH_NO_PDL=1 turns it off).
-	// Engines do it for the decode steps of one sequence (see pass.pdl).
+	// Engines do it for decode steps (see pass.pdl).
 	PDL    bool
 	work   chan func()
 	ctx    cu.CUContext
