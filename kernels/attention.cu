@@ -9,7 +9,8 @@
 // 16-byte loads (a lane holds 4 of the head's dims); values: a thread per dim,
 // positions unrolled by 8.
 // attn_combine: grid (heads, M), block 128: merges the splits,
-// out[m, h·hd + d] = Σ_s e^{max_s − max} acc_s[d] / Σ_s e^{max_s − max} sum_s.
+// out[m, h·hd + d] = Σ_s e^{max_s − max} acc_s[d] / Σ_s e^{max_s − max} sum_s;
+// attn_combine_lora also computes the o_proj LoRA shrink (below).
 //
 // Bytes per row: 2·(pos+1)·headDim·4 per KV head (the heads/kvHeads query
 // heads of a group read them again, from L2); flops ~4·heads·(pos+1)·headDim.
@@ -107,10 +108,10 @@ extern "C" __global__ void __launch_bounds__(128) attn_split(float* part, const 
   }
 }
 
-extern "C" __global__ void __launch_bounds__(128) attn_combine(float* att, const float* part, long long heads, long long hd, long long splits) {
-  pdl_trigger();
-  pdl_wait(); // everything below may read what the previous kernel wrote
-  const int h = blockIdx.x, m = blockIdx.y;
+// combine_body merges head h of row m into att (and keeps the values in
+// av[] for the LoRA shrink when av is given).
+__device__ __forceinline__ void combine_body(float* att, const float* part, long long heads, long long hd, long long splits,
+                                             int h, int m, float* av) {
   const float* p = part + ((long long)m * heads + h) * splits * (hd + 2);
   float mx = -INFINITY;
   for (int s = 0; s < splits; s++) mx = fmaxf(mx, p[s * (hd + 2)]);
@@ -126,7 +127,78 @@ extern "C" __global__ void __launch_bounds__(128) attn_combine(float* att, const
       if (ms != -INFINITY) acc += expf(ms - mx) * p[s * (hd + 2) + 2 + d];
     }
     att[(long long)m * heads * hd + h * hd + d] = acc / sum;
+    if (av) av[d] = acc / sum;
   }
+}
+
+extern "C" __global__ void __launch_bounds__(128) attn_combine(float* att, const float* part, long long heads, long long hd, long long splits) {
+  pdl_trigger();
+  pdl_wait(); // everything below may read what the previous kernel wrote
+  combine_body(att, part, heads, hd, splits, blockIdx.x, blockIdx.y, nullptr);
+}
+
+// attn_combine_lora is attn_combine with the o_proj LoRA shrink of decode
+// steps folded in (one launch a layer fewer): head h's block also computes
+// the partial dots A[j, h·hd … h·hd + hd)·att of its row's adapter into
+// tp[m, h, j]; the last of the row's head blocks to finish (a counter a row,
+// reset by it for the next pass) adds the heads' partials in head order —
+// the same sum whichever block is last — into t[m, j], zeros where lora_shrink
+// writes zeros. sh is the o shrink (one slot, K = heads·hd).
+extern "C" __global__ void __launch_bounds__(128) attn_combine_lora(float* att, const float* part, long long heads, long long hd,
+    long long splits, const __grid_constant__ struct ShrinkOp sh, float* tp, int* count) {
+  pdl_trigger();
+  __shared__ float av[512];
+  __shared__ bool last;
+  const int h = blockIdx.x, m = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  // A's values for this head's columns, warp w taking outputs w, w + 4, …:
+  // 16 outputs × 128 columns a round, the first round's loads issued before
+  // the wait (A and the row metadata are not written by kernels).
+  const int ad = sh.rows[m].adapter;
+  const float* A = ad >= 0 ? sh.A[0][ad] : nullptr;
+  const int rank = A ? sh.rank[0][ad] : 0;
+  float a[4][4];
+  auto load = [&](int j0, int d0) {
+#pragma unroll
+    for (int jj = 0; jj < 4; jj++)
+#pragma unroll
+      for (int dd = 0; dd < 4; dd++) {
+        const int j = j0 + warp + 4 * jj, d = d0 + lane + 32 * dd;
+        a[jj][dd] = j < rank && d < hd ? __ldg(A + (long long)j * sh.K + h * hd + d) : 0.0f;
+      }
+  };
+  load(0, 0);
+  pdl_wait(); // everything below may read what the previous kernel wrote
+  combine_body(att, part, heads, hd, splits, h, m, av);
+  __syncthreads();
+  for (int j0 = 0; j0 < sh.rmax; j0 += 16) {
+    float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int d0 = 0; d0 < hd; d0 += 128) {
+      if (j0 > 0 || d0 > 0) load(j0, d0);
+#pragma unroll
+      for (int jj = 0; jj < 4; jj++)
+#pragma unroll
+        for (int dd = 0; dd < 4; dd++)
+          if (d0 + lane + 32 * dd < hd) s[jj] += a[jj][dd] * av[d0 + lane + 32 * dd];
+    }
+#pragma unroll
+    for (int jj = 0; jj < 4; jj++) {
+      const int j = j0 + warp + 4 * jj;
+      const float v = warp_sum(s[jj]);
+      if (lane == 0 && j < sh.rmax) tp[((long long)m * heads + h) * sh.rmax + j] = v;
+    }
+  }
+  __threadfence(); // the partials are visible before the count says so
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(count + m, 1) == heads - 1;
+  __syncthreads();
+  if (!last) return;
+  for (int j = threadIdx.x; j < sh.rmax; j += blockDim.x) {
+    float v = 0.0f;
+#pragma unroll 8
+    for (int hh = 0; hh < heads; hh++) v += __ldcg(tp + ((long long)m * heads + hh) * sh.rmax + j);
+    sh.t[(long long)m * sh.tStride + j] = v;
+  }
+  if (threadIdx.x == 0) count[m] = 0;
 }
 
 // attn_flash_<D>: causal attention of prefill passes (flash attention on the

@@ -36,6 +36,7 @@ type Engine struct {
 	x, xn, q, att, act, xnHead Buf // [rows, hidden], [rows, hidden], [rows, q dim], [rows, q dim], [rows, intermediate], [head rows, hidden]
 	rope, invFreq              Buf // [rows, headDim/2, 2] cos/sin per row; [headDim/2] inverse frequencies
 	tQKV, tO, tGU, tD          Buf // LoRA shrink outputs A·x: [rows, slots·rmax] for q/k/v, o, gate/up, down
+	oPart, oCount              Buf // attn_combine_lora's per-head o shrink partials [rows, heads, rmax] and row counters [rows] int32
 	meta, headIdx, ids, logits Buf // [rows] rowMeta; [head rows] int32; [head rows] int32; [head rows, vocab]
 	lp                         Buf // [rows] target log-probabilities
 	part                       Buf // attention partials [rows, heads, splits, headDim+2]

@@ -9,6 +9,7 @@ const (
 	stepQKV       = "gemv q/k/v+rope"
 	stepAttn      = "attention"
 	stepCombine   = "attention combine"
+	stepCombineO  = "attention combine+lora_shrink o"
 	stepShrinkO   = "lora_shrink o"
 	stepO         = "gemv o_proj+residual"
 	stepNormMLP   = "rmsnorm (+lora_shrink gate/up)"
@@ -58,11 +59,19 @@ func (e *Engine) forward(p pass, t tail) error {
 			f.do(stepAttn, i, attnFlashCall(e.att, e.q, e.meta, e.tiles, i, c.Heads, c.KVHeads, c.HeadDim, p.tiles))
 		} else {
 			f.do(stepAttn, i, attnSplitCall(e.part, e.q, e.meta, i, c.Heads, c.KVHeads, c.HeadDim, p.splits, p.rows))
-			f.do(stepCombine, i, attnCombineCall(e.att, e.part, c.Heads, c.HeadDim, p.splits, p.rows))
 		}
 		// x += att·W_oᵀ + LoRA (its shrink A·att first): the residual add
-		// is the epilogue of the matrix kernel.
-		f.shrink(stepShrinkO, i, L.shO, p.rows)
+		// is the epilogue of the matrix kernel. Decode steps compute the
+		// shrink in the launch that combines the attention splits.
+		switch {
+		case p.tiles > 0:
+			f.shrink(stepShrinkO, i, L.shO, p.rows)
+		case f.lora && p.rows < shrinkSplitMin:
+			f.do(stepCombineO, i, attnCombineLoRACall(e.att, e.part, c.Heads, c.HeadDim, p.splits, p.rows, L.shO.desc, e.oPart, e.oCount))
+		default:
+			f.do(stepCombine, i, attnCombineCall(e.att, e.part, c.Heads, c.HeadDim, p.splits, p.rows))
+			f.shrink(stepShrinkO, i, L.shO, p.rows)
+		}
 		f.mat(stepO, i, L.o, p.rows)
 		// xn = rmsNorm(x)·post_attention_layernorm (+ the gate/up shrinks).
 		f.norm(stepNormMLP, i, e.xn, L.postNorm, L.shGU, eps, p.rows)

@@ -86,6 +86,14 @@ func attnCombineCall(att, part Buf, heads, hd, splits, rows int) call {
 	return call{name: "attn_combine", grid: [3]int{heads, rows}, block: 128, args: []any{att, part, heads, hd, splits}}
 }
 
+// attnCombineLoRACall is attnCombineCall with the o_proj LoRA shrink of the
+// rows (shrink op sh, one slot) folded in: per-head partial dots in tp [rows,
+// heads, rmax], added in head order by the last head block of each row
+// (count [rows] int32, zero between passes).
+func attnCombineLoRACall(att, part Buf, heads, hd, splits, rows int, sh *shrinkOp, tp, count Buf) call {
+	return call{name: "attn_combine_lora", grid: [3]int{heads, rows}, block: 128, args: []any{att, part, heads, hd, splits, sh, tp, count}}
+}
+
 const attnChunk = 32 // CHUNK in attention.cu: positions per attn_split block
 
 // attnFlashCall: the causal attention of a prefill pass, a block per (tile

@@ -325,3 +325,59 @@ func TestTwoEngines(t *testing.T) {
 		t.Fatalf("engine A %v, want %v; engine B %v, want %v", gotA, wantA, gotB, wantB)
 	}
 }
+
+// TestDecodeStepsLoRA: decode steps (one new row a sequence, graphs, the o
+// shrink folded into attn_combine_lora) give the CPU reference's logits, for
+// rows of two adapters of different ranks (16 and 40: rmax 40 takes three
+// rounds of 16 outputs, and zeros past the smaller rank) and rows without
+// one, in engines for one sequence and for batches.
+func TestDecodeStepsLoRA(t *testing.T) {
+	d := device(t)
+	cfg := &qwen.Config{ModelType: "qwen2", Hidden: 256, Intermediate: 704, Layers: 2, Heads: 4, KVHeads: 2, HeadDim: 64,
+		Vocab: 1000, RMSEps: 1e-6, RopeTheta: 1e6, TieEmbeddings: true}
+	m := SyntheticModel(cfg, rand.Uint64())
+	AddSyntheticAdapter(m, 16, rand.Uint64())
+	AddSyntheticAdapter(m, 40, rand.Uint64())
+	rng := rand.New(rand.NewPCG(rand.Uint64(), 5))
+	prompts := [][]int{{1, 2, 3, 4, 5, 6, 7}, {9, 8, 7}, {100, 200, 300, 400}}
+	for _, c := range []struct {
+		batch    int
+		adapters []int
+	}{{1, []int{1}}, {1, []int{0}}, {1, []int{-1}}, {4, []int{0, -1, 1}}} {
+		n := len(c.adapters)
+		e, err := NewEngine(d, m, 64, c.batch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cpu := qwen.NewRunner(m)
+		gs, cs := make([]*qwen.Seq, n), make([]*qwen.Seq, n)
+		for i := range gs {
+			if gs[i], err = e.NewSeq(32, c.adapters[i]); err != nil {
+				t.Fatal(err)
+			}
+			cs[i] = m.NewSeq(32, c.adapters[i])
+		}
+		toks := prompts[:n]
+		for step := 0; step < 6; step++ {
+			got, err := e.Forward(gs, toks, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := cpu.Forward(cs, toks, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r := relErr(got, want); r > 1e-4 {
+				t.Errorf("batch %d, adapters %v, step %d: logits relative error %.3g > 1e-4; %s", c.batch, c.adapters, step, r, firstMismatch(got, want, 1e-4))
+			}
+			toks = make([][]int, n)
+			for i := range toks {
+				toks[i] = []int{rng.IntN(cfg.Vocab)}
+			}
+		}
+		for _, s := range gs {
+			e.Release(s)
+		}
+		e.Close()
+	}
+}

@@ -255,6 +255,8 @@ func (e *Engine) traffic(label string, layer int, p pass) int64 {
 		return b
 	case stepCombine:
 		return R * (int64(c.Heads*p.splits*(c.HeadDim+2)) + qDim) * 4
+	case stepCombineO:
+		return R*(int64(c.Heads*p.splits*(c.HeadDim+2))+qDim)*4 + L.shO.bytes
 	case stepShrinkO:
 		return L.shO.bytes + R*qDim*4
 	case stepO:

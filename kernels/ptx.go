@@ -54,7 +54,7 @@ var ptx_sample_90 string
 
 // modules lists each PTX module with the sha256 of the sources it was built from.
 var modules = []ptxModule{
-	{"attention", ptx_attention_80, ptx_attention_90, "f54507f234c856010ba6b8be5c90bcb8675473e3c912011dc800643663106d86"},
+	{"attention", ptx_attention_80, ptx_attention_90, "d35016005c98fb3c490a712610d17cd8afe761aa61e851605bb4d6205e3deda0"},
 	{"mma", ptx_mma_80, ptx_mma_90, "caff127c61ec19092cfd6c157313caa589e1dc5bfd7b76e69b7975babe0f9665"},
 	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, "76dd678c3872e5f34c8b314c6404ad1f2afbcfcddc6927d23afeda92b1b972c2"},
 	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, "3ff96d1f9890dc9eabf78aa23e926eadd2d9b36ea66249ddebb3947c8defa619"},

@@ -125,7 +125,7 @@ func (d *Device) init(ordinal int) error {
 
 // kernelNames lists the entry points of each module.
 var kernelNames = map[string][]string{
-	"attention":  {"attn_split", "attn_combine", "attn_flash_64", "attn_flash_128"},
+	"attention":  {"attn_split", "attn_combine", "attn_combine_lora", "attn_flash_64", "attn_flash_128"},
 	"mma":        {"mmas_bf16_1", "mmas_bf16_2", "mmas_bf16_3", "mmas_bf16_4", "mmas_bf16_8", "mmas_nf4_1", "mmas_nf4_2", "mmas_nf4_3", "mmas_nf4_4", "mmas_nf4_8", "mmas_finish"},
 	"nf4_lut":    {"nf4_lut_1", "nf4_lut_2"},
 	"nf4_matmul": append(gemvNames(), "lora_shrink", "layout"),

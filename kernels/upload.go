@@ -472,11 +472,14 @@ func (e *Engine) upload() error {
 		{&e.tQKV, R * 3 * r, "LoRA q/k/v shrink"}, {&e.tO, R * r, "LoRA o shrink"},
 		{&e.tGU, R * 2 * r, "LoRA gate/up shrink"}, {&e.tD, R * r, "LoRA down shrink"},
 		{&e.rope, R * int64(c.HeadDim), "RoPE table"}, {&e.headIdx, R, "head rows"}, {&e.tiles, 2 * R, "attention tiles"}, {&e.ids, R, "token ids"},
-		{&e.lp, R, "log-probabilities"},
+		{&e.lp, R, "log-probabilities"}, {&e.oPart, R * int64(c.Heads) * r, "LoRA o shrink partials"},
 	}); err != nil {
 		return err
 	}
 	var err error
+	if e.oCount, err = uploadTo(e, make([]int32, R), "LoRA o shrink counters"); err != nil {
+		return err
+	}
 	if e.invFreq, err = uploadTo(e, qwen.RopeInvFreq(c), "RoPE frequencies"); err != nil {
 		return err
 	}
