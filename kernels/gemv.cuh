@@ -197,6 +197,19 @@ __device__ __forceinline__ PairRows pair_rows(const struct GemvOp* op, int pair)
   return p;
 }
 
+// lora_prefetch asks L2 for the LoRA B rows of pair p (its A- and B-row) for
+// adapter ad, so that an epilogue reading them after a main loop finds them
+// there instead of in DRAM (a rank of 16 is 64 bytes: one line).
+__device__ __forceinline__ void lora_prefetch(const PairRows& p, int ad) {
+  if (ad < 0 || !p.valid) return;
+  const struct Mat* m[2] = {p.A, p.B};
+  const long long r[2] = {p.ra, p.rb};
+#pragma unroll
+  for (int i = 0; i < 2; i++)
+    if (m[i] && m[i]->loraSlot >= 0 && m[i]->loraB[ad])
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(m[i]->loraB[ad] + r[i] * m[i]->loraRank[ad]));
+}
+
 // pairs is how many pairs an op has (see pair_rows).
 __device__ __forceinline__ int pairs_of(const struct GemvOp* op) {
   const struct Mat* A = &op->mat[0];

@@ -217,8 +217,9 @@ __device__ void mmas_body(const struct GemvOp* __restrict__ op, int M, int m0, f
 // and the epilogue. mp is the launch's 8·NT.
 extern "C" __global__ void __launch_bounds__(256) mmas_finish(const __grid_constant__ struct GemvOp op, long long M, long long m0,
                                                               const float* __restrict__ ws, long long splits, long long mp) {
-  pdl_wait();
   const int P = pairs_of(&op), pair = blockIdx.x * blockDim.x + threadIdx.x, mm = blockIdx.y, m = (int)m0 + mm;
+  if (pair < P && m < M) lora_prefetch(pair_rows(&op, pair), op.rows[m].adapter); // B rows to L2 while the partial sums finish
+  pdl_wait();
   if (pair >= P || m >= M) return;
   const float* w = ws + (long long)mm * 2 * P + 2 * pair;
   const long long stride = mp * 2 * P;

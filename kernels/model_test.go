@@ -330,7 +330,8 @@ func TestTwoEngines(t *testing.T) {
 // shrink folded into attn_combine_lora) give the CPU reference's logits, for
 // rows of two adapters of different ranks (16 and 40: rmax 40 takes three
 // rounds of 16 outputs, and zeros past the smaller rank) and rows without
-// one, in engines for one sequence and for batches.
+// one, in engines for one sequence and for batches (3 rows: graphs; 17:
+// direct launches, directRows).
 func TestDecodeStepsLoRA(t *testing.T) {
 	d := device(t)
 	cfg := &qwen.Config{ModelType: "qwen2", Hidden: 256, Intermediate: 704, Layers: 2, Heads: 4, KVHeads: 2, HeadDim: 64,
@@ -339,13 +340,16 @@ func TestDecodeStepsLoRA(t *testing.T) {
 	AddSyntheticAdapter(m, 16, rand.Uint64())
 	AddSyntheticAdapter(m, 40, rand.Uint64())
 	rng := rand.New(rand.NewPCG(rand.Uint64(), 5))
-	prompts := [][]int{{1, 2, 3, 4, 5, 6, 7}, {9, 8, 7}, {100, 200, 300, 400}}
+	many := make([]int, 17)
+	for i := range many {
+		many[i] = i%3 - 1
+	}
 	for _, c := range []struct {
 		batch    int
 		adapters []int
-	}{{1, []int{1}}, {1, []int{0}}, {1, []int{-1}}, {4, []int{0, -1, 1}}} {
+	}{{1, []int{1}}, {1, []int{0}}, {1, []int{-1}}, {4, []int{0, -1, 1}}, {32, many}} {
 		n := len(c.adapters)
-		e, err := NewEngine(d, m, 64, c.batch)
+		e, err := NewEngine(d, m, 256, c.batch)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -357,7 +361,12 @@ func TestDecodeStepsLoRA(t *testing.T) {
 			}
 			cs[i] = m.NewSeq(32, c.adapters[i])
 		}
-		toks := prompts[:n]
+		toks := make([][]int, n) // prompts of 1 to 8 tokens
+		for i := range toks {
+			for range 1 + rng.IntN(8) {
+				toks[i] = append(toks[i], rng.IntN(cfg.Vocab))
+			}
+		}
 		for step := 0; step < 6; step++ {
 			got, err := e.Forward(gs, toks, false)
 			if err != nil {

@@ -325,16 +325,19 @@ GEMV(16, 1)
 // zeros. Bytes: rank·K·4 per adapter and slot read, M·K·4 of x.
 extern "C" __global__ void __launch_bounds__(1024) lora_shrink(const __grid_constant__ struct ShrinkOp op, long long M) {
   pdl_trigger();
-  pdl_wait(); // everything below may read what the previous kernel wrote
   const int j = blockIdx.x, slot = blockIdx.y, m = blockIdx.z;
   const int ad = op.rows[m].adapter;
   float s = 0.0f;
   const bool live = ad >= 0 && op.A[slot][ad] != nullptr && j < op.rank[slot][ad];
+  const float* a = live ? op.A[slot][ad] + (long long)j * op.K : nullptr;
+  // The first 16-byte load of A before the wait (A and the row metadata are
+  // no kernel's output).
+  const float4 a0 = live && (int)threadIdx.x * 4 < op.K ? *(const float4*)(a + threadIdx.x * 4) : make_float4(0, 0, 0, 0);
+  pdl_wait(); // everything below may read what the previous kernel wrote
   if (live) {
-    const float* a = op.A[slot][ad] + (long long)j * op.K;
     const float* x = op.x + (long long)m * op.K;
     for (int k = threadIdx.x * 4; k < op.K; k += blockDim.x * 4) {
-      const float4 av = *(const float4*)(a + k), xv = *(const float4*)(x + k);
+      const float4 av = k == (int)threadIdx.x * 4 ? a0 : *(const float4*)(a + k), xv = *(const float4*)(x + k);
       s += av.x * xv.x + av.y * xv.y + av.z * xv.z + av.w * xv.w;
     }
     s = block_sum(s); // the condition above is the same for the whole block

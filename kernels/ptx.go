@@ -54,12 +54,12 @@ var ptx_sample_90 string
 
 // modules lists each PTX module with the sha256 of the sources it was built from.
 var modules = []ptxModule{
-	{"attention", ptx_attention_80, ptx_attention_90, "d35016005c98fb3c490a712610d17cd8afe761aa61e851605bb4d6205e3deda0"},
-	{"mma", ptx_mma_80, ptx_mma_90, "caff127c61ec19092cfd6c157313caa589e1dc5bfd7b76e69b7975babe0f9665"},
-	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, "76dd678c3872e5f34c8b314c6404ad1f2afbcfcddc6927d23afeda92b1b972c2"},
-	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, "3ff96d1f9890dc9eabf78aa23e926eadd2d9b36ea66249ddebb3947c8defa619"},
-	{"prefill", ptx_prefill_80, ptx_prefill_90, "39142eb9bd00ba38c5c2f41d480881e9c6b7622da67998096f463b300a5c1f5a"},
-	{"quantize", ptx_quantize_80, ptx_quantize_90, "f7f358289c6da585cecabca951cab0da03e0a8cdf712cbef47ed34530a801137"},
-	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, "e5ef3c5a01e9f53bcbd524e1a9d30855ee20aeb136122545b53861530bc1c49e"},
-	{"sample", ptx_sample_80, ptx_sample_90, "673003b3eee88fb8212bb87ad345c6902d3e30a66030ca4bc823f739efbe77e1"},
+	{"attention", ptx_attention_80, ptx_attention_90, "3b5459c70f457f7ae09238c920ae12ad6e1da578d9c86bf594e8099e93374ec4"},
+	{"mma", ptx_mma_80, ptx_mma_90, "901c28176c3953a74a5f50fbcde6c8ab60f0c903eed70c8323c01b1e2e36d3a0"},
+	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, "69fa08025f6b43112f7e9d837b4d540cdad2731727be2f27c71e11a1246ee760"},
+	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, "1d8444d018fbbc0d728d05cea3a3b57f0702631ae19fa20aa9542ce3ad5eaa24"},
+	{"prefill", ptx_prefill_80, ptx_prefill_90, "d6668afb5220e7dc047c3c0f53cfa1ce1d0c4b7056d7cc68fa27afeda7936179"},
+	{"quantize", ptx_quantize_80, ptx_quantize_90, "400c1cda8f060acc574e9995ad2ab0205597608fac7112777c62564d1154ada4"},
+	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, "7e5cb0a6ee534cc0d2ab7eb00eeae46ab14329ebbdacae66ca26347838198e29"},
+	{"sample", ptx_sample_80, ptx_sample_90, "41f2ca2a053983e2ef0f026b966d8e95daa0618a330da2d9469c3926a73d8816"},
 }

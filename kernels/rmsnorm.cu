@@ -76,10 +76,25 @@ extern "C" __global__ void embed(float* x, const void* table, long long isBF16, 
 extern "C" __global__ void rmsnorm_lora(float* out, const float* x, const float* w, long long H, float eps,
                                         const __grid_constant__ struct ShrinkOp op, long long per) {
   pdl_trigger();
-  pdl_wait(); // everything below may read what the previous kernel wrote
   extern __shared__ float xn[]; // [H]: row i normed, for the shrink blocks
   __shared__ float part[8];
   const int i = blockIdx.x;
+  // A shrink warp's output, its share of k, and its first four 16-byte loads
+  // of A: issued before the wait (A and the row metadata are no kernel's
+  // output), so the norm's round trips hide their latency.
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wpo = 8 / (int)per; // warps an output
+  const int idx = ((int)blockIdx.y - 1) * (int)per + warp / wpo, q = warp % wpo;   // output, and this warp's share
+  const int slot = idx / op.rmax, j = idx % op.rmax, ad = op.rows[i].adapter;
+  const bool live = blockIdx.y > 0 && idx < op.nslots * op.rmax && ad >= 0 && op.A[slot][ad] != nullptr && j < op.rank[slot][ad];
+  const float* a = live ? op.A[slot][ad] + (long long)j * H : nullptr;
+  const long long step = 32 * wpo; // float4s between a warp's loads
+  float4 a0[4];
+#pragma unroll
+  for (int u = 0; u < 4; u++) {
+    const long long k = lane + 32 * q + step * u;
+    a0[u] = live && H % 4 == 0 && k < H / 4 ? __ldg((const float4*)a + k) : make_float4(0, 0, 0, 0);
+  }
+  pdl_wait(); // everything below may read what the previous kernel wrote
   const float* xr = x + (long long)i * H;
   const float inv = inv_rms(xr, H, eps); // exactly as rmsnorm computes it
   if (blockIdx.y == 0) {
@@ -99,21 +114,16 @@ extern "C" __global__ void rmsnorm_lora(float* out, const float* x, const float*
     const float4 xv = __ldg((const float4*)xr + k), wv = __ldg((const float4*)w + k);
     return make_float4(wv.x * (xv.x * inv), wv.y * (xv.y * inv), wv.z * (xv.z * inv), wv.w * (xv.w * inv));
   };
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wpo = 8 / (int)per; // warps an output
-  const int idx = (blockIdx.y - 1) * (int)per + warp / wpo, q = warp % wpo;      // output, and this warp's share
-  const int slot = idx / op.rmax, j = idx % op.rmax, ad = op.rows[i].adapter;
   float s = 0.0f;
-  if (idx < op.nslots * op.rmax && ad >= 0 && op.A[slot][ad] != nullptr && j < op.rank[slot][ad]) { // the same for the whole warp
-    const float* a = op.A[slot][ad] + (long long)j * H;
+  if (live) { // the same for the whole warp
     if (H % 4 == 0) { // 16-byte loads, four in flight
       const float4* a4 = (const float4*)a;
-      const long long step = 32 * wpo;
       float s4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
       long long k = lane + 32 * q;
       for (; k + 3 * step < H / 4; k += 4 * step)
 #pragma unroll
         for (int u = 0; u < 4; u++) {
-          const float4 av = __ldg(a4 + k + step * u), xv = xn4(k + step * u);
+          const float4 av = k == lane + 32 * q ? a0[u] : __ldg(a4 + k + step * u), xv = xn4(k + step * u);
           s4[u] += av.x * xv.x + av.y * xv.y + av.z * xv.z + av.w * xv.w;
         }
       for (; k < H / 4; k += step) {
