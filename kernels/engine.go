@@ -318,11 +318,13 @@ func (e *Engine) run(seqs []*qwen.Seq, tokens [][]int, all bool, t tail) (nHead 
 }
 
 // directRows is the fewest rows of a decode step launched directly rather
-// than replayed as a graph: from there a step's kernels outlast the host's
-// launches (~4.8 µs each, ~470 a step), and direct launches (programmatic
-// dependents in the stream) measured faster than the graph's (H200, 3B, LoRA
-// on: batch 20 3,699 → 3,829 tok/s, batch 64 6,675 → 6,990; batch 1 within
-// 2 %, where the host would soon be the bound: graphs below).
+// than replayed as a graph: from there a step's kernels (5 ms and more at
+// the 3B shape) outlast the host's launches (~4.8 µs each, ~470 a step), so
+// direct launches (programmatic dependents in the stream) run as fast as the
+// graph (H200, 3B, LoRA on: batch 20 3,702 tok/s against 3,656–3,732, batch
+// 64 6,790 against 6,675–6,733), and a batch whose rows finish one by one
+// (an evaluation's tail) captures no graph for each new row count. Shorter
+// steps, where the host would be the bound, replay graphs.
 const directRows = 16
 
 // dropGraphs destroys the engine's captured graphs (on the device's thread),
