@@ -314,12 +314,25 @@ func runBatch(e qwen.Engine, tok *tokenizer.Tokenizer, items []item, variants []
 			return nil, err
 		}
 		seqs = append(seqs, s)
+		if _, ok := e.(qwen.BatchLogProbEngine); ok {
+			continue // all of them below, in shared passes
+		}
 		t1 := time.Now()
 		if lls[j], err = logLikelihood(e, s, it.ids, it.expIDs); err != nil {
 			return nil, err
 		}
 		llMS[j] = msSince(t1)
 		s.Len = len(it.ids) - 1
+	}
+	if be, ok := e.(qwen.BatchLogProbEngine); ok {
+		t1 := time.Now()
+		if err := batchLogLikelihood(be, seqs, items, chunk, lls); err != nil {
+			return nil, err
+		}
+		for j, p := range chunk {
+			llMS[j] = msSince(t1) // the passes the batch shared
+			seqs[j].Len = len(items[p.q].ids) - 1
+		}
 	}
 	t0 := time.Now()
 	outs, err := qwen.GenerateFrom(e, seqs, prompts, samplers, qwen.GenerateOptions{MaxNewTokens: set.MaxNewTokens, StopIDs: set.StopIDs})
@@ -395,6 +408,48 @@ func LogLikelihood(e qwen.Engine, prompt, expected []int, adapter int) (float64,
 	}
 	defer e.Release(s)
 	return logLikelihood(e, s, prompt, expected)
+}
+
+// batchLogLikelihood is logLikelihood for every pair of chunk, in shared
+// passes: lls[j] for pair j, through its empty sequence seqs[j].
+func batchLogLikelihood(e qwen.BatchLogProbEngine, seqs []*qwen.Seq, items []item, chunk []pair, lls []float64) error {
+	var js []int
+	var ss []*qwen.Seq
+	var toks, targets [][]int
+	for j, p := range chunk {
+		it := items[p.q]
+		if len(it.expIDs) == 0 || len(it.ids) == 0 {
+			lls[j] = math.NaN()
+			if len(it.ids) > 0 { // the generation expects the prompt in the cache, as logLikelihood leaves it
+				toks, targets = append(toks, it.ids), append(targets, make([]int, len(it.ids)))
+				js, ss = append(js, -1), append(ss, seqs[j])
+			}
+			continue
+		}
+		all := append(append([]int(nil), it.ids...), it.expIDs...)
+		tg := make([]int, len(all))
+		copy(tg[len(it.ids)-1:], it.expIDs)
+		js, ss, toks, targets = append(js, j), append(ss, seqs[j]), append(toks, all), append(targets, tg)
+	}
+	if len(ss) == 0 {
+		return nil
+	}
+	out, err := e.TargetLogProbsBatch(ss, toks, targets)
+	if err != nil {
+		return err
+	}
+	for k, j := range js {
+		if j < 0 {
+			continue
+		}
+		p := len(items[chunk[j].q].ids)
+		var sum float64
+		for i := p - 1; i < len(toks[k])-1; i++ {
+			sum += out[k][i]
+		}
+		lls[j] = sum / float64(len(toks[k])-p)
+	}
+	return nil
 }
 
 // logLikelihood runs prompt+expected through the empty sequence s (which

@@ -175,3 +175,67 @@ func TestEvalOnSeveralEngines(t *testing.T) {
 		t.Fatal("summary differs from the one-engine run's")
 	}
 }
+
+// batchLogProbRunner is the CPU engine with qwen.BatchLogProbEngine's
+// method (each sequence's logits from its own Forward), so that the eval's
+// shared-pass path runs without a GPU.
+type batchLogProbRunner struct {
+	*qwen.Runner
+	calls int
+}
+
+func (r *batchLogProbRunner) TargetLogProbsBatch(seqs []*qwen.Seq, tokens, targets [][]int) ([][]float64, error) {
+	r.calls++
+	V := r.Model().Config.Vocab
+	out := make([][]float64, len(seqs))
+	for i, s := range seqs {
+		logits, err := r.Forward([]*qwen.Seq{s}, [][]int{tokens[i]}, true)
+		if err != nil {
+			return nil, err
+		}
+		for j, t := range targets[i] {
+			out[i] = append(out[i], LogSoftmaxAt(logits[j*V:(j+1)*V], t))
+		}
+	}
+	return out, nil
+}
+
+// TestBatchLogLikelihood: an engine that takes the reference
+// log-likelihoods of a batch in shared passes gives the rows (answers,
+// metrics, log-likelihoods) of one that takes them a pair at a time.
+func TestBatchLogLikelihood(t *testing.T) {
+	m, tok := loadTiny(t, "../testdata/tiny-qwen2-lora")
+	qs, _, _ := LoadQuestions("")
+	qs = qs[:5]
+	set := Settings{Model: "tiny", Quant: m.Quant, MaxNewTokens: 5, StopIDs: m.Gen.EosIDs,
+		Adapters: []AdapterInfo{{Name: "lora", Dir: "../testdata/tiny-qwen2-lora"}}}
+	root := t.TempDir()
+	one, err := Eval(qwen.NewRunner(m), tok, qs, set, Options{Out: filepath.Join(root, "one"), Batch: 4, Seed: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	br := &batchLogProbRunner{Runner: qwen.NewRunner(m)}
+	shared, err := Eval(br, tok, qs, set, Options{Out: filepath.Join(root, "shared"), Batch: 4, Seed: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if br.calls != 3 { // 10 pairs in batches of 4
+		t.Fatalf("%d shared log-likelihood calls, want 3", br.calls)
+	}
+	rows := func(dir string) []Result {
+		rs, err := readResults(filepath.Join(dir, "results.jsonl"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range rs {
+			rs[i].BatchMS, rs[i].LogLikMS = 0, 0
+		}
+		return rs
+	}
+	if !reflect.DeepEqual(rows(filepath.Join(root, "shared")), rows(filepath.Join(root, "one"))) {
+		t.Fatal("rows differ from the pair-at-a-time run's")
+	}
+	if !reflect.DeepEqual(shared.PerQuestion, one.PerQuestion) {
+		t.Fatal("summary differs from the pair-at-a-time run's")
+	}
+}

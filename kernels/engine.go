@@ -228,30 +228,52 @@ func (e *Engine) ForwardArgmax(seqs []*qwen.Seq, tokens [][]int) ([]int, error) 
 // and including tokens[i]), computed on the device so only the numbers come
 // back.
 func (e *Engine) TargetLogProbs(s *qwen.Seq, tokens, targets []int) ([]float64, error) {
-	if len(targets) != len(tokens) || len(tokens) == 0 {
-		return nil, fmt.Errorf("logprobs: %d tokens, %d targets", len(tokens), len(targets))
+	out, err := e.TargetLogProbsBatch([]*qwen.Seq{s}, [][]int{tokens}, [][]int{targets})
+	if err != nil {
+		return nil, err
 	}
-	for _, t := range targets {
-		if t < 0 || t >= e.cfg.Vocab {
-			return nil, fmt.Errorf("logprobs: target id %d outside the vocabulary", t)
+	return out[0], nil
+}
+
+// TargetLogProbsBatch implements qwen.BatchLogProbEngine: TargetLogProbs for
+// each sequence, the sequences sharing forward passes (as many whole
+// sequences a pass as it holds; a sequence longer than a pass in chunks of
+// its own), so that an evaluation's teacher-forced passes run at the
+// prefill rate rather than one short pass a question.
+func (e *Engine) TargetLogProbsBatch(seqs []*qwen.Seq, tokens, targets [][]int) ([][]float64, error) {
+	if len(tokens) != len(seqs) || len(targets) != len(seqs) {
+		return nil, fmt.Errorf("logprobs: %d sequences, %d token lists, %d target lists", len(seqs), len(tokens), len(targets))
+	}
+	for i := range seqs {
+		if len(targets[i]) != len(tokens[i]) || len(tokens[i]) == 0 {
+			return nil, fmt.Errorf("logprobs: sequence %d: %d tokens, %d targets", i, len(tokens[i]), len(targets[i]))
+		}
+		for _, t := range targets[i] {
+			if t < 0 || t >= e.cfg.Vocab {
+				return nil, fmt.Errorf("logprobs: target id %d outside the vocabulary", t)
+			}
 		}
 	}
-	// In chunks of what one pass holds; each chunk's rows get their
-	// log-probabilities on the device before the next overwrites the logits.
-	out := make([]float64, 0, len(tokens))
+	out := make([][]float64, len(seqs))
 	chunk := min(e.MaxRows, e.maxHead)
-	for lo := 0; lo < len(tokens); lo += chunk {
-		hi := min(lo+chunk, len(tokens))
-		n, err := e.run([]*qwen.Seq{s}, [][]int{tokens[lo:hi]}, true, tailNone)
+	// pass runs the rows of ps (tokens ts, targets gs) and appends each
+	// sequence's log-probabilities to out[idx[k]].
+	pass := func(idx []int, ps []*qwen.Seq, ts, gs [][]int) error {
+		n, err := e.run(ps, ts, true, tailNone)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		tg := make([]int32, n)
-		for i, t := range targets[lo:hi] {
-			tg[i] = int32(t)
+		tg := make([]int32, 0, n)
+		for _, g := range gs {
+			for _, t := range g {
+				tg = append(tg, int32(t))
+			}
 		}
 		lp := make([]float32, n)
 		err = e.Dev.Do(func() error {
+			if err := e.Dev.Sync(); err != nil { // the pass is done with the buffers the copy below writes
+				return err
+			}
 			if err := Write(e.ids, tg); err != nil {
 				return err
 			}
@@ -261,11 +283,52 @@ func (e *Engine) TargetLogProbs(s *qwen.Seq, tokens, targets []int) ([]float64, 
 			return Read(lp, e.lp)
 		})
 		if err != nil {
-			return nil, err
+			return err
 		}
-		for _, v := range lp {
-			out = append(out, float64(v))
+		at := 0
+		for k, i := range idx {
+			for range ts[k] {
+				out[i] = append(out[i], float64(lp[at]))
+				at++
+			}
 		}
+		return nil
+	}
+	var idx []int
+	var ps []*qwen.Seq
+	var ts, gs [][]int
+	rows := 0
+	flush := func() error {
+		if len(idx) == 0 {
+			return nil
+		}
+		err := pass(idx, ps, ts, gs)
+		idx, ps, ts, gs, rows = idx[:0], ps[:0], ts[:0], gs[:0], 0
+		return err
+	}
+	for i, s := range seqs {
+		if len(tokens[i]) > chunk { // alone, in chunks of what one pass holds
+			if err := flush(); err != nil {
+				return nil, err
+			}
+			for lo := 0; lo < len(tokens[i]); lo += chunk {
+				hi := min(lo+chunk, len(tokens[i]))
+				if err := pass([]int{i}, []*qwen.Seq{s}, [][]int{tokens[i][lo:hi]}, [][]int{targets[i][lo:hi]}); err != nil {
+					return nil, err
+				}
+			}
+			continue
+		}
+		if rows+len(tokens[i]) > chunk {
+			if err := flush(); err != nil {
+				return nil, err
+			}
+		}
+		idx, ps, ts, gs = append(idx, i), append(ps, s), append(ts, tokens[i]), append(gs, targets[i])
+		rows += len(tokens[i])
+	}
+	if err := flush(); err != nil {
+		return nil, err
 	}
 	return out, nil
 }

@@ -390,3 +390,53 @@ func TestDecodeStepsLoRA(t *testing.T) {
 		e.Close()
 	}
 }
+
+// TestTargetLogProbsBatch: teacher-forced log-probabilities of sequences of
+// three adapter values sharing passes (one of them longer than a pass, run
+// alone in chunks; two filling a pass past prefillMin rows) match the CPU
+// reference position by position.
+func TestTargetLogProbsBatch(t *testing.T) {
+	d := device(t)
+	cfg := &qwen.Config{ModelType: "qwen2", Hidden: 256, Intermediate: 704, Layers: 2, Heads: 4, KVHeads: 2, HeadDim: 64,
+		Vocab: 1000, RMSEps: 1e-6, RopeTheta: 1e6, TieEmbeddings: true}
+	m := SyntheticModel(cfg, rand.Uint64())
+	AddSyntheticAdapter(m, 16, rand.Uint64())
+	AddSyntheticAdapter(m, 8, rand.Uint64())
+	rng := rand.New(rand.NewPCG(rand.Uint64(), 7))
+	lens, adapters := []int{5, 40, 300, 100, 130}, []int{0, -1, 1, 0, -1}
+	e, err := NewEngine(d, m, 256, 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	cpu := qwen.NewRunner(m)
+	seqs, toks, targets := make([]*qwen.Seq, len(lens)), make([][]int, len(lens)), make([][]int, len(lens))
+	for i, n := range lens {
+		for range n {
+			toks[i], targets[i] = append(toks[i], rng.IntN(cfg.Vocab)), append(targets[i], rng.IntN(cfg.Vocab))
+		}
+		if seqs[i], err = e.NewSeq(n, adapters[i]); err != nil {
+			t.Fatal(err)
+		}
+		defer e.Release(seqs[i])
+	}
+	got, err := e.TargetLogProbsBatch(seqs, toks, targets)
+	if err != nil {
+		t.Fatal(err)
+	}
+	V := cfg.Vocab
+	for i, n := range lens {
+		want, err := cpu.Forward([]*qwen.Seq{m.NewSeq(n, adapters[i])}, [][]int{toks[i]}, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got[i]) != n || seqs[i].Len != n {
+			t.Fatalf("sequence %d: %d log-probabilities at length %d, want %d", i, len(got[i]), seqs[i].Len, n)
+		}
+		for j := range n {
+			if w := eval.LogSoftmaxAt(want[j*V:(j+1)*V], targets[i][j]); math.Abs(got[i][j]-w) > 1e-4 {
+				t.Fatalf("sequence %d position %d: log p %v, want %v", i, j, got[i][j], w)
+			}
+		}
+	}
+}

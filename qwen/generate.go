@@ -56,6 +56,13 @@ type LogProbEngine interface {
 	TargetLogProbs(s *Seq, tokens, targets []int) ([]float64, error)
 }
 
+// BatchLogProbEngine is a LogProbEngine that takes many sequences at once,
+// in shared forward passes: TargetLogProbsBatch(seqs, tokens, targets)[i] is
+// TargetLogProbs(seqs[i], tokens[i], targets[i]).
+type BatchLogProbEngine interface {
+	TargetLogProbsBatch(seqs []*Seq, tokens, targets [][]int) ([][]float64, error)
+}
+
 // NewSeq implements Engine.
 func (r *Runner) NewSeq(capacity, adapter int) (*Seq, error) {
 	return r.m.NewSeq(capacity, adapter), nil

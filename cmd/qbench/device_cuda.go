@@ -391,7 +391,7 @@ func benchAdapterOn(eng *kernels.Engine, row *benchRow, b, promptLen, newTokens 
 	if seqs, _, err = prefill(eng, b, promptLen, newTokens, 0); err != nil {
 		return err
 	}
-	row.DecodeNoGraph, err = eng.DecodeRate(seqs, min(newTokens, 32), false)
+	row.DecodeNoGraph, err = eng.DecodeRate(seqs, newTokens, false) // as many steps as the other columns, from the same position: comparable
 	release(eng, seqs)
 	if err != nil {
 		return err
