@@ -76,7 +76,7 @@ type Result struct {
 	Metrics   map[string]float64 `json:"metrics"`
 	BatchMS   float64            `json:"batch_ms"`   // wall time of the batch that generated it
 	BatchRows int                `json:"batch_rows"` // sequences in that batch
-	LogLikMS  float64            `json:"loglik_ms"` // wall time of its reference log-likelihood pass (the batch's shared passes, on engines that share them)
+	LogLikMS  float64            `json:"loglik_ms"`  // wall time of its reference log-likelihood pass (the batch's shared passes, on engines that share them)
 }
 
 // Eval runs the evaluation, resuming from opt.Out when it holds results of
