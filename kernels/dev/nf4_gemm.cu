@@ -31,6 +31,20 @@
 //   v3  dequantise once into a bf16 scratch, x split into two bf16 planes,
 //       then a dense multistage GEMM (below): the table lookups out of the
 //       GEMM's loop.
+//   v4  wgmma (sm_90a; `run.sh` builds for it): x split once into two bf16
+//       planes (split_x), then a block of two warpgroups takes 128 weight
+//       rows × 128 x rows; each 64-column step its 256 threads dequantise the
+//       weights into shared memory in wgmma's 128-byte-swizzled K-major layout
+//       and cp.async x's planes beside them, and each warpgroup issues 8
+//       asynchronous m64n128k16 MMAs (4 k16 × hi, lo) over its 64 weight rows
+//       that run on the tensor cores while the threads dequantise the next
+//       step into the other buffer. Prediction: the tensor cores become the
+//       bound (the dequantisation, ~160 instructions a thread a step, hides
+//       under ~1,000 cycles of MMAs a step a block): gate+up M 1,280 ≥ 2×
+//       v2 (~400 µs). Written in the sixth session without a GPU left to run
+//       it (nvcc 11.8 here has no sm_90a): not yet compiled by ptxas nor run.
+//
+// QUICK=1 runs gate+up at M 1,280 alone.
 #include "common.cuh"
 #include <math.h>
 #include <time.h>
@@ -293,6 +307,161 @@ __global__ void __launch_bounds__(256, 2) gemm_bf16(const uint16_t* __restrict__
 }
 
 // ---------------------------------------------------------------------------
+// v4: wgmma. Shared memory per stage: the weights [128][64] bf16, then x hi
+// and x lo [128][64] bf16, each K-major with the 128-byte swizzle (a row of
+// 64 bf16 is 128 bytes; its 16-byte chunk c sits at c ^ (row % 8); 8 rows
+// make a 1,024-byte atom), tiles 1,024-byte aligned.
+
+constexpr int V4_TILE = 128 * 64 * 2, V4_STAGE = 3 * V4_TILE; // bytes
+constexpr int v4_smem() { return 2 * V4_STAGE + 1024; }       // two stages, and room to align them
+
+// sw128 is the byte offset of 16-byte chunk c of row r in a swizzled tile.
+__device__ __forceinline__ uint32_t sw128(int r, int c) { return r * 128 + ((c ^ (r & 7)) << 4); }
+
+// desc128 is wgmma's shared-memory matrix descriptor of a K-major swizzled
+// tile at shared address a: start address >> 4 (bits 0–13), leading byte
+// offset 16 >> 4 (16–29; unused with this swizzle), stride byte offset
+// 1,024 >> 4 between 8-row atoms (32–45), swizzle mode 1 = 128 bytes (62–63).
+// Moving 16 columns along K is a = tile + 32 bytes.
+__device__ __forceinline__ uint64_t desc128(uint32_t a) {
+  return (uint64_t)((a & 0x3FFFF) >> 4) | ((uint64_t)1 << 16) | ((uint64_t)(1024 >> 4) << 32) | ((uint64_t)1 << 62);
+}
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define V4_BUILT 1
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+// wgmma_128: d[64 weight rows × 128 x rows] += A·B, A (weights) and B (x)
+// K-major from shared memory by descriptor. Thread (warp w, lane l) of the
+// warpgroup holds d[4i + j]: weight row 16w + l/4 + 8·(j/2), x row
+// 8i + 2·(l%4) + j%2.
+__device__ __forceinline__ void wgmma_128(float (&d)[64], uint64_t a, uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+      "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
+      "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
+      "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, "
+      "%64, %65, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(a), "l"(b), "r"(1)); // scale-d 1: d += A·B (d starts at zero)
+}
+#else
+#define V4_BUILT 0
+#endif
+
+// V4Raw is one thread's code loads for a step: half a block (32 weights) of
+// weight row threadIdx.x / 2 and its scale's sources.
+struct V4Raw {
+  uint4 cw;
+  uint32_t q;
+  float n;
+};
+
+// gemm_wgmma: grid (⌈N/128⌉, ⌈M/128⌉), 256 threads (two warpgroups),
+// v4_smem() bytes of dynamic shared memory; xh, xl: x's bf16 planes [M][K].
+__global__ void __launch_bounds__(256, 2) gemm_wgmma(W4 w, const uint16_t* __restrict__ xh, const uint16_t* __restrict__ xl,
+                                                     float* __restrict__ c, int M) {
+#if V4_BUILT
+  extern __shared__ __align__(16) uint8_t smraw[];
+  __shared__ float code[256];
+  const uint32_t sbase = ((uint32_t)__cvta_generic_to_shared(smraw) + 1023) & ~1023u; // 1,024-byte aligned stages
+  uint8_t* sgen = smraw + (sbase - (uint32_t)__cvta_generic_to_shared(smraw));
+  const int K = w.K, N = w.N, nblk = K / 64, n0 = blockIdx.x * 128, m0 = blockIdx.y * 128;
+  const int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+  const int row = threadIdx.x >> 1, h = threadIdx.x & 1; // this thread's weight row and half block
+  for (int i = threadIdx.x; i < 256; i += 256) code[i] = w.code[i];
+  auto load_raw = [&](V4Raw& r, int kb) {
+    const int n = n0 + row;
+    r.cw = make_uint4(0, 0, 0, 0);
+    r.q = 0;
+    r.n = 0.0f;
+    if (n < N) {
+      const unsigned b = (unsigned)n * nblk + kb;
+      r.cw = __ldg((const uint4*)(w.codes + (size_t)n * (K / 2) + 32 * kb + 16 * h));
+      r.q = __ldg(w.qabsmax + b);
+      r.n = __ldg(w.nested + (b >> 8));
+    }
+  };
+  auto load_x = [&](int s, int kb) { // x's two [128][64] tiles of step kb into stage s, by cp.async
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+      const int ch = threadIdx.x + 256 * u, r = ch >> 3, cc = ch & 7, m = m0 + r;
+      const size_t src = (size_t)min(m, M - 1) * K + 64 * kb + 8 * cc;
+      cp_async16(sgen + s * V4_STAGE + V4_TILE + sw128(r, cc), xh + src, m < M);
+      cp_async16(sgen + s * V4_STAGE + 2 * V4_TILE + sw128(r, cc), xl + src, m < M);
+    }
+    cp_async_commit();
+  };
+  auto store_w = [&](int s, const V4Raw& r) { // the thread's 32 weights, dequantised, into stage s
+    const Lut L = make_lut(__fadd_rn(__fmul_rn(code[r.q], r.n), w.offset)); // rows past N: zero codes, stored harmlessly
+    uint32_t o[16];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      const uint32_t wd = word_of(r.cw, i), sel = wd & 0x77777777u, hsel = ((wd >> 1) & 0x44444444u) | 0x32103210u;
+      lookup4(L, sel, hsel, o[4 * i], o[4 * i + 1]);
+      lookup4(L, sel >> 16, hsel >> 16, o[4 * i + 2], o[4 * i + 3]);
+    }
+#pragma unroll
+    for (int i = 0; i < 4; i++) *(uint4*)(sgen + s * V4_STAGE + sw128(row, 4 * h + i)) = make_uint4(o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]);
+  };
+  float acc[64];
+#pragma unroll
+  for (int i = 0; i < 64; i++) acc[i] = 0.0f;
+  V4Raw r;
+  load_raw(r, 0);
+  load_x(0, 0);
+  __syncthreads(); // code[] is written
+  store_w(0, r);
+  if (nblk > 1) load_raw(r, 1);
+  cp_async_wait<0>();
+  fence_proxy_async(); // this thread's shared-memory writes are visible to the tensor cores' reads
+  __syncthreads();
+  for (int kb = 0; kb < nblk; kb++) {
+    const int s = kb & 1;
+    const uint32_t wa = sbase + s * V4_STAGE + wg * 64 * 128, xa = sbase + s * V4_STAGE + V4_TILE;
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < 4; ks++) {
+      wgmma_128(acc, desc128(wa + 32 * ks), desc128(xa + 32 * ks));
+      wgmma_128(acc, desc128(wa + 32 * ks), desc128(xa + V4_TILE + 32 * ks));
+    }
+    wgmma_commit();
+    if (kb + 1 < nblk) { // the next step into the other stage while the MMAs run
+      load_x(s ^ 1, kb + 1);
+      store_w(s ^ 1, r);
+      if (kb + 2 < nblk) load_raw(r, kb + 2);
+    }
+    wgmma_wait0();
+    cp_async_wait<0>();
+    fence_proxy_async();
+    __syncthreads(); // stage s is free, stage s ^ 1 is in
+  }
+#pragma unroll
+  for (int i = 0; i < 16; i++)
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+      const int m = m0 + 8 * i + 2 * (lane & 3) + (j & 1), n = n0 + 64 * wg + 16 * warp + (lane >> 2) + 8 * (j >> 1);
+      if (m < M && n < N) c[(size_t)m * N + n] = acc[4 * i + j];
+    }
+#endif
+}
+
+// v4_built reports whether this build has v4 (sm_90a).
+__global__ void v4_probe(int* out) { *out = V4_BUILT; }
+
+// ---------------------------------------------------------------------------
 // Host side.
 
 int main() {
@@ -301,7 +470,11 @@ int main() {
   CK(cudaGetDeviceProperties(&prop, 0));
   printf("%s, %d SMs, L2 %d MB\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20);
   const double copy_gbs = copy_bandwidth();
-  printf("\n");
+  int v4 = 0, *dv4;
+  CK(cudaMalloc(&dv4, 4));
+  v4_probe<<<1, 1>>>(dv4);
+  CK(cudaMemcpy(&v4, dv4, 4, cudaMemcpyDeviceToHost));
+  printf("v4 (wgmma) %s\n\n", v4 ? "built" : "not built: needs -arch=sm_90a");
   srand(777 + (unsigned)time(nullptr));
   struct Case {
     const char* name;
@@ -309,7 +482,9 @@ int main() {
   } cases[] = {{"gate+up", 22016, 2048}, {"down", 2048, 11008}, {"q+k+v", 2560, 2048}, {"o", 2048, 2048}};
   std::vector<float> codemap(256);
   for (int i = 0; i < 256; i++) codemap[i] = -1.0f + 2.0f * i / 255.0f;
+  const bool quick = getenv("QUICK") != nullptr;
   for (const Case& cs : cases) {
+    if (quick && strcmp(cs.name, "gate+up") != 0) continue;
     const int N = cs.N, K = cs.K;
     const size_t nb = (size_t)N * K / 64, bytes = (size_t)N * K / 2 + nb + (nb / 256 + 1) * 4;
     std::vector<uint8_t> packed((size_t)N * K / 2), qa(nb);
@@ -340,6 +515,7 @@ int main() {
       return bf16_round(NF4_HOST[(e & 1) ? (byte & 15) : (byte >> 4)] * sc);
     };
     for (int M : {512, 1280, 2048}) {
+      if (quick && M != 1280) continue;
       std::vector<float> x((size_t)M * K);
       for (auto& v : x) v = (float)rand() / RAND_MAX * 2 - 1;
       // Sampled outputs of the float64 reference (and Σ|w·x| for the bound).
@@ -426,6 +602,20 @@ int main() {
       };
       run3(gemm_bf16<3>, gemm3_smem<3>(), "v3 stages 3");
       run3(gemm_bf16<4>, gemm3_smem<4>(), "v3 stages 4");
+      if (v4) { // split x once (its own launch, timed in), then gemm_wgmma
+        CK(cudaFuncSetAttribute(gemm_wgmma, cudaFuncAttributeMaxDynamicSharedMemorySize, v4_smem()));
+        const dim3 grid((N + 127) / 128, (M + 127) / 128);
+        const size_t n4 = (size_t)M * K / 4;
+        auto gemm_only = [&](int i) { gemm_wgmma<<<grid, 256, v4_smem()>>>(ws[i], xh, xl, dc, M); };
+        auto whole = [&](int i) {
+          split_x<<<(unsigned)((n4 + 255) / 256), 256>>>(dx, xh, xl, n4);
+          gemm_only(i);
+        };
+        const double worst = check(whole);
+        report("v4 wgmma", time_us(whole), worst);
+        const double us = time_us(gemm_only);
+        printf("   (gemm_wgmma alone %.1f µs, %.1f TFLOP/s)\n", us, tflops(us));
+      }
       cudaFree(dx);
       cudaFree(dc);
       cudaFree(wbf);
