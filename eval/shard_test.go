@@ -158,17 +158,7 @@ func TestEvalOnSeveralEngines(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rows := func(dir string) []Result {
-		rs, err := readResults(filepath.Join(dir, "results.jsonl"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		for i := range rs {
-			rs[i].BatchMS, rs[i].LogLikMS = 0, 0
-		}
-		return rs
-	}
-	if !reflect.DeepEqual(rows(filepath.Join(root, "many")), rows(filepath.Join(root, "one"))) {
+	if !reflect.DeepEqual(timelessRows(t, filepath.Join(root, "many")), timelessRows(t, filepath.Join(root, "one"))) {
 		t.Fatal("rows differ from the one-engine run's")
 	}
 	if !reflect.DeepEqual(many.Comparisons, one.Comparisons) || !reflect.DeepEqual(many.PerQuestion, one.PerQuestion) {
@@ -222,20 +212,24 @@ func TestBatchLogLikelihood(t *testing.T) {
 	if br.calls != 3 { // 10 pairs in batches of 4
 		t.Fatalf("%d shared log-likelihood calls, want 3", br.calls)
 	}
-	rows := func(dir string) []Result {
-		rs, err := readResults(filepath.Join(dir, "results.jsonl"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		for i := range rs {
-			rs[i].BatchMS, rs[i].LogLikMS = 0, 0
-		}
-		return rs
-	}
-	if !reflect.DeepEqual(rows(filepath.Join(root, "shared")), rows(filepath.Join(root, "one"))) {
+	if !reflect.DeepEqual(timelessRows(t, filepath.Join(root, "shared")), timelessRows(t, filepath.Join(root, "one"))) {
 		t.Fatal("rows differ from the pair-at-a-time run's")
 	}
 	if !reflect.DeepEqual(shared.PerQuestion, one.PerQuestion) {
 		t.Fatal("summary differs from the pair-at-a-time run's")
 	}
+}
+
+// timelessRows reads dir's results.jsonl with the timings zeroed, for
+// comparing runs.
+func timelessRows(t *testing.T, dir string) []Result {
+	t.Helper()
+	rs, err := readResults(filepath.Join(dir, "results.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range rs {
+		rs[i].BatchMS, rs[i].LogLikMS = 0, 0
+	}
+	return rs
 }

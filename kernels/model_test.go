@@ -186,8 +186,7 @@ func TestLogProbsOnDevice(t *testing.T) {
 // and for one sequence (nf4_lut), against the CPU reference.
 func TestTensorCoreModel(t *testing.T) {
 	d := device(t)
-	cfg := &qwen.Config{ModelType: "qwen2", Hidden: 256, Intermediate: 704, Layers: 2, Heads: 4, KVHeads: 2, HeadDim: 64,
-		Vocab: 1000, RMSEps: 1e-6, RopeTheta: 1e6, TieEmbeddings: true}
+	cfg := smallConfig()
 	m := SyntheticModel(cfg, 7)
 	AddSyntheticAdapter(m, 16, 8)
 	prompts := [][]int{{1, 2, 3, 4, 5, 6, 7}, {9, 8, 7}, {100, 200, 300, 400}}
@@ -334,8 +333,7 @@ func TestTwoEngines(t *testing.T) {
 // direct launches, directRows).
 func TestDecodeStepsLoRA(t *testing.T) {
 	d := device(t)
-	cfg := &qwen.Config{ModelType: "qwen2", Hidden: 256, Intermediate: 704, Layers: 2, Heads: 4, KVHeads: 2, HeadDim: 64,
-		Vocab: 1000, RMSEps: 1e-6, RopeTheta: 1e6, TieEmbeddings: true}
+	cfg := smallConfig()
 	m := SyntheticModel(cfg, rand.Uint64())
 	AddSyntheticAdapter(m, 16, rand.Uint64())
 	AddSyntheticAdapter(m, 40, rand.Uint64())
@@ -397,8 +395,7 @@ func TestDecodeStepsLoRA(t *testing.T) {
 // reference position by position.
 func TestTargetLogProbsBatch(t *testing.T) {
 	d := device(t)
-	cfg := &qwen.Config{ModelType: "qwen2", Hidden: 256, Intermediate: 704, Layers: 2, Heads: 4, KVHeads: 2, HeadDim: 64,
-		Vocab: 1000, RMSEps: 1e-6, RopeTheta: 1e6, TieEmbeddings: true}
+	cfg := smallConfig()
 	m := SyntheticModel(cfg, rand.Uint64())
 	AddSyntheticAdapter(m, 16, rand.Uint64())
 	AddSyntheticAdapter(m, 8, rand.Uint64())
@@ -439,4 +436,12 @@ func TestTargetLogProbsBatch(t *testing.T) {
 			}
 		}
 	}
+}
+
+// smallConfig is a two-layer Qwen2-shaped configuration small enough for the
+// CPU reference, with GQA, a tied head and an intermediate size that is not
+// a multiple of 256 (a partial last step in the NF4 kernels).
+func smallConfig() *qwen.Config {
+	return &qwen.Config{ModelType: "qwen2", Hidden: 256, Intermediate: 704, Layers: 2, Heads: 4, KVHeads: 2, HeadDim: 64,
+		Vocab: 1000, RMSEps: 1e-6, RopeTheta: 1e6, TieEmbeddings: true}
 }

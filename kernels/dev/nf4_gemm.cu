@@ -77,6 +77,19 @@ struct Raw {
   float4 xv[BM / 16];
 };
 
+// dequant32 turns 16 code bytes (32 weights, bitsandbytes order) of a block
+// with scale sc into 16 bf16x2 words, bitsandbytes' values bit for bit (the
+// per-block table: 8 prmt for 4 weights).
+__device__ __forceinline__ void dequant32(const uint4& cw, float sc, uint32_t (&o)[16]) {
+  const Lut L = make_lut(sc);
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    const uint32_t wd = word_of(cw, i), sel = wd & 0x77777777u, hsel = ((wd >> 1) & 0x44444444u) | 0x32103210u;
+    lookup4(L, sel, hsel, o[4 * i], o[4 * i + 1]);
+    lookup4(L, sel >> 16, hsel >> 16, o[4 * i + 2], o[4 * i + 3]);
+  }
+}
+
 template <int BM>
 __device__ __forceinline__ void load_step(Raw<BM>& r, const W4& w, const float* __restrict__ x, int M, int n0, int m0, int kb) {
   const int K = w.K, nblk = K / 64;
@@ -102,14 +115,8 @@ __device__ __forceinline__ void load_step(Raw<BM>& r, const W4& w, const float* 
 template <int BM>
 __device__ __forceinline__ void store_step(const Raw<BM>& r, const W4& w, const float* code, uint16_t* ws, uint16_t* xs) {
   const int row = threadIdx.x >> 1, h = threadIdx.x & 1;
-  const Lut L = make_lut(__fadd_rn(__fmul_rn(code[r.q], r.n), w.offset)); // rows past N: garbage never stored
   uint32_t o[16];
-#pragma unroll
-  for (int i = 0; i < 4; i++) {
-    const uint32_t wd = word_of(r.cw, i), sel = wd & 0x77777777u, hsel = ((wd >> 1) & 0x44444444u) | 0x32103210u;
-    lookup4(L, sel, hsel, o[4 * i], o[4 * i + 1]);
-    lookup4(L, sel >> 16, hsel >> 16, o[4 * i + 2], o[4 * i + 3]);
-  }
+  dequant32(r.cw, __fadd_rn(__fmul_rn(code[r.q], r.n), w.offset), o); // rows past N: garbage never stored
   uint4* d = (uint4*)(ws + row * LDW + 32 * h);
 #pragma unroll
   for (int i = 0; i < 4; i++) d[i] = make_uint4(o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]);
@@ -196,15 +203,9 @@ __global__ void dequant_bf16(W4 w, uint16_t* __restrict__ out) {
   const size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x, e = 32 * i;
   if (e >= (size_t)w.N * w.K) return;
   const size_t b = e / 64;
-  const Lut L = make_lut(__fadd_rn(__fmul_rn(__ldg(w.code + __ldg(w.qabsmax + b)), __ldg(w.nested + (b >> 8))), w.offset));
-  const uint4 cw = __ldg((const uint4*)(w.codes + e / 2));
   uint32_t o[16];
-#pragma unroll
-  for (int j = 0; j < 4; j++) {
-    const uint32_t wd = word_of(cw, j), sel = wd & 0x77777777u, hsel = ((wd >> 1) & 0x44444444u) | 0x32103210u;
-    lookup4(L, sel, hsel, o[4 * j], o[4 * j + 1]);
-    lookup4(L, sel >> 16, hsel >> 16, o[4 * j + 2], o[4 * j + 3]);
-  }
+  dequant32(__ldg((const uint4*)(w.codes + e / 2)),
+            __fadd_rn(__fmul_rn(__ldg(w.code + __ldg(w.qabsmax + b)), __ldg(w.nested + (b >> 8))), w.offset), o);
   uint4* d = (uint4*)(out + e);
 #pragma unroll
   for (int j = 0; j < 4; j++) d[j] = make_uint4(o[4 * j], o[4 * j + 1], o[4 * j + 2], o[4 * j + 3]);
@@ -405,14 +406,8 @@ __global__ void __launch_bounds__(256, 2) gemm_wgmma(W4 w, const uint16_t* __res
     cp_async_commit();
   };
   auto store_w = [&](int s, const V4Raw& r) { // the thread's 32 weights, dequantised, into stage s
-    const Lut L = make_lut(__fadd_rn(__fmul_rn(code[r.q], r.n), w.offset)); // rows past N: zero codes, stored harmlessly
     uint32_t o[16];
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-      const uint32_t wd = word_of(r.cw, i), sel = wd & 0x77777777u, hsel = ((wd >> 1) & 0x44444444u) | 0x32103210u;
-      lookup4(L, sel, hsel, o[4 * i], o[4 * i + 1]);
-      lookup4(L, sel >> 16, hsel >> 16, o[4 * i + 2], o[4 * i + 3]);
-    }
+    dequant32(r.cw, __fadd_rn(__fmul_rn(code[r.q], r.n), w.offset), o); // rows past N: zero codes, stored harmlessly
 #pragma unroll
     for (int i = 0; i < 4; i++) *(uint4*)(sgen + s * V4_STAGE + sw128(row, 4 * h + i)) = make_uint4(o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]);
   };
