@@ -31,6 +31,8 @@ type KernelTime struct {
 	Bytes   int64   `json:"bytes_per_step"`
 	GBs     float64 `json:"gb_per_s"`
 	PctCopy float64 `json:"pct_of_copy_bandwidth"`
+	Flops   int64   `json:"flops_per_step"` // matrix products: 2 × rows × weights (0 for the others)
+	TFLOPs  float64 `json:"tflop_per_s"`
 }
 
 // ProfileStep measures each launch of one decode step of seqs (one token
@@ -101,11 +103,13 @@ func (e *Engine) ProfileStep(seqs []*qwen.Seq, tokens [][]int, copyGBs float64) 
 			kt.Calls++
 			kt.Micros += ms * 1000 / reps
 			kt.Bytes += e.traffic(l.label, l.layer, ps)
+			kt.Flops += e.flops(l.label, l.layer, ps)
 		}
 		for _, l := range order {
 			kt := agg[l]
 			kt.GBs = float64(kt.Bytes) / (kt.Micros * 1e-6) / 1e9
 			kt.PctCopy = 100 * kt.GBs / copyGBs
+			kt.TFLOPs = float64(kt.Flops) / (kt.Micros * 1e-6) / 1e12
 			out = append(out, *kt)
 		}
 		return nil
@@ -218,6 +222,29 @@ func (e *Engine) DecodeRate(seqs []*qwen.Seq, steps int, graphs bool) (float64, 
 		}
 	}
 	return float64(steps*len(seqs)) / time.Since(t0).Seconds(), nil
+}
+
+// flops is the multiply-adds ×2 a launch of a matrix product computes
+// (every batch row against every weight; an extra bf16 part of x, which the
+// tensor-core kernels run, not counted), 0 for the other steps.
+func (e *Engine) flops(label string, layer int, p pass) int64 {
+	var op matOp
+	rows := p.rows
+	switch label {
+	case stepQKV:
+		op = e.layers[layer].qkv
+	case stepO:
+		op = e.layers[layer].o
+	case stepGateUp:
+		op = e.layers[layer].gateup
+	case stepDown:
+		op = e.layers[layer].down
+	case stepHead:
+		op, rows = e.head, p.nHead
+	default:
+		return 0
+	}
+	return 2 * int64(rows) * 2 * int64(op.pairs) * int64(op.k)
 }
 
 // traffic is the bytes a step of a pass must move (each input read once,

@@ -353,11 +353,15 @@ func runBench(args []string) error {
 
 // printKernels prints a per-kernel table and its total.
 func printKernels(ks []kernels.KernelTime, per, bytes string) {
-	fmt.Printf("%-24s %6s %10s %12s %9s %7s\n", "kernel", "calls", per, bytes, "GB/s", "% copy")
+	fmt.Printf("%-24s %6s %10s %12s %9s %7s %8s\n", "kernel", "calls", per, bytes, "GB/s", "% copy", "TFLOP/s")
 	var total float64
 	for _, k := range ks {
 		total += k.Micros
-		fmt.Printf("%-24s %6d %10.1f %12d %9.0f %6.1f%%\n", k.Label, k.Calls, k.Micros, k.Bytes, k.GBs, k.PctCopy)
+		tf := ""
+		if k.Flops > 0 {
+			tf = fmt.Sprintf("%.1f", k.TFLOPs)
+		}
+		fmt.Printf("%-24s %6d %10.1f %12d %9.0f %6.1f%% %8s\n", k.Label, k.Calls, k.Micros, k.Bytes, k.GBs, k.PctCopy, tf)
 	}
 	fmt.Printf("%-24s %6s %10.1f\n", "total kernel time", "", total)
 }
