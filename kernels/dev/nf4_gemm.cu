@@ -44,7 +44,8 @@
 //       v2 (~400 µs). Written in the sixth session without a GPU left to run
 //       it (nvcc 11.8 here has no sm_90a): not yet compiled by ptxas nor run.
 //
-// QUICK=1 runs gate+up at M 1,280 alone.
+// QUICK=1 runs gate+up alone, at M 20, 64 (decode batches: v4's 128-row x
+// tile mostly zeros, a first look at it as a batch kernel) and 1,280.
 #include "common.cuh"
 #include <math.h>
 #include <time.h>
@@ -509,8 +510,8 @@ int main() {
       const uint8_t byte = packed[e / 2];
       return bf16_round(NF4_HOST[(e & 1) ? (byte & 15) : (byte >> 4)] * sc);
     };
-    for (int M : {512, 1280, 2048}) {
-      if (quick && M != 1280) continue;
+    for (int M : {20, 64, 512, 1280, 2048}) {
+      if (quick ? M == 512 || M == 2048 : M < 512) continue; // QUICK: decode batches 20 and 64 too (v4 as a batch kernel)
       std::vector<float> x((size_t)M * K);
       for (auto& v : x) v = (float)rand() / RAND_MAX * 2 - 1;
       // Sampled outputs of the float64 reference (and Σ|w·x| for the bound).
