@@ -44,8 +44,13 @@
 //       v2 (~400 µs). Written in the sixth session without a GPU left to run
 //       it (nvcc 11.8 here has no sm_90a): not yet compiled by ptxas nor run.
 //
-// QUICK=1 runs gate+up alone, at M 20, 64 (decode batches: v4's 128-row x
-// tile mostly zeros, a first look at it as a batch kernel) and 1,280.
+//   v5  v4 for decode batches: an x tile of 24, 32 or 64 rows (the wgmma's n)
+//       and K split across blocks, partial sums added by a second launch in
+//       split order. Prediction: gate+up at M 20 ≥ 3× the batch kernel
+//       mmas_nf4 (37.7 µs). Written with v4, not yet run either.
+//
+// QUICK=1 runs gate+up alone, at M 20 and 64 (decode batches: v5, and v4's
+// 128-row x tile mostly zeros) and 1,280.
 #include "common.cuh"
 #include <math.h>
 #include <time.h>
@@ -454,6 +459,153 @@ __global__ void __launch_bounds__(256, 2) gemm_wgmma(W4 w, const uint16_t* __res
 #endif
 }
 
+// ---------------------------------------------------------------------------
+// v5: v4 as a decode-batch kernel: M ≤ NX x rows (NX = 24, 32 or 64: the
+// wgmma's n, so a batch of 20 runs 24 columns, not v4's 128), one x tile, and
+// K split across blocks instead (grid (⌈N/128⌉, splits): the short matrices
+// need it to fill the card); each block's sums go to ws[split][M][N] and
+// reduce_splits adds them in split order. Prediction: at batch 20 the
+// dequantisation (~5 instructions a weight, once per block) is the bound and
+// the MMAs nearly free: gate+up ≥ 3× mmas_nf4 (v5 of nf4_mma_batch.cu: 37.7
+// µs at M 20).
+
+template <int NX>
+__device__ __forceinline__ void wgmma_n(float (&d)[NX / 2], uint64_t a, uint64_t b);
+#if V4_BUILT
+template <>
+__device__ __forceinline__ void wgmma_n<24>(float (&d)[12], uint64_t a, uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %14, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n24k16.f32.bf16.bf16 "
+      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11}, "
+      "%12, %13, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11])
+      : "l"(a), "l"(b), "r"(1));
+}
+template <>
+__device__ __forceinline__ void wgmma_n<32>(float (&d)[16], uint64_t a, uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, "
+      "%16, %17, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+      : "l"(a), "l"(b), "r"(1));
+}
+template <>
+__device__ __forceinline__ void wgmma_n<64>(float (&d)[32], uint64_t a, uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+      "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, "
+      "%32, %33, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "l"(a), "l"(b), "r"(1));
+}
+#endif
+
+template <int NX>
+constexpr int v5_smem() { return 2 * (V4_TILE + 2 * NX * 128) + 1024; }
+
+template <int NX>
+__global__ void __launch_bounds__(256, 2) gemm_wgmma_dec(W4 w, const uint16_t* __restrict__ xh, const uint16_t* __restrict__ xl,
+                                                         float* __restrict__ ws, int M, int splits) {
+#if V4_BUILT
+  constexpr int XT = NX * 128, STAGE = V4_TILE + 2 * XT; // bytes: an x plane's tile, a stage (all multiples of 1,024)
+  extern __shared__ __align__(16) uint8_t smraw[];
+  __shared__ float code[256];
+  const uint32_t sbase = ((uint32_t)__cvta_generic_to_shared(smraw) + 1023) & ~1023u;
+  uint8_t* sgen = smraw + (sbase - (uint32_t)__cvta_generic_to_shared(smraw));
+  const int K = w.K, N = w.N, nblk = K / 64, n0 = blockIdx.x * 128, sp = blockIdx.y;
+  const int kb0 = sp * nblk / splits, kb1 = (sp + 1) * nblk / splits; // this block's steps (splits ≤ nblk: never empty)
+  const int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+  const int row = threadIdx.x >> 1, h = threadIdx.x & 1;
+  for (int i = threadIdx.x; i < 256; i += 256) code[i] = w.code[i];
+  auto load_raw = [&](V4Raw& r, int kb) {
+    const int n = n0 + row;
+    r.cw = make_uint4(0, 0, 0, 0);
+    r.q = 0;
+    r.n = 0.0f;
+    if (n < N) {
+      const unsigned b = (unsigned)n * nblk + kb;
+      r.cw = __ldg((const uint4*)(w.codes + (size_t)n * (K / 2) + 32 * kb + 16 * h));
+      r.q = __ldg(w.qabsmax + b);
+      r.n = __ldg(w.nested + (b >> 8));
+    }
+  };
+  auto load_x = [&](int s, int kb) {
+    for (int ch = threadIdx.x; ch < NX * 8; ch += 256) {
+      const int r = ch >> 3, cc = ch & 7;
+      const size_t src = (size_t)min(r, M - 1) * K + 64 * kb + 8 * cc;
+      cp_async16(sgen + s * STAGE + V4_TILE + sw128(r, cc), xh + src, r < M);
+      cp_async16(sgen + s * STAGE + V4_TILE + XT + sw128(r, cc), xl + src, r < M);
+    }
+    cp_async_commit();
+  };
+  auto store_w = [&](int s, const V4Raw& r) {
+    uint32_t o[16];
+    dequant32(r.cw, __fadd_rn(__fmul_rn(code[r.q], r.n), w.offset), o);
+#pragma unroll
+    for (int i = 0; i < 4; i++) *(uint4*)(sgen + s * STAGE + sw128(row, 4 * h + i)) = make_uint4(o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]);
+  };
+  float acc[NX / 2];
+#pragma unroll
+  for (int i = 0; i < NX / 2; i++) acc[i] = 0.0f;
+  V4Raw r;
+  load_raw(r, kb0);
+  load_x(0, kb0);
+  __syncthreads(); // code[] is written
+  store_w(0, r);
+  if (kb0 + 1 < kb1) load_raw(r, kb0 + 1);
+  cp_async_wait<0>();
+  fence_proxy_async();
+  __syncthreads();
+  for (int kb = kb0; kb < kb1; kb++) {
+    const int s = (kb - kb0) & 1;
+    const uint32_t wa = sbase + s * STAGE + wg * 64 * 128, xa = sbase + s * STAGE + V4_TILE;
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < 4; ks++) {
+      wgmma_n<NX>(acc, desc128(wa + 32 * ks), desc128(xa + 32 * ks));
+      wgmma_n<NX>(acc, desc128(wa + 32 * ks), desc128(xa + XT + 32 * ks));
+    }
+    wgmma_commit();
+    if (kb + 1 < kb1) {
+      load_x(s ^ 1, kb + 1);
+      store_w(s ^ 1, r);
+      if (kb + 2 < kb1) load_raw(r, kb + 2);
+    }
+    wgmma_wait0();
+    cp_async_wait<0>();
+    fence_proxy_async();
+    __syncthreads();
+  }
+  // acc[4i + j]: weight row n0 + 64wg + 16warp + lane/4 + 8·(j/2), x row 8i + 2·(lane%4) + j%2.
+#pragma unroll
+  for (int i = 0; i < NX / 8; i++)
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+      const int m = 8 * i + 2 * (lane & 3) + (j & 1), n = n0 + 64 * wg + 16 * warp + (lane >> 2) + 8 * (j >> 1);
+      if (m < M && n < N) ws[((size_t)sp * M + m) * N + n] = acc[4 * i + j];
+    }
+#endif
+}
+
+// reduce_splits: c[m][n] = Σ_s ws[s][m][n], in split order.
+__global__ void reduce_splits(const float* __restrict__ ws, float* __restrict__ c, int MN, int splits) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= MN) return;
+  float s = 0.0f;
+  for (int p = 0; p < splits; p++) s += ws[(size_t)p * MN + i];
+  c[i] = s;
+}
+
 // v4_built reports whether this build has v4 (sm_90a).
 __global__ void v4_probe(int* out) { *out = V4_BUILT; }
 
@@ -598,6 +750,30 @@ int main() {
       };
       run3(gemm_bf16<3>, gemm3_smem<3>(), "v3 stages 3");
       run3(gemm_bf16<4>, gemm3_smem<4>(), "v3 stages 4");
+      if (v4 && M <= 64) { // v5: the decode-batch variant (split x, K split across blocks, reduce)
+        auto run5 = [&](auto kern, int smem, const char* name) {
+          CK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+          const int nblk = K / 64, nb = (N + 127) / 128;
+          const int splits = std::max(1, std::min(nblk, (2 * prop.multiProcessorCount + nb - 1) / nb)); // about two blocks an SM
+          float* wsp;
+          CK(cudaMalloc(&wsp, (size_t)splits * M * N * 4));
+          const size_t n4 = (size_t)M * K / 4;
+          auto gemm_only = [&](int i) { kern<<<dim3(nb, splits), 256, smem>>>(ws[i], xh, xl, wsp, M, splits); };
+          auto whole = [&](int i) {
+            split_x<<<(unsigned)((n4 + 255) / 256), 256>>>(dx, xh, xl, n4);
+            gemm_only(i);
+            reduce_splits<<<(M * N + 255) / 256, 256>>>(wsp, dc, M * N, splits);
+          };
+          const double worst = check(whole);
+          report(name, time_us(whole), worst);
+          const double us = time_us(gemm_only);
+          printf("   (splits %d; gemm alone %.1f µs)\n", splits, us);
+          cudaFree(wsp);
+        };
+        if (M <= 24) run5(gemm_wgmma_dec<24>, v5_smem<24>(), "v5 wgmma n24");
+        if (M <= 32) run5(gemm_wgmma_dec<32>, v5_smem<32>(), "v5 wgmma n32");
+        run5(gemm_wgmma_dec<64>, v5_smem<64>(), "v5 wgmma n64");
+      }
       if (v4) { // split x once (its own launch, timed in), then gemm_wgmma
         CK(cudaFuncSetAttribute(gemm_wgmma, cudaFuncAttributeMaxDynamicSharedMemorySize, v4_smem()));
         const dim3 grid((N + 127) / 128, (M + 127) / 128);
