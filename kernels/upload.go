@@ -424,6 +424,11 @@ func (e *Engine) uploadOp(base gemvOp, ls []*qwen.Linear, what string) (matOp, e
 		if err := e.Dev.reserveSplit(splitWSBytes(mo.pairs, mo.k)); err != nil {
 			return mo, err
 		}
+		if e.MaxRows > prefillMin { // passes of more rows run prefill_wgmma or prefill_nf4
+			if err := e.Dev.reservePlanes(e.MaxRows, mo.k); err != nil {
+				return mo, err
+			}
+		}
 	}
 	mo.desc = &op
 	return mo, nil
