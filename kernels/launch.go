@@ -346,6 +346,27 @@ func (d *Device) splitCalls(op *gemvOp, rows, m0, pairs, K int) ([]call, error) 
 	if need := splitWSBytes(pairs, K); d.splitWS.Bytes < need {
 		return nil, fmt.Errorf("cuda: mmas_nf4: needs a split-K workspace of %d bytes, %d reserved (reserveSplit)", need, d.splitWS.Bytes)
 	}
+	if plane := int64(n) * int64(K) * 2; d.WGMMA && 2*plane <= d.planes.Bytes {
+		// Warpgroup MMAs: x's rows split into bf16 planes, then blocks of 64
+		// pairs × an x tile of nx rows, K split across them for about two
+		// blocks an SM (at most a split a 256 columns: the workspace's).
+		nx := 64
+		for _, v := range []int{32, 24} {
+			if n <= v {
+				nx = v
+			}
+		}
+		hi, lo := d.planes, Buf{Ptr: d.planes.Ptr + cu.DevicePtr(plane), Bytes: plane}
+		nb := (pairs + 63) / 64
+		splits := max(1, min((2*d.SMs+nb-1)/nb, (K+splitCols-1)/splitCols, K/64))
+		x := cu.DevicePtr(op.X + uint64(m0)*uint64(K)*4)
+		return []call{
+			{name: "split_planes", grid: [3]int{(n*K/4 + 255) / 256}, block: 256, args: []any{x, hi, lo, n * K / 4}},
+			{name: fmt.Sprintf("mmas_wgmma_%d", nx), grid: [3]int{nb, splits}, block: 256, shmem: 2*(128*64*2+2*nx*128) + 1024,
+				args: []any{op, n, hi, lo, d.splitWS, splits}},
+			{name: "mmas_finish", grid: [3]int{(pairs + 255) / 256, n}, block: 256, args: []any{op, rows, m0, d.splitWS, splits, nx}},
+		}, nil
+	}
 	// S, the 256-column steps a block takes: the most (1, 2 or 4) that still
 	// leave two (tile, split) tasks for every warp the launch holds — fewer
 	// splits, fewer partial sums to write and add. (3B, H200: gate/up takes

@@ -56,11 +56,50 @@ __device__ __forceinline__ void pw_cp16(uint32_t smem, const void* gmem, bool va
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(gmem), "r"(valid ? 16 : 0));
 }
 
+// pw_mma<N>: d[64 weight rows × N x rows] += A·B from shared memory
+// (wgmma.m64nNk16). Thread (warp w of the warpgroup, lane l) holds d[4i + j]:
+// weight row 16w + l/4 + 8·(j/2), x row 8i + 2·(l%4) + j%2.
+template <int N>
+__device__ __forceinline__ void pw_mma(float (&d)[N / 2], uint64_t a, uint64_t b);
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-// pw_mma: d[64 weight rows × 128 x rows] += A·B from shared memory. Thread
-// (warp w of the warpgroup, lane l) holds d[4i + j]: weight row 16w + l/4 +
-// 8·(j/2), x row 8i + 2·(l%4) + j%2.
-__device__ __forceinline__ void pw_mma(float (&d)[64], uint64_t a, uint64_t b) {
+template <>
+__device__ __forceinline__ void pw_mma<24>(float (&d)[12], uint64_t a, uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %14, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n24k16.f32.bf16.bf16 "
+      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11}, "
+      "%12, %13, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11])
+      : "l"(a), "l"(b), "r"(1));
+}
+template <>
+__device__ __forceinline__ void pw_mma<32>(float (&d)[16], uint64_t a, uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, "
+      "%16, %17, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+      : "l"(a), "l"(b), "r"(1));
+}
+template <>
+__device__ __forceinline__ void pw_mma<64>(float (&d)[32], uint64_t a, uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+      "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, "
+      "%32, %33, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "l"(a), "l"(b), "r"(1));
+}
+template <>
+__device__ __forceinline__ void pw_mma<128>(float (&d)[64], uint64_t a, uint64_t b) {
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
@@ -81,26 +120,32 @@ __device__ __forceinline__ void pw_mma(float (&d)[64], uint64_t a, uint64_t b) {
 }
 #endif
 
-// Two blocks an SM (128 registers: 64 of them the accumulators).
-extern "C" __global__ void __launch_bounds__(256, 2) prefill_wgmma(const __grid_constant__ struct GemvOp op, long long Mrows,
-                                                                   const uint16_t* __restrict__ xh, const uint16_t* __restrict__ xl) {
+extern __shared__ __align__(16) uint8_t smraw[]; // the kernels' dynamic shared memory
+
+// pw_main runs the block's steps kb0 … kb1 − 1 of K (64 columns each) for
+// its 64 pairs (blockIdx.x; prefill_nf4's row order) against NX x rows
+// whose bf16 planes start at xh, xl (rows [rows][K], those past rows zero),
+// into acc: the weights dequantised into one stage while the MMAs of the
+// other run. smem: the dynamic shared memory (two stages of PW_TILE +
+// 2·NX·128 bytes after 1,024-byte alignment); code: the 256 floats the
+// double quantisation's codes map to, loaded by the caller (synchronised
+// here). 256 threads.
+template <int NX>
+__device__ __forceinline__ void pw_main(const struct GemvOp& op, const uint16_t* __restrict__ xh, const uint16_t* __restrict__ xl,
+                                        int rows, int kb0, int kb1, uint8_t* smraw, const float* code, float (&acc)[NX / 2]) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  extern __shared__ __align__(16) uint8_t smraw[];
-  __shared__ float code[256];
+  constexpr int XT = NX * 128, STAGE = PW_TILE + 2 * XT; // bytes: an x plane's tile, a stage (multiples of 1,024)
   const uint32_t sraw = (uint32_t)__cvta_generic_to_shared(smraw), sbase = (sraw + 1023) & ~1023u;
-  uint8_t* sgen = smraw + (sbase - sraw); // the stages, 1,024-byte aligned (generic address)
+  uint8_t* sgen = smraw + (sbase - sraw);
   const struct Mat* A0 = &op.mat[0];
-  const int M = (int)Mrows, K = A0->K, nblk = K / 64, mb = blockIdx.y * 128;
-  const int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
-  // This thread's weight row for the dequantisation: local row lr, half h.
-  const int lr = threadIdx.x >> 1, h = threadIdx.x & 1, P = pairs_of(&op);
+  const int K = A0->K, nblk = K / 64;
+  const int wg = threadIdx.x >> 7;
+  const int lr = threadIdx.x >> 1, h = threadIdx.x & 1, P = pairs_of(&op); // this thread's weight row (local) and half block
   const int pair = blockIdx.x * 64 + (lr >> 4) * 8 + (lr & 7);
   const bool live = pair < P, isB = (lr & 8) != 0;
   const PairRows pr = pair_rows(&op, live ? pair : 0);
   const MatRegs mr = mat_regs(isB && pr.B ? pr.B : pr.A);
   const long long row = isB && pr.B ? pr.rb : pr.ra;
-  if (A0->code)
-    for (int i = threadIdx.x; i < 256; i += blockDim.x) code[i] = A0->code[i];
   struct Raw {
     uint4 cw;
     uint32_t q;
@@ -118,13 +163,12 @@ extern "C" __global__ void __launch_bounds__(256, 2) prefill_wgmma(const __grid_
       r.n = rs.n;
     }
   };
-  auto load_x = [&](int s, int kb) { // x's two [128][64] tiles of step kb into stage s
-#pragma unroll
-    for (int u = 0; u < 4; u++) {
-      const int ch = threadIdx.x + 256 * u, r = ch >> 3, cc = ch & 7, m = mb + r;
-      const long long src = (long long)min(m, M - 1) * K + 64 * kb + 8 * cc;
-      pw_cp16(sbase + s * PW_STAGE + PW_TILE + pw_sw128(r, cc), xh + src, m < M);
-      pw_cp16(sbase + s * PW_STAGE + 2 * PW_TILE + pw_sw128(r, cc), xl + src, m < M);
+  auto load_x = [&](int s, int kb) { // x's two [NX][64] tiles of step kb into stage s
+    for (int ch = threadIdx.x; ch < NX * 8; ch += blockDim.x) {
+      const int r = ch >> 3, cc = ch & 7;
+      const long long src = (long long)min(r, rows - 1) * K + 64 * kb + 8 * cc;
+      pw_cp16(sbase + s * STAGE + PW_TILE + pw_sw128(r, cc), xh + src, r < rows);
+      pw_cp16(sbase + s * STAGE + PW_TILE + XT + pw_sw128(r, cc), xl + src, r < rows);
     }
     asm volatile("cp.async.commit_group;\n" ::);
   };
@@ -139,52 +183,117 @@ extern "C" __global__ void __launch_bounds__(256, 2) prefill_wgmma(const __grid_
     }
 #pragma unroll
     for (int i = 0; i < 4; i++)
-      *(uint4*)(sgen + s * PW_STAGE + pw_sw128(lr, 4 * h + i)) = make_uint4(o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]);
+      *(uint4*)(sgen + s * STAGE + pw_sw128(lr, 4 * h + i)) = make_uint4(o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]);
   };
-  float acc[64];
 #pragma unroll
-  for (int i = 0; i < 64; i++) acc[i] = 0.0f;
+  for (int i = 0; i < NX / 2; i++) acc[i] = 0.0f;
   Raw r;
-  load_w(r, 0); // the weights: in flight before the wait
-  pdl_wait();   // x's planes and the outputs come after earlier kernels
-  load_x(0, 0);
+  load_w(r, kb0); // the weights: in flight before the wait
+  pdl_wait();     // x's planes and the outputs come after earlier kernels
+  load_x(0, kb0);
   __syncthreads(); // code[] is written
   store_w(0, r);
-  if (nblk > 1) load_w(r, 1);
+  if (kb0 + 1 < kb1) load_w(r, kb0 + 1);
   asm volatile("cp.async.wait_group 0;\n" ::);
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); // the stores are visible to the tensor cores
   __syncthreads();
-  for (int kb = 0; kb < nblk; kb++) {
-    const int s = kb & 1;
-    const uint32_t wa = sbase + s * PW_STAGE + wg * 64 * 128, xa = sbase + s * PW_STAGE + PW_TILE;
+  for (int kb = kb0; kb < kb1; kb++) {
+    const int s = (kb - kb0) & 1;
+    const uint32_t wa = sbase + s * STAGE + wg * 64 * 128, xa = sbase + s * STAGE + PW_TILE;
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
     for (int ks = 0; ks < 4; ks++) {
-      pw_mma(acc, pw_desc(wa + 32 * ks), pw_desc(xa + 32 * ks));
-      pw_mma(acc, pw_desc(wa + 32 * ks), pw_desc(xa + PW_TILE + 32 * ks));
+      pw_mma<NX>(acc, pw_desc(wa + 32 * ks), pw_desc(xa + 32 * ks));
+      pw_mma<NX>(acc, pw_desc(wa + 32 * ks), pw_desc(xa + XT + 32 * ks));
     }
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-    if (kb + 1 < nblk) { // the next step into the other stage while the MMAs run
+    if (kb + 1 < kb1) { // the next step into the other stage while the MMAs run
       load_x(s ^ 1, kb + 1);
       store_w(s ^ 1, r);
-      if (kb + 2 < nblk) load_w(r, kb + 2);
+      if (kb + 2 < kb1) load_w(r, kb + 2);
     }
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
     asm volatile("cp.async.wait_group 0;\n" ::);
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     __syncthreads(); // stage s is read, stage s ^ 1 is in
   }
-  // acc[4i + j]: local weight row 64wg + 16warp + lane/4 + 8·(j/2) — local
-  // pair (4wg + warp)·8 + lane/4, its A-row (j < 2) or B-row —, local x row
-  // 8i + 2·(lane%4) + j%2; through shared memory (the stages, free now) to
-  // the epilogue's threads, as prefill_nf4.
-  float* res = (float*)sgen; // [128][PF_LDR]
+#endif
+}
+
+// pw_local is where acc[4i + j] of thread (warpgroup wg, warp w, lane l)
+// belongs: the block's local pair (4wg + w)·8 + l/4 and which of its rows
+// (A: 0, B: 1), and the x row 8i + 2·(l%4) + j%2.
+struct PwLocal {
+  int pair, ab, xrow;
+};
+__device__ __forceinline__ PwLocal pw_local(int i, int j) {
+  const int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+  return PwLocal{(4 * wg + warp) * 8 + (lane >> 2), j >> 1, 8 * i + 2 * (lane & 3) + (j & 1)};
+}
+
+// Two blocks an SM (128 registers: 64 of them the accumulators).
+extern "C" __global__ void __launch_bounds__(256, 2) prefill_wgmma(const __grid_constant__ struct GemvOp op, long long Mrows,
+                                                                   const uint16_t* __restrict__ xh, const uint16_t* __restrict__ xl) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  __shared__ float code[256];
+  const struct Mat* A0 = &op.mat[0];
+  const int M = (int)Mrows, K = A0->K, mb = blockIdx.y * 128;
+  if (A0->code)
+    for (int i = threadIdx.x; i < 256; i += blockDim.x) code[i] = A0->code[i];
+  float acc[64];
+  pw_main<128>(op, xh + (long long)mb * K, xl + (long long)mb * K, M - mb, 0, K / 64, smraw, code, acc);
+  // Through shared memory (the stages, free now) to the epilogue's threads,
+  // as prefill_nf4.
+  const uint32_t sraw = (uint32_t)__cvta_generic_to_shared(smraw);
+  float* res = (float*)(smraw + (((sraw + 1023) & ~1023u) - sraw)); // [128][PF_LDR]
 #pragma unroll
   for (int i = 0; i < 16; i++)
 #pragma unroll
-    for (int j = 0; j < 4; j++)
-      res[(8 * i + 2 * (lane & 3) + (j & 1)) * PF_LDR + 2 * ((4 * wg + warp) * 8 + (lane >> 2)) + (j >> 1)] = acc[4 * i + j];
+    for (int j = 0; j < 4; j++) {
+      const PwLocal q = pw_local(i, j);
+      res[q.xrow * PF_LDR + 2 * q.pair + q.ab] = acc[4 * i + j];
+    }
   __syncthreads();
   prefill_finish<128>(&op, M, mb, res);
 #endif
 }
+
+// mmas_wgmma_<NX>: the batch kernels' product on warpgroup MMAs, for batch
+// rows m0 … m0 + n − 1 (n ≤ NX; x's planes of those rows from split_planes):
+// grid (⌈pairs/64⌉, splits), 256 threads, 2·(PW_TILE + 2·NX·128) + 1,024 bytes
+// of dynamic shared memory; block (b, sp) takes 64 pairs and steps [sp·S /
+// splits, (sp + 1)·S / splits) of K's S 64-column steps, and writes its sums
+// to mmas_nf4's workspace ws[sp][row − m0][2·pair + (A, B)] (rows NX apart a
+// split), which mmas_finish adds in split order and finishes.
+template <int NX>
+__device__ __forceinline__ void mmas_wgmma_body(const struct GemvOp& op, int n, const uint16_t* xh, const uint16_t* xl, float* ws,
+                                                int splits) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  __shared__ float code[256];
+  const struct Mat* A0 = &op.mat[0];
+  const int nblk = A0->K / 64, sp = blockIdx.y, P = pairs_of(&op);
+  if (A0->code)
+    for (int i = threadIdx.x; i < 256; i += blockDim.x) code[i] = A0->code[i];
+  float acc[NX / 2];
+  pw_main<NX>(op, xh, xl, n, sp * nblk / splits, (sp + 1) * nblk / splits, smraw, code, acc);
+  float* w = ws + (long long)sp * NX * 2 * P;
+#pragma unroll
+  for (int i = 0; i < NX / 8; i++)
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+      const PwLocal q = pw_local(i, j);
+      const int pair = blockIdx.x * 64 + q.pair;
+      if (q.xrow < n && pair < P) w[(long long)q.xrow * 2 * P + 2 * pair + q.ab] = acc[4 * i + j];
+    }
+#endif
+}
+
+#define MMAS_WGMMA(NX)                                                                                                              \
+  extern "C" __global__ void __launch_bounds__(256, 2) mmas_wgmma_##NX(const __grid_constant__ struct GemvOp op, long long n,     \
+                                                                       const uint16_t* __restrict__ xh,                              \
+                                                                       const uint16_t* __restrict__ xl, float* ws, long long splits) { \
+    mmas_wgmma_body<NX>(op, (int)n, xh, xl, ws, (int)splits);                                                                         \
+  }
+MMAS_WGMMA(24)
+MMAS_WGMMA(32)
+MMAS_WGMMA(64)

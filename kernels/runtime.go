@@ -141,7 +141,7 @@ var kernelNames = map[string][]string{
 	"quantize":      {"nf4_quantize"},
 	"sample":        {"argmax", "target_logprob", "cand_slice", "cand_merge"},
 	"prefill":       {"prefill_nf4"},
-	"prefill_wgmma": {"prefill_wgmma", "split_planes"},
+	"prefill_wgmma": {"prefill_wgmma", "split_planes", "mmas_wgmma_24", "mmas_wgmma_32", "mmas_wgmma_64"},
 }
 
 func gemvNames() []string {

@@ -424,10 +424,8 @@ func (e *Engine) uploadOp(base gemvOp, ls []*qwen.Linear, what string) (matOp, e
 		if err := e.Dev.reserveSplit(splitWSBytes(mo.pairs, mo.k)); err != nil {
 			return mo, err
 		}
-		if e.MaxRows > prefillMin { // passes of more rows run prefill_wgmma or prefill_nf4
-			if err := e.Dev.reservePlanes(e.MaxRows, mo.k); err != nil {
-				return mo, err
-			}
+		if err := e.Dev.reservePlanes(e.MaxRows, mo.k); err != nil { // prefill_wgmma, mmas_wgmma (devices that run them)
+			return mo, err
 		}
 	}
 	mo.desc = &op
