@@ -25,8 +25,9 @@ static CUresult qb_launch_kernel(void* fn, unsigned gx, unsigned gy, unsigned gz
 	cfg.attrs = &attr; cfg.numAttrs = 1;
 	return cuLaunchKernelEx(&cfg, (CUfunction)fn, params, NULL);
 }
-static CUresult qb_compute_capability(int* major, int ordinal) {
-	return cuDeviceGetAttribute(major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, (CUdevice)ordinal);
+static CUresult qb_compute_capability(int* major, int* minor, int ordinal) {
+	CUresult r = cuDeviceGetAttribute(major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, (CUdevice)ordinal);
+	return r != CUDA_SUCCESS ? r : cuDeviceGetAttribute(minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, (CUdevice)ordinal);
 }
 */
 import "C"
@@ -51,13 +52,13 @@ func boolInt(b bool) int {
 	return 0
 }
 
-// computeMajor is device ordinal's compute capability major version (9 for Hopper).
-func computeMajor(ordinal int) (int, error) {
-	var v C.int
-	if r := C.qb_compute_capability(&v, C.int(ordinal)); r != C.CUDA_SUCCESS {
-		return 0, fmt.Errorf("cuda: compute capability: error %d", int(r))
+// computeCapability is device ordinal's compute capability (9, 0 for Hopper).
+func computeCapability(ordinal int) (major, minor int, err error) {
+	var a, b C.int
+	if r := C.qb_compute_capability(&a, &b, C.int(ordinal)); r != C.CUDA_SUCCESS {
+		return 0, 0, fmt.Errorf("cuda: compute capability: error %d", int(r))
 	}
-	return int(v), nil
+	return int(a), int(b), nil
 }
 
 // maxShmemOptin is the shared memory one block may have on device ordinal

@@ -5,6 +5,13 @@
 // launch), which the driver JIT-compiles for the card; and writes ptx.go,
 // which embeds them and records the sha256 of the sources each was built
 // from. Run by `go generate ./kernels`.
+//
+// A source whose first line is "// qbench: sm_90a" has its compute_90 PTX
+// made for sm_90a (Hopper's architecture-specific features: wgmma): built
+// with __CUDA_ARCH_FEAT_SM90_ALL defined, as nvcc 12+ would for
+// -arch=sm_90a, and its header set to .target sm_90a and PTX ISA 8.0, which
+// the driver's JIT compiler takes — nvcc 11.8 has no sm_90a target, but it
+// passes inline PTX through unchanged.
 package main
 
 import (
@@ -33,12 +40,26 @@ func main() {
 	var table strings.Builder
 	for _, src := range srcs {
 		name := strings.TrimSuffix(src, ".cu")
+		text, err := os.ReadFile(src)
+		if err != nil {
+			log.Fatal(err)
+		}
+		sm90a := strings.HasPrefix(string(text), "// qbench: sm_90a\n")
 		for _, arch := range []string{"80", "90"} {
 			out := filepath.Join("ptx", name+".sm"+arch+".ptx")
-			cmd := exec.Command("nvcc", "-ptx", "-arch=compute_"+arch, "-O3", "-o", out, src)
+			args := []string{"-ptx", "-arch=compute_" + arch, "-O3", "-o", out, src}
+			if sm90a && arch == "90" {
+				args = append(args, "-D__CUDA_ARCH_FEAT_SM90_ALL")
+			}
+			cmd := exec.Command("nvcc", args...)
 			cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 			if err := cmd.Run(); err != nil {
 				log.Fatalf("nvcc %s: %v", src, err)
+			}
+			if sm90a && arch == "90" {
+				if err := toSM90a(out); err != nil {
+					log.Fatal(err)
+				}
 			}
 			fmt.Fprintf(&b, "//go:embed ptx/%s.sm%s.ptx\nvar ptx_%s_%s string\n\n", name, arch, name, arch)
 		}
@@ -46,12 +67,42 @@ func main() {
 		if err != nil {
 			log.Fatal(err)
 		}
-		fmt.Fprintf(&table, "\t{%q, ptx_%s_80, ptx_%s_90, %q},\n", name, name, name, hash)
+		fmt.Fprintf(&table, "\t{%q, ptx_%s_80, ptx_%s_90, %t, %q},\n", name, name, name, sm90a, hash)
 	}
 	fmt.Fprintf(&b, "// modules lists each PTX module with the sha256 of the sources it was built from.\nvar modules = []ptxModule{\n%s}\n", table.String())
 	if err := os.WriteFile("ptx.go", []byte(b.String()), 0o644); err != nil {
 		log.Fatal(err)
 	}
+}
+
+// toSM90a sets a compute_90 PTX file's target to sm_90a and its ISA
+// version to at least 8.0 (the first with sm_90a).
+func toSM90a(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	lines := strings.Split(string(b), "\n")
+	target, version := false, false
+	for i, l := range lines {
+		switch {
+		case l == ".target sm_90":
+			lines[i], target = ".target sm_90a", true
+		case strings.HasPrefix(l, ".version "):
+			var major, minor int
+			if _, err := fmt.Sscanf(l, ".version %d.%d", &major, &minor); err != nil {
+				return fmt.Errorf("%s: %q: %v", path, l, err)
+			}
+			if major < 8 {
+				lines[i] = ".version 8.0"
+			}
+			version = true
+		}
+	}
+	if !target || !version {
+		return fmt.Errorf("%s: no .target sm_90 or .version line to make sm_90a", path)
+	}
+	return os.WriteFile(path, []byte(strings.Join(lines, "\n")), 0o644)
 }
 
 // SourceHash is the sha256 of every .cuh header followed by the .cu file (the

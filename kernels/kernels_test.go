@@ -285,7 +285,7 @@ func checkGemv(t *testing.T, d *Device, rng *rand.Rand, ls []*qwen.Linear, mode 
 		}
 		for _, c := range cs {
 			switch {
-			case wpp > 0 && (c.name == "mmas_finish" || c.name == "prefill_nf4"):
+			case wpp > 0 && (c.name == "mmas_finish" || c.name == "prefill_nf4" || c.name == "prefill_wgmma" || c.name == "split_planes"): // not forced: the launcher's geometry
 			case wpp > 0 && strings.HasPrefix(c.name, "mmas_nf4"): // one group a split: each warp walks several tiles (and blocks several steps: splitSteps)
 				c.grid[0] = 1
 			case wpp > 0 && mo.kind == kindMMABF16: // one block: it walks every tile group

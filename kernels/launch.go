@@ -2,7 +2,11 @@
 
 package kernels
 
-import "fmt"
+import (
+	"fmt"
+
+	"gorgonia.org/cu"
+)
 
 // One typed launcher per kernel: each returns a call (kernel, geometry,
 // arguments) that the engine's forward pass, the profiler and the tests run
@@ -228,7 +232,7 @@ func (d *Device) matmulCalls(kind kernelKind, op *gemvOp, rows, pairs, K int) ([
 	lut := kind == kindMMANF4 || kind == kindLUTNF4
 	switch {
 	case lut && rows > prefillMin:
-		return []call{prefillCall(op, rows, pairs)}, nil
+		return d.prefillCalls(op, rows, pairs, K), nil
 	case kind == kindLUTNF4 && rows > 2:
 		kind = kindMMANF4
 	case kind != kindMMANF4 && kind != kindMMABF16:
@@ -263,6 +267,40 @@ func prefillCall(op *gemvOp, rows, pairs int) call {
 	const bm, bn, ld, rmax = 64, 128, 64 + 8, 32                                         // PF_BM, PF_BN, PF_LDW = PF_LDX, PF_RMAX in prefill.cu
 	return call{name: "prefill_nf4", block: 256, shmem: (bn*ld+2*bm*ld)*2 + 2*rmax*64*4, // PF_SMEM
 		grid: [3]int{(pairs + 63) / 64, (rows + bm - 1) / bm}, args: []any{op, rows}}
+}
+
+// prefillCalls is an NF4 matrix op over a long pass: on devices with
+// warpgroup MMAs (Device.WGMMA) whose x planes scratch holds the pass, x
+// split into bf16 planes (split_planes) and prefill_wgmma (128 x rows a
+// block); else prefillCall.
+func (d *Device) prefillCalls(op *gemvOp, rows, pairs, K int) []call {
+	plane := int64(rows) * int64(K) * 2
+	if !d.WGMMA || 2*plane > d.planes.Bytes {
+		return []call{prefillCall(op, rows, pairs)}
+	}
+	hi, lo := d.planes, Buf{Ptr: d.planes.Ptr + cu.DevicePtr(plane), Bytes: plane}
+	n4 := rows * K / 4
+	const smem = 2*3*128*64*2 + 1024 // PW_SMEM in prefill_wgmma.cu
+	return []call{
+		{name: "split_planes", grid: [3]int{(n4 + 255) / 256}, block: 256, args: []any{cu.DevicePtr(op.X), hi, lo, n4}},
+		{name: "prefill_wgmma", block: 256, shmem: smem, grid: [3]int{(pairs + 63) / 64, (rows + 127) / 128}, args: []any{op, rows, hi, lo}},
+	}
+}
+
+// reservePlanes makes the x planes scratch of prefill_wgmma hold passes of
+// rows rows of K columns (two bf16 planes), on devices that run it.
+func (d *Device) reservePlanes(rows, K int) error {
+	bytes := 4 * int64(rows) * int64(K)
+	if !d.WGMMA || d.planes.Bytes >= bytes {
+		return nil
+	}
+	d.Free(&d.planes)
+	b, err := d.Alloc(bytes, "x planes for prefill_wgmma")
+	if err != nil {
+		return err
+	}
+	d.planes = b
+	return nil
 }
 
 // batchNT is the n-tiles of 8 batch rows a batch-kernel launch over rows

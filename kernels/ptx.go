@@ -34,6 +34,12 @@ var ptx_prefill_80 string
 //go:embed ptx/prefill.sm90.ptx
 var ptx_prefill_90 string
 
+//go:embed ptx/prefill_wgmma.sm80.ptx
+var ptx_prefill_wgmma_80 string
+
+//go:embed ptx/prefill_wgmma.sm90.ptx
+var ptx_prefill_wgmma_90 string
+
 //go:embed ptx/quantize.sm80.ptx
 var ptx_quantize_80 string
 
@@ -54,12 +60,13 @@ var ptx_sample_90 string
 
 // modules lists each PTX module with the sha256 of the sources it was built from.
 var modules = []ptxModule{
-	{"attention", ptx_attention_80, ptx_attention_90, "3b5459c70f457f7ae09238c920ae12ad6e1da578d9c86bf594e8099e93374ec4"},
-	{"mma", ptx_mma_80, ptx_mma_90, "901c28176c3953a74a5f50fbcde6c8ab60f0c903eed70c8323c01b1e2e36d3a0"},
-	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, "69fa08025f6b43112f7e9d837b4d540cdad2731727be2f27c71e11a1246ee760"},
-	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, "1d8444d018fbbc0d728d05cea3a3b57f0702631ae19fa20aa9542ce3ad5eaa24"},
-	{"prefill", ptx_prefill_80, ptx_prefill_90, "d6668afb5220e7dc047c3c0f53cfa1ce1d0c4b7056d7cc68fa27afeda7936179"},
-	{"quantize", ptx_quantize_80, ptx_quantize_90, "400c1cda8f060acc574e9995ad2ab0205597608fac7112777c62564d1154ada4"},
-	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, "7e5cb0a6ee534cc0d2ab7eb00eeae46ab14329ebbdacae66ca26347838198e29"},
-	{"sample", ptx_sample_80, ptx_sample_90, "41f2ca2a053983e2ef0f026b966d8e95daa0618a330da2d9469c3926a73d8816"},
+	{"attention", ptx_attention_80, ptx_attention_90, false, "2702fc644ebf84ba76663f9a2895b079267b209cdab175e17469cc238ba891a8"},
+	{"mma", ptx_mma_80, ptx_mma_90, false, "05f62202be3e72a5b5adb572125046a9766c420362ef8211cd6767fcada50d18"},
+	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, false, "e653b65d3e6e29bb3d6085ffab46a5adea8eb656eb2e472b296cfe9ce505cce2"},
+	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, false, "5c79acd3d4ade09d8af6a01ae7f5cbff00d6a79d4d66ba5aa27296192bac7799"},
+	{"prefill", ptx_prefill_80, ptx_prefill_90, false, "0a3253037d390ac1d03210a9b6de17fb3a9878c3cf10f4560eff40fc2e5dc740"},
+	{"prefill_wgmma", ptx_prefill_wgmma_80, ptx_prefill_wgmma_90, true, "953ec9b613a74fb77a973f28c05d179884d7508aaa88cc3dac0c9c2ae6408606"},
+	{"quantize", ptx_quantize_80, ptx_quantize_90, false, "03add7b3fd1e959acc2a77c1f53ea99eb9cbd6590c98fb1fdb3c520ada3071e0"},
+	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, false, "0573125bfe510866a406f27878073ec0bd063362c4226008807d398e0399b710"},
+	{"sample", ptx_sample_80, ptx_sample_90, false, "6c69277f56f5dc86da25a9a8a3e7e78af109b47ae331b020ab75946402a67ab8"},
 }

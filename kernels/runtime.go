@@ -27,7 +27,10 @@ type Device struct {
 	// PDL: the device can launch a kernel as a programmatic dependent of
 	// the previous one (Hopper and later; QBENCH_NO_PDL=1 turns it off).
 	// Engines do it for decode steps (see pass.pdl).
-	PDL    bool
+	PDL bool
+	// WGMMA: the device runs the sm_90a modules (Hopper's warpgroup MMAs:
+	// compute capability 9.0; QBENCH_NO_WGMMA=1 turns them off).
+	WGMMA  bool
 	work   chan func()
 	ctx    cu.CUContext
 	stream cu.Stream
@@ -42,6 +45,8 @@ type Device struct {
 	// The device's engines share it: their launches run in order on the one
 	// stream, each reader right after its writer.
 	splitWS Buf
+	// planes: x split into two bf16 planes for prefill_wgmma (reservePlanes).
+	planes Buf
 	// splitSteps, when 1, 2 or 4, forces the steps of K an mmas_nf4 block takes
 	// (the launcher's choice otherwise); tests set it.
 	splitSteps int
@@ -93,14 +98,17 @@ func (d *Device) init(ordinal int) error {
 		return err
 	}
 	d.maxShmem = optin - 4096 // the kernels' static shared memory stays under 4 KB
-	major, err := computeMajor(ordinal)
+	major, minor, err := computeCapability(ordinal)
 	if err != nil {
 		return err
 	}
 	d.PDL = major >= 9 && !envSet("QBENCH_NO_PDL")
+	// Modules built for sm_90a (wgmma) run on compute capability 9.0 alone;
+	// elsewhere their compute_80 build (empty kernels) loads, never launched.
+	d.WGMMA = major == 9 && minor == 0 && !envSet("QBENCH_NO_WGMMA")
 	for _, m := range modules {
 		ptx := m.ptx
-		if major >= 9 {
+		if major >= 9 && (!m.sm90a || d.WGMMA) {
 			ptx = m.ptx90
 		}
 		mod, err := cu.LoadData(ptx)
@@ -125,14 +133,15 @@ func (d *Device) init(ordinal int) error {
 
 // kernelNames lists the entry points of each module.
 var kernelNames = map[string][]string{
-	"attention":  {"attn_split", "attn_combine", "attn_combine_lora", "attn_flash_64", "attn_flash_128"},
-	"mma":        {"mmas_bf16_1", "mmas_bf16_2", "mmas_bf16_3", "mmas_bf16_4", "mmas_bf16_8", "mmas_nf4_1", "mmas_nf4_2", "mmas_nf4_3", "mmas_nf4_4", "mmas_nf4_8", "mmas_finish"},
-	"nf4_lut":    {"nf4_lut_1", "nf4_lut_2"},
-	"nf4_matmul": append(gemvNames(), "lora_shrink", "layout"),
-	"rmsnorm":    {"rmsnorm", "rmsnorm_lora", "embed", "shrink_split", "shrink_sum"},
-	"quantize":   {"nf4_quantize"},
-	"sample":     {"argmax", "target_logprob", "cand_slice", "cand_merge"},
-	"prefill":    {"prefill_nf4"},
+	"attention":     {"attn_split", "attn_combine", "attn_combine_lora", "attn_flash_64", "attn_flash_128"},
+	"mma":           {"mmas_bf16_1", "mmas_bf16_2", "mmas_bf16_3", "mmas_bf16_4", "mmas_bf16_8", "mmas_nf4_1", "mmas_nf4_2", "mmas_nf4_3", "mmas_nf4_4", "mmas_nf4_8", "mmas_finish"},
+	"nf4_lut":       {"nf4_lut_1", "nf4_lut_2"},
+	"nf4_matmul":    append(gemvNames(), "lora_shrink", "layout"),
+	"rmsnorm":       {"rmsnorm", "rmsnorm_lora", "embed", "shrink_split", "shrink_sum"},
+	"quantize":      {"nf4_quantize"},
+	"sample":        {"argmax", "target_logprob", "cand_slice", "cand_merge"},
+	"prefill":       {"prefill_nf4"},
+	"prefill_wgmma": {"prefill_wgmma", "split_planes"},
 }
 
 func gemvNames() []string {

@@ -11,7 +11,8 @@ import (
 type ptxModule struct {
 	name   string // the .cu file's base name
 	ptx    string // its PTX for compute_80
-	ptx90  string // for compute_90: with programmatic dependent launch
+	ptx90  string // for compute_90: with programmatic dependent launch (sm_90a where sm90a)
+	sm90a  bool   // ptx90 targets sm_90a (the source's first line says "// qbench: sm_90a")
 	source string // sha256 of the headers and the .cu it was built from (SourceHash)
 }
 

@@ -424,6 +424,9 @@ func (e *Engine) uploadOp(base gemvOp, ls []*qwen.Linear, what string) (matOp, e
 		if err := e.Dev.reserveSplit(splitWSBytes(mo.pairs, mo.k)); err != nil {
 			return mo, err
 		}
+		if err := e.Dev.reservePlanes(e.MaxRows, mo.k); err != nil { // prefill_wgmma (devices that run it)
+			return mo, err
+		}
 	}
 	mo.desc = &op
 	return mo, nil

@@ -1,0 +1,223 @@
+// qbench: sm_90a
+// prefill_wgmma.cu: prefill_nf4 (prefill.cu) on Hopper's warpgroup MMAs
+// (wgmma: compute capability 9.0 only; gen.go builds this file's compute_90
+// PTX for sm_90a). Developed as kernels/dev/nf4_gemm.cu v4.
+//
+// split_planes: x [M, K] fp32 → two bf16 planes hi, lo (x ≈ hi + lo, as the
+// other tensor-core kernels split it), a thread per 4 values.
+//
+// prefill_wgmma: grid (⌈pairs/64⌉, ⌈M/128⌉), 256 threads (two warpgroups),
+// PW_SMEM bytes of dynamic shared memory. A block takes 64 pairs — 128
+// weight rows in prefill_nf4's order (row g of each 16 is pair g's A-row,
+// g + 8 its B-row) — and 128 x rows, and walks K in steps of 64 through two
+// stages of shared memory: the weights [128][64] bf16, then x's hi and lo
+// planes [128][64] bf16, each K-major with the 128-byte swizzle (a row is 128
+// bytes; its 16-byte chunk c sits at c ^ (row % 8)). Each step the block's
+// threads dequantise the next step's weights into the other stage (the
+// per-block table: bitsandbytes' values bit for bit) and copy x's planes
+// beside them by cp.async, while each warpgroup's 8 asynchronous
+// m64n128k16 MMAs (4 k16 × hi, lo) over its 64 weight rows run on the tensor
+// cores. The sums go through shared memory to prefill_finish (LoRA and the
+// epilogue, as prefill_nf4).
+//
+// Bytes per launch: the weights once per 128 x rows, x's planes once per 64
+// pairs. Requires K % 64 == 0.
+#include "prefill.cuh"
+
+constexpr int PW_TILE = 128 * 64 * 2, PW_STAGE = 3 * PW_TILE; // bytes: weights, x hi, x lo
+constexpr int PW_SMEM = 2 * PW_STAGE + 1024;                   // two stages, and room to align them to 1,024 bytes
+static_assert((128 * PF_LDR + 2 * PF_RMAX * 64) * 4 <= 2 * PW_STAGE, "the epilogue's sums and B rows fit");
+static_assert(PW_SMEM + 4096 <= 227 * 1024 / 2, "two blocks an SM");
+
+extern "C" __global__ void split_planes(const float* __restrict__ x, uint16_t* __restrict__ hi, uint16_t* __restrict__ lo, long long n4) {
+  pdl_trigger();
+  pdl_wait(); // everything below may read what the previous kernel wrote
+  const long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+  if (i >= n4) return;
+  const float4 v = __ldg((const float4*)x + i);
+  const uint32_t h01 = pack_bf16(v.x, v.y), h23 = pack_bf16(v.z, v.w);
+  ((uint2*)hi)[i] = make_uint2(h01, h23);
+  ((uint2*)lo)[i] = make_uint2(pack_bf16(v.x - __uint_as_float(h01 << 16), v.y - __uint_as_float(h01 & 0xffff0000u)),
+                               pack_bf16(v.z - __uint_as_float(h23 << 16), v.w - __uint_as_float(h23 & 0xffff0000u)));
+}
+
+// pw_sw128 is the byte offset of 16-byte chunk c of row r in a swizzled tile.
+__device__ __forceinline__ uint32_t pw_sw128(int r, int c) { return r * 128 + ((c ^ (r & 7)) << 4); }
+
+// pw_desc is wgmma's descriptor of a K-major 128-byte-swizzled tile at
+// shared address a: start >> 4 (bits 0–13), leading byte offset 16 >> 4
+// (unused with this swizzle), stride 1,024 >> 4 between 8-row atoms
+// (32–45), swizzle mode 1 (62–63). 16 columns further along K: a + 32.
+__device__ __forceinline__ uint64_t pw_desc(uint32_t a) {
+  return (uint64_t)((a & 0x3FFFF) >> 4) | ((uint64_t)1 << 16) | ((uint64_t)(1024 >> 4) << 32) | ((uint64_t)1 << 62);
+}
+
+__device__ __forceinline__ void pw_cp16(uint32_t smem, const void* gmem, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem), "l"(gmem), "r"(valid ? 16 : 0));
+}
+
+// pw_mma<N>: d[64 weight rows × N x rows] += A·B from shared memory
+// (wgmma.m64nNk16). Thread (warp w of the warpgroup, lane l) holds d[4i + j]:
+// weight row 16w + l/4 + 8·(j/2), x row 8i + 2·(l%4) + j%2.
+template <int N>
+__device__ __forceinline__ void pw_mma(float (&d)[N / 2], uint64_t a, uint64_t b);
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+template <>
+__device__ __forceinline__ void pw_mma<128>(float (&d)[64], uint64_t a, uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+      "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
+      "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
+      "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, "
+      "%64, %65, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(a), "l"(b), "r"(1)); // scale-d 1: d += A·B (d starts at zero)
+}
+#endif
+
+extern __shared__ __align__(16) uint8_t smraw[]; // the kernels' dynamic shared memory
+
+// pw_main runs the block's steps kb0 … kb1 − 1 of K (64 columns each) for
+// its 64 pairs (blockIdx.x; prefill_nf4's row order) against NX x rows
+// whose bf16 planes start at xh, xl (rows [rows][K], those past rows zero),
+// into acc: the weights dequantised into one stage while the MMAs of the
+// other run. smem: the dynamic shared memory (two stages of PW_TILE +
+// 2·NX·128 bytes after 1,024-byte alignment); code: the 256 floats the
+// double quantisation's codes map to, loaded by the caller (synchronised
+// here). 256 threads.
+template <int NX>
+__device__ __forceinline__ void pw_main(const struct GemvOp& op, const uint16_t* __restrict__ xh, const uint16_t* __restrict__ xl,
+                                        int rows, int kb0, int kb1, uint8_t* smraw, const float* code, float (&acc)[NX / 2]) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr int XT = NX * 128, STAGE = PW_TILE + 2 * XT; // bytes: an x plane's tile, a stage (multiples of 1,024)
+  const uint32_t sraw = (uint32_t)__cvta_generic_to_shared(smraw), sbase = (sraw + 1023) & ~1023u;
+  uint8_t* sgen = smraw + (sbase - sraw);
+  const struct Mat* A0 = &op.mat[0];
+  const int K = A0->K, nblk = K / 64;
+  const int wg = threadIdx.x >> 7;
+  const int lr = threadIdx.x >> 1, h = threadIdx.x & 1, P = pairs_of(&op); // this thread's weight row (local) and half block
+  const int pair = blockIdx.x * 64 + (lr >> 4) * 8 + (lr & 7);
+  const bool live = pair < P, isB = (lr & 8) != 0;
+  const PairRows pr = pair_rows(&op, live ? pair : 0);
+  const MatRegs mr = mat_regs(isB && pr.B ? pr.B : pr.A);
+  const long long row = isB && pr.B ? pr.rb : pr.ra;
+  struct Raw {
+    uint4 cw;
+    uint32_t q;
+    float n;
+  };
+  auto load_w = [&](Raw& r, int kb) { // half a block of the thread's weight row (lutNF4's layout), and its scale's sources
+    const int s = kb >> 2, nb = min(4, nblk - 4 * s);
+    r.cw = make_uint4(0, 0, 0, 0);
+    r.q = 0;
+    r.n = 0.0f;
+    if (live) {
+      r.cw = __ldg((const uint4*)(mr.packed + row * (K / 2) + 128 * s + 16 * (kb & 3) + (h ? 16 * nb : 0)));
+      const RawScale rs = raw_scale(mr, (unsigned)(row * K + 64 * kb));
+      r.q = rs.q;
+      r.n = rs.n;
+    }
+  };
+  auto load_x = [&](int s, int kb) { // x's two [NX][64] tiles of step kb into stage s
+    for (int ch = threadIdx.x; ch < NX * 8; ch += blockDim.x) {
+      const int r = ch >> 3, cc = ch & 7;
+      const long long src = (long long)min(r, rows - 1) * K + 64 * kb + 8 * cc;
+      pw_cp16(sbase + s * STAGE + PW_TILE + pw_sw128(r, cc), xh + src, r < rows);
+      pw_cp16(sbase + s * STAGE + PW_TILE + XT + pw_sw128(r, cc), xl + src, r < rows);
+    }
+    asm volatile("cp.async.commit_group;\n" ::);
+  };
+  auto store_w = [&](int s, const Raw& r) { // the 32 weights, dequantised, into stage s
+    const Lut L = make_lut(live ? scale_of(mr, code, RawScale{r.q, r.n}) : 0.0f);
+    uint32_t o[16];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+      const uint32_t wd = word(r.cw, i), sel = wd & 0x77777777u, hsel = ((wd >> 1) & 0x44444444u) | 0x32103210u;
+      lookup4(L, sel, hsel, o[4 * i], o[4 * i + 1]);
+      lookup4(L, sel >> 16, hsel >> 16, o[4 * i + 2], o[4 * i + 3]);
+    }
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+      *(uint4*)(sgen + s * STAGE + pw_sw128(lr, 4 * h + i)) = make_uint4(o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]);
+  };
+#pragma unroll
+  for (int i = 0; i < NX / 2; i++) acc[i] = 0.0f;
+  Raw r;
+  load_w(r, kb0); // the weights: in flight before the wait
+  pdl_wait();     // x's planes and the outputs come after earlier kernels
+  load_x(0, kb0);
+  __syncthreads(); // code[] is written
+  store_w(0, r);
+  if (kb0 + 1 < kb1) load_w(r, kb0 + 1);
+  asm volatile("cp.async.wait_group 0;\n" ::);
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); // the stores are visible to the tensor cores
+  __syncthreads();
+  for (int kb = kb0; kb < kb1; kb++) {
+    const int s = (kb - kb0) & 1;
+    const uint32_t wa = sbase + s * STAGE + wg * 64 * 128, xa = sbase + s * STAGE + PW_TILE;
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+    for (int ks = 0; ks < 4; ks++) {
+      pw_mma<NX>(acc, pw_desc(wa + 32 * ks), pw_desc(xa + 32 * ks));
+      pw_mma<NX>(acc, pw_desc(wa + 32 * ks), pw_desc(xa + XT + 32 * ks));
+    }
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+    if (kb + 1 < kb1) { // the next step into the other stage while the MMAs run
+      load_x(s ^ 1, kb + 1);
+      store_w(s ^ 1, r);
+      if (kb + 2 < kb1) load_w(r, kb + 2);
+    }
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+    asm volatile("cp.async.wait_group 0;\n" ::);
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    __syncthreads(); // stage s is read, stage s ^ 1 is in
+  }
+#endif
+}
+
+// pw_local is where acc[4i + j] of thread (warpgroup wg, warp w, lane l)
+// belongs: the block's local pair (4wg + w)·8 + l/4 and which of its rows
+// (A: 0, B: 1), and the x row 8i + 2·(l%4) + j%2.
+struct PwLocal {
+  int pair, ab, xrow;
+};
+__device__ __forceinline__ PwLocal pw_local(int i, int j) {
+  const int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+  return PwLocal{(4 * wg + warp) * 8 + (lane >> 2), j >> 1, 8 * i + 2 * (lane & 3) + (j & 1)};
+}
+
+// Two blocks an SM (128 registers: 64 of them the accumulators).
+extern "C" __global__ void __launch_bounds__(256, 2) prefill_wgmma(const __grid_constant__ struct GemvOp op, long long Mrows,
+                                                                   const uint16_t* __restrict__ xh, const uint16_t* __restrict__ xl) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  __shared__ float code[256];
+  const struct Mat* A0 = &op.mat[0];
+  const int M = (int)Mrows, K = A0->K, mb = blockIdx.y * 128;
+  if (A0->code)
+    for (int i = threadIdx.x; i < 256; i += blockDim.x) code[i] = A0->code[i];
+  float acc[64];
+  pw_main<128>(op, xh + (long long)mb * K, xl + (long long)mb * K, M - mb, 0, K / 64, smraw, code, acc);
+  // Through shared memory (the stages, free now) to the epilogue's threads,
+  // as prefill_nf4.
+  const uint32_t sraw = (uint32_t)__cvta_generic_to_shared(smraw);
+  float* res = (float*)(smraw + (((sraw + 1023) & ~1023u) - sraw)); // [128][PF_LDR]
+#pragma unroll
+  for (int i = 0; i < 16; i++)
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+      const PwLocal q = pw_local(i, j);
+      res[q.xrow * PF_LDR + 2 * q.pair + q.ab] = acc[4 * i + j];
+    }
+  __syncthreads();
+  prefill_finish<128>(&op, M, mb, res);
+#endif
+}
