@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -108,8 +109,16 @@ func (d *Device) init(ordinal int) error {
 	d.WGMMA = major == 9 && minor == 0 && !envSet("QBENCH_NO_WGMMA")
 	for _, m := range modules {
 		ptx := m.ptx
+		arch := "80"
 		if major >= 9 && (!m.sm90a || d.WGMMA) {
-			ptx = m.ptx90
+			ptx, arch = m.ptx90, "90"
+		}
+		if dir := os.Getenv("QBENCH_PTX_DIR"); dir != "" { // kernel work: a module's PTX from elsewhere (a newer nvcc)
+			f := filepath.Join(dir, m.name+".sm"+arch+".ptx")
+			if b, err := os.ReadFile(f); err == nil {
+				fmt.Fprintf(os.Stderr, "qbench: module %s from %s (QBENCH_PTX_DIR)\n", m.name, f)
+				ptx = string(b)
+			}
 		}
 		mod, err := cu.LoadData(ptx)
 		if err != nil {
