@@ -44,13 +44,20 @@
 //       v2 (~400 µs). Written in the sixth session without a GPU left to run
 //       it (nvcc 11.8 here has no sm_90a): not yet compiled by ptxas nor run.
 //
+//   v6  (nf4_gemm_lean.cuh) v4/v5 with the per-step address arithmetic out
+//       of the loop (pointers and offsets advanced by constants, descriptors
+//       uniform), and KS = 2: 128-column steps, a thread a whole 64-block.
+//       Prediction: the loop's 467 SASS instructions (v5 n24) → ~250; M 20
+//       ≥ 1.5× v5 if issue-bound (Nsight: issue 56 % busy, 11 instructions
+//       a weight).
+//
 //   v5  v4 for decode batches: an x tile of 24, 32 or 64 rows (the wgmma's n)
 //       and K split across blocks, partial sums added by a second launch in
 //       split order. Prediction: gate+up at M 20 ≥ 3× the batch kernel
 //       mmas_nf4 (37.7 µs). Written with v4, not yet run either.
 //
 // QUICK=1 runs gate+up alone, at M 20 and 64 (decode batches: v5, and v4's
-// 128-row x tile mostly zeros) and 1,280.
+// 128-row x tile mostly zeros) and 1,280; ONLY_M=m one of the batch sizes.
 #include "common.cuh"
 #include <math.h>
 #include <time.h>
@@ -195,6 +202,7 @@ __global__ void __launch_bounds__(256) gemm(W4 w, const float* __restrict__ x, f
 
 #include "nf4_gemm_dense.cuh"
 #include "nf4_gemm_wgmma.cuh"
+#include "nf4_gemm_lean.cuh"
 
 // ---------------------------------------------------------------------------
 // Host side.
@@ -251,6 +259,7 @@ int main() {
     };
     for (int M : {20, 64, 512, 1280, 2048}) {
       if (quick ? M == 512 || M == 2048 : M < 512) continue; // QUICK: decode batches 20 and 64 too (v4 as a batch kernel)
+      if (getenv("ONLY_M") && M != atoi(getenv("ONLY_M"))) continue; // one batch size (for ncu)
       std::vector<float> x((size_t)M * K);
       for (auto& v : x) v = (float)rand() / RAND_MAX * 2 - 1;
       // Sampled outputs of the float64 reference (and Σ|w·x| for the bound).
@@ -338,8 +347,7 @@ int main() {
       run3(gemm_bf16<3>, gemm3_smem<3>(), "v3 stages 3");
       run3(gemm_bf16<4>, gemm3_smem<4>(), "v3 stages 4");
       if (v4) { // v4 (x tiles of 128 rows) and, for decode batches, v5 (one x tile of 24–64 rows, K split across blocks, reduce_splits)
-        auto run4 = [&](auto kern, int nx, int splits, const char* name) {
-          const int smem = nx == 24 ? wgmma_smem<24>() : nx == 32 ? wgmma_smem<32>() : nx == 64 ? wgmma_smem<64>() : wgmma_smem<128>();
+        auto run4 = [&](auto kern, int nx, int smem, int splits, const char* name) {
           CK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
           const dim3 grid((N + 127) / 128, (M + nx - 1) / nx * splits);
           float* wsp = dc;
@@ -359,11 +367,19 @@ int main() {
         };
         if (M <= 64) { // about two blocks an SM
           const int nb = (N + 127) / 128, splits = std::max(1, std::min(K / 64, (2 * prop.multiProcessorCount + nb - 1) / nb));
-          if (M <= 24) run4(gemm_wgmma<24>, 24, splits, "v5 wgmma n24");
-          if (M <= 32) run4(gemm_wgmma<32>, 32, splits, "v5 wgmma n32");
-          run4(gemm_wgmma<64>, 64, splits, "v5 wgmma n64");
+          if (M <= 24) run4(gemm_wgmma<24>, 24, wgmma_smem<24>(), splits, "v5 wgmma n24");
+          if (M <= 32) run4(gemm_wgmma<32>, 32, wgmma_smem<32>(), splits, "v5 wgmma n32");
+          run4(gemm_wgmma<64>, 64, wgmma_smem<64>(), splits, "v5 wgmma n64");
+          const int splits2 = std::max(1, std::min(K / 128, (2 * prop.multiProcessorCount + nb - 1) / nb));
+          if (M <= 24) {
+            run4(gemm_lean<24, 1>, 24, lean_smem<24, 1>(), splits, "v6 lean n24");
+            run4(gemm_lean<24, 2>, 24, lean_smem<24, 2>(), splits2, "v6 lean n24 KS 2");
+          }
+          run4(gemm_lean<64, 1>, 64, lean_smem<64, 1>(), splits, "v6 lean n64");
+          run4(gemm_lean<64, 2>, 64, lean_smem<64, 2>(), splits2, "v6 lean n64 KS 2");
         }
-        run4(gemm_wgmma<128>, 128, 1, "v4 wgmma");
+        run4(gemm_lean<128, 1>, 128, lean_smem<128, 1>(), 1, "v6 lean n128");
+        run4(gemm_wgmma<128>, 128, wgmma_smem<128>(), 1, "v4 wgmma");
       }
       cudaFree(dx);
       cudaFree(dc);
