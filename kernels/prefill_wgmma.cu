@@ -197,8 +197,7 @@ __device__ __forceinline__ void pw_main(const struct GemvOp& op, const uint16_t*
     const int s = (kb - kb0) & 1;
     const uint64_t ds = d0 + (s ? STAGE / 16 : 0);
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-    if (wg == 0) pw_mmas<NX>(acc, ds, ds + PW_TILE / 16); // a branch a warpgroup: the descriptors stay uniform
-    else pw_mmas<NX>(acc, ds + 64 * 128 / 16, ds + PW_TILE / 16);
+    pw_mmas<NX>(acc, ds + wg * (64 * 128 / 16), ds + PW_TILE / 16); // (a branch a warpgroup made ptxas serialise the MMAs)
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
     if (kb + 1 < kb1) { // the next step into the other stage while the MMAs run
       load_x(s ^ 1, kb + 1);
