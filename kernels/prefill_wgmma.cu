@@ -86,6 +86,20 @@ __device__ __forceinline__ void pw_mma<128>(float (&d)[64], uint64_t a, uint64_t
 
 extern __shared__ __align__(16) uint8_t smraw[]; // the kernels' dynamic shared memory
 
+// pw_mmas issues a warpgroup's MMAs of one step: its 64 weight rows at
+// descriptor a, x's hi plane at b and lo plane XT bytes further, k16 slices
+// 32 bytes (descriptor + 2) apart.
+template <int NX>
+__device__ __forceinline__ void pw_mmas(float (&acc)[NX / 2], uint64_t a, uint64_t b) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#pragma unroll
+  for (int ks = 0; ks < 4; ks++) {
+    pw_mma<NX>(acc, a + 2 * ks, b + 2 * ks);
+    pw_mma<NX>(acc, a + 2 * ks, b + NX * 128 / 16 + 2 * ks);
+  }
+#endif
+}
+
 // pw_main runs the block's steps kb0 … kb1 − 1 of K (64 columns each) for
 // its 64 pairs (blockIdx.x; prefill_nf4's row order) against NX x rows
 // whose bf16 planes start at xh, xl (rows [rows][K], those past rows zero),
@@ -110,6 +124,8 @@ __device__ __forceinline__ void pw_main(const struct GemvOp& op, const uint16_t*
   const PairRows pr = pair_rows(&op, live ? pair : 0);
   const MatRegs mr = mat_regs(isB && pr.B ? pr.B : pr.A);
   const long long row = isB && pr.B ? pr.rb : pr.ra;
+  const uint8_t* wrow = mr.packed + row * (K / 2);
+  const unsigned e0 = (unsigned)(row * K); // the row's first element (its blocks' scales)
   struct Raw {
     uint4 cw;
     uint32_t q;
@@ -121,21 +137,37 @@ __device__ __forceinline__ void pw_main(const struct GemvOp& op, const uint16_t*
     r.q = 0;
     r.n = 0.0f;
     if (live) {
-      r.cw = __ldg((const uint4*)(mr.packed + row * (K / 2) + 128 * s + 16 * (kb & 3) + (h ? 16 * nb : 0)));
-      const RawScale rs = raw_scale(mr, (unsigned)(row * K + 64 * kb));
+      r.cw = __ldg((const uint4*)(wrow + 128 * s + 16 * (kb & 3) + (h ? 16 * nb : 0)));
+      const RawScale rs = raw_scale(mr, e0 + 64 * kb);
       r.q = rs.q;
       r.n = rs.n;
     }
   };
+  // x: chunk c = threadIdx.x + 256·i of a step: row c / 8, 16-byte column
+  // c % 8; its source offset and place in a stage, set up once.
+  constexpr int XPT = NX * 8 / 256;
+  static_assert(NX * 8 % 256 == 0, "x's chunks: a whole number a thread");
+  int xsrc[XPT];
+  uint32_t xdst[XPT];
+  bool xok[XPT];
+#pragma unroll
+  for (int i = 0; i < XPT; i++) {
+    const int c = threadIdx.x + 256 * i, r = c >> 3, cc = c & 7;
+    xok[i] = r < rows;
+    xsrc[i] = min(r, rows - 1) * K + 8 * cc;
+    xdst[i] = PW_TILE + pw_sw128(r, cc);
+  }
   auto load_x = [&](int s, int kb) { // x's two [NX][64] tiles of step kb into stage s
-    for (int ch = threadIdx.x; ch < NX * 8; ch += blockDim.x) {
-      const int r = ch >> 3, cc = ch & 7;
-      const long long src = (long long)min(r, rows - 1) * K + 64 * kb + 8 * cc;
-      pw_cp16(sbase + s * STAGE + PW_TILE + pw_sw128(r, cc), xh + src, r < rows);
-      pw_cp16(sbase + s * STAGE + PW_TILE + XT + pw_sw128(r, cc), xl + src, r < rows);
+#pragma unroll
+    for (int i = 0; i < XPT; i++) {
+      pw_cp16(sbase + s * STAGE + xdst[i], xh + xsrc[i] + 64 * kb, xok[i]);
+      pw_cp16(sbase + s * STAGE + xdst[i] + XT, xl + xsrc[i] + 64 * kb, xok[i]);
     }
     asm volatile("cp.async.commit_group;\n" ::);
   };
+  uint32_t soff[4]; // the thread's 16-byte chunks in a stage's weight tile
+#pragma unroll
+  for (int i = 0; i < 4; i++) soff[i] = pw_sw128(lr, 4 * h + i);
   auto store_w = [&](int s, const Raw& r) { // the 32 weights, dequantised, into stage s
     const Lut L = make_lut(live ? scale_of(mr, code, RawScale{r.q, r.n}) : 0.0f);
     uint32_t o[16];
@@ -146,8 +178,7 @@ __device__ __forceinline__ void pw_main(const struct GemvOp& op, const uint16_t*
       lookup4(L, sel >> 16, hsel >> 16, o[4 * i + 2], o[4 * i + 3]);
     }
 #pragma unroll
-    for (int i = 0; i < 4; i++)
-      *(uint4*)(sgen + s * STAGE + pw_sw128(lr, 4 * h + i)) = make_uint4(o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]);
+    for (int i = 0; i < 4; i++) *(uint4*)(sgen + s * STAGE + soff[i]) = make_uint4(o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]);
   };
 #pragma unroll
   for (int i = 0; i < NX / 2; i++) acc[i] = 0.0f;
@@ -161,15 +192,12 @@ __device__ __forceinline__ void pw_main(const struct GemvOp& op, const uint16_t*
   asm volatile("cp.async.wait_group 0;\n" ::);
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); // the stores are visible to the tensor cores
   __syncthreads();
+  const uint64_t d0 = pw_desc(sbase);
   for (int kb = kb0; kb < kb1; kb++) {
     const int s = (kb - kb0) & 1;
-    const uint32_t wa = sbase + s * STAGE + wg * 64 * 128, xa = sbase + s * STAGE + PW_TILE;
+    const uint64_t ds = d0 + (s ? STAGE / 16 : 0);
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-#pragma unroll
-    for (int ks = 0; ks < 4; ks++) {
-      pw_mma<NX>(acc, pw_desc(wa + 32 * ks), pw_desc(xa + 32 * ks));
-      pw_mma<NX>(acc, pw_desc(wa + 32 * ks), pw_desc(xa + XT + 32 * ks));
-    }
+    pw_mmas<NX>(acc, ds + wg * (64 * 128 / 16), ds + PW_TILE / 16); // (a branch a warpgroup made ptxas serialise the MMAs)
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
     if (kb + 1 < kb1) { // the next step into the other stage while the MMAs run
       load_x(s ^ 1, kb + 1);
