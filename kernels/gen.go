@@ -11,7 +11,9 @@
 // with __CUDA_ARCH_FEAT_SM90_ALL defined, as nvcc 12+ would for
 // -arch=sm_90a, and its header set to .target sm_90a and PTX ISA 8.0, which
 // the driver's JIT compiler takes — nvcc 11.8 has no sm_90a target, but it
-// passes inline PTX through unchanged.
+// passes inline PTX through unchanged. Such a source may also have a build
+// by a newer nvcc (ptx/<name>.sm90a.ptx, made on a GPU machine by
+// ptx90a.sh): embedded while its recorded source hash is current.
 package main
 
 import (
@@ -67,12 +69,42 @@ func main() {
 		if err != nil {
 			log.Fatal(err)
 		}
-		fmt.Fprintf(&table, "\t{%q, ptx_%s_80, ptx_%s_90, %t, %q},\n", name, name, name, sm90a, hash)
+		ptx90a := `""`
+		if sm90a {
+			if ok, err := keep90a(name, hash); err != nil {
+				log.Fatal(err)
+			} else if ok {
+				fmt.Fprintf(&b, "//go:embed ptx/%s.sm90a.ptx\nvar ptx_%s_90a string\n\n", name, name)
+				ptx90a = "ptx_" + name + "_90a"
+			}
+		}
+		fmt.Fprintf(&table, "\t{%q, ptx_%s_80, ptx_%s_90, %t, %q, %s},\n", name, name, name, sm90a, hash, ptx90a)
 	}
 	fmt.Fprintf(&b, "// modules lists each PTX module with the sha256 of the sources it was built from.\nvar modules = []ptxModule{\n%s}\n", table.String())
 	if err := os.WriteFile("ptx.go", []byte(b.String()), 0o644); err != nil {
 		log.Fatal(err)
 	}
+}
+
+// keep90a reports whether ptx/name.sm90a.ptx (kernels/ptx90a.sh's build
+// by a newer nvcc on a GPU machine) exists and was built from the sources
+// whose hash is hash; a stale one is removed (the nvcc 11.8 build serves
+// until ptx90a.sh runs again).
+func keep90a(name, hash string) (bool, error) {
+	path := filepath.Join("ptx", name+".sm90a.ptx")
+	b, err := os.ReadFile(path)
+	if os.IsNotExist(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	if line == "// qbench: nvcc sm_90a build of sources "+hash {
+		return true, nil
+	}
+	log.Printf("%s: built from other sources; removed (run kernels/ptx90a.sh on a GPU machine to rebuild it)", path)
+	return false, os.Remove(path)
 }
 
 // toSM90a sets a compute_90 PTX file's target to sm_90a and its ISA

@@ -108,19 +108,29 @@ func (d *Device) init(ordinal int) error {
 	// elsewhere their compute_80 build (empty kernels) loads, never launched.
 	d.WGMMA = major == 9 && minor == 0 && !envSet("QBENCH_NO_WGMMA")
 	for _, m := range modules {
-		ptx := m.ptx
-		arch := "80"
+		// The PTX to load: compute_80's, or compute_90's on Hopper (sm_90a
+		// modules: where d.WGMMA) — there a newer nvcc's build first if there
+		// is one (a driver too old for its PTX ISA takes the other).
+		ptxs, arch := []string{m.ptx}, "80"
 		if major >= 9 && (!m.sm90a || d.WGMMA) {
-			ptx, arch = m.ptx90, "90"
+			ptxs, arch = []string{m.ptx90}, "90"
+			if m.ptx90a != "" {
+				ptxs = []string{m.ptx90a, m.ptx90}
+			}
 		}
 		if dir := os.Getenv("QBENCH_PTX_DIR"); dir != "" { // kernel work: a module's PTX from elsewhere (a newer nvcc)
 			f := filepath.Join(dir, m.name+".sm"+arch+".ptx")
 			if b, err := os.ReadFile(f); err == nil {
 				fmt.Fprintf(os.Stderr, "qbench: module %s from %s (QBENCH_PTX_DIR)\n", m.name, f)
-				ptx = string(b)
+				ptxs = []string{string(b)}
 			}
 		}
-		mod, err := cu.LoadData(ptx)
+		var mod cu.Module
+		for _, ptx := range ptxs {
+			if mod, err = cu.LoadData(ptx); err == nil {
+				break
+			}
+		}
 		if err != nil {
 			return fmt.Errorf("cuda: loading module %s: %v", m.name, err)
 		}

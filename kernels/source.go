@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"os"
 	"path/filepath"
+	"strings"
 )
 
 // ptxModule is one compiled .cu file.
@@ -14,6 +15,24 @@ type ptxModule struct {
 	ptx90  string // for compute_90: with programmatic dependent launch (sm_90a where sm90a)
 	sm90a  bool   // ptx90 targets sm_90a (the source's first line says "// qbench: sm_90a")
 	source string // sha256 of the headers and the .cu it was built from (SourceHash)
+	// ptx90a: for sm90a sources, a build by nvcc 12.4 or later made on a GPU
+	// machine (kernels/ptx90a.sh; ptx/<name>.sm90a.ptx, first line
+	// ptx90aHeader + the source hash it was built from), "" if none. Loaded
+	// before ptx90 where the driver takes it (its PTX ISA is newer).
+	ptx90a string
+}
+
+// ptx90aHeader starts the first line of an sm90a.ptx file, followed by the
+// SourceHash of the sources it was built from.
+const ptx90aHeader = "// qbench: nvcc sm_90a build of sources "
+
+// ptx90aSource is the source hash a ptx90a build records ("" if none).
+func ptx90aSource(ptx string) string {
+	line, _, _ := strings.Cut(ptx, "\n")
+	if h, ok := strings.CutPrefix(line, ptx90aHeader); ok {
+		return h
+	}
+	return ""
 }
 
 // SourceHash is the sha256 of every .cuh header (in name order) followed by

@@ -19,5 +19,8 @@ func TestPTXUpToDate(t *testing.T) {
 		if len(m.ptx) == 0 || len(m.ptx90) == 0 {
 			t.Errorf("%s: empty PTX", m.name)
 		}
+		if m.ptx90a != "" && (!m.sm90a || ptx90aSource(m.ptx90a) != m.source) {
+			t.Errorf("%s.sm90a.ptx was built from other sources: run go generate ./kernels (it drops it) and kernels/ptx90a.sh on a GPU machine", m.name)
+		}
 	}
 }
