@@ -56,7 +56,7 @@ var ptx_sample_90 string
 var modules = []ptxModule{
 	{"attention", ptx_attention_80, ptx_attention_90, "3b5459c70f457f7ae09238c920ae12ad6e1da578d9c86bf594e8099e93374ec4"},
 	{"mma", ptx_mma_80, ptx_mma_90, "901c28176c3953a74a5f50fbcde6c8ab60f0c903eed70c8323c01b1e2e36d3a0"},
-	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, "69fa08025f6b43112f7e9d837b4d540cdad2731727be2f27c71e11a1246ee760"},
+	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, "c1e6b0649c38ec4cf9b576e5fc28c13b1e4877a39185c44588b046959b907c0d"},
 	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, "1d8444d018fbbc0d728d05cea3a3b57f0702631ae19fa20aa9542ce3ad5eaa24"},
 	{"prefill", ptx_prefill_80, ptx_prefill_90, "d6668afb5220e7dc047c3c0f53cfa1ce1d0c4b7056d7cc68fa27afeda7936179"},
 	{"quantize", ptx_quantize_80, ptx_quantize_90, "400c1cda8f060acc574e9995ad2ab0205597608fac7112777c62564d1154ada4"},

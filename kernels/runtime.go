@@ -42,6 +42,8 @@ type Device struct {
 	// The device's engines share it: their launches run in order on the one
 	// stream, each reader right after its writer.
 	splitWS Buf
+	// lutWS, lutCount: where nf4_lut's two blocks of a tile meet (reserveLUT).
+	lutWS, lutCount Buf
 	// splitSteps, when 1, 2 or 4, forces the steps of K an mmas_nf4 block takes
 	// (the launcher's choice otherwise); tests set it.
 	splitSteps int
