@@ -292,6 +292,9 @@ func checkGemv(t *testing.T, d *Device, rng *rand.Rand, ls []*qwen.Linear, mode 
 				c.grid[0] = 1
 			case wpp > 0: // force a split of K, and few blocks so that each walks several tiles
 				c.args[2], c.grid = wpp, [3]int{2}
+				if mo.kind == kindLUTNF4 && wpp == 8 { // and two blocks a tile, each half of K (met through lutWS)
+					c.args[3] = 2
+				}
 			}
 			if err := d.run(c); err != nil {
 				return err

@@ -220,7 +220,38 @@ func (d *Device) matmulCall(kind kernelKind, op *gemvOp, rows, pairs, K int) (ca
 	per := 8 / wpp // units a block takes at once
 	c.grid = [3]int{min((units+per-1)/per, max(1, occ)*d.SMs)}
 	c.args = []any{op, rows, wpp}
+	if kind == kindLUTNF4 {
+		// Two blocks a tile where the tiles (a block each) would leave half
+		// the card's block slots empty and the rows are long (the down
+		// projection: 128 tiles of 43 steps at the 3B shape): all the tiles'
+		// halves at once, one pass of rows, counters reserved.
+		bpt, r := 1, 1
+		if c.name == "nf4_lut_2" {
+			r = 2
+		}
+		if wpp == 8 && (K/64+3)/4 >= 16 && rows <= r && 2*units <= max(1, occ)*d.SMs && int64(units) <= d.lutCount.Bytes/4 {
+			bpt = 2
+			c.grid[0] = 2 * units
+		}
+		c.args = append(c.args, bpt, d.lutWS, d.lutCount)
+	}
 	return c, nil
+}
+
+// reserveLUT makes nf4_lut's two-blocks-a-tile meeting place hold tiles
+// tiles: their sums ([tiles][2][2][16] floats) and a zeroed counter each.
+func (d *Device) reserveLUT(tiles int) error {
+	if d.lutCount.Bytes >= int64(tiles)*4 {
+		return nil
+	}
+	d.Free(&d.lutWS)
+	d.Free(&d.lutCount)
+	var err error
+	if d.lutWS, err = d.Alloc(int64(tiles)*2*32*4, "nf4_lut split sums"); err != nil {
+		return err
+	}
+	d.lutCount, err = Upload(d, make([]int32, tiles), "nf4_lut split counters")
+	return err
 }
 
 // matmulCalls are the launches of one matrix op over rows batch rows. NF4 in

@@ -129,9 +129,13 @@ __device__ __forceinline__ void split_rows(const float* x, long long M, long lon
 // nf4_lut_<R>: grid = one wave of 256-thread blocks (persistent), wpp warps
 // per 16-row tile (1, 2, 4 or 8: split-K, met in shared memory in a fixed
 // order), R batch rows a pass (passes of R over M), dynamic shared memory
-// ceil(K/256)·512·3R bytes for x.
+// ceil(K/256)·512·3R bytes for x. bpt = 2: two blocks a tile, each half of K
+// (the launcher's choice for few tiles of long rows, the down projection:
+// 128 tiles would leave half the card's block slots empty); the block that
+// arrives second at the tile's counter adds the first's 16·R sums from ws
+// [tiles][2][2][16] and finishes the tile.
 template <int R>
-__device__ void lut_body(const struct GemvOp* __restrict__ op, long long M, int wpp) {
+__device__ void lut_body(const struct GemvOp* __restrict__ op, long long M, int wpp, int bpt, float* ws, int* count) {
   constexpr int PARTS = 3 * R;
   extern __shared__ uint2 xsm[];
   __shared__ float code[256];
@@ -141,14 +145,18 @@ __device__ void lut_body(const struct GemvOp* __restrict__ op, long long M, int 
     for (int i = threadIdx.x; i < 256; i += blockDim.x) code[i] = A0->code[i];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
   const int part = warp % wpp, tpb = 8 / wpp;
-  const int K = A0->K, S = (K / 64 + 3) / 4, tiles = pairs_of(op) / 8, stride = gridDim.x * tpb;
-  const int per = (S + wpp - 1) / wpp, sbeg = min(S, part * per), send = min(S, sbeg + per);
+  // bpt blocks a tile: block b takes part b % bpt of K for the tiles of
+  // block index b / bpt (the blocks of a tile meet through ws, below).
+  const int half = blockIdx.x % bpt, bid = blockIdx.x / bpt;
+  const int K = A0->K, S = (K / 64 + 3) / 4, tiles = pairs_of(op) / 8, stride = gridDim.x / bpt * tpb;
+  const int s0 = half * S / bpt, s1 = (half + 1) * S / bpt; // this block's steps
+  const int per = (s1 - s0 + wpp - 1) / wpp, sbeg = min(s1, s0 + part * per), send = min(s1, sbeg + per);
   const uint2* xs = xsm + (g % PARTS) * 4 + t; // lanes past the parts repeat parts 0, 1: columns nobody reads
   for (long long m0 = 0; m0 < M; m0 += R) {
     // The first tile's first step is requested before x is split (and, on
     // the first pass, before the previous kernel has finished: weights and
     // descriptors are not written by any kernel).
-    int tb = blockIdx.x * tpb;
+    int tb = bid * tpb;
     Raw cur = {};
     if (tb + warp / wpp < tiles && sbeg < send) {
       const PairRows p = pair_rows(op, (tb + warp / wpp) * 8 + g);
@@ -209,7 +217,31 @@ __device__ void lut_body(const struct GemvOp* __restrict__ op, long long M, int 
       // the warp: lane l takes fragment row l % 16 and, with R = 2, batch row
       // m0 + l/16; with R = 1, half l/16 of the rank (the halves then met).
       // Lane t = b then finishes batch row m0 + b with the epilogue.
-      if (tile < tiles && part == 0) {
+      bool finish = tile < tiles && part == 0;
+      if (finish && bpt > 1) { // the tile's blocks meet: the last to arrive adds the other's sums and finishes
+        float* mine = ws + ((long long)tile * 2 + half) * 32; // [tile][half][batch row][16 rows]
+        if (t == 0)
+#pragma unroll
+          for (int b = 0; b < R; b++) {
+            mine[16 * b + g] = v[b][0];
+            mine[16 * b + g + 8] = v[b][1];
+          }
+        __threadfence(); // the sums are visible before the count says so
+        __syncwarp();
+        int last = 0;
+        if (lane == 0) last = atomicAdd(count + tile, 1) == bpt - 1;
+        finish = __shfl_sync(0xffffffffu, last, 0) != 0;
+        if (finish) {
+          const float* other = ws + ((long long)tile * 2 + (half ^ 1)) * 32;
+#pragma unroll
+          for (int b = 0; b < R; b++) { // a + b: the same sum whichever block is last
+            v[b][0] += __ldcg(other + 16 * b + g);
+            v[b][1] += __ldcg(other + 16 * b + g + 8);
+          }
+          if (lane == 0) count[tile] = 0; // for the next launch
+        }
+      }
+      if (finish) {
         const int gi = lane & 15, hb = lane >> 4;
         const PairRows q = pair_rows(op, tile * 8 + (gi & 7));
         const struct Mat& mq = gi < 8 ? *q.A : *q.B;
@@ -230,9 +262,11 @@ __device__ void lut_body(const struct GemvOp* __restrict__ op, long long M, int 
   }
 }
 
-extern "C" __global__ void __launch_bounds__(256, 2) nf4_lut_1(const __grid_constant__ struct GemvOp op, long long M, long long wpp) {
-  lut_body<1>(&op, M, (int)wpp);
+extern "C" __global__ void __launch_bounds__(256, 2) nf4_lut_1(const __grid_constant__ struct GemvOp op, long long M, long long wpp,
+                                                               long long bpt, float* ws, int* count) {
+  lut_body<1>(&op, M, (int)wpp, (int)bpt, ws, count);
 }
-extern "C" __global__ void __launch_bounds__(256, 2) nf4_lut_2(const __grid_constant__ struct GemvOp op, long long M, long long wpp) {
-  lut_body<2>(&op, M, (int)wpp);
+extern "C" __global__ void __launch_bounds__(256, 2) nf4_lut_2(const __grid_constant__ struct GemvOp op, long long M, long long wpp,
+                                                               long long bpt, float* ws, int* count) {
+  lut_body<2>(&op, M, (int)wpp, (int)bpt, ws, count);
 }

@@ -62,7 +62,7 @@ var ptx_sample_90 string
 var modules = []ptxModule{
 	{"attention", ptx_attention_80, ptx_attention_90, false, "2702fc644ebf84ba76663f9a2895b079267b209cdab175e17469cc238ba891a8", ""},
 	{"mma", ptx_mma_80, ptx_mma_90, false, "05f62202be3e72a5b5adb572125046a9766c420362ef8211cd6767fcada50d18", ""},
-	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, false, "e653b65d3e6e29bb3d6085ffab46a5adea8eb656eb2e472b296cfe9ce505cce2", ""},
+	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, false, "711809bd5ccc71786af8d0a3269f632423789a98c45aab525a5c0ffcfbcd12e1", ""},
 	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, false, "5c79acd3d4ade09d8af6a01ae7f5cbff00d6a79d4d66ba5aa27296192bac7799", ""},
 	{"prefill", ptx_prefill_80, ptx_prefill_90, false, "0a3253037d390ac1d03210a9b6de17fb3a9878c3cf10f4560eff40fc2e5dc740", ""},
 	{"prefill_wgmma", ptx_prefill_wgmma_80, ptx_prefill_wgmma_90, true, "c98c45f018bdc85f1eb4622deaaa738fef33ab0e01d1941cb3d849a45ce002b8", ""},

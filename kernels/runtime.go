@@ -48,6 +48,8 @@ type Device struct {
 	splitWS Buf
 	// planes: x split into two bf16 planes for prefill_wgmma (reservePlanes).
 	planes Buf
+	// lutWS, lutCount: where nf4_lut's two blocks of a tile meet (reserveLUT).
+	lutWS, lutCount Buf
 	// splitSteps, when 1, 2 or 4, forces the steps of K an mmas_nf4 block takes
 	// (the launcher's choice otherwise); tests set it.
 	splitSteps int

@@ -428,6 +428,11 @@ func (e *Engine) uploadOp(base gemvOp, ls []*qwen.Linear, what string) (matOp, e
 			return mo, err
 		}
 	}
+	if mo.kind == kindLUTNF4 {
+		if err := e.Dev.reserveLUT(mo.pairs / 8); err != nil {
+			return mo, err
+		}
+	}
 	mo.desc = &op
 	return mo, nil
 }
