@@ -46,10 +46,15 @@
 //
 //   v6  (nf4_gemm_lean.cuh) v4/v5 with the per-step address arithmetic out
 //       of the loop (pointers and offsets advanced by constants, descriptors
-//       uniform), and KS = 2: 128-column steps, a thread a whole 64-block.
-//       Prediction: the loop's 467 SASS instructions (v5 n24) → ~250; M 20
-//       ≥ 1.5× v5 if issue-bound (Nsight: issue 56 % busy, 11 instructions
-//       a weight).
+//       the stage's plus constants), and KS = 2: 128-column steps, a thread
+//       a whole 64-block. Prediction: the loop's 467 SASS instructions (v5
+//       n24) → ~250; M 20 ≥ 1.5× v5 if issue-bound (Nsight: issue 56 % busy,
+//       11 instructions a weight). Measured (H200): loops 467 → 243 (n24),
+//       439 → 293 (n128); M 1,280 489 → 457 µs (505 TFLOP/s), M 64 43.2 →
+//       40.2, M 20 34.7 → 31.3 (29.2 with 3 splits); KS 2 slower (M 20 33.9,
+//       n64 47.1). Descriptors made uniform by a branch a warpgroup had ptxas
+//       serialise the MMAs (C7520). M 20 stays ~30 µs whatever the loop
+//       costs, as every batch kernel so far (mma.sync v7 30.6).
 //
 //   v5  v4 for decode batches: an x tile of 24, 32 or 64 rows (the wgmma's n)
 //       and K split across blocks, partial sums added by a second launch in
@@ -373,6 +378,8 @@ int main() {
           const int splits2 = std::max(1, std::min(K / 128, (2 * prop.multiProcessorCount + nb - 1) / nb));
           if (M <= 24) {
             run4(gemm_lean<24, 1>, 24, lean_smem<24, 1>(), splits, "v6 lean n24");
+            run4(gemm_lean<24, 1>, 24, lean_smem<24, 1>(), 3, "v6 lean n24 splits 3");
+            run4(gemm_lean<24, 1>, 24, lean_smem<24, 1>(), 4, "v6 lean n24 splits 4");
             run4(gemm_lean<24, 2>, 24, lean_smem<24, 2>(), splits2, "v6 lean n24 KS 2");
           }
           run4(gemm_lean<64, 1>, 64, lean_smem<64, 1>(), splits, "v6 lean n64");

@@ -5,8 +5,8 @@
 // dequantisation and ~210 IMAD/SHF/LOP3/IADD3 the addresses recomputed every
 // step (sw128 of each store and copy, the codes' and scales' offsets, 16
 // descriptors). Here every address is a pointer or offset set up once and
-// advanced by a constant; the descriptors are built from the uniform stage
-// base in a branch per warpgroup (so they stay in uniform registers); and KS
+// advanced by a constant; the descriptors are the stage's plus constants;
+// and KS
 // = 2 makes a step 128 columns, a thread a whole 64-block (its table built
 // once for 64 weights, not twice for two halves).
 //
@@ -131,8 +131,7 @@ __global__ void __launch_bounds__(256, 2) gemm_lean(W4 w, const uint16_t* __rest
     const int s = (st - st0) & 1;
     const uint64_t ds = d0 + (s ? dstage : 0);
     wgmma_fence();
-    if (wg == 0) lean_mmas<NX, KS>(acc, ds, ds + dx); // a branch a warpgroup: the descriptors stay uniform
-    else lean_mmas<NX, KS>(acc, ds + 64 * 128 / 16, ds + dx);
+    lean_mmas<NX, KS>(acc, ds + wg * (64 * 128 / 16), ds + dx); // (a branch a warpgroup made ptxas serialise the MMAs: C7520)
     wgmma_commit();
     if (st + 1 < st1) {
       load_x(s ^ 1, st + 1);
