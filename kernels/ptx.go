@@ -40,6 +40,9 @@ var ptx_prefill_wgmma_80 string
 //go:embed ptx/prefill_wgmma.sm90.ptx
 var ptx_prefill_wgmma_90 string
 
+//go:embed ptx/prefill_wgmma.sm90a.ptx
+var ptx_prefill_wgmma_90a string
+
 //go:embed ptx/quantize.sm80.ptx
 var ptx_quantize_80 string
 
@@ -65,7 +68,7 @@ var modules = []ptxModule{
 	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, false, "711809bd5ccc71786af8d0a3269f632423789a98c45aab525a5c0ffcfbcd12e1", ""},
 	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, false, "5c79acd3d4ade09d8af6a01ae7f5cbff00d6a79d4d66ba5aa27296192bac7799", ""},
 	{"prefill", ptx_prefill_80, ptx_prefill_90, false, "0a3253037d390ac1d03210a9b6de17fb3a9878c3cf10f4560eff40fc2e5dc740", ""},
-	{"prefill_wgmma", ptx_prefill_wgmma_80, ptx_prefill_wgmma_90, true, "c98c45f018bdc85f1eb4622deaaa738fef33ab0e01d1941cb3d849a45ce002b8", ""},
+	{"prefill_wgmma", ptx_prefill_wgmma_80, ptx_prefill_wgmma_90, true, "c98c45f018bdc85f1eb4622deaaa738fef33ab0e01d1941cb3d849a45ce002b8", ptx_prefill_wgmma_90a},
 	{"quantize", ptx_quantize_80, ptx_quantize_90, false, "03add7b3fd1e959acc2a77c1f53ea99eb9cbd6590c98fb1fdb3c520ada3071e0", ""},
 	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, false, "0573125bfe510866a406f27878073ec0bd063362c4226008807d398e0399b710", ""},
 	{"sample", ptx_sample_80, ptx_sample_90, false, "6c69277f56f5dc86da25a9a8a3e7e78af109b47ae331b020ab75946402a67ab8", ""},
