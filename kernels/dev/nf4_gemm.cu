@@ -54,7 +54,10 @@
 //       40.2, M 20 34.7 → 31.3 (29.2 with 3 splits); KS 2 slower (M 20 33.9,
 //       n64 47.1). Descriptors made uniform by a branch a warpgroup had ptxas
 //       serialise the MMAs (C7520). M 20 stays ~30 µs whatever the loop
-//       costs, as every batch kernel so far (mma.sync v7 30.6).
+//       costs, as every batch kernel so far (mma.sync v7 30.6). Ablations at
+//       M 20, 3 splits (gemm alone): whole 29.3 µs, without the dequantisation
+//       18.5, without the MMAs 20.0, without the proxy fence 27.5; the lo
+//       plane's MMAs in a second accumulator (two chains of 4) 31.2.
 //
 //   v5  v4 for decode batches: an x tile of 24, 32 or 64 rows (the wgmma's n)
 //       and K split across blocks, partial sums added by a second launch in
@@ -380,6 +383,10 @@ int main() {
             run4(gemm_lean<24, 1>, 24, lean_smem<24, 1>(), splits, "v6 lean n24");
             run4(gemm_lean<24, 1>, 24, lean_smem<24, 1>(), 3, "v6 lean n24 splits 3");
             run4(gemm_lean<24, 1>, 24, lean_smem<24, 1>(), 4, "v6 lean n24 splits 4");
+            run4(gemm_lean<24, 1, LEAN_ACC2>, 24, lean_smem<24, 1>(), 3, "v6 n24 s3 acc2");
+            run4(gemm_lean<24, 1, LEAN_NO_DEQUANT>, 24, lean_smem<24, 1>(), 3, "ablate: no dequant");
+            run4(gemm_lean<24, 1, LEAN_NO_MMA>, 24, lean_smem<24, 1>(), 3, "ablate: no MMA");
+            run4(gemm_lean<24, 1, LEAN_NO_FENCE>, 24, lean_smem<24, 1>(), 3, "ablate: no fence");
             run4(gemm_lean<24, 2>, 24, lean_smem<24, 2>(), splits2, "v6 lean n24 KS 2");
           }
           run4(gemm_lean<64, 1>, 64, lean_smem<64, 1>(), splits, "v6 lean n64");

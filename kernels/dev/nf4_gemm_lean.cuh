@@ -27,20 +27,29 @@ __device__ __forceinline__ void cp_async16s(uint32_t saddr, const void* gmem, bo
 // lean_mmas issues one step's MMAs of a warpgroup: A rows at descriptor a
 // (+1,024 a weight tile: 16,384 bytes), x's planes at b (+XT/16 a tile, the
 // lo plane KS tiles further), k16 slices 32 bytes (+2) apart.
+// acc2: the lo plane's products (LEAN_ACC2: two chains of 4 MMAs a step
+// instead of one of 8), else acc itself.
 template <int NX, int KS>
-__device__ __forceinline__ void lean_mmas(float (&acc)[NX / 2], uint64_t a, uint64_t b) {
+__device__ __forceinline__ void lean_mmas(float (&acc)[NX / 2], float (&acc2)[NX / 2], uint64_t a, uint64_t b) {
   constexpr int XT16 = NX * 128 / 16;
 #pragma unroll
   for (int j = 0; j < KS; j++)
 #pragma unroll
     for (int ks = 0; ks < 4; ks++) {
       wgmma_n<NX>(acc, a + 1024 * j + 2 * ks, b + XT16 * j + 2 * ks);
-      wgmma_n<NX>(acc, a + 1024 * j + 2 * ks, b + XT16 * (KS + j) + 2 * ks);
+      wgmma_n<NX>(acc2, a + 1024 * j + 2 * ks, b + XT16 * (KS + j) + 2 * ks);
     }
 }
 #endif
 
-template <int NX, int KS>
+// MODE: LEAN_PLAIN; LEAN_ACC2 (see lean_mmas); two ablations that time a
+// part of the loop and leave the output wrong: LEAN_NO_DEQUANT (the weights
+// dequantised into the stages once, the MMAs run on them every step),
+// LEAN_NO_MMA (the MMAs, their wait and the fence left out), and
+// LEAN_NO_FENCE (the proxy fence a step left out: a race, for its cost).
+enum { LEAN_PLAIN, LEAN_ACC2, LEAN_NO_DEQUANT, LEAN_NO_MMA, LEAN_NO_FENCE };
+
+template <int NX, int KS, int MODE = LEAN_PLAIN>
 __global__ void __launch_bounds__(256, 2) gemm_lean(W4 w, const uint16_t* __restrict__ xh, const uint16_t* __restrict__ xl,
                                                     float* __restrict__ out, int M, int splits) {
 #if V4_BUILT
@@ -114,14 +123,15 @@ __global__ void __launch_bounds__(256, 2) gemm_lean(W4 w, const uint16_t* __rest
         *(uint4*)(sgen + s * STAGE + soff[4 * k + i]) = make_uint4(o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]);
     }
   };
-  float acc[NX / 2];
+  float acc[NX / 2], acc2[NX / 2];
 #pragma unroll
-  for (int i = 0; i < NX / 2; i++) acc[i] = 0.0f;
+  for (int i = 0; i < NX / 2; i++) acc[i] = acc2[i] = 0.0f;
   Raw r;
   load_w(r, st0);
   load_x(0, st0);
   __syncthreads(); // code[] is written
   store_w(0, r);
+  if (MODE == LEAN_NO_DEQUANT) store_w(1, r);
   if (st0 + 1 < st1) load_w(r, st0 + 1);
   cp_async_wait<0>();
   fence_proxy_async();
@@ -130,17 +140,20 @@ __global__ void __launch_bounds__(256, 2) gemm_lean(W4 w, const uint16_t* __rest
   for (int st = st0; st < st1; st++) {
     const int s = (st - st0) & 1;
     const uint64_t ds = d0 + (s ? dstage : 0);
-    wgmma_fence();
-    lean_mmas<NX, KS>(acc, ds + wg * (64 * 128 / 16), ds + dx); // (a branch a warpgroup made ptxas serialise the MMAs: C7520)
-    wgmma_commit();
+    if (MODE != LEAN_NO_MMA) {
+      wgmma_fence();
+      if (MODE == LEAN_ACC2) lean_mmas<NX, KS>(acc, acc2, ds + wg * (64 * 128 / 16), ds + dx); // (a branch a warpgroup made ptxas serialise the MMAs: C7520)
+      else lean_mmas<NX, KS>(acc, acc, ds + wg * (64 * 128 / 16), ds + dx);
+      wgmma_commit();
+    }
     if (st + 1 < st1) {
       load_x(s ^ 1, st + 1);
-      store_w(s ^ 1, r);
+      if (MODE != LEAN_NO_DEQUANT) store_w(s ^ 1, r);
       if (st + 2 < st1) load_w(r, st + 2);
     }
-    wgmma_wait0();
+    if (MODE != LEAN_NO_MMA) wgmma_wait0();
     cp_async_wait<0>();
-    fence_proxy_async();
+    if (MODE != LEAN_NO_MMA && MODE != LEAN_NO_FENCE) fence_proxy_async();
     __syncthreads();
   }
   float* o = out + (size_t)sp * M * N;
@@ -149,7 +162,7 @@ __global__ void __launch_bounds__(256, 2) gemm_lean(W4 w, const uint16_t* __rest
 #pragma unroll
     for (int j = 0; j < 4; j++) {
       const int m = 8 * i + 2 * (lane & 3) + (j & 1), nn = n0 + 64 * wg + 16 * warp + (lane >> 2) + 8 * (j >> 1);
-      if (m < rows && nn < N) o[(size_t)(m0 + m) * N + nn] = acc[4 * i + j];
+      if (m < rows && nn < N) o[(size_t)(m0 + m) * N + nn] = MODE == LEAN_ACC2 ? acc[4 * i + j] + acc2[4 * i + j] : acc[4 * i + j];
     }
 #endif
 }
