@@ -387,6 +387,9 @@ int main() {
             run4(gemm_lean<24, 1, LEAN_NO_DEQUANT>, 24, lean_smem<24, 1>(), 3, "ablate: no dequant");
             run4(gemm_lean<24, 1, LEAN_NO_MMA>, 24, lean_smem<24, 1>(), 3, "ablate: no MMA");
             run4(gemm_lean<24, 1, LEAN_NO_FENCE>, 24, lean_smem<24, 1>(), 3, "ablate: no fence");
+            for (int sp : {3, 4}) // x resident where the block's steps fit in shared memory
+              if (lean_xall_smem<24>((K / 64 + sp - 1) / sp) <= (int)prop.sharedMemPerBlockOptin)
+                run4(gemm_lean<24, 1, LEAN_XALL>, 24, lean_xall_smem<24>((K / 64 + sp - 1) / sp), sp, sp == 3 ? "v6 n24 s3 x resident" : "v6 n24 s4 x resident");
             run4(gemm_lean<24, 2>, 24, lean_smem<24, 2>(), splits2, "v6 lean n24 KS 2");
           }
           run4(gemm_lean<64, 1>, 64, lean_smem<64, 1>(), splits, "v6 lean n64");

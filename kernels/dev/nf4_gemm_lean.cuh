@@ -46,8 +46,15 @@ __device__ __forceinline__ void lean_mmas(float (&acc)[NX / 2], float (&acc2)[NX
 // part of the loop and leave the output wrong: LEAN_NO_DEQUANT (the weights
 // dequantised into the stages once, the MMAs run on them every step),
 // LEAN_NO_MMA (the MMAs, their wait and the fence left out), and
-// LEAN_NO_FENCE (the proxy fence a step left out: a race, for its cost).
-enum { LEAN_PLAIN, LEAN_ACC2, LEAN_NO_DEQUANT, LEAN_NO_MMA, LEAN_NO_FENCE };
+// LEAN_NO_FENCE (the proxy fence a step left out: a race, for its cost);
+// and LEAN_XALL (KS 1): x's tiles of all the block's steps copied once before
+// the loop (after the two weight stages; lean_xall_smem bytes), no copy or
+// wait on x in the loop.
+enum { LEAN_PLAIN, LEAN_ACC2, LEAN_NO_DEQUANT, LEAN_NO_MMA, LEAN_NO_FENCE, LEAN_XALL };
+
+// lean_xall_smem: LEAN_XALL's shared memory for blocks of up to steps steps.
+template <int NX>
+constexpr int lean_xall_smem(int steps) { return 2 * V4_TILE + steps * 2 * NX * 128 + 1024; }
 
 template <int NX, int KS, int MODE = LEAN_PLAIN>
 __global__ void __launch_bounds__(256, 2) gemm_lean(W4 w, const uint16_t* __restrict__ xh, const uint16_t* __restrict__ xl,
@@ -97,15 +104,21 @@ __global__ void __launch_bounds__(256, 2) gemm_lean(W4 w, const uint16_t* __rest
     r.q = __ldg(w.qabsmax + b);
     r.n = __ldg(w.nested + (b >> 8));
   };
+  static_assert(MODE != LEAN_XALL || KS == 1, "LEAN_XALL: 64-column steps");
+  constexpr bool XALL = MODE == LEAN_XALL;
+  // Where weight stage s and step st's x tiles (stage s) start.
+  auto wbase = [&](int s) { return XALL ? sbase + s * V4_TILE : sbase + s * STAGE; };
+  auto xbase = [&](int st, int s) { return XALL ? sbase + 2 * V4_TILE + (st - st0) * 2 * XT : sbase + s * STAGE + KS * V4_TILE; };
   auto load_x = [&](int s, int st) {
     const int off = 64 * KS * st;
+    const uint32_t xb = xbase(st, s) - KS * V4_TILE; // xdst counts from the stage's start
 #pragma unroll
     for (int i = 0; i < XPT; i++)
       if (xon[i]) {
-        cp_async16s(sbase + s * STAGE + xdst[i], xh + xsrc[i] + off, xok[i]);
-        cp_async16s(sbase + s * STAGE + xdst[i] + KS * XT, xl + xsrc[i] + off, xok[i]);
+        cp_async16s(xb + xdst[i], xh + xsrc[i] + off, xok[i]);
+        cp_async16s(xb + xdst[i] + KS * XT, xl + xsrc[i] + off, xok[i]);
       }
-    cp_async_commit();
+    if (!XALL) cp_async_commit();
   };
   auto store_w = [&](int s, const Raw& r) {
     const Lut L = make_lut(wlive ? __fadd_rn(__fmul_rn(code[r.q], r.n), w.offset) : 0.0f);
@@ -120,7 +133,7 @@ __global__ void __launch_bounds__(256, 2) gemm_lean(W4 w, const uint16_t* __rest
       }
 #pragma unroll
       for (int i = 0; i < 4; i++)
-        *(uint4*)(sgen + s * STAGE + soff[4 * k + i]) = make_uint4(o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]);
+        *(uint4*)(sgen + (wbase(s) - sbase) + soff[4 * k + i]) = make_uint4(o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]);
     }
   };
   float acc[NX / 2], acc2[NX / 2];
@@ -128,7 +141,12 @@ __global__ void __launch_bounds__(256, 2) gemm_lean(W4 w, const uint16_t* __rest
   for (int i = 0; i < NX / 2; i++) acc[i] = acc2[i] = 0.0f;
   Raw r;
   load_w(r, st0);
-  load_x(0, st0);
+  if (XALL) {
+    for (int st = st0; st < st1; st++) load_x(0, st);
+    cp_async_commit();
+  } else {
+    load_x(0, st0);
+  }
   __syncthreads(); // code[] is written
   store_w(0, r);
   if (MODE == LEAN_NO_DEQUANT) store_w(1, r);
@@ -136,23 +154,23 @@ __global__ void __launch_bounds__(256, 2) gemm_lean(W4 w, const uint16_t* __rest
   cp_async_wait<0>();
   fence_proxy_async();
   __syncthreads();
-  const uint64_t d0 = desc128(sbase), dstage = STAGE / 16, dx = KS * V4_TILE / 16;
+  const uint64_t d0 = desc128(sbase);
   for (int st = st0; st < st1; st++) {
     const int s = (st - st0) & 1;
-    const uint64_t ds = d0 + (s ? dstage : 0);
+    const uint64_t da = d0 + (wbase(s) - sbase) / 16 + wg * (64 * 128 / 16), db = d0 + (xbase(st, s) - sbase) / 16;
     if (MODE != LEAN_NO_MMA) {
       wgmma_fence();
-      if (MODE == LEAN_ACC2) lean_mmas<NX, KS>(acc, acc2, ds + wg * (64 * 128 / 16), ds + dx); // (a branch a warpgroup made ptxas serialise the MMAs: C7520)
-      else lean_mmas<NX, KS>(acc, acc, ds + wg * (64 * 128 / 16), ds + dx);
+      if (MODE == LEAN_ACC2) lean_mmas<NX, KS>(acc, acc2, da, db); // (a branch a warpgroup made ptxas serialise the MMAs: C7520)
+      else lean_mmas<NX, KS>(acc, acc, da, db);
       wgmma_commit();
     }
     if (st + 1 < st1) {
-      load_x(s ^ 1, st + 1);
+      if (!XALL) load_x(s ^ 1, st + 1);
       if (MODE != LEAN_NO_DEQUANT) store_w(s ^ 1, r);
       if (st + 2 < st1) load_w(r, st + 2);
     }
     if (MODE != LEAN_NO_MMA) wgmma_wait0();
-    cp_async_wait<0>();
+    if (!XALL) cp_async_wait<0>();
     if (MODE != LEAN_NO_MMA && MODE != LEAN_NO_FENCE) fence_proxy_async();
     __syncthreads();
   }
