@@ -295,8 +295,12 @@ __global__ void __launch_bounds__(128) attn_v2(const float* __restrict__ q, cons
 // 16 MMAs a tile and n-tile instead of one of 48). Q stays fp32, split per use.
 // Measured (H200): T 2,048 P 0 677 µs (v1 910, v2 825; 25.4 TFLOP/s), P 100
 // 744 (v1 1,005), T 512 83 (v1 89); max rel err 1.5e-6. In the engine as
-// attn_flash (attention.cu).
-constexpr int V3_SMEM = (V2_BQ * V2_LDQ + 2 * V2_BKV * V2_LDK + 2 * V2_BKV * V2_LDV + 4 * 16 * V2_LDP) * 4;
+// attn_flash (attention.cu) on branch next/attn-tc. v4 (not yet run): v3
+// with 8 warps, 128 query rows sharing each key tile's copy and split.
+// v3 takes WARPS warps (16 query rows each) a block: v3 with 8 (v4) shares
+// each key tile's copy and split between 128 rows instead of 64.
+template <int WARPS>
+constexpr int v3_smem() { return (16 * WARPS * V2_LDQ + 2 * V2_BKV * V2_LDK + 2 * V2_BKV * V2_LDV + WARPS * 16 * V2_LDP) * 4; }
 
 __device__ __forceinline__ uint32_t tf32_of(float x) {
   uint32_t r;
@@ -304,19 +308,21 @@ __device__ __forceinline__ uint32_t tf32_of(float x) {
   return r;
 }
 
-__global__ void __launch_bounds__(128) attn_v3(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
+template <int WARPS>
+__global__ void __launch_bounds__(32 * WARPS) attn_v3(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
                                                float* __restrict__ o, int T, int P, int H, int KVH) {
+  constexpr int BQ = 16 * WARPS, T_ = 32 * WARPS;
   extern __shared__ float sm[];
-  float* qs = sm;                                               // [64][LDQ], pre-scaled by 1/√D
-  uint32_t* kb = (uint32_t*)(qs + V2_BQ * V2_LDQ);              // K big [32][LDK]
+  float* qs = sm;                                               // [BQ][LDQ], pre-scaled by 1/√D
+  uint32_t* kb = (uint32_t*)(qs + BQ * V2_LDQ);              // K big [32][LDK]
   uint32_t* ksm = kb + V2_BKV * V2_LDK;                         // K small
   uint32_t* vb = ksm + V2_BKV * V2_LDK;                         // V big [32][LDV]
   uint32_t* vsm = vb + V2_BKV * V2_LDV;                         // V small
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   float* ps = (float*)(vsm + V2_BKV * V2_LDV) + warp * 16 * V2_LDP; // this warp's P [16][LDP]
-  const int h = blockIdx.y, kvh = h / (H / KVH), r0 = blockIdx.x * V2_BQ;
+  const int h = blockIdx.y, kvh = h / (H / KVH), r0 = blockIdx.x * BQ;
   const float scale = 1.0f / sqrtf((float)D);
-  for (int i = threadIdx.x; i < V2_BQ * D / 4; i += 128) {
+  for (int i = threadIdx.x; i < BQ * D / 4; i += T_) {
     const int r = i / (D / 4), c = i % (D / 4);
     float4 x = make_float4(0, 0, 0, 0);
     if (r0 + r < T) x = *(const float4*)(q + ((size_t)(r0 + r) * H + h) * D + 4 * c);
@@ -324,7 +330,7 @@ __global__ void __launch_bounds__(128) attn_v3(const float* __restrict__ q, cons
   }
   float acc[D / 8][4] = {}, mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.0f, 0.0f};
   const int qpos0 = P + r0 + 16 * warp + g, qpos1 = qpos0 + 8;
-  const int last = min(T, r0 + V2_BQ) - 1 + P;
+  const int last = min(T, r0 + BQ) - 1 + P;
   const float* qw = qs + 16 * warp * V2_LDQ;
   auto split4 = [](float4 x, uint4& b, uint4& sm4) {
     b = make_uint4(tf32_of(x.x), tf32_of(x.y), tf32_of(x.z), tf32_of(x.w));
@@ -333,7 +339,7 @@ __global__ void __launch_bounds__(128) attn_v3(const float* __restrict__ q, cons
   };
   for (int kv0 = 0; kv0 <= last; kv0 += V2_BKV) {
     __syncthreads();
-    for (int i = threadIdx.x; i < V2_BKV * D / 4; i += 128) {
+    for (int i = threadIdx.x; i < V2_BKV * D / 4; i += T_) {
       const int r = i / (D / 4), c = i % (D / 4), pos = kv0 + r;
       float4 kk = make_float4(0, 0, 0, 0), vv = kk;
       if (pos <= last) {
@@ -510,7 +516,8 @@ int main() {
       };
       run(attn_v1, BQ, 256, (BQ * D + BKV * LDK + BKV * D + BQ * LDP) * 4, "v1");
       run(attn_v2, V2_BQ, 128, V2_SMEM, "v2 3xTF32");
-      run(attn_v3, V2_BQ, 128, V3_SMEM, "v3 split planes");
+      run(attn_v3<4>, 64, 128, v3_smem<4>(), "v3 split planes");
+      run(attn_v3<8>, 128, 256, v3_smem<8>(), "v4 (v3, 8 warps)");
       cudaFree(dq);
       cudaFree(dk);
       cudaFree(dv);
