@@ -43,6 +43,34 @@
 
 constexpr int D = 128, BQ = 64, BKV = 64, LDK = D + 4, LDP = BKV + 4;
 
+// stage_q copies rows r0 … r0 + rows − 1 of head h's q (zeros past T), times
+// scale, into qs (row stride ld); the block's nthreads threads take part.
+__device__ __forceinline__ void stage_q(float* qs, int ld, const float* __restrict__ q, int T, int H, int h, int r0, int rows, int nthreads,
+                                        float scale) {
+  for (int i = threadIdx.x; i < rows * D / 4; i += nthreads) {
+    const int r = i / (D / 4), c = i % (D / 4);
+    float4 x = make_float4(0, 0, 0, 0);
+    if (r0 + r < T) x = *(const float4*)(q + ((size_t)(r0 + r) * H + h) * D + 4 * c);
+    *(float4*)(qs + r * ld + 4 * c) = make_float4(x.x * scale, x.y * scale, x.z * scale, x.w * scale);
+  }
+}
+
+// stage_kv copies KV head kvh's keys and values at positions kv0 … kv0 +
+// n − 1 (zeros past last) into ks, vs (row strides ldk, ldv).
+__device__ __forceinline__ void stage_kv(float* ks, int ldk, float* vs, int ldv, const float* __restrict__ k, const float* __restrict__ v,
+                                         int KVH, int kvh, int kv0, int last, int n, int nthreads) {
+  for (int i = threadIdx.x; i < n * D / 4; i += nthreads) {
+    const int r = i / (D / 4), c = i % (D / 4), pos = kv0 + r;
+    float4 kk = make_float4(0, 0, 0, 0), vv = kk;
+    if (pos <= last) {
+      kk = *(const float4*)(k + ((size_t)pos * KVH + kvh) * D + 4 * c);
+      vv = *(const float4*)(v + ((size_t)pos * KVH + kvh) * D + 4 * c);
+    }
+    *(float4*)(ks + r * ldk + 4 * c) = kk;
+    *(float4*)(vs + r * ldv + 4 * c) = vv;
+  }
+}
+
 // attn_v1: grid (⌈T/BQ⌉, H), 256 threads; q [T][H][D], k/v [P+T][KVH][D],
 // o [T][H][D]; dynamic shared memory (BQ·D + BKV·LDK + BKV·D + BQ·LDP)·4.
 __global__ void __launch_bounds__(256) attn_v1(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
@@ -56,28 +84,14 @@ __global__ void __launch_bounds__(256) attn_v1(const float* __restrict__ q, cons
   const int tid = threadIdx.x, rg = tid >> 4, cg = tid & 15; // S: rows 4rg…+3, positions cg, cg + 16, cg + 32, cg + 48 of the tile
   const int og = tid & 15;                                   // O: rows 4rg…+3, dims 8og…+7
   const float scale = 1.0f / sqrtf((float)D);
-  for (int i = tid; i < BQ * D / 4; i += 256) {
-    const int r = i / (D / 4), c = i % (D / 4);
-    float4 x = make_float4(0, 0, 0, 0);
-    if (r0 + r < T) x = *(const float4*)(q + ((size_t)(r0 + r) * H + h) * D + 4 * c);
-    *(float4*)(qs + r * D + 4 * c) = make_float4(x.x * scale, x.y * scale, x.z * scale, x.w * scale);
-  }
+  stage_q(qs, D, q, T, H, h, r0, BQ, 256, scale);
   float acc[4][8] = {}, mrow[4], lrow[4];
 #pragma unroll
   for (int i = 0; i < 4; i++) mrow[i] = -INFINITY, lrow[i] = 0.0f;
   const int last = min(T, r0 + BQ) - 1 + P; // the block's last row's position: keys 0 … last
   for (int kv0 = 0; kv0 <= last; kv0 += BKV) {
     __syncthreads(); // the previous tile's K, V and P are read (and Q is written)
-    for (int i = tid; i < BKV * D / 4; i += 256) {
-      const int r = i / (D / 4), c = i % (D / 4), pos = kv0 + r;
-      float4 kk = make_float4(0, 0, 0, 0), vv = kk;
-      if (pos <= last) {
-        kk = *(const float4*)(k + ((size_t)pos * KVH + g) * D + 4 * c);
-        vv = *(const float4*)(v + ((size_t)pos * KVH + g) * D + 4 * c);
-      }
-      *(float4*)(ks + r * LDK + 4 * c) = kk;
-      *(float4*)(vs + r * D + 4 * c) = vv;
-    }
+    stage_kv(ks, LDK, vs, D, k, v, KVH, g, kv0, last, BKV, 256);
     __syncthreads();
     // S for rows 4rg + i, positions kv0 + cg + 16j (K rows 132 floats apart:
     // a half-warp's 16 float4 loads hit 64 different banks).
@@ -176,6 +190,76 @@ __device__ __forceinline__ void mma3(float (&d)[4], const uint32_t (&ab)[4], con
   mma_tf32(d, ab, bb0, bb1);
 }
 
+// a_frag splits this lane's m16n8k8 A fragment of a row-major fp32 tile p
+// (row stride ld: rows g, g + 8, columns t, t + 4) into big and small.
+__device__ __forceinline__ void a_frag(const float* p, int ld, uint32_t (&big)[4], uint32_t (&small)[4]) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  tf32_split(p[g * ld + t], big[0], small[0]);
+  tf32_split(p[(g + 8) * ld + t], big[1], small[1]);
+  tf32_split(p[g * ld + t + 4], big[2], small[2]);
+  tf32_split(p[(g + 8) * ld + t + 4], big[3], small[3]);
+}
+
+// tile_softmax: the causal mask, the online softmax and P of one key tile
+// for the two rows (g, g + 8) of a warp's 16 whose positions are qp0, qp1: s
+// in the m16n8k8 accumulator layout (s[n][0..1] row g, keys kv0 + 8n + 2t,
+// +1; s[n][2..3] row g + 8; a row's keys lie across the quad's 4 threads),
+// m, l the rows' running max and sum, acc rescaled, P stored to the warp's ps.
+__device__ __forceinline__ void tile_softmax(float (&s)[V2_BKV / 8][4], float (&m)[2], float (&l)[2], float (&acc)[D / 8][4], int kv0,
+                                             int qp0, int qp1, float* ps) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int rr = 0; rr < 2; rr++) {
+    const int qp = rr ? qp1 : qp0;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int n = 0; n < V2_BKV / 8; n++)
+#pragma unroll
+      for (int j = 0; j < 2; j++) {
+        if (kv0 + 8 * n + 2 * t + j > qp) s[n][2 * rr + j] = -INFINITY;
+        mx = fmaxf(mx, s[n][2 * rr + j]);
+      }
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float mnew = fmaxf(m[rr], mx), mref = mnew == -INFINITY ? 0.0f : mnew; // no key yet: exp gives 0, not NaN
+    float sum = 0.0f;
+#pragma unroll
+    for (int n = 0; n < V2_BKV / 8; n++)
+#pragma unroll
+      for (int j = 0; j < 2; j++) {
+        s[n][2 * rr + j] = __expf(s[n][2 * rr + j] - mref);
+        sum += s[n][2 * rr + j];
+      }
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    const float corr = __expf(m[rr] - mref);
+    l[rr] = l[rr] * corr + sum;
+    m[rr] = mnew;
+#pragma unroll
+    for (int n = 0; n < D / 8; n++) acc[n][2 * rr] *= corr, acc[n][2 * rr + 1] *= corr;
+  }
+#pragma unroll
+  for (int n = 0; n < V2_BKV / 8; n++) {
+    *(float2*)(ps + g * V2_LDP + 8 * n + 2 * t) = make_float2(s[n][0], s[n][1]);
+    *(float2*)(ps + (g + 8) * V2_LDP + 8 * n + 2 * t) = make_float2(s[n][2], s[n][3]);
+  }
+}
+
+// tile_out writes O / l (acc[n][0..1]: row g, dims 8n + 2t, +1; acc[n][2..3]:
+// row g + 8) of the warp's rows r0w + g, r0w + g + 8 that are < T, head h.
+__device__ __forceinline__ void tile_out(float* o, const float (&acc)[D / 8][4], const float (&l)[2], int r0w, int T, int H, int h) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int rr = 0; rr < 2; rr++) {
+    const int r = r0w + g + 8 * rr;
+    if (r >= T) continue;
+    const float inv = 1.0f / l[rr];
+    float* out = o + ((size_t)r * H + h) * D;
+#pragma unroll
+    for (int n = 0; n < D / 8; n++) *(float2*)(out + 8 * n + 2 * t) = make_float2(acc[n][2 * rr] * inv, acc[n][2 * rr + 1] * inv);
+  }
+}
+
 // attn_v2: grid (⌈T/64⌉, H), 128 threads, V2_SMEM bytes of dynamic shared
 // memory; layouts as attn_v1.
 __global__ void __launch_bounds__(128) attn_v2(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
@@ -188,28 +272,14 @@ __global__ void __launch_bounds__(128) attn_v2(const float* __restrict__ q, cons
   float* ps = vs + V2_BKV * V2_LDV + warp * 16 * V2_LDP; // this warp's P [16][LDP]
   const int h = blockIdx.y, kvh = h / (H / KVH), r0 = blockIdx.x * V2_BQ;
   const float scale = 1.0f / sqrtf((float)D);
-  for (int i = threadIdx.x; i < V2_BQ * D / 4; i += 128) {
-    const int r = i / (D / 4), c = i % (D / 4);
-    float4 x = make_float4(0, 0, 0, 0);
-    if (r0 + r < T) x = *(const float4*)(q + ((size_t)(r0 + r) * H + h) * D + 4 * c);
-    *(float4*)(qs + r * V2_LDQ + 4 * c) = make_float4(x.x * scale, x.y * scale, x.z * scale, x.w * scale);
-  }
+  stage_q(qs, V2_LDQ, q, T, H, h, r0, V2_BQ, 128, scale);
   float acc[D / 8][4] = {}, mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.0f, 0.0f};
   const int qpos0 = P + r0 + 16 * warp + g, qpos1 = qpos0 + 8; // this thread's two rows' positions
   const int last = min(T, r0 + V2_BQ) - 1 + P;                // the block's last row's position
   const float* qw = qs + 16 * warp * V2_LDQ;
   for (int kv0 = 0; kv0 <= last; kv0 += V2_BKV) {
     __syncthreads(); // the previous tile is read (and Q is written)
-    for (int i = threadIdx.x; i < V2_BKV * D / 4; i += 128) {
-      const int r = i / (D / 4), c = i % (D / 4), pos = kv0 + r;
-      float4 kk = make_float4(0, 0, 0, 0), vv = kk;
-      if (pos <= last) {
-        kk = *(const float4*)(k + ((size_t)pos * KVH + kvh) * D + 4 * c);
-        vv = *(const float4*)(v + ((size_t)pos * KVH + kvh) * D + 4 * c);
-      }
-      *(float4*)(ks + r * V2_LDK + 4 * c) = kk;
-      *(float4*)(vs + r * V2_LDV + 4 * c) = vv;
-    }
+    stage_kv(ks, V2_LDK, vs, V2_LDV, k, v, KVH, kvh, kv0, last, V2_BKV, 128);
     __syncthreads();
     if (kv0 > P + r0 + 16 * warp + 15) continue; // every key of the tile is after this warp's rows
     // S = Q·Kᵀ: 4 n-tiles of 8 keys, 16 k-steps of 8 dims.
@@ -217,75 +287,24 @@ __global__ void __launch_bounds__(128) attn_v2(const float* __restrict__ q, cons
 #pragma unroll 4
     for (int d0 = 0; d0 < D; d0 += 8) {
       uint32_t ab[4], as[4];
-      tf32_split(qw[g * V2_LDQ + d0 + t], ab[0], as[0]);
-      tf32_split(qw[(g + 8) * V2_LDQ + d0 + t], ab[1], as[1]);
-      tf32_split(qw[g * V2_LDQ + d0 + t + 4], ab[2], as[2]);
-      tf32_split(qw[(g + 8) * V2_LDQ + d0 + t + 4], ab[3], as[3]);
+      a_frag(qw + d0, V2_LDQ, ab, as);
 #pragma unroll
       for (int n = 0; n < V2_BKV / 8; n++)
         mma3(s[n], ab, as, ks[(8 * n + g) * V2_LDK + d0 + t], ks[(8 * n + g) * V2_LDK + d0 + t + 4]);
     }
-    // Mask, online softmax (rows g: s[n][0..1], g + 8: s[n][2..3]; a row's
-    // 32 keys lie across the quad's 4 threads).
-#pragma unroll
-    for (int rr = 0; rr < 2; rr++) {
-      const int qp = rr ? qpos1 : qpos0;
-      float mx = -INFINITY;
-#pragma unroll
-      for (int n = 0; n < V2_BKV / 8; n++)
-#pragma unroll
-        for (int j = 0; j < 2; j++) {
-          if (kv0 + 8 * n + 2 * t + j > qp) s[n][2 * rr + j] = -INFINITY;
-          mx = fmaxf(mx, s[n][2 * rr + j]);
-        }
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float mnew = fmaxf(mrow[rr], mx), mref = mnew == -INFINITY ? 0.0f : mnew;
-      float sum = 0.0f;
-#pragma unroll
-      for (int n = 0; n < V2_BKV / 8; n++)
-#pragma unroll
-        for (int j = 0; j < 2; j++) {
-          s[n][2 * rr + j] = __expf(s[n][2 * rr + j] - mref);
-          sum += s[n][2 * rr + j];
-        }
-      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-      const float corr = __expf(mrow[rr] - mref);
-      lrow[rr] = lrow[rr] * corr + sum;
-      mrow[rr] = mnew;
-#pragma unroll
-      for (int n = 0; n < D / 8; n++) acc[n][2 * rr] *= corr, acc[n][2 * rr + 1] *= corr;
-    }
-#pragma unroll
-    for (int n = 0; n < V2_BKV / 8; n++) {
-      *(float2*)(ps + g * V2_LDP + 8 * n + 2 * t) = make_float2(s[n][0], s[n][1]);
-      *(float2*)(ps + (g + 8) * V2_LDP + 8 * n + 2 * t) = make_float2(s[n][2], s[n][3]);
-    }
+    tile_softmax(s, mrow, lrow, acc, kv0, qpos0, qpos1, ps);
     __syncwarp();
     // O += P·V: 4 k-steps of 8 keys, 16 n-tiles of 8 dims.
 #pragma unroll
     for (int k0 = 0; k0 < V2_BKV; k0 += 8) {
       uint32_t ab[4], as[4];
-      tf32_split(ps[g * V2_LDP + k0 + t], ab[0], as[0]);
-      tf32_split(ps[(g + 8) * V2_LDP + k0 + t], ab[1], as[1]);
-      tf32_split(ps[g * V2_LDP + k0 + t + 4], ab[2], as[2]);
-      tf32_split(ps[(g + 8) * V2_LDP + k0 + t + 4], ab[3], as[3]);
+      a_frag(ps + k0, V2_LDP, ab, as);
 #pragma unroll
       for (int n = 0; n < D / 8; n++) mma3(acc[n], ab, as, vs[(k0 + t) * V2_LDV + 8 * n + g], vs[(k0 + t + 4) * V2_LDV + 8 * n + g]);
     }
     __syncwarp(); // P is read before the next tile writes it
   }
-  // acc[n][0..1]: row g, dims 8n + 2t, +1; acc[n][2..3]: row g + 8.
-#pragma unroll
-  for (int rr = 0; rr < 2; rr++) {
-    const int r = r0 + 16 * warp + g + 8 * rr;
-    if (r >= T) continue;
-    const float inv = 1.0f / lrow[rr];
-    float* out = o + ((size_t)r * H + h) * D;
-#pragma unroll
-    for (int n = 0; n < D / 8; n++) *(float2*)(out + 8 * n + 2 * t) = make_float2(acc[n][2 * rr] * inv, acc[n][2 * rr + 1] * inv);
-  }
+  tile_out(o, acc, lrow, r0 + 16 * warp, T, H, h);
 }
 
 // ---------------------------------------------------------------------------
@@ -322,12 +341,7 @@ __global__ void __launch_bounds__(32 * WARPS) attn_v3(const float* __restrict__ 
   float* ps = (float*)(vsm + V2_BKV * V2_LDV) + warp * 16 * V2_LDP; // this warp's P [16][LDP]
   const int h = blockIdx.y, kvh = h / (H / KVH), r0 = blockIdx.x * BQ;
   const float scale = 1.0f / sqrtf((float)D);
-  for (int i = threadIdx.x; i < BQ * D / 4; i += T_) {
-    const int r = i / (D / 4), c = i % (D / 4);
-    float4 x = make_float4(0, 0, 0, 0);
-    if (r0 + r < T) x = *(const float4*)(q + ((size_t)(r0 + r) * H + h) * D + 4 * c);
-    *(float4*)(qs + r * V2_LDQ + 4 * c) = make_float4(x.x * scale, x.y * scale, x.z * scale, x.w * scale);
-  }
+  stage_q(qs, V2_LDQ, q, T, H, h, r0, BQ, T_, scale);
   float acc[D / 8][4] = {}, mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.0f, 0.0f};
   const int qpos0 = P + r0 + 16 * warp + g, qpos1 = qpos0 + 8;
   const int last = min(T, r0 + BQ) - 1 + P;
@@ -360,10 +374,7 @@ __global__ void __launch_bounds__(32 * WARPS) attn_v3(const float* __restrict__ 
 #pragma unroll 4
     for (int d0 = 0; d0 < D; d0 += 8) {
       uint32_t ab[4], as[4];
-      tf32_split(qw[g * V2_LDQ + d0 + t], ab[0], as[0]);
-      tf32_split(qw[(g + 8) * V2_LDQ + d0 + t], ab[1], as[1]);
-      tf32_split(qw[g * V2_LDQ + d0 + t + 4], ab[2], as[2]);
-      tf32_split(qw[(g + 8) * V2_LDQ + d0 + t + 4], ab[3], as[3]);
+      a_frag(qw + d0, V2_LDQ, ab, as);
 #pragma unroll
       for (int n = 0; n < V2_BKV / 8; n++) {
         const int e = (8 * n + g) * V2_LDK + d0 + t;
@@ -377,49 +388,12 @@ __global__ void __launch_bounds__(32 * WARPS) attn_v3(const float* __restrict__ 
     for (int n = 0; n < V2_BKV / 8; n++)
 #pragma unroll
       for (int j = 0; j < 4; j++) s[n][j] += s2[n][j];
-#pragma unroll
-    for (int rr = 0; rr < 2; rr++) {
-      const int qp = rr ? qpos1 : qpos0;
-      float mx = -INFINITY;
-#pragma unroll
-      for (int n = 0; n < V2_BKV / 8; n++)
-#pragma unroll
-        for (int j = 0; j < 2; j++) {
-          if (kv0 + 8 * n + 2 * t + j > qp) s[n][2 * rr + j] = -INFINITY;
-          mx = fmaxf(mx, s[n][2 * rr + j]);
-        }
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float mnew = fmaxf(mrow[rr], mx), mref = mnew == -INFINITY ? 0.0f : mnew;
-      float sum = 0.0f;
-#pragma unroll
-      for (int n = 0; n < V2_BKV / 8; n++)
-#pragma unroll
-        for (int j = 0; j < 2; j++) {
-          s[n][2 * rr + j] = __expf(s[n][2 * rr + j] - mref);
-          sum += s[n][2 * rr + j];
-        }
-      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-      const float corr = __expf(mrow[rr] - mref);
-      lrow[rr] = lrow[rr] * corr + sum;
-      mrow[rr] = mnew;
-#pragma unroll
-      for (int n = 0; n < D / 8; n++) acc[n][2 * rr] *= corr, acc[n][2 * rr + 1] *= corr;
-    }
-#pragma unroll
-    for (int n = 0; n < V2_BKV / 8; n++) {
-      *(float2*)(ps + g * V2_LDP + 8 * n + 2 * t) = make_float2(s[n][0], s[n][1]);
-      *(float2*)(ps + (g + 8) * V2_LDP + 8 * n + 2 * t) = make_float2(s[n][2], s[n][3]);
-    }
+    tile_softmax(s, mrow, lrow, acc, kv0, qpos0, qpos1, ps);
     __syncwarp();
 #pragma unroll
     for (int k0 = 0; k0 < V2_BKV; k0 += 8) {
       uint32_t ab[4], as[4];
-      tf32_split(ps[g * V2_LDP + k0 + t], ab[0], as[0]);
-      tf32_split(ps[(g + 8) * V2_LDP + k0 + t], ab[1], as[1]);
-      tf32_split(ps[g * V2_LDP + k0 + t + 4], ab[2], as[2]);
-      tf32_split(ps[(g + 8) * V2_LDP + k0 + t + 4], ab[3], as[3]);
+      a_frag(ps + k0, V2_LDP, ab, as);
 #pragma unroll
       for (int n = 0; n < D / 8; n++) {
         const int e = (k0 + t) * V2_LDV + 8 * n + g;
@@ -430,15 +404,7 @@ __global__ void __launch_bounds__(32 * WARPS) attn_v3(const float* __restrict__ 
     }
     __syncwarp();
   }
-#pragma unroll
-  for (int rr = 0; rr < 2; rr++) {
-    const int r = r0 + 16 * warp + g + 8 * rr;
-    if (r >= T) continue;
-    const float inv = 1.0f / lrow[rr];
-    float* out = o + ((size_t)r * H + h) * D;
-#pragma unroll
-    for (int n = 0; n < D / 8; n++) *(float2*)(out + 8 * n + 2 * t) = make_float2(acc[n][2 * rr] * inv, acc[n][2 * rr + 1] * inv);
-  }
+  tile_out(o, acc, lrow, r0 + 16 * warp, T, H, h);
 }
 
 int main() {
