@@ -59,6 +59,12 @@
 //       18.5, without the MMAs 20.0, without the proxy fence 27.5; the lo
 //       plane's MMAs in a second accumulator (two chains of 4) 31.2.
 //
+//   v7  (nf4_gemm_ws.cuh) warp-specialised: a consumer warpgroup issues the
+//       MMAs, two producer warpgroups dequantise and copy x into a ring of S
+//       stages through mbarriers, so that neither waits for the other each
+//       step. Prediction: M 20 gate+up 29 → ≤ 15 µs (the ablations' halves
+//       each ~19 µs alone, now overlapped and without the block barrier).
+//
 //   v5  v4 for decode batches: an x tile of 24, 32 or 64 rows (the wgmma's n)
 //       and K split across blocks, partial sums added by a second launch in
 //       split order. Prediction: gate+up at M 20 ≥ 3× the batch kernel
@@ -211,6 +217,7 @@ __global__ void __launch_bounds__(256) gemm(W4 w, const float* __restrict__ x, f
 #include "nf4_gemm_dense.cuh"
 #include "nf4_gemm_wgmma.cuh"
 #include "nf4_gemm_lean.cuh"
+#include "nf4_gemm_ws.cuh"
 
 // ---------------------------------------------------------------------------
 // Host side.
@@ -355,13 +362,13 @@ int main() {
       run3(gemm_bf16<3>, gemm3_smem<3>(), "v3 stages 3");
       run3(gemm_bf16<4>, gemm3_smem<4>(), "v3 stages 4");
       if (v4) { // v4 (x tiles of 128 rows) and, for decode batches, v5 (one x tile of 24–64 rows, K split across blocks, reduce_splits)
-        auto run4 = [&](auto kern, int nx, int smem, int splits, const char* name) {
+        auto run4 = [&](auto kern, int nx, int smem, int splits, const char* name, int threads = 256) {
           CK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
           const dim3 grid((N + 127) / 128, (M + nx - 1) / nx * splits);
           float* wsp = dc;
           if (splits > 1) CK(cudaMalloc(&wsp, (size_t)splits * M * N * 4));
           const size_t n4 = (size_t)M * K / 4;
-          auto gemm_only = [&](int i) { kern<<<grid, 256, smem>>>(ws[i], xh, xl, wsp, M, splits); };
+          auto gemm_only = [&](int i) { kern<<<grid, threads, smem>>>(ws[i], xh, xl, wsp, M, splits); };
           auto whole = [&](int i) {
             split_x<<<(unsigned)((n4 + 255) / 256), 256>>>(dx, xh, xl, n4);
             gemm_only(i);
@@ -392,6 +399,12 @@ int main() {
                 run4(gemm_lean<24, 1, LEAN_XALL>, 24, lean_xall_smem<24>((K / 64 + sp - 1) / sp), sp, sp == 3 ? "v6 n24 s3 x resident" : "v6 n24 s4 x resident");
             run4(gemm_lean<24, 2>, 24, lean_smem<24, 2>(), splits2, "v6 lean n24 KS 2");
           }
+          if (M <= 24) {
+            run4(gemm_ws<24, 4>, 24, ws_smem<24, 4>(), 3, "v7 ws n24 S4 s3", 384);
+            run4(gemm_ws<24, 6>, 24, ws_smem<24, 6>(), 3, "v7 ws n24 S6 s3", 384);
+            run4(gemm_ws<24, 6>, 24, ws_smem<24, 6>(), 4, "v7 ws n24 S6 s4", 384);
+          }
+          run4(gemm_ws<64, 4>, 64, ws_smem<64, 4>(), 3, "v7 ws n64 S4 s3", 384);
           run4(gemm_lean<64, 1>, 64, lean_smem<64, 1>(), splits, "v6 lean n64");
           run4(gemm_lean<64, 2>, 64, lean_smem<64, 2>(), splits2, "v6 lean n64 KS 2");
         }
