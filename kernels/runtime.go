@@ -31,13 +31,17 @@ type Device struct {
 	PDL bool
 	// WGMMA: the device runs the sm_90a modules (Hopper's warpgroup MMAs:
 	// compute capability 9.0; QBENCH_NO_WGMMA=1 turns them off).
-	WGMMA  bool
-	work   chan func()
-	ctx    cu.CUContext
-	stream cu.Stream
-	fns    map[string]cu.Function
-	args   argBuf         // C memory for launch arguments
-	occ    map[occKey]int // resident blocks per multiprocessor, by kernel and launch shape
+	WGMMA bool
+	// SM90aBuild names the nvcc that built the sm_90a modules loaded (where
+	// WGMMA): the embedded newer build, or nvcc 11.8's where the driver
+	// refused it or there is none (−7 % prefill, kernels/PERF.md).
+	SM90aBuild string
+	work       chan func()
+	ctx        cu.CUContext
+	stream     cu.Stream
+	fns        map[string]cu.Function
+	args       argBuf         // C memory for launch arguments
+	occ        map[occKey]int // resident blocks per multiprocessor, by kernel and launch shape
 	// maxShmem is the dynamic shared memory one block may have (the device's
 	// opt-in limit less what the kernels declare statically).
 	maxShmem int
@@ -130,6 +134,9 @@ func (d *Device) init(ordinal int) error {
 		var mod cu.Module
 		for _, ptx := range ptxs {
 			if mod, err = cu.LoadData(ptx); err == nil {
+				if m.sm90a && arch == "90" {
+					d.SM90aBuild = ptxCompiler(ptx)
+				}
 				break
 			}
 		}

@@ -52,3 +52,15 @@ func SourceHash(cu string) (string, error) {
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
+
+// ptxCompiler is the nvcc release named in a PTX text's header comment
+// ("nvcc 13.0"), or "" if it names none.
+func ptxCompiler(ptx string) string {
+	const tag = "// Cuda compilation tools, release "
+	i := strings.Index(ptx, tag)
+	if i < 0 {
+		return ""
+	}
+	rel, _, _ := strings.Cut(ptx[i+len(tag):], ",")
+	return "nvcc " + rel
+}

@@ -19,6 +19,12 @@ func TestPTXUpToDate(t *testing.T) {
 		if len(m.ptx) == 0 || len(m.ptx90) == 0 {
 			t.Errorf("%s: empty PTX", m.name)
 		}
+		if c := ptxCompiler(m.ptx90); c == "" {
+			t.Errorf("%s: its compute_90 PTX names no nvcc release", m.name)
+		}
+		if m.ptx90a != "" && ptxCompiler(m.ptx90a) == "" {
+			t.Errorf("%s.sm90a.ptx names no nvcc release", m.name)
+		}
 		if m.ptx90a != "" && (!m.sm90a || ptx90aSource(m.ptx90a) != m.source) {
 			t.Errorf("%s.sm90a.ptx was built from other sources: run go generate ./kernels (it drops it) and kernels/ptx90a.sh on a GPU machine", m.name)
 		}

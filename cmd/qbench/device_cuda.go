@@ -316,10 +316,17 @@ func runBench(args []string) error {
 	bar.Finish()
 	res := map[string]any{"device": d.Name, "model": name, "quantization": m.Quant, "adapter_rank": *rank,
 		"copy_gb_s": copyGBs, "prompt_len": *promptLen, "new_tokens": *newTokens, "results": rows}
+	if d.WGMMA {
+		res["sm90a_build"] = d.SM90aBuild
+	}
 	if *asJSON {
 		return json.NewEncoder(os.Stdout).Encode(res)
 	}
-	fmt.Printf("device %s, model %s (%s), LoRA r%d on all projections, copy bandwidth %.0f GB/s\n\n", d.Name, name, m.Quant, *rank, copyGBs)
+	build := ""
+	if d.WGMMA {
+		build = ", sm_90a kernels by " + d.SM90aBuild
+	}
+	fmt.Printf("device %s, model %s (%s), LoRA r%d on all projections, copy bandwidth %.0f GB/s%s\n\n", d.Name, name, m.Quant, *rank, copyGBs, build)
 	fmt.Printf("%6s %12s %14s %16s %16s %16s %16s %10s\n", "batch", "prefill t/s", "prefill 1×2048", "decode t/s on", "decode t/s off", "on, no graphs", "on, sampled", "on vs off")
 	for _, r := range rows {
 		long := "—"
