@@ -240,18 +240,20 @@ func (d *Device) matmulCall(kind kernelKind, op *gemvOp, rows, pairs, K int) (ca
 
 // reserveLUT makes nf4_lut's two-blocks-a-tile meeting place hold tiles
 // tiles: their sums ([tiles][2][2][16] floats) and a zeroed counter each.
+// Replaced ones are kept, as grow's.
 func (d *Device) reserveLUT(tiles int) error {
 	if d.lutCount.Bytes >= int64(tiles)*4 {
 		return nil
 	}
-	d.Free(&d.lutWS)
-	d.Free(&d.lutCount)
-	var err error
-	if d.lutWS, err = d.Alloc(int64(tiles)*2*32*4, "nf4_lut split sums"); err != nil {
+	if err := d.grow(&d.lutWS, int64(tiles)*2*32*4, "nf4_lut split sums"); err != nil {
 		return err
 	}
-	d.lutCount, err = Upload(d, make([]int32, tiles), "nf4_lut split counters")
-	return err
+	c, err := Upload(d, make([]int32, tiles), "nf4_lut split counters")
+	if err != nil {
+		return err
+	}
+	d.lutCount = c
+	return nil
 }
 
 // matmulCalls are the launches of one matrix op over rows batch rows. NF4 in
@@ -321,17 +323,10 @@ func (d *Device) prefillCalls(op *gemvOp, rows, pairs, K int) []call {
 // reservePlanes makes the x planes scratch of prefill_wgmma hold passes of
 // rows rows of K columns (two bf16 planes), on devices that run it.
 func (d *Device) reservePlanes(rows, K int) error {
-	bytes := 4 * int64(rows) * int64(K)
-	if !d.WGMMA || d.planes.Bytes >= bytes {
+	if !d.WGMMA {
 		return nil
 	}
-	d.Free(&d.planes)
-	b, err := d.Alloc(bytes, "x planes for prefill_wgmma")
-	if err != nil {
-		return err
-	}
-	d.planes = b
-	return nil
+	return d.grow(&d.planes, 4*int64(rows)*int64(K), "x planes for prefill_wgmma")
 }
 
 // batchNT is the n-tiles of 8 batch rows a batch-kernel launch over rows
@@ -424,17 +419,23 @@ func splitWSBytes(pairs, K int) int64 {
 }
 
 // reserveSplit makes the split-K workspace at least bytes (on the device's
-// thread). A smaller one it replaces is not freed: CUDA graphs another
-// engine captured may still name it (the context's end frees it).
+// thread).
 func (d *Device) reserveSplit(bytes int64) error {
-	if d.splitWS.Bytes >= bytes {
+	return d.grow(&d.splitWS, bytes, "split-K workspace")
+}
+
+// grow makes the device scratch *b at least bytes (on the device's thread).
+// A smaller one it replaces is not freed: CUDA graphs another engine
+// captured may still name it (the context's end frees it).
+func (d *Device) grow(b *Buf, bytes int64, what string) error {
+	if b.Bytes >= bytes {
 		return nil
 	}
-	b, err := d.Alloc(bytes, "split-K workspace")
+	nb, err := d.Alloc(bytes, what)
 	if err != nil {
 		return err
 	}
-	d.splitWS = b
+	*b = nb
 	return nil
 }
 
