@@ -103,13 +103,18 @@ const attnChunk = 32 // CHUNK in attention.cu: positions per attn_split block
 // attnFlashCall: the causal attention of a prefill pass, a block per (tile
 // of up to flashRows rows of one sequence, head), straight into att.
 func attnFlashCall(att, q, meta, tiles Buf, layer, heads, kvHeads, hd, ntiles int) call {
-	return call{name: fmt.Sprintf("attn_flash_%d", hd), grid: [3]int{ntiles, heads}, block: 256, shmem: flashShmem(hd),
+	return call{name: fmt.Sprintf("attn_flash_%d", hd), grid: [3]int{ntiles, heads}, block: 128, shmem: flashShmem(hd),
 		args: []any{att, q, meta, tiles, layer, heads, kvHeads}}
 }
 
-// flashShmem is attn_flash's dynamic shared memory for head size hd.
+// flashKeys is the keys attn_flash takes a step (FK in attention.cu).
+const flashKeys = 32
+
+// flashShmem is attn_flash's dynamic shared memory for head size hd
+// (flashSmem in attention.cu): the rows' q, K and V split into two planes
+// each, the 4 warps' P.
 func flashShmem(hd int) int {
-	return (flashRows*hd + flashRows*(hd+4) + flashRows*hd + flashRows*(flashRows+4)) * 4
+	return (flashRows*(hd+4) + 2*flashKeys*(hd+4) + 2*flashKeys*(hd+8) + 4*16*(flashKeys+4)) * 4
 }
 
 // layoutCall writes the C structs' sizes and offsets into out (9 int64s),

@@ -63,7 +63,7 @@ var ptx_sample_90 string
 
 // modules lists each PTX module with the sha256 of the sources it was built from.
 var modules = []ptxModule{
-	{"attention", ptx_attention_80, ptx_attention_90, false, "2702fc644ebf84ba76663f9a2895b079267b209cdab175e17469cc238ba891a8", ""},
+	{"attention", ptx_attention_80, ptx_attention_90, false, "645b241693782229cb7c6cbf5637a5b8baf9a4475444b057a7ca9be19116a6a9", ""},
 	{"mma", ptx_mma_80, ptx_mma_90, false, "05f62202be3e72a5b5adb572125046a9766c420362ef8211cd6767fcada50d18", ""},
 	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, false, "711809bd5ccc71786af8d0a3269f632423789a98c45aab525a5c0ffcfbcd12e1", ""},
 	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, false, "5c79acd3d4ade09d8af6a01ae7f5cbff00d6a79d4d66ba5aa27296192bac7799", ""},
