@@ -138,13 +138,14 @@ func TestGemv(t *testing.T) {
 	rng := rand.New(rand.NewPCG(seed, 3))
 	t.Logf("seed %d", seed)
 	const K, hd = 96, 16
-	pattern := func(M int) []int { // −1, 0, 1, …: base rows, and adapter 1 skipping a matrix
+	cycle := func(M, n int) []int { // −1, 0, 1, … n − 2, −1, …: base rows and adapters
 		a := make([]int, M)
 		for m := range a {
-			a[m] = m%3 - 1
+			a[m] = m%n - 1
 		}
 		return a
 	}
+	pattern := func(M int) []int { return cycle(M, 3) } // adapter 1 skips a matrix
 	for _, f := range []string{"nf4dq", "nf4", "bf16", "f32", "nf4dq-tiled", "nf4dq-mma", "nf4-mma", "bf16-mma", "nf4dq-lut", "nf4-lut"} {
 		K, eng, oN, guN := K, "", 40, 24 // row counts off the tiles
 		batches := [][]int{pattern(11)}
@@ -153,7 +154,7 @@ func TestGemv(t *testing.T) {
 			f, K = "nf4dq", 2048+128
 		case "nf4dq-mma", "nf4-mma", "bf16-mma": // the tensor-core batch kernels: rows in 16s, whole 64-blocks, 9 steps of K (the last one block); NT = 2, 3, 8, then 8 in two launches
 			f, K, eng, oN, guN = f[:len(f)-4], 2048+64, "mma", 48, 32
-			batches = [][]int{pattern(11), pattern(20), pattern(37), pattern(70), pattern(130), pattern(300)} // 130, 300: prefill_nf4 (64-row blocks, a partial last one)
+			batches = [][]int{pattern(11), pattern(20), pattern(37), pattern(70), pattern(130), pattern(300), cycle(130, 2)} // 130, 300: prefill_nf4 (64-row blocks, a partial last one) or prefill_wgmma (its LoRA step: adapter 1, or 0 below rmax, and the epilogue's for 0)
 		case "nf4dq-lut", "nf4-lut": // nf4_lut: rows in 16s, 33 blocks (a partial last step); one, two rows; eleven and 130 (mmas_nf4, prefill_nf4 on nf4_lut's codes)
 			f, K, eng, oN, guN = f[:len(f)-4], 2048+64, "lut", 48, 32
 			batches = [][]int{{0}, {1, -1}, pattern(11), pattern(130)}

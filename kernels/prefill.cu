@@ -144,7 +144,7 @@ __device__ void prefill_body(const struct GemvOp* __restrict__ op, int M) {
     for (int nt = 0; nt < NT; nt++)
 #pragma unroll
       for (int j = 0; j < 4; j++) res[(wm * WM + 8 * nt + 2 * t + (j & 1)) * PF_LDR + 2 * ((2 * wn + at) * 8 + g) + (j >> 1)] = acc[at][nt][j];
-  prefill_finish<BM>(op, M, mb, res);
+  prefill_finish<BM>(op, M, mb, res, -1);
 }
 
 // Two blocks an SM (128 registers).

@@ -29,9 +29,10 @@ __device__ __forceinline__ float lora_staged(const struct Mat& a, const struct G
 // prefill_finish runs the epilogue of a block of 64 pairs (blockIdx.x) × BM
 // x rows from mb: res [BM][PF_LDR] holds each x row's (A, B) sums of the 64
 // pairs, in shared memory with room after it for the staged B rows; 256
-// threads.
+// threads. done ≥ 0: the sums already hold the LoRA terms of the rows of
+// adapter done (prefill_wgmma's pw_lora).
 template <int BM>
-__device__ __forceinline__ void prefill_finish(const struct GemvOp* __restrict__ op, int M, int mb, float* res) {
+__device__ __forceinline__ void prefill_finish(const struct GemvOp* __restrict__ op, int M, int mb, float* res, int done) {
   const int P = pairs_of(op);
   // Each thread keeps one pair (the block's 256 threads: 64 pairs × 4) for
   // x rows r0, r0 + 4, …: its pair's rows looked up once. The LoRA B rows of
@@ -45,7 +46,7 @@ __device__ __forceinline__ void prefill_finish(const struct GemvOp* __restrict__
   const bool mine = p < P && pq.valid;
   float* bs = res + BM * PF_LDR;
   const int R = op->rmax, ad0 = op->rows[mb].adapter;
-  const bool staged = ad0 >= 0 && R <= PF_RMAX && R % 4 == 0;
+  const bool staged = ad0 >= 0 && ad0 != done && R <= PF_RMAX && R % 4 == 0;
   if (staged)
     for (int ab = 0; ab < 2; ab++) {
       const struct Mat* a = ab ? pq.B : pq.A;
@@ -61,12 +62,15 @@ __device__ __forceinline__ void prefill_finish(const struct GemvOp* __restrict__
     const int m = mb + r;
     if (m >= M) break;
     float va = res[r * PF_LDR + 2 * pl], vb = res[r * PF_LDR + 2 * pl + 1];
-    if (staged && op->rows[m].adapter == ad0) {
-      va += lora_staged(*pq.A, *op, m, bs + pl, R, ad0);
-      if (pq.B) vb += lora_staged(*pq.B, *op, m, bs + R * 64 + pl, R, ad0);
-    } else {
-      va += lora_vec(*pq.A, *op, m, pq.ra);
-      if (pq.B) vb += lora_vec(*pq.B, *op, m, pq.rb);
+    const int ad = op->rows[m].adapter;
+    if (ad >= 0 && ad != done) {
+      if (staged && ad == ad0) {
+        va += lora_staged(*pq.A, *op, m, bs + pl, R, ad0);
+        if (pq.B) vb += lora_staged(*pq.B, *op, m, bs + R * 64 + pl, R, ad0);
+      } else {
+        va += lora_vec(*pq.A, *op, m, pq.ra);
+        if (pq.B) vb += lora_vec(*pq.B, *op, m, pq.rb);
+      }
     }
     epilogue(*op, m, *pq.A, pq.ra, va, pq.B, pq.rb, vb, p);
   }

@@ -223,6 +223,104 @@ __device__ __forceinline__ PwLocal pw_local(int i, int j) {
   return PwLocal{(4 * wg + warp) * 8 + (lane >> 2), j >> 1, 8 * i + 2 * (lane & 3) + (j & 1)};
 }
 
+// pw_lora_width is how many columns the LoRA terms of op take as extra
+// columns of the product (see pw_lora): its matrices' shrink slots, rmax
+// each, rounded up to 16; 0 where it has no LoRA or they would not fit
+// one 64-column step (the epilogue adds them then).
+__device__ __forceinline__ int pw_lora_cols(const struct GemvOp& op) { // the slots' columns, not rounded
+  int w = 0;
+  for (int i = 0; i < op.nmat; i++)
+    if (op.mat[i].loraSlot >= 0) w = max(w, (op.mat[i].loraSlot + 1) * op.rmax);
+  return min(w, op.tStride);
+}
+__device__ __forceinline__ int pw_lora_width(const struct GemvOp& op) {
+  const int w = (pw_lora_cols(op) + 15) / 16 * 16;
+  return op.t == nullptr || w > 64 ? 0 : w;
+}
+
+// pw_lora adds the LoRA terms of the block's x rows of adapter ad (rows of
+// other adapters are zero here: the epilogue adds theirs) to acc on the
+// tensor cores, as one more step of the product whose columns are the
+// shrink's outputs t[m, slot·rmax + j]: a weight row's columns hold
+// scale·B[row, j] in its matrix's slot, zeros elsewhere. In fp32-grade
+// precision as x: B = Bh + Bl and t = th + tl in bf16, and Bh·th + Bh·tl +
+// Bl·th summed by the MMAs (Bl·tl, ~2^-17 of the term, dropped). width:
+// pw_lora_width(op). Stage 0 takes Bh and t's planes, stage 1's weight tile
+// Bl; both are free after pw_main.
+template <int NX>
+__device__ __forceinline__ void pw_lora(const struct GemvOp& op, int mb, int rows, int ad, int width, uint8_t* smraw, float (&acc)[NX / 2]) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr int XT = NX * 128, STAGE = PW_TILE + 2 * XT;
+  const uint32_t sraw = (uint32_t)__cvta_generic_to_shared(smraw), sbase = (sraw + 1023) & ~1023u;
+  uint8_t* sgen = smraw + (sbase - sraw);
+  const int R = op.rmax, cols = pw_lora_cols(op);
+  { // the weight rows' B values: thread (row lr, half h) writes columns 32h … 32h + 31
+    const int lr = threadIdx.x >> 1, h = threadIdx.x & 1, P = pairs_of(&op);
+    const int pair = blockIdx.x * 64 + (lr >> 4) * 8 + (lr & 7);
+    const PairRows pr = pair_rows(&op, pair < P ? pair : 0);
+    const bool isB = (lr & 8) != 0 && pr.B;
+    const struct Mat& a = isB ? *pr.B : *pr.A;
+    const float* B = pair < P && pr.valid && a.loraSlot >= 0 ? a.loraB[ad] : nullptr;
+    const int rank = B ? a.loraRank[ad] : 0, c0 = a.loraSlot * R;
+    const float scale = B ? a.loraScale[ad] : 0.0f;
+    if (B) B += (long long)(isB ? pr.rb : pr.ra) * rank;
+#pragma unroll
+    for (int c = 0; c < 4; c++) {
+      uint32_t hi[4], lo[4];
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        float v[2];
+#pragma unroll
+        for (int u = 0; u < 2; u++) {
+          const int j = 32 * h + 8 * c + 2 * e + u - c0;
+          v[u] = B && j >= 0 && j < rank ? scale * B[j] : 0.0f;
+        }
+        hi[e] = pack_bf16(v[0], v[1]);
+        lo[e] = pack_bf16(v[0] - __uint_as_float(hi[e] << 16), v[1] - __uint_as_float(hi[e] & 0xffff0000u));
+      }
+      const uint32_t o = pw_sw128(lr, 4 * h + c);
+      *(uint4*)(sgen + o) = make_uint4(hi[0], hi[1], hi[2], hi[3]);
+      *(uint4*)(sgen + STAGE + o) = make_uint4(lo[0], lo[1], lo[2], lo[3]);
+    }
+  }
+  // t's rows of adapter ad as x's planes (zeros past the slots, past the pass
+  // and for rows of other adapters): chunk c = threadIdx.x + 256·i is row
+  // c / 8, columns 8·(c % 8) …
+#pragma unroll
+  for (int i = 0; i < NX * 8 / 256; i++) {
+    const int c = threadIdx.x + 256 * i, r = c >> 3, cc = c & 7, m = mb + r;
+    float v[8] = {};
+    if (r < rows && 8 * cc < cols && op.rows[m].adapter == ad) {
+      const float* t = op.t + (long long)m * op.tStride + 8 * cc;
+#pragma unroll
+      for (int e = 0; e < 8; e++) v[e] = 8 * cc + e < cols ? t[e] : 0.0f;
+    }
+    uint32_t hi[4], lo[4];
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+      hi[e] = pack_bf16(v[2 * e], v[2 * e + 1]);
+      lo[e] = pack_bf16(v[2 * e] - __uint_as_float(hi[e] << 16), v[2 * e + 1] - __uint_as_float(hi[e] & 0xffff0000u));
+    }
+    const uint32_t o = PW_TILE + pw_sw128(r, cc);
+    *(uint4*)(sgen + o) = make_uint4(hi[0], hi[1], hi[2], hi[3]);
+    *(uint4*)(sgen + o + XT) = make_uint4(lo[0], lo[1], lo[2], lo[3]);
+  }
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); // the stores are visible to the tensor cores
+  __syncthreads();
+  const int wg = __shfl_sync(0xffffffffu, threadIdx.x >> 7, 0);
+  const uint64_t d0 = pw_desc(sbase), ah = d0 + wg * (64 * 128 / 16), al = ah + STAGE / 16, th = d0 + PW_TILE / 16, tl = th + XT / 16;
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+  for (int ks = 0; ks < width / 16; ks++) {
+    pw_mma<NX>(acc, ah + 2 * ks, th + 2 * ks);
+    pw_mma<NX>(acc, ah + 2 * ks, tl + 2 * ks);
+    pw_mma<NX>(acc, al + 2 * ks, th + 2 * ks);
+  }
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+  __syncthreads(); // every warpgroup's MMAs have read the stages
+#endif
+}
+
 // Two blocks an SM (128 registers: 64 of them the accumulators).
 extern "C" __global__ void __launch_bounds__(256, 2) prefill_wgmma(const __grid_constant__ struct GemvOp op, long long Mrows,
                                                                    const uint16_t* __restrict__ xh, const uint16_t* __restrict__ xl) {
@@ -234,6 +332,15 @@ extern "C" __global__ void __launch_bounds__(256, 2) prefill_wgmma(const __grid_
     for (int i = threadIdx.x; i < 256; i += blockDim.x) code[i] = A0->code[i];
   float acc[64];
   pw_main<128>(op, xh + (long long)mb * K, xl + (long long)mb * K, M - mb, 0, K / 64, smraw, code, acc);
+  // The LoRA terms of the block's rows of one adapter (the largest id among
+  // them) as one more step on the tensor cores; the epilogue adds the rest.
+  __shared__ int adapter;
+  if (threadIdx.x == 0) adapter = -1;
+  __syncthreads();
+  if (threadIdx.x < 128 && mb + threadIdx.x < M) atomicMax(&adapter, op.rows[mb + threadIdx.x].adapter);
+  __syncthreads();
+  const int ad = adapter, width = pw_lora_width(op);
+  if (ad >= 0 && width > 0) pw_lora<128>(op, mb, M - mb, ad, width, smraw, acc);
   // Through shared memory (the stages, free now) to the epilogue's threads,
   // as prefill_nf4.
   const uint32_t sraw = (uint32_t)__cvta_generic_to_shared(smraw);
@@ -246,6 +353,6 @@ extern "C" __global__ void __launch_bounds__(256, 2) prefill_wgmma(const __grid_
       res[q.xrow * PF_LDR + 2 * q.pair + q.ab] = acc[4 * i + j];
     }
   __syncthreads();
-  prefill_finish<128>(&op, M, mb, res);
+  prefill_finish<128>(&op, M, mb, res, width > 0 ? ad : -1);
 #endif
 }

@@ -63,13 +63,13 @@ var ptx_sample_90 string
 
 // modules lists each PTX module with the sha256 of the sources it was built from.
 var modules = []ptxModule{
-	{"attention", ptx_attention_80, ptx_attention_90, false, "645b241693782229cb7c6cbf5637a5b8baf9a4475444b057a7ca9be19116a6a9", ""},
-	{"mma", ptx_mma_80, ptx_mma_90, false, "05f62202be3e72a5b5adb572125046a9766c420362ef8211cd6767fcada50d18", ""},
-	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, false, "711809bd5ccc71786af8d0a3269f632423789a98c45aab525a5c0ffcfbcd12e1", ""},
-	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, false, "5c79acd3d4ade09d8af6a01ae7f5cbff00d6a79d4d66ba5aa27296192bac7799", ""},
-	{"prefill", ptx_prefill_80, ptx_prefill_90, false, "0a3253037d390ac1d03210a9b6de17fb3a9878c3cf10f4560eff40fc2e5dc740", ""},
-	{"prefill_wgmma", ptx_prefill_wgmma_80, ptx_prefill_wgmma_90, true, "c98c45f018bdc85f1eb4622deaaa738fef33ab0e01d1941cb3d849a45ce002b8", ptx_prefill_wgmma_90a},
-	{"quantize", ptx_quantize_80, ptx_quantize_90, false, "03add7b3fd1e959acc2a77c1f53ea99eb9cbd6590c98fb1fdb3c520ada3071e0", ""},
-	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, false, "0573125bfe510866a406f27878073ec0bd063362c4226008807d398e0399b710", ""},
-	{"sample", ptx_sample_80, ptx_sample_90, false, "6c69277f56f5dc86da25a9a8a3e7e78af109b47ae331b020ab75946402a67ab8", ""},
+	{"attention", ptx_attention_80, ptx_attention_90, false, "f1f19582382d5fc857bde5e84a38431d52ad0b332b30a49da2dc48605d6717ba", ""},
+	{"mma", ptx_mma_80, ptx_mma_90, false, "b130aa906c12695e9015ca6b4c2bafa1ff74f9c15cfe25672a21468d88dd7374", ""},
+	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, false, "5e69d7989793f1e304e1147c31401f0bb4e52dbbdf588fb27c14c07938365337", ""},
+	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, false, "5301da91207180e5f2725715f42fcb01f10d210fb2b7b2cd6783e10424f57c36", ""},
+	{"prefill", ptx_prefill_80, ptx_prefill_90, false, "2149f47b2874fc9c91dddcb870fcc8e83686f214c8e90c21ef8d8028f910116b", ""},
+	{"prefill_wgmma", ptx_prefill_wgmma_80, ptx_prefill_wgmma_90, true, "c38d9b3cfe66757d22f1a1fc34760771c84968158f77cf51393bec92f1ad0cbf", ptx_prefill_wgmma_90a},
+	{"quantize", ptx_quantize_80, ptx_quantize_90, false, "52264f574dc60fdcdf63406706406d786091cdc733e6bdf3cc2463d3c8721967", ""},
+	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, false, "108ae0e8ff176c2803750dfdd5a07d8201baed9410aaeea13ff37ebcf42e3e26", ""},
+	{"sample", ptx_sample_80, ptx_sample_90, false, "f2fa913ebcbc9ab2846d74ea557999a5d61a44c6d11094e4658d92717ef5c20f", ""},
 }
