@@ -138,6 +138,8 @@ func TestGemv(t *testing.T) {
 	rng := rand.New(rand.NewPCG(seed, 3))
 	t.Logf("seed %d", seed)
 	const K, hd = 96, 16
+	wide := d.wideBatchPairs
+	defer func() { d.wideBatchPairs = wide }()
 	cycle := func(M, n int) []int { // −1, 0, 1, … n − 2, −1, …: base rows and adapters
 		a := make([]int, M)
 		for m := range a {
@@ -154,12 +156,16 @@ func TestGemv(t *testing.T) {
 			f, K = "nf4dq", 2048+128
 		case "nf4dq-mma", "nf4-mma", "bf16-mma": // the tensor-core batch kernels: rows in 16s, whole 64-blocks, 9 steps of K (the last one block); NT = 2, 3, 8, then 8 in two launches
 			f, K, eng, oN, guN = f[:len(f)-4], 2048+64, "mma", 48, 32
-			batches = [][]int{pattern(11), pattern(20), pattern(37), pattern(70), pattern(130), pattern(300), cycle(130, 2)} // 130, 300: prefill_nf4 (64-row blocks, a partial last one) or prefill_wgmma (its LoRA step: adapter 1, or 0 below rmax, and the epilogue's for 0)
+			batches = [][]int{pattern(11), pattern(20), pattern(37), pattern(70), pattern(100), pattern(130), pattern(300), cycle(130, 2)} // 100 (below), 130, 300: prefill_nf4 (64-row blocks, a partial last one) or prefill_wgmma (its LoRA step: adapter 1, or 0 below rmax, and the epilogue's for 0)
 		case "nf4dq-lut", "nf4-lut": // nf4_lut: rows in 16s, 33 blocks (a partial last step); one, two rows; eleven and 130 (mmas_nf4, prefill_nf4 on nf4_lut's codes)
 			f, K, eng, oN, guN = f[:len(f)-4], 2048+64, "lut", 48, 32
 			batches = [][]int{{0}, {1, -1}, pattern(11), pattern(130)}
 		}
 		for _, adapters := range batches {
+			d.wideBatchPairs = wide
+			if len(adapters) == 100 { // more than splitRows rows: prefill_wgmma, as the engine runs the wide matrices
+				d.wideBatchPairs = 0
+			}
 			for i, mode := range []int{modeStore, modeResid, modeGateUp, modeQKV} {
 				wpp := []int{0, 2, 8, 4}[i] // the launcher's choice, and forced splits of K (8 leaves some warps no columns)
 				t.Run(fmt.Sprintf("%s%s/K%d/M%d/mode%d/wpp%d", f, eng, K, len(adapters), mode, wpp), func(t *testing.T) {

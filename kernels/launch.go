@@ -264,12 +264,18 @@ func (d *Device) reserveLUT(tiles int) error {
 // matmulCalls are the launches of one matrix op over rows batch rows. NF4 in
 // lutNF4's layout (kinds MMANF4 and LUTNF4) takes, by rows: nf4_lut (one or
 // two), mmas_nf4 + mmas_finish (up to prefillMin, at most splitRows a
-// launch), prefill_nf4 (more). Dense bf16 of batch engines takes mmas_bf16
+// launch), prefill_wgmma or prefill_nf4 (prefillCalls: more, and on
+// devices with warpgroup MMAs batches of more than splitRows over matrices
+// of at least 64 pairs an SM). Dense bf16 of batch engines takes mmas_bf16
 // (splitRows a launch), every other kind one matmulCall.
 func (d *Device) matmulCalls(kind kernelKind, op *gemvOp, rows, pairs, K int) ([]call, error) {
 	lut := kind == kindMMANF4 || kind == kindLUTNF4
 	switch {
-	case lut && rows > prefillMin:
+	case lut && (rows > prefillMin || d.WGMMA && rows > splitRows && pairs >= d.wideBatchPairs):
+		// Long passes; and batches of more rows than a batch kernel's pass
+		// over matrices whose 64-pair blocks fill the card (gate/up), which
+		// prefill_wgmma takes in one pass of 128 rows (batch 128: 7,038 →
+		// 8,331 tok/s, kernels/PERF.md).
 		return d.prefillCalls(op, rows, pairs, K), nil
 	case kind == kindLUTNF4 && rows > 2:
 		kind = kindMMANF4

@@ -36,12 +36,16 @@ type Device struct {
 	// WGMMA): the embedded newer build, or nvcc 11.8's where the driver
 	// refused it or there is none (−7 % prefill, kernels/PERF.md).
 	SM90aBuild string
-	work       chan func()
-	ctx        cu.CUContext
-	stream     cu.Stream
-	fns        map[string]cu.Function
-	args       argBuf         // C memory for launch arguments
-	occ        map[occKey]int // resident blocks per multiprocessor, by kernel and launch shape
+	// wideBatchPairs: the fewest pairs a matrix needs for its batches of
+	// more than splitRows rows to run prefill_wgmma (64 an SM: its blocks
+	// fill the card; tests lower it).
+	wideBatchPairs int
+	work           chan func()
+	ctx            cu.CUContext
+	stream         cu.Stream
+	fns            map[string]cu.Function
+	args           argBuf         // C memory for launch arguments
+	occ            map[occKey]int // resident blocks per multiprocessor, by kernel and launch shape
 	// maxShmem is the dynamic shared memory one block may have (the device's
 	// opt-in limit less what the kernels declare statically).
 	maxShmem int
@@ -113,6 +117,7 @@ func (d *Device) init(ordinal int) error {
 	// Modules built for sm_90a (wgmma) run on compute capability 9.0 alone;
 	// elsewhere their compute_80 build (empty kernels) loads, never launched.
 	d.WGMMA = major == 9 && minor == 0 && !envSet("QBENCH_NO_WGMMA")
+	d.wideBatchPairs = 64 * d.SMs
 	for _, m := range modules {
 		// The PTX to load: compute_80's, or compute_90's on Hopper (sm_90a
 		// modules: where d.WGMMA) — there a newer nvcc's build first if there
