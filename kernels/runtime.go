@@ -36,19 +36,19 @@ type Device struct {
 	// WGMMA): the embedded newer build, or nvcc 11.8's where the driver
 	// refused it or there is none (−7 % prefill, kernels/PERF.md).
 	SM90aBuild string
+	work       chan func()
+	ctx        cu.CUContext
+	stream     cu.Stream
+	fns        map[string]cu.Function
+	args       argBuf         // C memory for launch arguments
+	occ        map[occKey]int // resident blocks per multiprocessor, by kernel and launch shape
+	// maxShmem is the dynamic shared memory one block may have (the device's
+	// opt-in limit less what the kernels declare statically).
+	maxShmem int
 	// wideBatchPairs: the fewest pairs a matrix needs for its batches of
 	// more than splitRows rows to run prefill_wgmma (64 an SM: its blocks
 	// fill the card; tests lower it).
 	wideBatchPairs int
-	work           chan func()
-	ctx            cu.CUContext
-	stream         cu.Stream
-	fns            map[string]cu.Function
-	args           argBuf         // C memory for launch arguments
-	occ            map[occKey]int // resident blocks per multiprocessor, by kernel and launch shape
-	// maxShmem is the dynamic shared memory one block may have (the device's
-	// opt-in limit less what the kernels declare statically).
-	maxShmem int
 	// splitWS is mmas_nf4's split-K workspace (the partial sums of a launch,
 	// which mmas_finish reads), and shrink_split's (shrink_sum reads them).
 	// The device's engines share it: their launches run in order on the one
