@@ -156,14 +156,14 @@ func TestGemv(t *testing.T) {
 			f, K = "nf4dq", 2048+128
 		case "nf4dq-mma", "nf4-mma", "bf16-mma": // the tensor-core batch kernels: rows in 16s, whole 64-blocks, 9 steps of K (the last one block); NT = 2, 3, 8, then 8 in two launches
 			f, K, eng, oN, guN = f[:len(f)-4], 2048+64, "mma", 48, 32
-			batches = [][]int{pattern(11), pattern(20), pattern(37), pattern(70), pattern(100), pattern(130), pattern(300), cycle(130, 2)} // 100 (below), 130, 300: prefill_nf4 (64-row blocks, a partial last one) or prefill_wgmma (its LoRA step: adapter 1, or 0 below rmax, and the epilogue's for 0)
+			batches = [][]int{pattern(11), pattern(20), pattern(37), pattern(50), pattern(70), pattern(100), pattern(130), pattern(300), cycle(130, 2)} // 50, 100 (below), 130, 300: prefill_nf4 (64-row blocks, a partial last one) or prefill_wgmma (its LoRA step: adapter 1, or 0 below rmax, and the epilogue's for 0)
 		case "nf4dq-lut", "nf4-lut": // nf4_lut: rows in 16s, 33 blocks (a partial last step); one, two rows; eleven and 130 (mmas_nf4, prefill_nf4 on nf4_lut's codes)
 			f, K, eng, oN, guN = f[:len(f)-4], 2048+64, "lut", 48, 32
 			batches = [][]int{{0}, {1, -1}, pattern(11), pattern(130)}
 		}
 		for _, adapters := range batches {
 			d.wideBatchPairs = wide
-			if len(adapters) == 100 { // more than splitRows rows: prefill_wgmma, as the engine runs the wide matrices
+			if len(adapters) == 50 || len(adapters) == 100 { // prefill_wgmma_64 and prefill_wgmma, as the engine runs the wide matrices of batches
 				d.wideBatchPairs = 0
 			}
 			for i, mode := range []int{modeStore, modeResid, modeGateUp, modeQKV} {
@@ -292,7 +292,7 @@ func checkGemv(t *testing.T, d *Device, rng *rand.Rand, ls []*qwen.Linear, mode 
 		}
 		for _, c := range cs {
 			switch {
-			case wpp > 0 && (c.name == "mmas_finish" || c.name == "prefill_nf4" || c.name == "prefill_wgmma" || c.name == "split_planes"): // not forced: the launcher's geometry
+			case wpp > 0 && (c.name == "mmas_finish" || c.name == "prefill_nf4" || strings.HasPrefix(c.name, "prefill_wgmma") || c.name == "split_planes"): // not forced: the launcher's geometry
 			case wpp > 0 && strings.HasPrefix(c.name, "mmas_nf4"): // one group a split: each warp walks several tiles (and blocks several steps: splitSteps)
 				c.grid[0] = 1
 			case wpp > 0 && mo.kind == kindMMABF16: // one block: it walks every tile group

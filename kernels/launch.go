@@ -265,17 +265,17 @@ func (d *Device) reserveLUT(tiles int) error {
 // lutNF4's layout (kinds MMANF4 and LUTNF4) takes, by rows: nf4_lut (one or
 // two), mmas_nf4 + mmas_finish (up to prefillMin, at most splitRows a
 // launch), prefill_wgmma or prefill_nf4 (prefillCalls: more, and on
-// devices with warpgroup MMAs batches of more than splitRows over matrices
-// of at least 64 pairs an SM). Dense bf16 of batch engines takes mmas_bf16
+// devices with warpgroup MMAs batches of more than wideBatchMin rows over
+// matrices of at least 64 pairs an SM). Dense bf16 of batch engines takes mmas_bf16
 // (splitRows a launch), every other kind one matmulCall.
 func (d *Device) matmulCalls(kind kernelKind, op *gemvOp, rows, pairs, K int) ([]call, error) {
 	lut := kind == kindMMANF4 || kind == kindLUTNF4
 	switch {
-	case lut && (rows > prefillMin || d.WGMMA && rows > splitRows && pairs >= d.wideBatchPairs):
-		// Long passes; and batches of more rows than a batch kernel's pass
-		// over matrices whose 64-pair blocks fill the card (gate/up), which
-		// prefill_wgmma takes in one pass of 128 rows (batch 128: 7,038 →
-		// 8,331 tok/s, kernels/PERF.md).
+	case lut && (rows > prefillMin || d.WGMMA && rows > wideBatchMin && pairs >= d.wideBatchPairs):
+		// Long passes; and on devices with warpgroup MMAs batches of more
+		// than wideBatchMin rows over matrices whose 64-pair blocks fill the
+		// card (gate/up), which prefill_wgmma takes in one pass of 64 or
+		// 128 rows (batch 128: 7,038 → 8,331 tok/s, kernels/PERF.md).
 		return d.prefillCalls(op, rows, pairs, K), nil
 	case kind == kindLUTNF4 && rows > 2:
 		kind = kindMMANF4
@@ -300,6 +300,10 @@ func (d *Device) matmulCalls(kind kernelKind, op *gemvOp, rows, pairs, K int) ([
 	return cs, nil
 }
 
+// wideBatchMin: batches of more rows run the wide matrices on
+// prefill_wgmma (matmulCalls).
+const wideBatchMin = 32
+
 // prefillMin is the most rows the NF4 kernels for batches take; longer
 // passes run prefill_nf4, whose grid of 64-pair × 64-row blocks then holds
 // enough blocks to fill the card even for the short matrices (o, down).
@@ -316,7 +320,7 @@ func prefillCall(op *gemvOp, rows, pairs int) call {
 // prefillCalls is an NF4 matrix op over a long pass: on devices with
 // warpgroup MMAs (Device.WGMMA) whose x planes scratch holds the pass, x
 // split into bf16 planes (split_planes) and prefill_wgmma (128 x rows a
-// block); else prefillCall.
+// block; prefill_wgmma_64 for up to 64 rows); else prefillCall.
 func (d *Device) prefillCalls(op *gemvOp, rows, pairs, K int) []call {
 	plane := int64(rows) * int64(K) * 2
 	if !d.WGMMA || 2*plane > d.planes.Bytes {
@@ -324,10 +328,14 @@ func (d *Device) prefillCalls(op *gemvOp, rows, pairs, K int) []call {
 	}
 	hi, lo := d.planes, Buf{Ptr: d.planes.Ptr + cu.DevicePtr(plane), Bytes: plane}
 	n4 := rows * K / 4
-	const smem = 2*3*128*64*2 + 1024 // PW_SMEM in prefill_wgmma.cu
+	name, nx := "prefill_wgmma", 128
+	if rows <= 64 {
+		name, nx = "prefill_wgmma_64", 64
+	}
+	smem := 2*(128*64*2+2*nx*64*2) + 1024 // two stages of weights and x's planes (PW_SMEM in prefill_wgmma.cu)
 	return []call{
 		{name: "split_planes", grid: [3]int{(n4 + 255) / 256}, block: 256, args: []any{cu.DevicePtr(op.X), hi, lo, n4}},
-		{name: "prefill_wgmma", block: 256, shmem: smem, grid: [3]int{(pairs + 63) / 64, (rows + 127) / 128}, args: []any{op, rows, hi, lo}},
+		{name: name, block: 256, shmem: smem, grid: [3]int{(pairs + 63) / 64, (rows + nx - 1) / nx}, args: []any{op, rows, hi, lo}},
 	}
 }
 

@@ -17,17 +17,22 @@
 // per-block table: bitsandbytes' values bit for bit) and copy x's planes
 // beside them by cp.async, while each warpgroup's 8 asynchronous
 // m64n128k16 MMAs (4 k16 × hi, lo) over its 64 weight rows run on the tensor
-// cores. The sums go through shared memory to prefill_finish (LoRA and the
-// epilogue, as prefill_nf4).
+// cores. Then the LoRA terms of one adapter's rows as one more step (pw_lora:
+// B and the shrink's outputs t as bf16 planes). The sums go through shared
+// memory to prefill_finish (the other adapters' LoRA terms and the epilogue,
+// as prefill_nf4). prefill_wgmma_64: the same with 64 x rows a block
+// (m64n64k16; grid (⌈pairs/64⌉, ⌈M/64⌉), stages of 32 KB), for batches of
+// 33–64 rows.
 //
-// Bytes per launch: the weights once per 128 x rows, x's planes once per 64
-// pairs. Requires K % 64 == 0.
+// Bytes per launch: the weights once per 128 (64) x rows, x's planes once
+// per 64 pairs. Requires K % 64 == 0.
 #include "prefill.cuh"
 
 constexpr int PW_TILE = 128 * 64 * 2, PW_STAGE = 3 * PW_TILE; // bytes: weights, x hi, x lo
 constexpr int PW_SMEM = 2 * PW_STAGE + 1024;                   // two stages, and room to align them to 1,024 bytes
 static_assert((128 * PF_LDR + 2 * PF_RMAX * 64) * 4 <= 2 * PW_STAGE, "the epilogue's sums and B rows fit");
 static_assert(PW_SMEM + 4096 <= 227 * 1024 / 2, "two blocks an SM");
+static_assert((64 * PF_LDR + 2 * PF_RMAX * 64) * 4 <= 2 * (PW_TILE + 2 * 64 * 128), "prefill_wgmma_64: the same in its stages");
 
 extern "C" __global__ void split_planes(const float* __restrict__ x, uint16_t* __restrict__ hi, uint16_t* __restrict__ lo, long long n4) {
   pdl_trigger();
@@ -62,6 +67,20 @@ __device__ __forceinline__ void pw_cp16(uint32_t smem, const void* gmem, bool va
 template <int N>
 __device__ __forceinline__ void pw_mma(float (&d)[N / 2], uint64_t a, uint64_t b);
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+template <>
+__device__ __forceinline__ void pw_mma<64>(float (&d)[32], uint64_t a, uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+      "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, "
+      "%32, %33, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "l"(a), "l"(b), "r"(1));
+}
 template <>
 __device__ __forceinline__ void pw_mma<128>(float (&d)[64], uint64_t a, uint64_t b) {
   asm volatile(
@@ -321,38 +340,49 @@ __device__ __forceinline__ void pw_lora(const struct GemvOp& op, int mb, int row
 #endif
 }
 
-// Two blocks an SM (128 registers: 64 of them the accumulators).
-extern "C" __global__ void __launch_bounds__(256, 2) prefill_wgmma(const __grid_constant__ struct GemvOp op, long long Mrows,
-                                                                   const uint16_t* __restrict__ xh, const uint16_t* __restrict__ xl) {
+// prefill_wgmma_<NX>: NX x rows a block (128: long passes and batches of
+// 65–128 rows; 64: batches of 33–64, half the MMAs and stages). Two blocks
+// an SM at NX 128 (128 registers: 64 of them the accumulators).
+template <int NX>
+__device__ __forceinline__ void pw_body(const struct GemvOp& op, int M, const uint16_t* __restrict__ xh, const uint16_t* __restrict__ xl) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   __shared__ float code[256];
   const struct Mat* A0 = &op.mat[0];
-  const int M = (int)Mrows, K = A0->K, mb = blockIdx.y * 128;
+  const int K = A0->K, mb = blockIdx.y * NX;
   if (A0->code)
     for (int i = threadIdx.x; i < 256; i += blockDim.x) code[i] = A0->code[i];
-  float acc[64];
-  pw_main<128>(op, xh + (long long)mb * K, xl + (long long)mb * K, M - mb, 0, K / 64, smraw, code, acc);
+  float acc[NX / 2];
+  pw_main<NX>(op, xh + (long long)mb * K, xl + (long long)mb * K, M - mb, 0, K / 64, smraw, code, acc);
   // The LoRA terms of the block's rows of one adapter (the largest id among
   // them) as one more step on the tensor cores; the epilogue adds the rest.
   __shared__ int adapter;
   if (threadIdx.x == 0) adapter = -1;
   __syncthreads();
-  if (threadIdx.x < 128 && mb + threadIdx.x < M) atomicMax(&adapter, op.rows[mb + threadIdx.x].adapter);
+  if (threadIdx.x < NX && mb + threadIdx.x < M) atomicMax(&adapter, op.rows[mb + threadIdx.x].adapter);
   __syncthreads();
   const int ad = adapter, width = pw_lora_width(op);
-  if (ad >= 0 && width > 0) pw_lora<128>(op, mb, M - mb, ad, width, smraw, acc);
+  if (ad >= 0 && width > 0) pw_lora<NX>(op, mb, M - mb, ad, width, smraw, acc);
   // Through shared memory (the stages, free now) to the epilogue's threads,
   // as prefill_nf4.
   const uint32_t sraw = (uint32_t)__cvta_generic_to_shared(smraw);
-  float* res = (float*)(smraw + (((sraw + 1023) & ~1023u) - sraw)); // [128][PF_LDR]
+  float* res = (float*)(smraw + (((sraw + 1023) & ~1023u) - sraw)); // [NX][PF_LDR]
 #pragma unroll
-  for (int i = 0; i < 16; i++)
+  for (int i = 0; i < NX / 8; i++)
 #pragma unroll
     for (int j = 0; j < 4; j++) {
       const PwLocal q = pw_local(i, j);
       res[q.xrow * PF_LDR + 2 * q.pair + q.ab] = acc[4 * i + j];
     }
   __syncthreads();
-  prefill_finish<128>(&op, M, mb, res, width > 0 ? ad : -1);
+  prefill_finish<NX>(&op, M, mb, res, width > 0 ? ad : -1);
 #endif
+}
+
+extern "C" __global__ void __launch_bounds__(256, 2) prefill_wgmma(const __grid_constant__ struct GemvOp op, long long M,
+                                                                   const uint16_t* __restrict__ xh, const uint16_t* __restrict__ xl) {
+  pw_body<128>(op, (int)M, xh, xl);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) prefill_wgmma_64(const __grid_constant__ struct GemvOp op, long long M,
+                                                                      const uint16_t* __restrict__ xh, const uint16_t* __restrict__ xl) {
+  pw_body<64>(op, (int)M, xh, xl);
 }

@@ -46,7 +46,7 @@ type Device struct {
 	// opt-in limit less what the kernels declare statically).
 	maxShmem int
 	// wideBatchPairs: the fewest pairs a matrix needs for its batches of
-	// more than splitRows rows to run prefill_wgmma (64 an SM: its blocks
+	// more than wideBatchMin rows to run prefill_wgmma (64 an SM: its blocks
 	// fill the card; tests lower it).
 	wideBatchPairs int
 	// splitWS is mmas_nf4's split-K workspace (the partial sums of a launch,
@@ -174,7 +174,7 @@ var kernelNames = map[string][]string{
 	"quantize":      {"nf4_quantize"},
 	"sample":        {"argmax", "target_logprob", "cand_slice", "cand_merge"},
 	"prefill":       {"prefill_nf4"},
-	"prefill_wgmma": {"prefill_wgmma", "split_planes"},
+	"prefill_wgmma": {"prefill_wgmma", "prefill_wgmma_64", "split_planes"},
 }
 
 func gemvNames() []string {
