@@ -290,6 +290,11 @@ func checkGemv(t *testing.T, d *Device, rng *rand.Rand, ls []*qwen.Linear, mode 
 		if err != nil {
 			return err
 		}
+		if d.WGMMA && eng == "mma" && M > wideBatchMin && M <= prefillMin && (mo.kind == kindMMABF16 && M > d.denseWGMin || mo.kind == kindMMANF4 && mo.pairs >= d.wideBatchPairs) {
+			if n := cs[len(cs)-1].name; !strings.HasSuffix(n, "_wgmma") && !strings.HasSuffix(n, "_wgmma_64") {
+				return fmt.Errorf("%d rows ran %s, not the warpgroup kernel", M, n)
+			}
+		}
 		for _, c := range cs {
 			switch {
 			case wpp > 0 && (c.name == "mmas_finish" || c.name == "prefill_nf4" || strings.HasSuffix(c.name, "_wgmma") || strings.HasSuffix(c.name, "_wgmma_64") || c.name == "split_planes"): // not forced: the launcher's geometry

@@ -122,9 +122,6 @@ func (d *Device) init(ordinal int) error {
 	d.WGMMA = major == 9 && minor == 0 && !envSet("QBENCH_NO_WGMMA")
 	d.wideBatchPairs = 64 * d.SMs
 	d.denseWGMin = 16
-	if n, err := strconv.Atoi(os.Getenv("QBENCH_DENSE_MIN")); err == nil { // experiment
-		d.denseWGMin = n
-	}
 	for _, m := range modules {
 		// The PTX to load: compute_80's, or compute_90's on Hopper (sm_90a
 		// modules: where d.WGMMA) — there a newer nvcc's build first if there
@@ -161,7 +158,7 @@ func (d *Device) init(ordinal int) error {
 				return fmt.Errorf("cuda: kernel %s in %s: %v", name, m.name, err)
 			}
 			d.fns[name] = fn
-			if strings.HasPrefix(name, "nf4_lut_") || strings.HasPrefix(name, "mmas_") || strings.HasPrefix(name, "prefill_") || strings.HasPrefix(name, "attn_flash_") || name == "shrink_split" { // x in dynamic shared memory, up to the device's limit
+			if strings.HasPrefix(name, "nf4_lut_") || strings.HasPrefix(name, "mmas_") || strings.HasPrefix(name, "prefill_") || strings.HasPrefix(name, "dense_") || strings.HasPrefix(name, "attn_flash_") || name == "shrink_split" { // x in dynamic shared memory, up to the device's limit
 				if err := setMaxShmem(fn, d.maxShmem); err != nil {
 					return fmt.Errorf("cuda: %s: %v", name, err)
 				}
