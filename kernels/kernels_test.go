@@ -205,7 +205,7 @@ func ropeTable(pos []int, hd int, theta float64) []float32 {
 func checkGemv(t *testing.T, d *Device, rng *rand.Rand, ls []*qwen.Linear, mode int, adapters []int, hd, wpp int, eng string) {
 	M, K := len(adapters), ls[0].In
 	x := randSlice(rng, M*K, 1)
-	e := &Engine{Dev: d, rmax: 8, mma: eng == "mma", lut: eng == "lut"}
+	e := &Engine{Dev: d, MaxRows: M, rmax: 8, mma: eng == "mma", lut: eng == "lut"} // MaxRows: the x planes of prefill_wgmma and dense_wgmma (reservePlanes)
 	defer e.Close()
 	const layers, capTok, layer = 2, 8, 1
 	kvDim := hd
