@@ -138,8 +138,8 @@ func TestGemv(t *testing.T) {
 	rng := rand.New(rand.NewPCG(seed, 3))
 	t.Logf("seed %d", seed)
 	const K, hd = 96, 16
-	wide := d.wideBatchPairs
-	defer func() { d.wideBatchPairs = wide }()
+	wide, dense := d.wideBatchPairs, d.denseWGMin
+	defer func() { d.wideBatchPairs, d.denseWGMin = wide, dense }()
 	cycle := func(M, n int) []int { // −1, 0, 1, … n − 2, −1, …: base rows and adapters
 		a := make([]int, M)
 		for m := range a {
@@ -162,9 +162,9 @@ func TestGemv(t *testing.T) {
 			batches = [][]int{{0}, {1, -1}, pattern(11), pattern(130)}
 		}
 		for _, adapters := range batches {
-			d.wideBatchPairs = wide
-			if len(adapters) == 50 || len(adapters) == 100 { // prefill_wgmma_64 and prefill_wgmma, as the engine runs the wide matrices of batches
-				d.wideBatchPairs = 0
+			d.wideBatchPairs, d.denseWGMin = wide, 1<<30     // the batch kernels (mmas_nf4, mmas_bf16) but for
+			if len(adapters) == 50 || len(adapters) == 100 { // prefill_wgmma(_64) and dense_wgmma(_64), as the engine runs the wide matrices and lm_head of batches
+				d.wideBatchPairs, d.denseWGMin = 0, 0
 			}
 			for i, mode := range []int{modeStore, modeResid, modeGateUp, modeQKV} {
 				wpp := []int{0, 2, 8, 4}[i] // the launcher's choice, and forced splits of K (8 leaves some warps no columns)
@@ -205,7 +205,7 @@ func ropeTable(pos []int, hd int, theta float64) []float32 {
 func checkGemv(t *testing.T, d *Device, rng *rand.Rand, ls []*qwen.Linear, mode int, adapters []int, hd, wpp int, eng string) {
 	M, K := len(adapters), ls[0].In
 	x := randSlice(rng, M*K, 1)
-	e := &Engine{Dev: d, rmax: 8, mma: eng == "mma", lut: eng == "lut"}
+	e := &Engine{Dev: d, MaxRows: M, rmax: 8, mma: eng == "mma", lut: eng == "lut"} // MaxRows: the x planes of prefill_wgmma and dense_wgmma (reservePlanes)
 	defer e.Close()
 	const layers, capTok, layer = 2, 8, 1
 	kvDim := hd
@@ -290,9 +290,14 @@ func checkGemv(t *testing.T, d *Device, rng *rand.Rand, ls []*qwen.Linear, mode 
 		if err != nil {
 			return err
 		}
+		if d.WGMMA && eng == "mma" && M > wideBatchMin && M <= prefillMin && (mo.kind == kindMMABF16 && M > d.denseWGMin || mo.kind == kindMMANF4 && mo.pairs >= d.wideBatchPairs) {
+			if n := cs[len(cs)-1].name; !strings.HasSuffix(n, "_wgmma") && !strings.HasSuffix(n, "_wgmma_64") {
+				return fmt.Errorf("%d rows ran %s, not the warpgroup kernel", M, n)
+			}
+		}
 		for _, c := range cs {
 			switch {
-			case wpp > 0 && (c.name == "mmas_finish" || c.name == "prefill_nf4" || strings.HasPrefix(c.name, "prefill_wgmma") || c.name == "split_planes"): // not forced: the launcher's geometry
+			case wpp > 0 && (c.name == "mmas_finish" || c.name == "prefill_nf4" || strings.HasSuffix(c.name, "_wgmma") || strings.HasSuffix(c.name, "_wgmma_64") || c.name == "split_planes"): // not forced: the launcher's geometry
 			case wpp > 0 && strings.HasPrefix(c.name, "mmas_nf4"): // one group a split: each warp walks several tiles (and blocks several steps: splitSteps)
 				c.grid[0] = 1
 			case wpp > 0 && mo.kind == kindMMABF16: // one block: it walks every tile group

@@ -283,6 +283,11 @@ func (d *Device) matmulCalls(kind kernelKind, op *gemvOp, rows, pairs, K int) ([
 		c, err := d.matmulCall(kind, op, rows, pairs, K)
 		return []call{c}, err
 	}
+	if kind == kindMMABF16 && rows > d.denseWGMin {
+		if cs := d.wgmmaCalls("dense_wgmma", op, rows, pairs, K); cs != nil {
+			return cs, nil
+		}
+	}
 	var cs []call
 	for m0 := 0; m0 < rows; m0 += splitRows {
 		var c []call
@@ -322,15 +327,26 @@ func prefillCall(op *gemvOp, rows, pairs int) call {
 // split into bf16 planes (split_planes) and prefill_wgmma (128 x rows a
 // block; prefill_wgmma_64 for up to 64 rows); else prefillCall.
 func (d *Device) prefillCalls(op *gemvOp, rows, pairs, K int) []call {
+	if cs := d.wgmmaCalls("prefill_wgmma", op, rows, pairs, K); cs != nil {
+		return cs
+	}
+	return []call{prefillCall(op, rows, pairs)}
+}
+
+// wgmmaCalls are split_planes and kernel (prefill_wgmma or dense_wgmma:
+// 128 x rows a block, its _64 version for up to 64 rows) over rows rows;
+// nil where the device has no warpgroup MMAs or its x planes scratch does
+// not hold the pass.
+func (d *Device) wgmmaCalls(kernel string, op *gemvOp, rows, pairs, K int) []call {
 	plane := int64(rows) * int64(K) * 2
 	if !d.WGMMA || 2*plane > d.planes.Bytes {
-		return []call{prefillCall(op, rows, pairs)}
+		return nil
 	}
 	hi, lo := d.planes, Buf{Ptr: d.planes.Ptr + cu.DevicePtr(plane), Bytes: plane}
 	n4 := rows * K / 4
-	name, nx := "prefill_wgmma", 128
+	name, nx := kernel, 128
 	if rows <= 64 {
-		name, nx = "prefill_wgmma_64", 64
+		name, nx = kernel+"_64", 64
 	}
 	smem := 2*(128*64*2+2*nx*64*2) + 1024 // two stages of weights and x's planes (PW_SMEM in prefill_wgmma.cu)
 	return []call{

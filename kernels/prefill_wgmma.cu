@@ -340,10 +340,82 @@ __device__ __forceinline__ void pw_lora(const struct GemvOp& op, int mb, int row
 #endif
 }
 
+// pw_dense_main is pw_main for dense bf16 weights (Mat.bf16; the lm_head):
+// each step's weight tile copied into its stage by cp.async beside x's
+// planes, no dequantisation, the next step's copies in flight while this
+// step's MMAs run. All K / 64 steps.
+template <int NX>
+__device__ __forceinline__ void pw_dense_main(const struct GemvOp& op, const uint16_t* __restrict__ xh, const uint16_t* __restrict__ xl,
+                                              int rows, uint8_t* smraw, float (&acc)[NX / 2]) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr int XT = NX * 128, STAGE = PW_TILE + 2 * XT;
+  const uint32_t sraw = (uint32_t)__cvta_generic_to_shared(smraw), sbase = (sraw + 1023) & ~1023u;
+  const int K = op.mat[0].K, nk = K / 64;
+  const int wg = __shfl_sync(0xffffffffu, threadIdx.x >> 7, 0);
+  const int lr = threadIdx.x >> 1, h = threadIdx.x & 1, P = pairs_of(&op); // this thread's weight row (local) and half of it
+  const int pair = blockIdx.x * 64 + (lr >> 4) * 8 + (lr & 7);
+  const bool live = pair < P, isB = (lr & 8) != 0;
+  const PairRows pr = pair_rows(&op, live ? pair : 0);
+  const struct Mat& m = isB && pr.B ? *pr.B : *pr.A;
+  const bool ok = live && pr.valid && (!isB || pr.B);
+  const uint16_t* wrow = m.bf16 + (long long)(isB && pr.B ? pr.rb : pr.ra) * K + 32 * h;
+  uint32_t wdst[4];
+#pragma unroll
+  for (int i = 0; i < 4; i++) wdst[i] = pw_sw128(lr, 4 * h + i);
+  constexpr int XPT = NX * 8 / 256;
+  int xsrc[XPT];
+  uint32_t xdst[XPT];
+  bool xok[XPT];
+#pragma unroll
+  for (int i = 0; i < XPT; i++) {
+    const int c = threadIdx.x + 256 * i, r = c >> 3, cc = c & 7;
+    xok[i] = r < rows;
+    xsrc[i] = min(r, rows - 1) * K + 8 * cc;
+    xdst[i] = PW_TILE + pw_sw128(r, cc);
+  }
+  auto load_w = [&](int s, int kb) {
+#pragma unroll
+    for (int i = 0; i < 4; i++) pw_cp16(sbase + s * STAGE + wdst[i], wrow + 64 * kb + 8 * i, ok);
+  };
+  auto load_x = [&](int s, int kb) {
+#pragma unroll
+    for (int i = 0; i < XPT; i++) {
+      pw_cp16(sbase + s * STAGE + xdst[i], xh + xsrc[i] + 64 * kb, xok[i]);
+      pw_cp16(sbase + s * STAGE + xdst[i] + XT, xl + xsrc[i] + 64 * kb, xok[i]);
+    }
+    asm volatile("cp.async.commit_group;\n" ::);
+  };
+#pragma unroll
+  for (int i = 0; i < NX / 2; i++) acc[i] = 0.0f;
+  load_w(0, 0); // the weights: in flight before the wait
+  pdl_wait();   // x's planes come after earlier kernels
+  load_x(0, 0);
+  const uint64_t d0 = pw_desc(sbase);
+  for (int kb = 0; kb < nk; kb++) {
+    const int s = kb & 1;
+    if (kb + 1 < nk) { // the next step into the other stage (read by the previous step's MMAs, which have finished)
+      load_w(s ^ 1, kb + 1);
+      load_x(s ^ 1, kb + 1);
+      asm volatile("cp.async.wait_group 1;\n" ::);
+    } else {
+      asm volatile("cp.async.wait_group 0;\n" ::);
+    }
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); // the copies are visible to the tensor cores
+    __syncthreads();
+    const uint64_t ds = d0 + (s ? STAGE / 16 : 0);
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+    pw_mmas<NX>(acc, ds + wg * (64 * 128 / 16), ds + PW_TILE / 16);
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+    __syncthreads(); // stage s is read before the next step's copies overwrite it
+  }
+#endif
+}
+
 // prefill_wgmma_<NX>: NX x rows a block (128: long passes and batches of
 // 65–128 rows; 64: batches of 33–64, half the MMAs and stages). Two blocks
 // an SM at NX 128 (128 registers: 64 of them the accumulators).
-template <int NX>
+template <int NX, bool DENSE>
 __device__ __forceinline__ void pw_body(const struct GemvOp& op, int M, const uint16_t* __restrict__ xh, const uint16_t* __restrict__ xl) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   __shared__ float code[256];
@@ -352,7 +424,10 @@ __device__ __forceinline__ void pw_body(const struct GemvOp& op, int M, const ui
   if (A0->code)
     for (int i = threadIdx.x; i < 256; i += blockDim.x) code[i] = A0->code[i];
   float acc[NX / 2];
-  pw_main<NX>(op, xh + (long long)mb * K, xl + (long long)mb * K, M - mb, 0, K / 64, smraw, code, acc);
+  if (DENSE)
+    pw_dense_main<NX>(op, xh + (long long)mb * K, xl + (long long)mb * K, M - mb, smraw, acc);
+  else
+    pw_main<NX>(op, xh + (long long)mb * K, xl + (long long)mb * K, M - mb, 0, K / 64, smraw, code, acc);
   // The LoRA terms of the block's rows of one adapter (the largest id among
   // them) as one more step on the tensor cores; the epilogue adds the rest.
   __shared__ int adapter;
@@ -380,9 +455,20 @@ __device__ __forceinline__ void pw_body(const struct GemvOp& op, int M, const ui
 
 extern "C" __global__ void __launch_bounds__(256, 2) prefill_wgmma(const __grid_constant__ struct GemvOp op, long long M,
                                                                    const uint16_t* __restrict__ xh, const uint16_t* __restrict__ xl) {
-  pw_body<128>(op, (int)M, xh, xl);
+  pw_body<128, false>(op, (int)M, xh, xl);
 }
 extern "C" __global__ void __launch_bounds__(256, 2) prefill_wgmma_64(const __grid_constant__ struct GemvOp op, long long M,
                                                                       const uint16_t* __restrict__ xh, const uint16_t* __restrict__ xl) {
-  pw_body<64>(op, (int)M, xh, xl);
+  pw_body<64, false>(op, (int)M, xh, xl);
+}
+
+// dense_wgmma(_64): prefill_wgmma(_64) for dense bf16 weights (the lm_head
+// of batches and of passes that want every row's logits).
+extern "C" __global__ void __launch_bounds__(256, 2) dense_wgmma(const __grid_constant__ struct GemvOp op, long long M,
+                                                                 const uint16_t* __restrict__ xh, const uint16_t* __restrict__ xl) {
+  pw_body<128, true>(op, (int)M, xh, xl);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) dense_wgmma_64(const __grid_constant__ struct GemvOp op, long long M,
+                                                                    const uint16_t* __restrict__ xh, const uint16_t* __restrict__ xl) {
+  pw_body<64, true>(op, (int)M, xh, xl);
 }

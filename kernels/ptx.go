@@ -68,7 +68,7 @@ var modules = []ptxModule{
 	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, false, "5e69d7989793f1e304e1147c31401f0bb4e52dbbdf588fb27c14c07938365337", ""},
 	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, false, "5301da91207180e5f2725715f42fcb01f10d210fb2b7b2cd6783e10424f57c36", ""},
 	{"prefill", ptx_prefill_80, ptx_prefill_90, false, "2149f47b2874fc9c91dddcb870fcc8e83686f214c8e90c21ef8d8028f910116b", ""},
-	{"prefill_wgmma", ptx_prefill_wgmma_80, ptx_prefill_wgmma_90, true, "31f010468421ebc729cadf7053ea963129d699a02e39aa5db6139ae9a95a442e", ptx_prefill_wgmma_90a},
+	{"prefill_wgmma", ptx_prefill_wgmma_80, ptx_prefill_wgmma_90, true, "db45b7a3e9850ba2ca9a979b51111abe32435d4d8549ce441a1801724171864b", ptx_prefill_wgmma_90a},
 	{"quantize", ptx_quantize_80, ptx_quantize_90, false, "52264f574dc60fdcdf63406706406d786091cdc733e6bdf3cc2463d3c8721967", ""},
 	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, false, "108ae0e8ff176c2803750dfdd5a07d8201baed9410aaeea13ff37ebcf42e3e26", ""},
 	{"sample", ptx_sample_80, ptx_sample_90, false, "f2fa913ebcbc9ab2846d74ea557999a5d61a44c6d11094e4658d92717ef5c20f", ""},

@@ -428,6 +428,11 @@ func (e *Engine) uploadOp(base gemvOp, ls []*qwen.Linear, what string) (matOp, e
 			return mo, err
 		}
 	}
+	if mo.kind == kindMMABF16 {
+		if err := e.Dev.reservePlanes(e.MaxRows, mo.k); err != nil { // dense_wgmma (devices that run it)
+			return mo, err
+		}
+	}
 	if mo.kind == kindLUTNF4 {
 		if err := e.Dev.reserveLUT(mo.pairs / 8); err != nil {
 			return mo, err
