@@ -40,9 +40,12 @@ type KernelTime struct {
 // back to back in a CUDA graph and timed with events around a replay, so the
 // time is the kernel's own (graph node overhead, ~1 µs, included; host launch
 // gaps not). Labels aggregate the layers; the list comes slowest first.
-// copyGBs is the card's measured copy bandwidth. The sequences advance by one
-// token (their caches get the step's K/V written more than once, harmlessly).
-func (e *Engine) ProfileStep(seqs []*qwen.Seq, tokens [][]int, copyGBs float64) ([]KernelTime, error) {
+// byKernel splits each label's row by kernel name ("label · kernel"). An
+// op's bytes and flops count once (on its first launch other than
+// split_planes), however many launches it takes. copyGBs is the card's
+// measured copy bandwidth. The sequences advance by one token (their caches
+// get the step's K/V written more than once, harmlessly).
+func (e *Engine) ProfileStep(seqs []*qwen.Seq, tokens [][]int, copyGBs float64, byKernel bool) ([]KernelTime, error) {
 	ps, err := e.prepare(seqs, tokens, false)
 	if err != nil {
 		return nil, err
@@ -67,7 +70,11 @@ func (e *Engine) ProfileStep(seqs []*qwen.Seq, tokens [][]int, copyGBs float64) 
 		defer cu.DestroyEvent(&end)
 		agg := map[string]*KernelTime{}
 		var order []string
-		for _, l := range p.launches {
+		counted := false // the current op's bytes and flops are in (its launches are consecutive)
+		for i, l := range p.launches {
+			if i == 0 || l.label != p.launches[i-1].label || l.layer != p.launches[i-1].layer {
+				counted = false
+			}
 			g, err := e.Dev.Capture(func() error {
 				for r := 0; r < reps; r++ {
 					if err := e.Dev.run(l.c); err != nil {
@@ -94,16 +101,23 @@ func (e *Engine) ProfileStep(seqs []*qwen.Seq, tokens [][]int, copyGBs float64) 
 				return fmt.Errorf("cuda: profiling %s: %v", l.c.name, err)
 			}
 			ms, _ := start.Elapsed(end)
-			kt := agg[l.label]
+			key := l.label
+			if byKernel {
+				key += " · " + l.c.name
+			}
+			kt := agg[key]
 			if kt == nil {
-				kt = &KernelTime{Label: l.label}
-				agg[l.label] = kt
-				order = append(order, l.label)
+				kt = &KernelTime{Label: key}
+				agg[key] = kt
+				order = append(order, key)
 			}
 			kt.Calls++
 			kt.Micros += ms * 1000 / reps
-			kt.Bytes += e.traffic(l.label, l.layer, ps)
-			kt.Flops += e.flops(l.label, l.layer, ps)
+			if !counted && l.c.name != "split_planes" {
+				kt.Bytes += e.traffic(l.label, l.layer, ps)
+				kt.Flops += e.flops(l.label, l.layer, ps)
+				counted = true
+			}
 		}
 		for _, l := range order {
 			kt := agg[l]

@@ -226,6 +226,7 @@ func runBench(args []string) error {
 	newTokens := fs.Int("new-tokens", 128, "decode steps timed")
 	asJSON := fs.Bool("json", false, "print JSON instead of tables")
 	prefillKernels := fs.Bool("prefill-kernels", false, "also print the per-kernel breakdown of one prefill pass (batch × prompt-len tokens)")
+	byKernel := fs.Bool("by-kernel", false, "split the breakdowns' rows by kernel name (an op's bytes and flops on its main kernel)")
 	quiet := fs.Bool("quiet", false, "no progress bar")
 	devs := fs.String("devices", "0", "also decode on these GPUs at once and report the aggregate rate: `all` or a list like 0,1")
 	load := fs.Bool("load", false, "time loading --model (cold and warm page cache, upload included) instead")
@@ -299,7 +300,7 @@ func runBench(args []string) error {
 		if err != nil {
 			return err
 		}
-		if err := benchAdapterOn(eng, &rows[i], b, *promptLen, *newTokens, copyGBs, *prefillKernels); err != nil {
+		if err := benchAdapterOn(eng, &rows[i], b, *promptLen, *newTokens, copyGBs, *prefillKernels, *byKernel); err != nil {
 			eng.Close()
 			return err
 		}
@@ -375,7 +376,7 @@ func printKernels(ks []kernels.KernelTime, per, bytes string) {
 
 // benchAdapterOn measures prefill, the per-kernel profile and decode with
 // and without graphs, all rows on adapter 0.
-func benchAdapterOn(eng *kernels.Engine, row *benchRow, b, promptLen, newTokens int, copyGBs float64, prefillKernels bool) error {
+func benchAdapterOn(eng *kernels.Engine, row *benchRow, b, promptLen, newTokens int, copyGBs float64, prefillKernels, byKernel bool) error {
 	seqs, rate, err := prefill(eng, b, promptLen, newTokens, 0)
 	if err != nil {
 		return err
@@ -388,11 +389,11 @@ func benchAdapterOn(eng *kernels.Engine, row *benchRow, b, promptLen, newTokens 
 		release(eng, long)
 	}
 	if prefillKernels {
-		if row.PrefillKern, err = profilePrefill(eng, b, promptLen, copyGBs); err != nil {
+		if row.PrefillKern, err = profilePrefill(eng, b, promptLen, copyGBs, byKernel); err != nil {
 			return err
 		}
 	}
-	if row.Kernels, err = eng.ProfileStep(seqs, firstTokens(b), copyGBs); err == nil {
+	if row.Kernels, err = eng.ProfileStep(seqs, firstTokens(b), copyGBs, byKernel); err == nil {
 		row.DecodeOn, err = eng.DecodeRate(seqs, newTokens, true)
 	}
 	release(eng, seqs)
@@ -424,7 +425,7 @@ func benchRows(b, promptLen int) int { return max(b*promptLen, longPrompt) }
 
 // profilePrefill is the per-kernel profile of the prefill pass of b new
 // sequences of promptLen tokens each (adapter 0).
-func profilePrefill(eng *kernels.Engine, b, promptLen int, copyGBs float64) ([]kernels.KernelTime, error) {
+func profilePrefill(eng *kernels.Engine, b, promptLen int, copyGBs float64, byKernel bool) ([]kernels.KernelTime, error) {
 	seqs, toks := make([]*qwen.Seq, b), make([][]int, b)
 	defer func() { release(eng, seqs) }()
 	for i := range seqs {
@@ -437,7 +438,7 @@ func profilePrefill(eng *kernels.Engine, b, promptLen int, copyGBs float64) ([]k
 			toks[i][j] = benchToken(i, j, eng.Model().Config.Vocab)
 		}
 	}
-	return eng.ProfileStep(seqs, toks, copyGBs)
+	return eng.ProfileStep(seqs, toks, copyGBs, byKernel)
 }
 
 // instructSampling is Qwen2.5-3B-Instruct's generation_config.json.
