@@ -266,8 +266,9 @@ func (d *Device) reserveLUT(tiles int) error {
 // two), mmas_nf4 + mmas_finish (up to prefillMin, at most splitRows a
 // launch), prefill_wgmma or prefill_nf4 (prefillCalls: more, and on
 // devices with warpgroup MMAs batches of more than wideBatchMin rows over
-// matrices of at least 64 pairs an SM). Dense bf16 of batch engines takes mmas_bf16
-// (splitRows a launch), every other kind one matmulCall.
+// matrices of at least 64 pairs an SM). Dense bf16 of batch engines takes
+// dense_wgmma on those devices for more than denseWGMin rows, else mmas_bf16
+// (splitRows a launch); every other kind one matmulCall.
 func (d *Device) matmulCalls(kind kernelKind, op *gemvOp, rows, pairs, K int) ([]call, error) {
 	lut := kind == kindMMANF4 || kind == kindLUTNF4
 	switch {
@@ -310,7 +311,7 @@ func (d *Device) matmulCalls(kind kernelKind, op *gemvOp, rows, pairs, K int) ([
 const wideBatchMin = 32
 
 // prefillMin is the most rows the NF4 kernels for batches take; longer
-// passes run prefill_nf4, whose grid of 64-pair × 64-row blocks then holds
+// passes run prefill_wgmma or prefill_nf4, whose grid of 64-pair × 64-row blocks then holds
 // enough blocks to fill the card even for the short matrices (o, down).
 const prefillMin = 128
 
