@@ -311,8 +311,9 @@ func (d *Device) matmulCalls(kind kernelKind, op *gemvOp, rows, pairs, K int) ([
 const wideBatchMin = 32
 
 // prefillMin is the most rows the NF4 kernels for batches take; longer
-// passes run prefill_wgmma or prefill_nf4, whose grid of 64-pair × 64-row blocks then holds
-// enough blocks to fill the card even for the short matrices (o, down).
+// passes run prefill_wgmma or prefill_nf4, whose grids of 64-pair blocks ×
+// 128 (64) rows then hold enough blocks to fill the card even for the short
+// matrices (o, down).
 const prefillMin = 128
 
 // prefillCall is prefill_nf4 over rows batch rows: blocks of 64 pairs ×
