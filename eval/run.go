@@ -426,9 +426,7 @@ func batchLogLikelihood(e qwen.BatchLogProbEngine, seqs []*qwen.Seq, items []ite
 			}
 			continue
 		}
-		all := append(append([]int(nil), it.ids...), it.expIDs...)
-		tg := make([]int, len(all))
-		copy(tg[len(it.ids)-1:], it.expIDs)
+		all, tg := teacherForced(it.ids, it.expIDs)
 		js, ss, toks, targets = append(js, j), append(ss, seqs[j]), append(toks, all), append(targets, tg)
 	}
 	if len(ss) == 0 {
@@ -439,17 +437,31 @@ func batchLogLikelihood(e qwen.BatchLogProbEngine, seqs []*qwen.Seq, items []ite
 		return err
 	}
 	for k, j := range js {
-		if j < 0 {
-			continue
+		if j >= 0 {
+			it := items[chunk[j].q]
+			lls[j] = meanExpected(out[k], len(it.ids), len(it.expIDs))
 		}
-		p := len(items[chunk[j].q].ids)
-		var sum float64
-		for i := p - 1; i < len(toks[k])-1; i++ {
-			sum += out[k][i]
-		}
-		lls[j] = sum / float64(len(toks[k])-p)
 	}
 	return nil
+}
+
+// teacherForced is prompt and expected as one sequence, and its targets:
+// each expected token at the position that predicts it, zeros before.
+func teacherForced(prompt, expected []int) (all, targets []int) {
+	all = append(append([]int(nil), prompt...), expected...)
+	targets = make([]int, len(all))
+	copy(targets[len(prompt)-1:], expected)
+	return all, targets
+}
+
+// meanExpected is the mean of the n expected tokens' log-probabilities in
+// v (v[i]: position i's, of its target) after a prompt of p tokens.
+func meanExpected(v []float64, p, n int) float64 {
+	var sum float64
+	for i := range n {
+		sum += v[p-1+i]
+	}
+	return sum / float64(n)
 }
 
 // logLikelihood runs prompt+expected through the empty sequence s (which
@@ -458,19 +470,13 @@ func logLikelihood(e qwen.Engine, s *qwen.Seq, prompt, expected []int) (float64,
 	if len(expected) == 0 || len(prompt) == 0 {
 		return math.NaN(), nil
 	}
-	all := append(append([]int(nil), prompt...), expected...)
+	all, targets := teacherForced(prompt, expected)
 	if lp, ok := e.(qwen.LogProbEngine); ok { // on the device: only the numbers come back
-		targets := make([]int, len(all))
-		copy(targets[len(prompt)-1:], expected)
 		v, err := lp.TargetLogProbs(s, all, targets)
 		if err != nil {
 			return 0, err
 		}
-		var sum float64
-		for i := range expected {
-			sum += v[len(prompt)-1+i]
-		}
-		return sum / float64(len(expected)), nil
+		return meanExpected(v, len(prompt), len(expected)), nil
 	}
 	logits, err := e.Forward([]*qwen.Seq{s}, [][]int{all}, true)
 	if err != nil {
