@@ -138,8 +138,8 @@ func TestGemv(t *testing.T) {
 	rng := rand.New(rand.NewPCG(seed, 3))
 	t.Logf("seed %d", seed)
 	const K, hd = 96, 16
-	wide, dense := d.wideBatchPairs, d.denseWGMin
-	defer func() { d.wideBatchPairs, d.denseWGMin = wide, dense }()
+	wide, dense, wgSplit := d.wideBatchPairs, d.denseWGMin, d.wgSplitMin
+	defer func() { d.wideBatchPairs, d.denseWGMin, d.wgSplitMin = wide, dense, wgSplit }()
 	cycle := func(M, n int) []int { // −1, 0, 1, … n − 2, −1, …: base rows and adapters
 		a := make([]int, M)
 		for m := range a {
@@ -156,15 +156,18 @@ func TestGemv(t *testing.T) {
 			f, K = "nf4dq", 2048+128
 		case "nf4dq-mma", "nf4-mma", "bf16-mma": // the tensor-core batch kernels: rows in 16s, whole 64-blocks, 9 steps of K (the last one block); NT = 2, 3, 8, then 8 in two launches
 			f, K, eng, oN, guN = f[:len(f)-4], 2048+64, "mma", 48, 32
-			batches = [][]int{pattern(11), pattern(20), pattern(37), pattern(50), pattern(70), pattern(100), pattern(130), pattern(300), cycle(130, 2)} // 50, 100 (below), 130, 300: prefill_nf4 (64-row blocks, a partial last one) or prefill_wgmma (its LoRA step: adapter 1, or 0 below rmax, and the epilogue's for 0)
+			batches = [][]int{pattern(11), pattern(20), pattern(37), pattern(40), pattern(50), pattern(70), pattern(100), pattern(130), pattern(300), cycle(130, 2)} // 50, 100 (below), 130, 300: prefill_nf4 (64-row blocks, a partial last one) or prefill_wgmma (its LoRA step: adapter 1, or 0 below rmax, and the epilogue's for 0)
 		case "nf4dq-lut", "nf4-lut": // nf4_lut: rows in 16s, 33 blocks (a partial last step); one, two rows; eleven and 130 (mmas_nf4, prefill_nf4 on nf4_lut's codes)
 			f, K, eng, oN, guN = f[:len(f)-4], 2048+64, "lut", 48, 32
 			batches = [][]int{{0}, {1, -1}, pattern(11), pattern(130)}
 		}
 		for _, adapters := range batches {
-			d.wideBatchPairs, d.denseWGMin = wide, 1<<30     // the batch kernels (mmas_nf4, mmas_bf16) but for
-			if len(adapters) == 50 || len(adapters) == 100 { // prefill_wgmma(_64) and dense_wgmma(_64), as the engine runs the wide matrices and lm_head of batches
+			d.wideBatchPairs, d.denseWGMin, d.wgSplitMin = wide, 1<<30, 1<<30 // the batch kernels (mmas_nf4, mmas_bf16) but for
+			if len(adapters) == 50 || len(adapters) == 100 {                  // prefill_wgmma(_64) and dense_wgmma(_64), as the engine runs the wide matrices and lm_head of batches
 				d.wideBatchPairs, d.denseWGMin = 0, 0
+			}
+			if len(adapters) == 40 { // wgmma_split_64 (9 splits, the last of one step) and mmas_finish
+				d.wgSplitMin = 0
 			}
 			for i, mode := range []int{modeStore, modeResid, modeGateUp, modeQKV} {
 				wpp := []int{0, 2, 8, 4}[i] // the launcher's choice, and forced splits of K (8 leaves some warps no columns)
@@ -295,9 +298,12 @@ func checkGemv(t *testing.T, d *Device, rng *rand.Rand, ls []*qwen.Linear, mode 
 				return fmt.Errorf("%d rows ran %s, not the warpgroup kernel", M, n)
 			}
 		}
+		if d.WGMMA && eng == "mma" && mo.kind != kindMMABF16 && M > d.wgSplitMin && M <= splitRows && !(M > wideBatchMin && mo.pairs >= d.wideBatchPairs) && cs[1].name != "wgmma_split_64" {
+			return fmt.Errorf("%d rows ran %s, not wgmma_split_64", M, cs[1].name)
+		}
 		for _, c := range cs {
 			switch {
-			case wpp > 0 && (c.name == "mmas_finish" || c.name == "prefill_nf4" || strings.HasSuffix(c.name, "_wgmma") || strings.HasSuffix(c.name, "_wgmma_64") || c.name == "split_planes"): // not forced: the launcher's geometry
+			case wpp > 0 && (c.name == "mmas_finish" || c.name == "prefill_nf4" || strings.HasSuffix(c.name, "_wgmma") || strings.HasSuffix(c.name, "_wgmma_64") || c.name == "wgmma_split_64" || c.name == "split_planes"): // not forced: the launcher's geometry
 			case wpp > 0 && strings.HasPrefix(c.name, "mmas_nf4"): // one group a split: each warp walks several tiles (and blocks several steps: splitSteps)
 				c.grid[0] = 1
 			case wpp > 0 && mo.kind == kindMMABF16: // one block: it walks every tile group
@@ -334,6 +340,10 @@ func checkGemv(t *testing.T, d *Device, rng *rand.Rand, ls []*qwen.Linear, mode 
 	if err != nil {
 		t.Fatal(err)
 	}
+	tol := fp32Tol
+	if eng == "mma" || eng == "lut" && M > 2 { // lut: passes of more rows run mmas_nf4 or prefill_nf4
+		tol = twoPartTol // x in two bf16 parts, the k/v cache too
+	}
 	var want []float32
 	switch mode {
 	case modeStore:
@@ -359,16 +369,12 @@ func checkGemv(t *testing.T, d *Device, rng *rand.Rand, ls []*qwen.Linear, mode 
 		for m := range kGot {
 			kg, vg = append(kg, kGot[m]...), append(vg, vGot[m]...)
 		}
-		if r := relErr(kg, kw); r > fp32Tol {
-			t.Errorf("k cache: relative error %.3g > %g; %s", r, fp32Tol, firstMismatch(kg, kw, fp32Tol))
+		if r := relErr(kg, kw); r > tol {
+			t.Errorf("k cache: relative error %.3g > %g; %s", r, tol, firstMismatch(kg, kw, tol))
 		}
-		if r := relErr(vg, vw); r > fp32Tol {
-			t.Errorf("v cache: relative error %.3g > %g; %s", r, fp32Tol, firstMismatch(vg, vw, fp32Tol))
+		if r := relErr(vg, vw); r > tol {
+			t.Errorf("v cache: relative error %.3g > %g; %s", r, tol, firstMismatch(vg, vw, tol))
 		}
-	}
-	tol := fp32Tol
-	if eng == "mma" || eng == "lut" && M > 2 { // lut: passes of more rows run mmas_nf4 or prefill_nf4
-		tol = twoPartTol
 	}
 	if r := relErr(got, want); r > tol {
 		t.Errorf("relative error %.3g > %g; %s", r, tol, firstMismatch(got, want, tol))

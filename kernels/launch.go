@@ -289,6 +289,11 @@ func (d *Device) matmulCalls(kind kernelKind, op *gemvOp, rows, pairs, K int) ([
 			return cs, nil
 		}
 	}
+	if kind == kindMMANF4 && rows > d.wgSplitMin && rows <= splitRows {
+		if cs := d.wgmmaSplitCalls(op, rows, pairs, K); cs != nil {
+			return cs, nil
+		}
+	}
 	var cs []call
 	for m0 := 0; m0 < rows; m0 += splitRows {
 		var c []call
@@ -307,7 +312,7 @@ func (d *Device) matmulCalls(kind kernelKind, op *gemvOp, rows, pairs, K int) ([
 }
 
 // wideBatchMin: batches of more rows run the wide matrices on
-// prefill_wgmma (matmulCalls).
+// prefill_wgmma (matmulCalls), the others on wgmma_split_64.
 const wideBatchMin = 32
 
 // prefillMin is the most rows the NF4 kernels for batches take; longer
@@ -350,12 +355,40 @@ func (d *Device) wgmmaCalls(kernel string, op *gemvOp, rows, pairs, K int) []cal
 	if rows <= 64 {
 		name, nx = kernel+"_64", 64
 	}
-	smem := 2*(128*64*2+2*nx*64*2) + 1024 // two stages of weights and x's planes (PW_SMEM in prefill_wgmma.cu)
+	smem := pwSmem(nx)
 	return []call{
 		{name: "split_planes", grid: [3]int{(n4 + 255) / 256}, block: 256, args: []any{cu.DevicePtr(op.X), hi, lo, n4}},
 		{name: name, block: 256, shmem: smem, grid: [3]int{(pairs + 63) / 64, (rows + nx - 1) / nx}, args: []any{op, rows, hi, lo}},
 	}
 }
+
+// wgmmaSplitCalls are split_planes, wgmma_split_64 — K split so that the
+// matrix's 64-pair blocks make about two a multiprocessor, at least 4 steps
+// of 64 columns a split — and mmas_finish, for batches of up to 64 rows (the
+// narrow matrices of batches of 33–64: batch 64 +3 %, kernels/PERF.md); nil
+// where the device has no warpgroup MMAs or its scratch does not hold the
+// launch.
+func (d *Device) wgmmaSplitCalls(op *gemvOp, rows, pairs, K int) []call {
+	plane := int64(rows) * int64(K) * 2
+	if !d.WGMMA || 2*plane > d.planes.Bytes || d.splitWS.Bytes < splitWSBytes(pairs, K) {
+		return nil
+	}
+	steps, blocks := K/64, (pairs+63)/64
+	sps := max(4, (steps*blocks+2*d.SMs-1)/(2*d.SMs))
+	splits := (steps + sps - 1) / sps
+	hi, lo := d.planes, Buf{Ptr: d.planes.Ptr + cu.DevicePtr(plane), Bytes: plane}
+	n4 := rows * K / 4
+	return []call{
+		{name: "split_planes", grid: [3]int{(n4 + 255) / 256}, block: 256, args: []any{cu.DevicePtr(op.X), hi, lo, n4}},
+		{name: "wgmma_split_64", block: 256, shmem: pwSmem(64), grid: [3]int{blocks, 1, splits}, args: []any{op, rows, hi, lo, d.splitWS, sps}},
+		finishCall(op, rows, 0, rows, pairs, splits, 64, d.splitWS),
+	}
+}
+
+// pwSmem is the dynamic shared memory of the warpgroup kernels over nx x
+// rows a block: two stages of weights and x's two planes, and room to align
+// them to 1,024 bytes (PW_SMEM in prefill_wgmma.cu).
+func pwSmem(nx int) int { return 2*(128*64*2+2*nx*64*2) + 1024 }
 
 // reservePlanes makes the x planes scratch of prefill_wgmma hold passes of
 // rows rows of K columns (two bf16 planes), on devices that run it.
@@ -444,8 +477,14 @@ func (d *Device) splitCalls(op *gemvOp, rows, m0, pairs, K int) ([]call, error) 
 	groups := max(1, min(max(1, occ)*d.SMs/splits, (tiles+7)/8))
 	c.grid = [3]int{groups, splits}
 	c.args = []any{op, rows, m0, d.splitWS, S}
-	fin := call{name: "mmas_finish", grid: [3]int{(pairs + 255) / 256, n}, block: 256, args: []any{op, rows, m0, d.splitWS, splits, 8 * nt}}
-	return []call{c, fin}, nil
+	return []call{c, finishCall(op, rows, m0, n, pairs, splits, 8*nt, d.splitWS)}, nil
+}
+
+// finishCall is mmas_finish over the n batch rows m0, m0+1, … of a launch
+// whose splits partial sums of mp rows each are in ws: a thread a (pair,
+// batch row).
+func finishCall(op *gemvOp, rows, m0, n, pairs, splits, mp int, ws Buf) call {
+	return call{name: "mmas_finish", grid: [3]int{(pairs + 255) / 256, n}, block: 256, args: []any{op, rows, m0, ws, splits, mp}}
 }
 
 // splitWSBytes is the split-K workspace one mmas_nf4 launch over a matrix

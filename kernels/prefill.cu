@@ -89,12 +89,7 @@ __device__ void prefill_body(const struct GemvOp* __restrict__ op, int M) {
     { // r → shared: the weights dequantised, x split
       const Lut L = make_lut(scale_of(mr, code, RawScale{r.q, r.n}));
       uint32_t o[16];
-#pragma unroll
-      for (int i = 0; i < 4; i++) {
-        const uint32_t wd = word(r.cw, i), sel = wd & 0x77777777u, hsel = ((wd >> 1) & 0x44444444u) | 0x32103210u;
-        lookup4(L, sel, hsel, o[4 * i], o[4 * i + 1]);
-        lookup4(L, sel >> 16, hsel >> 16, o[4 * i + 2], o[4 * i + 3]);
-      }
+      dequant32(L, r.cw, o);
       uint4* d = (uint4*)(wsh + lr * PF_LDW + 32 * h);
 #pragma unroll
       for (int i = 0; i < 4; i++) d[i] = make_uint4(o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]);

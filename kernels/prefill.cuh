@@ -12,6 +12,18 @@ constexpr int PF_RMAX = 32;        // the largest rmax whose LoRA B rows the epi
 constexpr int PF_SMEM = (PF_BN * PF_LDW + 2 * PF_BM * PF_LDX) * 2 + 2 * PF_RMAX * 64 * 4; // dynamic shared memory (prefillCall)
 static_assert((PF_BM * PF_LDR + 2 * PF_RMAX * 64) * 4 <= PF_SMEM, "the epilogue's sums and B rows fit");
 
+// dequant32 looks up a thread's 32 codes (16 bytes of lutNF4's layout: its
+// half of a row's 64-block) in the block's table L: o[j] holds weights 2j,
+// 2j + 1 as bf16x2, in the codes' order.
+__device__ __forceinline__ void dequant32(const Lut& L, const uint4& cw, uint32_t (&o)[16]) {
+#pragma unroll
+  for (int i = 0; i < 4; i++) {
+    const uint32_t wd = word(cw, i), sel = wd & 0x77777777u, hsel = ((wd >> 1) & 0x44444444u) | 0x32103210u;
+    lookup4(L, sel, hsel, o[4 * i], o[4 * i + 1]);
+    lookup4(L, sel >> 16, hsel >> 16, o[4 * i + 2], o[4 * i + 3]);
+  }
+}
+
 // lora_staged is lora_vec's term with B from shared memory: b[64·j] is B's
 // value j of the thread's row (zero past the rank), t[m]'s values as float4.
 __device__ __forceinline__ float lora_staged(const struct Mat& a, const struct GemvOp& op, int m, const float* b, int R, int ad) {

@@ -103,6 +103,39 @@ __device__ __forceinline__ void pw_mma<128>(float (&d)[64], uint64_t a, uint64_t
 }
 #endif
 
+// PwX is a thread's share of x's two [NX][64] tiles of a step (hi and lo
+// planes): chunk c = threadIdx.x + 256·i is row c / 8, 16-byte column c % 8
+// — its source offset and place in a stage, set up once; rows past the pass
+// read as zeros.
+template <int NX>
+struct PwX {
+  static constexpr int N = NX * 8 / 256;
+  static_assert(NX * 8 % 256 == 0, "x's chunks: a whole number a thread");
+  int src[N];
+  uint32_t dst[N];
+  bool ok[N];
+  __device__ __forceinline__ PwX(int rows, int K) {
+#pragma unroll
+    for (int i = 0; i < N; i++) {
+      const int c = threadIdx.x + 256 * i, r = c >> 3, cc = c & 7;
+      ok[i] = r < rows;
+      src[i] = min(r, rows - 1) * K + 8 * cc;
+      dst[i] = PW_TILE + pw_sw128(r, cc);
+    }
+  }
+  // load copies step kb's chunks of both planes by cp.async into the stage
+  // at shared address stage (the lo plane's tile NX·128 bytes after the hi
+  // one's) and commits them as a group.
+  __device__ __forceinline__ void load(uint32_t stage, const uint16_t* xh, const uint16_t* xl, int kb) const {
+#pragma unroll
+    for (int i = 0; i < N; i++) {
+      pw_cp16(stage + dst[i], xh + src[i] + 64 * kb, ok[i]);
+      pw_cp16(stage + dst[i] + NX * 128, xl + src[i] + 64 * kb, ok[i]);
+    }
+    asm volatile("cp.async.commit_group;\n" ::);
+  }
+};
+
 extern __shared__ __align__(16) uint8_t smraw[]; // the kernels' dynamic shared memory
 
 // pw_mmas issues a warpgroup's MMAs of one step: its 64 weight rows at
@@ -162,40 +195,15 @@ __device__ __forceinline__ void pw_main(const struct GemvOp& op, const uint16_t*
       r.n = rs.n;
     }
   };
-  // x: chunk c = threadIdx.x + 256·i of a step: row c / 8, 16-byte column
-  // c % 8; its source offset and place in a stage, set up once.
-  constexpr int XPT = NX * 8 / 256;
-  static_assert(NX * 8 % 256 == 0, "x's chunks: a whole number a thread");
-  int xsrc[XPT];
-  uint32_t xdst[XPT];
-  bool xok[XPT];
-#pragma unroll
-  for (int i = 0; i < XPT; i++) {
-    const int c = threadIdx.x + 256 * i, r = c >> 3, cc = c & 7;
-    xok[i] = r < rows;
-    xsrc[i] = min(r, rows - 1) * K + 8 * cc;
-    xdst[i] = PW_TILE + pw_sw128(r, cc);
-  }
-  auto load_x = [&](int s, int kb) { // x's two [NX][64] tiles of step kb into stage s
-#pragma unroll
-    for (int i = 0; i < XPT; i++) {
-      pw_cp16(sbase + s * STAGE + xdst[i], xh + xsrc[i] + 64 * kb, xok[i]);
-      pw_cp16(sbase + s * STAGE + xdst[i] + XT, xl + xsrc[i] + 64 * kb, xok[i]);
-    }
-    asm volatile("cp.async.commit_group;\n" ::);
-  };
+  const PwX<NX> xs(rows, K);
+  auto load_x = [&](int s, int kb) { xs.load(sbase + s * STAGE, xh, xl, kb); }; // x's two tiles of step kb into stage s
   uint32_t soff[4]; // the thread's 16-byte chunks in a stage's weight tile
 #pragma unroll
   for (int i = 0; i < 4; i++) soff[i] = pw_sw128(lr, 4 * h + i);
   auto store_w = [&](int s, const Raw& r) { // the 32 weights, dequantised, into stage s
     const Lut L = make_lut(live ? scale_of(mr, code, RawScale{r.q, r.n}) : 0.0f);
     uint32_t o[16];
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-      const uint32_t wd = word(r.cw, i), sel = wd & 0x77777777u, hsel = ((wd >> 1) & 0x44444444u) | 0x32103210u;
-      lookup4(L, sel, hsel, o[4 * i], o[4 * i + 1]);
-      lookup4(L, sel >> 16, hsel >> 16, o[4 * i + 2], o[4 * i + 3]);
-    }
+    dequant32(L, r.cw, o);
 #pragma unroll
     for (int i = 0; i < 4; i++) *(uint4*)(sgen + s * STAGE + soff[i]) = make_uint4(o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]);
   };
@@ -362,29 +370,12 @@ __device__ __forceinline__ void pw_dense_main(const struct GemvOp& op, const uin
   uint32_t wdst[4];
 #pragma unroll
   for (int i = 0; i < 4; i++) wdst[i] = pw_sw128(lr, 4 * h + i);
-  constexpr int XPT = NX * 8 / 256;
-  int xsrc[XPT];
-  uint32_t xdst[XPT];
-  bool xok[XPT];
-#pragma unroll
-  for (int i = 0; i < XPT; i++) {
-    const int c = threadIdx.x + 256 * i, r = c >> 3, cc = c & 7;
-    xok[i] = r < rows;
-    xsrc[i] = min(r, rows - 1) * K + 8 * cc;
-    xdst[i] = PW_TILE + pw_sw128(r, cc);
-  }
   auto load_w = [&](int s, int kb) {
 #pragma unroll
     for (int i = 0; i < 4; i++) pw_cp16(sbase + s * STAGE + wdst[i], wrow + 64 * kb + 8 * i, ok);
   };
-  auto load_x = [&](int s, int kb) {
-#pragma unroll
-    for (int i = 0; i < XPT; i++) {
-      pw_cp16(sbase + s * STAGE + xdst[i], xh + xsrc[i] + 64 * kb, xok[i]);
-      pw_cp16(sbase + s * STAGE + xdst[i] + XT, xl + xsrc[i] + 64 * kb, xok[i]);
-    }
-    asm volatile("cp.async.commit_group;\n" ::);
-  };
+  const PwX<NX> xs(rows, K);
+  auto load_x = [&](int s, int kb) { xs.load(sbase + s * STAGE, xh, xl, kb); };
 #pragma unroll
   for (int i = 0; i < NX / 2; i++) acc[i] = 0.0f;
   load_w(0, 0); // the weights: in flight before the wait
@@ -460,6 +451,36 @@ extern "C" __global__ void __launch_bounds__(256, 2) prefill_wgmma(const __grid_
 extern "C" __global__ void __launch_bounds__(256, 2) prefill_wgmma_64(const __grid_constant__ struct GemvOp op, long long M,
                                                                       const uint16_t* __restrict__ xh, const uint16_t* __restrict__ xl) {
   pw_body<64, false>(op, (int)M, xh, xl);
+}
+
+// wgmma_split_64: prefill_wgmma_64's product over a split of K, for the
+// narrow matrices of batches (down, o, q/k/v: 16–20 blocks of 64 pairs, too
+// few to fill the card over the whole of K): grid (⌈pairs/64⌉, 1, splits),
+// block (b, 0, s) takes steps s·sps … of 64 columns and writes its sums to
+// mmas_nf4's split workspace, ws[s][x row][2·pair + {A, B}] (64 rows a
+// split); mmas_finish adds the splits in order, the LoRA terms and the
+// epilogue. Up to 64 rows; sps ≥ 4 (at most K / 256 splits, as mmas_nf4's).
+extern "C" __global__ void __launch_bounds__(256, 2) wgmma_split_64(const __grid_constant__ struct GemvOp op, long long Mrows,
+                                                                    const uint16_t* __restrict__ xh, const uint16_t* __restrict__ xl,
+                                                                    float* __restrict__ ws, long long sps) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  __shared__ float code[256];
+  const struct Mat* A0 = &op.mat[0];
+  const int M = (int)Mrows, K = A0->K, P = pairs_of(&op), kb0 = blockIdx.z * (int)sps, kb1 = min(K / 64, kb0 + (int)sps);
+  if (A0->code)
+    for (int i = threadIdx.x; i < 256; i += blockDim.x) code[i] = A0->code[i];
+  float acc[32];
+  pw_main<64>(op, xh, xl, M, kb0, kb1, smraw, code, acc);
+  float* w = ws + (long long)blockIdx.z * 64 * 2 * P;
+#pragma unroll
+  for (int i = 0; i < 8; i++)
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+      const PwLocal q = pw_local(i, j);
+      const int pair = blockIdx.x * 64 + q.pair;
+      if (pair < P && q.xrow < M) w[(long long)q.xrow * 2 * P + 2 * pair + q.ab] = acc[4 * i + j];
+    }
+#endif
 }
 
 // dense_wgmma(_64): prefill_wgmma(_64) for dense bf16 weights (the lm_head

@@ -63,13 +63,13 @@ var ptx_sample_90 string
 
 // modules lists each PTX module with the sha256 of the sources it was built from.
 var modules = []ptxModule{
-	{"attention", ptx_attention_80, ptx_attention_90, false, "f1f19582382d5fc857bde5e84a38431d52ad0b332b30a49da2dc48605d6717ba", ""},
-	{"mma", ptx_mma_80, ptx_mma_90, false, "b130aa906c12695e9015ca6b4c2bafa1ff74f9c15cfe25672a21468d88dd7374", ""},
-	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, false, "5e69d7989793f1e304e1147c31401f0bb4e52dbbdf588fb27c14c07938365337", ""},
-	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, false, "5301da91207180e5f2725715f42fcb01f10d210fb2b7b2cd6783e10424f57c36", ""},
-	{"prefill", ptx_prefill_80, ptx_prefill_90, false, "2149f47b2874fc9c91dddcb870fcc8e83686f214c8e90c21ef8d8028f910116b", ""},
-	{"prefill_wgmma", ptx_prefill_wgmma_80, ptx_prefill_wgmma_90, true, "db45b7a3e9850ba2ca9a979b51111abe32435d4d8549ce441a1801724171864b", ptx_prefill_wgmma_90a},
-	{"quantize", ptx_quantize_80, ptx_quantize_90, false, "52264f574dc60fdcdf63406706406d786091cdc733e6bdf3cc2463d3c8721967", ""},
-	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, false, "108ae0e8ff176c2803750dfdd5a07d8201baed9410aaeea13ff37ebcf42e3e26", ""},
-	{"sample", ptx_sample_80, ptx_sample_90, false, "f2fa913ebcbc9ab2846d74ea557999a5d61a44c6d11094e4658d92717ef5c20f", ""},
+	{"attention", ptx_attention_80, ptx_attention_90, false, "f050ebcdfb8334aedc9b5bcec7186eaea206a92b9d348a80d44cc10378d71030", ""},
+	{"mma", ptx_mma_80, ptx_mma_90, false, "c8109f02a27bb7a728b5d10735fd4c35503d5d4890ac194c4e6d4e527f976150", ""},
+	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, false, "c70ff484e005252ffa2d5d75dcb23370c00d434aa7b1c847ff682cf718649776", ""},
+	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, false, "2ff28875c84b53230f79dd9b54171e474858fb1201ce216157366b5434805732", ""},
+	{"prefill", ptx_prefill_80, ptx_prefill_90, false, "d5fabcdb60e24aaf49b8a00c9ddeb562fbb47f4ba35d6f9949fa91860a3e6bb5", ""},
+	{"prefill_wgmma", ptx_prefill_wgmma_80, ptx_prefill_wgmma_90, true, "6af8b528c5f7b87764b07187e0b5e946c5a827475080b73a830a6acbc5460f0d", ptx_prefill_wgmma_90a},
+	{"quantize", ptx_quantize_80, ptx_quantize_90, false, "2e5278d24a68ec43cc7b252707e820622d672a0b70442b3e8cf8f030e580009d", ""},
+	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, false, "ed9cd299f5435c0b82767b3bd82ea237a1c2da33123734a9724504b8bce86452", ""},
+	{"sample", ptx_sample_80, ptx_sample_90, false, "10a78d8488fcfc07b46eec9e26b4a4591524af49ae900c88d3ecd04eb4b7bfd6", ""},
 }

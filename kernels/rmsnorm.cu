@@ -208,6 +208,7 @@ extern "C" __global__ void __launch_bounds__(256) shrink_sum(const __grid_consta
   const long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;
   if (i >= M * outs) return;
   float s = 0.0f;
-  for (long long c = 0; c < chunks; c++) s += __ldcg(ws + c * M * outs + i);
+#pragma unroll 8
+  for (long long c = 0; c < chunks; c++) s += __ldcg(ws + c * M * outs + i); // eight loads in flight, summed in order
   op.t[(i / outs) * op.tStride + i % outs] = s;
 }

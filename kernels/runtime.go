@@ -52,6 +52,9 @@ type Device struct {
 	// denseWGMin: dense bf16 batches of more rows run dense_wgmma (where
 	// WGMMA), fewer mmas_bf16 (tests raise it).
 	denseWGMin int
+	// wgSplitMin (experiment; QBENCH_WGSPLIT_MIN): batches of more rows, up
+	// to splitRows, run the other NF4 matrices on wgmma_split_64.
+	wgSplitMin int
 	// splitWS is mmas_nf4's split-K workspace (the partial sums of a launch,
 	// which mmas_finish reads), and shrink_split's (shrink_sum reads them).
 	// The device's engines share it: their launches run in order on the one
@@ -122,6 +125,10 @@ func (d *Device) init(ordinal int) error {
 	d.WGMMA = major == 9 && minor == 0 && !envSet("QBENCH_NO_WGMMA")
 	d.wideBatchPairs = 64 * d.SMs
 	d.denseWGMin = 16
+	d.wgSplitMin = wideBatchMin
+	if n, err := strconv.Atoi(os.Getenv("QBENCH_WGSPLIT_MIN")); err == nil {
+		d.wgSplitMin = n
+	}
 	for _, m := range modules {
 		// The PTX to load: compute_80's, or compute_90's on Hopper (sm_90a
 		// modules: where d.WGMMA) — there a newer nvcc's build first if there
@@ -158,7 +165,7 @@ func (d *Device) init(ordinal int) error {
 				return fmt.Errorf("cuda: kernel %s in %s: %v", name, m.name, err)
 			}
 			d.fns[name] = fn
-			if strings.HasPrefix(name, "nf4_lut_") || strings.HasPrefix(name, "mmas_") || strings.HasPrefix(name, "prefill_") || strings.HasPrefix(name, "dense_") || strings.HasPrefix(name, "attn_flash_") || name == "shrink_split" { // x in dynamic shared memory, up to the device's limit
+			if strings.HasPrefix(name, "nf4_lut_") || strings.HasPrefix(name, "mmas_") || strings.HasPrefix(name, "prefill_") || strings.HasPrefix(name, "dense_") || strings.HasPrefix(name, "wgmma_") || strings.HasPrefix(name, "attn_flash_") || name == "shrink_split" { // x in dynamic shared memory, up to the device's limit
 				if err := setMaxShmem(fn, d.maxShmem); err != nil {
 					return fmt.Errorf("cuda: %s: %v", name, err)
 				}
@@ -178,7 +185,7 @@ var kernelNames = map[string][]string{
 	"quantize":      {"nf4_quantize"},
 	"sample":        {"argmax", "target_logprob", "cand_slice", "cand_merge"},
 	"prefill":       {"prefill_nf4"},
-	"prefill_wgmma": {"prefill_wgmma", "prefill_wgmma_64", "dense_wgmma", "dense_wgmma_64", "split_planes"},
+	"prefill_wgmma": {"prefill_wgmma", "prefill_wgmma_64", "dense_wgmma", "dense_wgmma_64", "wgmma_split_64", "split_planes"},
 }
 
 func gemvNames() []string {
