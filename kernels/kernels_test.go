@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -548,26 +549,32 @@ func TestFlashAttention(t *testing.T) {
 func TestArgmax(t *testing.T) {
 	d := device(t)
 	rng := rand.New(rand.NewPCG(rand.Uint64(), 5))
-	const M, V = 3, 151936
-	l := randSlice(rng, M*V, 1)
-	l[0*V+777], l[0*V+90000] = 50, 50 // a tie: the lower index wins
-	l[1*V+V-1] = 60
-	l[2*V+0] = 70
-	var ids []int32
-	err := d.Do(func() error {
-		lb, _ := Upload(d, l, "logits")
-		ib, _ := d.Alloc(M*4, "ids")
-		defer func() { d.Free(&lb); d.Free(&ib) }()
-		if err := d.run(argmaxCall(ib, lb, V, M)); err != nil {
-			return err
+	for _, V := range []int{151936, 1001} { // rows of float4s, and of single floats
+		const M = 6
+		l := randSlice(rng, M*V, 1)
+		l[0*V+777], l[0*V+900] = 50, 50 // a tie across threads: the lower index wins
+		l[1*V+V-1] = 60
+		l[2*V+0] = 70
+		l[3*V+9], l[3*V+8] = 40, 40 // a tie in one 16-byte load
+		l[4*V+V/2] = float32(math.NaN())
+		want := []int32{777, int32(V - 1), 0, 8, -1, int32(qwen.Argmax(l[5*V : 6*V]))}
+		var ids []int32
+		err := d.Do(func() error {
+			lb, _ := Upload(d, l, "logits")
+			ib, _ := d.Alloc(M*4, "ids")
+			defer func() { d.Free(&lb); d.Free(&ib) }()
+			d.Poison(ib)
+			if err := d.run(argmaxCall(ib, lb, V, M)); err != nil {
+				return err
+			}
+			ids = make([]int32, M)
+			return Read(ids, ib)
+		})
+		if err != nil {
+			t.Fatal(err)
 		}
-		ids = make([]int32, M)
-		return Read(ids, ib)
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ids[0] != 777 || ids[1] != V-1 || ids[2] != 0 {
-		t.Errorf("argmax = %v, want [777 %d 0]", ids, V-1)
+		if !slices.Equal(ids, want) {
+			t.Errorf("V %d: argmax = %v, want %v", V, ids, want)
+		}
 	}
 }

@@ -71,5 +71,5 @@ var modules = []ptxModule{
 	{"prefill_wgmma", ptx_prefill_wgmma_80, ptx_prefill_wgmma_90, true, "6af8b528c5f7b87764b07187e0b5e946c5a827475080b73a830a6acbc5460f0d", ptx_prefill_wgmma_90a},
 	{"quantize", ptx_quantize_80, ptx_quantize_90, false, "2e5278d24a68ec43cc7b252707e820622d672a0b70442b3e8cf8f030e580009d", ""},
 	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, false, "ed9cd299f5435c0b82767b3bd82ea237a1c2da33123734a9724504b8bce86452", ""},
-	{"sample", ptx_sample_80, ptx_sample_90, false, "10a78d8488fcfc07b46eec9e26b4a4591524af49ae900c88d3ecd04eb4b7bfd6", ""},
+	{"sample", ptx_sample_80, ptx_sample_90, false, "5b2c35e2043750cbc4f0158b477e3391d068c1497d3d28234fca5bd3da426fab", ""},
 }

@@ -12,13 +12,34 @@ extern "C" __global__ void __launch_bounds__(1024) argmax(int32_t* ids, const fl
   float best = -INFINITY;
   int idx = 0x7fffffff;
   bool bad = false; // a NaN or infinite logit: the row has no meaningful argmax
-  for (int i = threadIdx.x; i < V; i += blockDim.x) {
-    const float v = row[i];
+  auto see = [&](float v, int i) {
     bad |= !isfinite(v);
     if (v > best || (v == best && i < idx)) {
       best = v;
       idx = i;
     }
+  };
+  if (V % 4 == 0) { // rows 16-byte aligned: four 16-byte loads in flight a thread (one at a time: 36 µs for a row of 151,936, H200)
+    const float4* r4 = (const float4*)row;
+    const int n4 = (int)(V / 4);
+    for (int i0 = threadIdx.x; i0 < n4; i0 += 4 * blockDim.x) {
+      float4 u[4];
+#pragma unroll
+      for (int k = 0; k < 4; k++)
+        if (i0 + k * (int)blockDim.x < n4) u[k] = __ldg(r4 + i0 + k * blockDim.x);
+#pragma unroll
+      for (int k = 0; k < 4; k++) {
+        const int i = i0 + k * blockDim.x;
+        if (i < n4) {
+          see(u[k].x, 4 * i);
+          see(u[k].y, 4 * i + 1);
+          see(u[k].z, 4 * i + 2);
+          see(u[k].w, 4 * i + 3);
+        }
+      }
+    }
+  } else {
+    for (int i = threadIdx.x; i < V; i += blockDim.x) see(row[i], i);
   }
   bad = __syncthreads_or(bad);
   __shared__ float bv[32];
