@@ -13,6 +13,8 @@ const (
 	stepShrinkO   = "lora_shrink o"
 	stepO         = "gemv o_proj+residual"
 	stepNormMLP   = "rmsnorm (+lora_shrink gate/up)"
+	stepONorm     = "o finish+rmsnorm (+lora_shrink gate/up)"
+	stepDownNorm  = "down finish+rmsnorm (+lora_shrink q/k/v)"
 	stepGateUp    = "gemv gate/up+silu"
 	stepShrinkD   = "lora_shrink down"
 	stepDown      = "gemv down+residual"
@@ -42,11 +44,14 @@ func (e *Engine) forward(p pass, t tail) error {
 	// Runner.embed: each row's token embedding into the residual stream x,
 	// and the cos/sin of its RoPE angles.
 	f.do(stepEmbed, -1, embedCall(e.x, e.embed, e.embedB16, e.meta, c.Hidden, e.rope, e.invFreq, c.HeadDim/2, p.rows))
+	normed := false // the layer's input norm ran with the previous layer's down (matNorm)
 	for i := range e.layers {
 		L := &e.layers[i]
 		// xn = rmsNorm(x)·input_layernorm. With adapters, extra blocks of the
 		// same launch compute the q/k/v LoRA shrinks A·xn.
-		f.norm(stepNormAttn, i, e.xn, L.inNorm, L.shQKV, eps, p.rows)
+		if !normed {
+			f.norm(stepNormAttn, i, e.xn, L.inNorm, L.shQKV, eps, p.rows)
+		}
 		// q, k, v = xn·Wᵀ + b + LoRA expand; RoPE on q and k (the pairs j,
 		// j + headDim/2 meet in one thread); k and v straight into each row's
 		// cache slot.
@@ -72,15 +77,21 @@ func (e *Engine) forward(p pass, t tail) error {
 			f.do(stepCombine, i, attnCombineCall(e.att, e.part, c.Heads, c.HeadDim, p.splits, p.rows))
 			f.shrink(stepShrinkO, i, L.shO, p.rows)
 		}
-		f.mat(stepO, i, L.o, p.rows)
-		// xn = rmsNorm(x)·post_attention_layernorm (+ the gate/up shrinks).
-		f.norm(stepNormMLP, i, e.xn, L.postNorm, L.shGU, eps, p.rows)
+		// xn = rmsNorm(x)·post_attention_layernorm (+ the gate/up shrinks):
+		// in decode batches in the launch that finishes o's product.
+		f.matNorm(stepO, stepONorm, stepNormMLP, i, L.o, p.rows, e.xn, L.postNorm, L.shGU, eps)
 		// act = silu(xn·W_gateᵀ + LoRA)·(xn·W_upᵀ + LoRA): gate row n and up
 		// row n are one pair.
 		f.mat(stepGateUp, i, L.gateup, p.rows)
-		// x += act·W_downᵀ + LoRA.
+		// x += act·W_downᵀ + LoRA; the next layer's input norm (+ its q/k/v
+		// shrinks) in the launch that finishes it, as for o.
 		f.shrink(stepShrinkD, i, L.shD, p.rows)
-		f.mat(stepDown, i, L.down, p.rows)
+		if normed = i+1 < len(e.layers); normed {
+			next := &e.layers[i+1]
+			f.matNorm(stepDown, stepDownNorm, stepNormAttn, i, L.down, p.rows, e.xn, next.inNorm, next.shQKV, eps)
+		} else {
+			f.mat(stepDown, i, L.down, p.rows)
+		}
 	}
 	// The final rmsNorm of the rows that get logits, lm_head; then greedy
 	// ids (Argmax), or the repetition penalty and the top-k candidates
@@ -133,6 +144,42 @@ func (f *steps) mat(label string, layer int, op matOp, rows int) {
 	for _, c := range cs {
 		f.do(label, layer, c)
 	}
+}
+
+// matNorm is mat then norm (normLabel) — or, where the op's launches end
+// in its only mmas_finish and the norm would be one launch (decode batches),
+// that finish and the norm as one resid_norm launch (label fused).
+func (f *steps) matNorm(label, fused, normLabel string, layer int, op matOp, rows int, out, w Buf, sh shrinkDesc, eps float32) {
+	if f.err != nil {
+		return
+	}
+	e := f.e
+	cs, err := e.Dev.matmulCalls(op.kind, op.desc, rows, op.pairs, op.k)
+	if err != nil {
+		f.err = err
+		return
+	}
+	fins := 0
+	for _, c := range cs {
+		if c.name == "mmas_finish" {
+			fins++
+		}
+	}
+	if !e.Dev.residNorm || fins != 1 || cs[len(cs)-1].name != "mmas_finish" || f.lora && rows >= shrinkSplitMin {
+		for _, c := range cs {
+			f.do(label, layer, c)
+		}
+		f.norm(normLabel, layer, out, w, sh, eps, rows)
+		return
+	}
+	for _, c := range cs[:len(cs)-1] {
+		f.do(label, layer, c)
+	}
+	var s *shrinkOp
+	if f.lora {
+		s = sh.desc
+	}
+	f.do(fused, layer, residNormCall(cs[len(cs)-1], out, w, e.cfg.Hidden, eps, s))
 }
 
 // norm is rmsnorm of x into out with the LoRA shrink of the modules reading

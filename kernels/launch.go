@@ -55,6 +55,17 @@ func rmsnormLoRACall(out, x, w Buf, hidden int, eps float32, shrink *shrinkOp, s
 		args: []any{out, x, w, hidden, eps, shrink, per}}
 }
 
+// residNormCall is resid_norm: fin (a residual op's mmas_finish over its
+// whole batch) fused with rmsnorm of the rows into out and the LoRA shrinks
+// of sh (nil: none), a block a row.
+func residNormCall(fin call, out, w Buf, hidden int, eps float32, sh *shrinkOp) call {
+	if sh == nil {
+		sh = &shrinkOp{}
+	}
+	op, rows, ws, splits, mp := fin.args[0], fin.args[1].(int), fin.args[3], fin.args[4], fin.args[5]
+	return call{name: "resid_norm", grid: [3]int{rows}, block: 1024, shmem: 8 * hidden, args: []any{op, ws, splits, mp, out, w, eps, sh}}
+}
+
 // shrinkCall: t[m, slot, j] = A[adapter(m)][slot][j]·x[m], a block per output.
 func shrinkCall(op *shrinkOp, rmax, slots, rows int) call {
 	return call{name: "lora_shrink", grid: [3]int{rmax, slots, rows}, block: 1024, args: []any{op, rows}}

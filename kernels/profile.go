@@ -284,8 +284,10 @@ func (e *Engine) traffic(label string, layer int, p pass) int64 {
 		return R*H*6 + R*int64(c.HeadDim)*4
 	case stepNormAttn:
 		return norm(L.shQKV)
-	case stepNormMLP:
+	case stepNormMLP, stepONorm: // (the finish's partial sums, as mmas_finish's, not counted)
 		return norm(L.shGU)
+	case stepDownNorm: // the next layer's input norm
+		return norm(e.layers[layer+1].shQKV)
 	case stepQKV:
 		return L.qkv.weights + R*H*4 + R*(qDim+2*kvDim)*4
 	case stepAttn: // each row's K and V up to its position, once per KV head

@@ -13,7 +13,7 @@
 // in fp32 and cos/sin in double rounded once, as the CPU reference does; the
 // q/k/v epilogues of every layer read it. Bytes: M·H·(2 or 4) read, M·H·4 +
 // M·headDim·4 written.
-#include "common.cuh"
+#include "gemv.cuh"
 
 // inv_rms is 1/sqrt(mean(x²) + eps) of one row, the sum in double over the
 // block's threads; every thread of the block gets it.
@@ -143,6 +143,97 @@ extern "C" __global__ void rmsnorm_lora(float* out, const float* x, const float*
     for (int u = 1; u < wpo; u++) s += part[warp + u];
   }
   if (lane == 0 && idx < op.nslots * op.rmax) op.t[(long long)i * op.tStride + slot * op.rmax + j] = s;
+}
+
+// resid_norm: a residual matrix op's mmas_finish (o or down, MODE_RESID) for
+// batch row i = blockIdx.x, fused with the RMSNorm after it and that norm's
+// LoRA shrinks (rmsnorm_lora's work) — one launch where there were two: each
+// thread finishes pairs p, p + 1,024, … as mmas_finish does (the splits'
+// partial sums in order, the LoRA terms, x[i] += through the epilogue) and
+// keeps the new values in shared memory; then the row's norm (inv_rms) into
+// out[i] and shared memory, and each warp the shrink outputs warp, warp + 32,
+// … of sh (none where sh.nslots is 0), t[i, slot·rmax + j] = Σ_k A·xn over
+// 16-byte loads, zero without an adapter or past a rank. The A rows are asked
+// into L2 before the wait. The launch's rows are the op's whole batch (one
+// mmas_finish launch, m0 = 0); 1,024 threads, 8·H bytes of dynamic shared
+// memory.
+extern "C" __global__ void __launch_bounds__(1024) resid_norm(const __grid_constant__ struct GemvOp op, const float* __restrict__ ws,
+                                                              long long splits, long long mp, float* out, const float* w, float eps,
+                                                              const __grid_constant__ struct ShrinkOp sh) {
+  pdl_trigger();
+  extern __shared__ float xs[]; // [H]: row i after the residual add, then [H] normed
+  const int i = blockIdx.x, P = pairs_of(&op), H = op.mat[0].N, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int outs = sh.nslots * sh.rmax, ad = outs > 0 ? sh.rows[i].adapter : -1;
+  if (ad >= 0) // the shrink's A rows into L2 while the partial sums finish (weights: no kernel's output)
+    for (int o = warp; o < outs; o += blockDim.x / 32) {
+      const int slot = o / sh.rmax, j = o % sh.rmax;
+      const float* a = sh.A[slot][ad];
+      if (a != nullptr && j < sh.rank[slot][ad])
+        for (int k = 32 * lane; k < H; k += 32 * 32) asm volatile("prefetch.global.L2 [%0];" ::"l"(a + (long long)j * H + k));
+    }
+  pdl_wait(); // everything below may read what the previous kernel wrote
+  float* xr = op.y + (long long)i * op.ldy;
+  const long long stride = mp * 2 * P;
+  for (int p = threadIdx.x; p < P; p += blockDim.x) {
+    const float* wp = ws + (long long)i * 2 * P + 2 * p;
+    float va = 0.0f, vb = 0.0f;
+    int sp = 0;
+    for (; sp + 4 <= splits; sp += 4) { // four loads in flight, summed in order (as mmas_finish)
+      float2 v[4];
+#pragma unroll
+      for (int u = 0; u < 4; u++) v[u] = __ldcg((const float2*)(wp + (sp + u) * stride));
+#pragma unroll
+      for (int u = 0; u < 4; u++) {
+        va += v[u].x;
+        vb += v[u].y;
+      }
+    }
+    for (; sp < splits; sp++) {
+      const float2 v = __ldcg((const float2*)(wp + sp * stride));
+      va += v.x;
+      vb += v.y;
+    }
+    const PairRows pr = pair_rows(&op, p);
+    if (!pr.valid) continue;
+    va += lora_vec(*pr.A, op, i, pr.ra);
+    if (pr.B) vb += lora_vec(*pr.B, op, i, pr.rb);
+    epilogue(op, i, *pr.A, pr.ra, va, pr.B, pr.rb, vb, p); // x[i] += …
+    xs[pr.ra] = xr[pr.ra];
+    if (pr.B) xs[pr.rb] = xr[pr.rb];
+  }
+  __syncthreads();
+  const float inv = inv_rms(xs, H, eps); // as rmsnorm computes it
+  float* xn = xs + H;
+  for (int k = threadIdx.x; k < H; k += blockDim.x) out[(long long)i * H + k] = xn[k] = w[k] * (xs[k] * inv);
+  __syncthreads();
+  for (int o = warp; o < outs; o += blockDim.x / 32) {
+    const int slot = o / sh.rmax, j = o % sh.rmax;
+    const float* a = ad >= 0 && sh.A[slot][ad] != nullptr && j < sh.rank[slot][ad] ? sh.A[slot][ad] + (long long)j * H : nullptr;
+    float s = 0.0f;
+    if (a != nullptr) { // the same for the whole warp
+      if (H % 4 == 0) {
+        const float4* a4 = (const float4*)a;
+        const float4* x4 = (const float4*)xn;
+        float s4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        int k = lane;
+        for (; k + 96 < H / 4; k += 128)
+#pragma unroll
+          for (int u = 0; u < 4; u++) {
+            const float4 av = __ldg(a4 + k + 32 * u), xv = x4[k + 32 * u];
+            s4[u] += av.x * xv.x + av.y * xv.y + av.z * xv.z + av.w * xv.w;
+          }
+        for (; k < H / 4; k += 32) {
+          const float4 av = __ldg(a4 + k), xv = x4[k];
+          s4[0] += av.x * xv.x + av.y * xv.y + av.z * xv.z + av.w * xv.w;
+        }
+        s = (s4[0] + s4[1]) + (s4[2] + s4[3]);
+      } else {
+        for (int k = lane; k < H; k += 32) s += __ldg(a + k) * xn[k];
+      }
+      s = warp_sum(s);
+    }
+    if (lane == 0) sh.t[(long long)i * sh.tStride + slot * sh.rmax + j] = s;
+  }
 }
 
 // shrink_split: the LoRA shrink t[m, slot, j] = Σ_k A[adapter(m)][slot][j, k]·x[m, k]

@@ -55,6 +55,9 @@ type Device struct {
 	// wgSplitMin (experiment; QBENCH_WGSPLIT_MIN): batches of more rows, up
 	// to splitRows, run the other NF4 matrices on wgmma_split_64.
 	wgSplitMin int
+	// residNorm: decode batches finish o and down in the launch of the
+	// RMSNorm after them (resid_norm; QBENCH_NO_RESID_NORM=1 off).
+	residNorm bool
 	// splitWS is mmas_nf4's split-K workspace (the partial sums of a launch,
 	// which mmas_finish reads), and shrink_split's (shrink_sum reads them).
 	// The device's engines share it: their launches run in order on the one
@@ -126,6 +129,7 @@ func (d *Device) init(ordinal int) error {
 	d.wideBatchPairs = 64 * d.SMs
 	d.denseWGMin = 16
 	d.wgSplitMin = wideBatchMin
+	d.residNorm = !envSet("QBENCH_NO_RESID_NORM")
 	if n, err := strconv.Atoi(os.Getenv("QBENCH_WGSPLIT_MIN")); err == nil {
 		d.wgSplitMin = n
 	}
@@ -181,7 +185,7 @@ var kernelNames = map[string][]string{
 	"mma":           {"mmas_bf16_1", "mmas_bf16_2", "mmas_bf16_3", "mmas_bf16_4", "mmas_bf16_8", "mmas_nf4_1", "mmas_nf4_2", "mmas_nf4_3", "mmas_nf4_4", "mmas_nf4_8", "mmas_finish"},
 	"nf4_lut":       {"nf4_lut_1", "nf4_lut_2"},
 	"nf4_matmul":    append(gemvNames(), "lora_shrink", "layout"),
-	"rmsnorm":       {"rmsnorm", "rmsnorm_lora", "embed", "shrink_split", "shrink_sum"},
+	"rmsnorm":       {"rmsnorm", "rmsnorm_lora", "resid_norm", "embed", "shrink_split", "shrink_sum"},
 	"quantize":      {"nf4_quantize"},
 	"sample":        {"argmax", "target_logprob", "cand_slice", "cand_merge"},
 	"prefill":       {"prefill_nf4"},
