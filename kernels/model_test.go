@@ -338,14 +338,15 @@ func TestDecodeStepsLoRA(t *testing.T) {
 	AddSyntheticAdapter(m, 16, rand.Uint64())
 	AddSyntheticAdapter(m, 40, rand.Uint64())
 	rng := rand.New(rand.NewPCG(rand.Uint64(), 5))
-	many := make([]int, 17)
-	for i := range many {
-		many[i] = i%3 - 1
+	many, more := make([]int, 17), make([]int, 40)
+	for i := range more {
+		more[i] = i%3 - 1
 	}
+	copy(many, more)
 	for _, c := range []struct {
 		batch    int
 		adapters []int
-	}{{1, []int{1}}, {1, []int{0}}, {1, []int{-1}}, {4, []int{0, -1, 1}}, {32, many}} {
+	}{{1, []int{1}}, {1, []int{0}}, {1, []int{-1}}, {4, []int{0, -1, 1}}, {32, many}, {40, more}} { // 40: decode steps finish o and down in resid_norm
 		n := len(c.adapters)
 		e, err := NewEngine(d, m, 256, c.batch)
 		if err != nil {
