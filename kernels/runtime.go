@@ -52,8 +52,9 @@ type Device struct {
 	// denseWGMin: dense bf16 batches of more rows run dense_wgmma (where
 	// WGMMA), fewer mmas_bf16 (tests raise it).
 	denseWGMin int
-	// wgSplitMin (experiment; QBENCH_WGSPLIT_MIN): batches of more rows, up
-	// to splitRows, run the other NF4 matrices on wgmma_split_64.
+	// wgSplitMin: batches of more rows, up to splitRows, run the NF4
+	// matrices prefill_wgmma does not take on wgmma_split_64 (wideBatchMin;
+	// QBENCH_WGSPLIT_MIN=n moves it, tests lower it).
 	wgSplitMin int
 	// residNorm: decode batches finish o and down in the launch of the
 	// RMSNorm after them (resid_norm; QBENCH_NO_RESID_NORM=1 off).
