@@ -13,16 +13,25 @@ static CUresult qb_set_max_shmem(void* fn, int bytes) {
 	return cuFuncSetAttribute((CUfunction)fn, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes);
 }
 static CUresult qb_launch_kernel(void* fn, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned shmem,
-                                 CUstream s, void** params, int pdl) {
-	if (!pdl) return cuLaunchKernel((CUfunction)fn, gx, gy, gz, bx, 1, 1, shmem, s, params, NULL);
-	CUlaunchAttribute attr;
-	attr.id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-	attr.value.programmaticStreamSerializationAllowed = 1;
+                                 CUstream s, void** params, int pdl, unsigned cx) {
+	if (!pdl && cx == 0) return cuLaunchKernel((CUfunction)fn, gx, gy, gz, bx, 1, 1, shmem, s, params, NULL);
+	CUlaunchAttribute attr[2];
+	unsigned n = 0;
+	if (pdl) {
+		attr[n].id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+		attr[n].value.programmaticStreamSerializationAllowed = 1;
+		n++;
+	}
+	if (cx) { // thread-block clusters of cx blocks along x
+		attr[n].id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+		attr[n].value.clusterDim.x = cx; attr[n].value.clusterDim.y = 1; attr[n].value.clusterDim.z = 1;
+		n++;
+	}
 	CUlaunchConfig cfg = {0};
 	cfg.gridDimX = gx; cfg.gridDimY = gy; cfg.gridDimZ = gz;
 	cfg.blockDimX = bx; cfg.blockDimY = 1; cfg.blockDimZ = 1;
 	cfg.sharedMemBytes = shmem; cfg.hStream = s;
-	cfg.attrs = &attr; cfg.numAttrs = 1;
+	cfg.attrs = attr; cfg.numAttrs = n;
 	return cuLaunchKernelEx(&cfg, (CUfunction)fn, params, NULL);
 }
 static CUresult qb_compute_capability(int* major, int* minor, int ordinal) {
@@ -91,8 +100,9 @@ func (a argBuf) free() { C.free(a.mem) }
 
 // launchRaw launches fn on the stream with its arguments given as bytes;
 // with pdl, as a programmatic dependent launch (see pdl_wait in
-// common.cuh), which stream capture keeps as a programmatic graph edge.
-func (d *Device) launchRaw(fn cu.Function, grid [3]int, block, shmem int, pdl bool, args [][]byte) error {
+// common.cuh), which stream capture keeps as a programmatic graph edge;
+// with clusterX > 0, in thread-block clusters of clusterX blocks along x.
+func (d *Device) launchRaw(fn cu.Function, grid [3]int, block, shmem int, pdl bool, clusterX int, args [][]byte) error {
 	off := 0
 	for _, a := range args {
 		off += (len(a) + 7) &^ 7
@@ -109,7 +119,7 @@ func (d *Device) launchRaw(fn cu.Function, grid [3]int, block, shmem int, pdl bo
 		off += (len(a) + 7) &^ 7
 	}
 	r := C.qb_launch_kernel(fnHandle(fn), C.uint(grid[0]), C.uint(grid[1]), C.uint(grid[2]), C.uint(block), C.uint(shmem),
-		d.rawStream(), (*unsafe.Pointer)(unsafe.Add(d.args.mem, ptrs)), C.int(boolInt(pdl)))
+		d.rawStream(), (*unsafe.Pointer)(unsafe.Add(d.args.mem, ptrs)), C.int(boolInt(pdl)), C.uint(clusterX))
 	if r != C.CUDA_SUCCESS {
 		return fmt.Errorf("error %d", int(r))
 	}

@@ -169,7 +169,12 @@ func (f *steps) matNorm(label, fused, normLabel string, layer int, op matOp, row
 			fins++
 		}
 	}
-	if !e.Dev.residNorm || fins != 1 || cs[len(cs)-1].name != "mmas_finish" || f.lora && (rows <= wideBatchMin || rows >= shrinkSplitMin) {
+	d := e.Dev
+	cluster := 0 // resid_norm_c (experiment) where resid_norm loses, or everywhere
+	if f.lora && rows <= wideBatchMin || d.residClusterAll {
+		cluster = d.residCluster
+	}
+	if !d.residNorm || fins != 1 || cs[len(cs)-1].name != "mmas_finish" || f.lora && (rows <= wideBatchMin && cluster == 0 || rows >= shrinkSplitMin) {
 		for _, c := range cs {
 			f.do(label, layer, c)
 		}
@@ -183,7 +188,7 @@ func (f *steps) matNorm(label, fused, normLabel string, layer int, op matOp, row
 	if f.lora {
 		s = sh.desc
 	}
-	f.do(fused, layer, residNormCall(cs[len(cs)-1], out, w, e.cfg.Hidden, eps, s))
+	f.do(fused, layer, residNormCall(cs[len(cs)-1], out, w, e.cfg.Hidden, eps, s, cluster))
 }
 
 // norm is rmsnorm of x into out with the LoRA shrink of the modules reading

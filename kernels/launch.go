@@ -20,11 +20,14 @@ type call struct {
 	shmem int // dynamic shared memory, bytes
 	args  []any
 	pdl   bool // a programmatic dependent of the previous kernel (when Device.PDL)
+	// clusterX > 0: thread-block clusters of that many blocks along x
+	// (resid_norm_c's blocks of a row, which meet in distributed shared memory).
+	clusterX int
 }
 
 // run launches c on the device's stream (on its thread).
 func (d *Device) run(c call) error {
-	return d.launch(c.name, c.grid, c.block, c.shmem, c.pdl && d.PDL, c.args...)
+	return d.launchEx(c.name, c.grid, c.block, c.shmem, c.pdl && d.PDL, c.clusterX, c.args...)
 }
 
 // embedCall: x[m] = embedding row of token rows[m].tok (bf16 or fp32 table),
@@ -57,13 +60,18 @@ func rmsnormLoRACall(out, x, w Buf, hidden int, eps float32, shrink *shrinkOp, s
 
 // residNormCall is resid_norm: fin (a residual op's mmas_finish over its
 // whole batch) fused with rmsnorm of the rows into out and the LoRA shrinks
-// of sh (nil: none), a block a row.
-func residNormCall(fin call, out, w Buf, hidden int, eps float32, sh *shrinkOp) call {
+// of sh (nil: none), a block a row; with cluster > 0, resid_norm_c, a
+// cluster of that many blocks a row.
+func residNormCall(fin call, out, w Buf, hidden int, eps float32, sh *shrinkOp, cluster int) call {
 	if sh == nil {
 		sh = &shrinkOp{}
 	}
 	op, rows, ws, splits, mp := fin.args[0], fin.args[1].(int), fin.args[3], fin.args[4], fin.args[5]
-	return call{name: "resid_norm", grid: [3]int{rows}, block: 1024, shmem: 8 * hidden, args: []any{op, ws, splits, mp, out, w, eps, sh}}
+	args := []any{op, ws, splits, mp, out, w, eps, sh}
+	if cluster > 0 {
+		return call{name: "resid_norm_c", grid: [3]int{cluster, rows}, block: 256, shmem: 4 * hidden, clusterX: cluster, args: args}
+	}
+	return call{name: "resid_norm", grid: [3]int{rows}, block: 1024, shmem: 8 * hidden, args: args}
 }
 
 // shrinkCall: t[m, slot, j] = A[adapter(m)][slot][j]·x[m], a block per output.

@@ -390,6 +390,75 @@ func TestDecodeStepsLoRA(t *testing.T) {
 	}
 }
 
+// TestResidNorm: decode steps whose o and down finishes run fused with the
+// next RMSNorm and its shrinks (resid_norm, a block a row; resid_norm_c, a
+// cluster a row where the device has clusters) give the logits of the
+// unfused launches (mmas_finish, rmsnorm_lora) to 1e-5 — the same
+// arithmetic but for the order of the shrinks' and the norm's sums — with and
+// without adapters, at 4, 17 and 40 rows. Two engines step side by side,
+// each capturing its decode graph under its own setting.
+func TestResidNorm(t *testing.T) {
+	d := device(t)
+	on, cl, all := d.residNorm, d.residCluster, d.residClusterAll
+	defer func() { d.residNorm, d.residCluster, d.residClusterAll = on, cl, all }()
+	cfg := smallConfig()
+	rng := rand.New(rand.NewPCG(rand.Uint64(), 9))
+	base := SyntheticModel(cfg, rand.Uint64())
+	tuned := SyntheticModel(cfg, rand.Uint64())
+	AddSyntheticAdapter(tuned, 16, rand.Uint64())
+	type setting struct{ fused, cluster int } // fused: 0 off, 1 on; cluster: resid_norm_c's blocks (0: resid_norm)
+	for _, c := range []struct {
+		m       *qwen.Model
+		rows    int
+		fused   setting
+		adapter int
+	}{{base, 4, setting{1, 0}, -1}, {tuned, 17, setting{1, 4}, 0}, {tuned, 17, setting{1, 2}, 0}, {tuned, 40, setting{1, 0}, 0}, {tuned, 40, setting{1, 4}, 0}} {
+		if c.fused.cluster > 0 && cl == 0 {
+			continue // no clusters on this device (or QBENCH_RESID_CLUSTER=0)
+		}
+		set := func(s setting) {
+			d.residNorm, d.residCluster, d.residClusterAll = s.fused == 1, s.cluster, s.cluster > 0
+		}
+		name := fmt.Sprintf("rows %d, cluster %d, adapter %d", c.rows, c.fused.cluster, c.adapter)
+		var es [2]*Engine
+		var gs [2][]*qwen.Seq
+		for k := range es {
+			var err error
+			if es[k], err = NewEngine(d, c.m, 64, c.rows); err != nil {
+				t.Fatal(err)
+			}
+			defer es[k].Close()
+			for range c.rows {
+				s, err := es[k].NewSeq(16, c.adapter)
+				if err != nil {
+					t.Fatal(err)
+				}
+				gs[k] = append(gs[k], s)
+			}
+		}
+		toks := make([][]int, c.rows)
+		for i := range toks {
+			toks[i] = []int{rng.IntN(cfg.Vocab), rng.IntN(cfg.Vocab)}
+		}
+		for step := 0; step < 4; step++ {
+			var got [2][]float32
+			for k, s := range []setting{c.fused, {}} {
+				set(s)
+				var err error
+				if got[k], err = es[k].Forward(gs[k], toks, false); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if r := relErr(got[0], got[1]); r > 1e-5 {
+				t.Errorf("%s, step %d: fused against unfused logits, relative error %.3g > 1e-5; %s", name, step, r, firstMismatch(got[0], got[1], 1e-5))
+			}
+			for i := range toks {
+				toks[i] = []int{rng.IntN(cfg.Vocab)}
+			}
+		}
+	}
+}
+
 // TestTargetLogProbsBatch: teacher-forced log-probabilities of sequences of
 // three adapter values sharing passes (one of them longer than a pass, run
 // alone in chunks; two filling a pass past prefillMin rows) match the CPU

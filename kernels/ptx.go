@@ -70,6 +70,6 @@ var modules = []ptxModule{
 	{"prefill", ptx_prefill_80, ptx_prefill_90, false, "d5fabcdb60e24aaf49b8a00c9ddeb562fbb47f4ba35d6f9949fa91860a3e6bb5", ""},
 	{"prefill_wgmma", ptx_prefill_wgmma_80, ptx_prefill_wgmma_90, true, "6af8b528c5f7b87764b07187e0b5e946c5a827475080b73a830a6acbc5460f0d", ptx_prefill_wgmma_90a},
 	{"quantize", ptx_quantize_80, ptx_quantize_90, false, "2e5278d24a68ec43cc7b252707e820622d672a0b70442b3e8cf8f030e580009d", ""},
-	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, false, "cac8b3236d8e87d1093da861005c300436424ace40cafc2214b9db1e60b3d9b8", ""},
+	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, false, "fdcc5c23c706868873d173babe98bf7c9d36f34ac858b27c376f7f5e6af44073", ""},
 	{"sample", ptx_sample_80, ptx_sample_90, false, "5b2c35e2043750cbc4f0158b477e3391d068c1497d3d28234fca5bd3da426fab", ""},
 }

@@ -236,6 +236,144 @@ extern "C" __global__ void __launch_bounds__(1024) resid_norm(const __grid_const
   }
 }
 
+#if __CUDA_ARCH__ >= 900
+// The thread-block cluster's barrier (every thread of every block of the
+// cluster; memory operations before it are visible to all after it), and a
+// value of another block's shared memory: the one at shared address a of
+// this block's, in the block of rank r.
+__device__ __forceinline__ void cluster_sync() {
+  asm volatile("barrier.cluster.arrive.aligned;\nbarrier.cluster.wait.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ uint32_t dsmem_addr(const void* p, uint32_t r) {
+  uint32_t a;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(a) : "r"((uint32_t)__cvta_generic_to_shared(p)), "r"(r));
+  return a;
+}
+__device__ __forceinline__ float dsmem_f32(const float* p, uint32_t r) {
+  float v;
+  asm volatile("ld.shared::cluster.f32 %0, [%1];\n" : "=f"(v) : "r"(dsmem_addr(p, r)));
+  return v;
+}
+__device__ __forceinline__ double dsmem_f64(const double* p, uint32_t r) {
+  double v;
+  asm volatile("ld.shared::cluster.f64 %0, [%1];\n" : "=d"(v) : "r"(dsmem_addr(p, r)));
+  return v;
+}
+#endif
+
+// resid_norm_c (experiment): resid_norm with each row split over a
+// thread-block cluster of C = gridDim.x blocks (grid (C, rows), cluster (C,
+// 1, 1), C ≤ 8; compute capability 9.0): block (c, i) finishes row i's pairs
+// blockDim.x·(c + C·k) + thread, sums their squares (double), and the blocks
+// add the C sums in rank order from distributed shared memory; each normalises
+// its columns into out and its shared memory, gathers the others' from theirs,
+// and computes the shrink outputs c, c + C, … of sh — so the shrinks' A rows
+// stream through C multiprocessors a row instead of one (resid_norm at batch
+// 20 with adapters: 20 blocks, 393 KB of A each). 4·H bytes of dynamic
+// shared memory.
+extern "C" __global__ void __launch_bounds__(256) resid_norm_c(const __grid_constant__ struct GemvOp op, const float* __restrict__ ws,
+                                                               long long splits, long long mp, float* out, const float* w, float eps,
+                                                               const __grid_constant__ struct ShrinkOp sh) {
+#if __CUDA_ARCH__ >= 900
+  pdl_trigger();
+  extern __shared__ float xs[]; // [H]: this block's columns after the residual add, then the normed row
+  __shared__ double part[8], ssq;
+  const int c = blockIdx.x, C = gridDim.x, i = blockIdx.y, P = pairs_of(&op), H = op.mat[0].N;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  const int outs = sh.nslots * sh.rmax, ad = outs > 0 ? sh.rows[i].adapter : -1;
+  if (ad >= 0) // this block's shrink A rows into L2 while the partial sums finish
+    for (int o = c + C * warp; o < outs; o += C * nw) {
+      const int slot = o / sh.rmax, j = o % sh.rmax;
+      const float* a = sh.A[slot][ad];
+      if (a != nullptr && j < sh.rank[slot][ad])
+        for (int k = 32 * lane; k < H; k += 32 * 32) asm volatile("prefetch.global.L2 [%0];" ::"l"(a + (long long)j * H + k));
+    }
+  pdl_wait(); // everything below may read what the previous kernel wrote
+  float* xr = op.y + (long long)i * op.ldy;
+  const long long stride = mp * 2 * P;
+  double ss = 0.0;
+  for (int p = blockDim.x * c + threadIdx.x; p < P; p += blockDim.x * C) {
+    const float* wp = ws + (long long)i * 2 * P + 2 * p;
+    float va = 0.0f, vb = 0.0f;
+    int sp = 0;
+    for (; sp + 4 <= splits; sp += 4) { // four loads in flight, summed in order (as mmas_finish)
+      float2 v[4];
+#pragma unroll
+      for (int u = 0; u < 4; u++) v[u] = __ldcg((const float2*)(wp + (sp + u) * stride));
+#pragma unroll
+      for (int u = 0; u < 4; u++) {
+        va += v[u].x;
+        vb += v[u].y;
+      }
+    }
+    for (; sp < splits; sp++) {
+      const float2 v = __ldcg((const float2*)(wp + sp * stride));
+      va += v.x;
+      vb += v.y;
+    }
+    const PairRows pr = pair_rows(&op, p);
+    if (!pr.valid) continue;
+    va += lora_vec(*pr.A, op, i, pr.ra);
+    if (pr.B) vb += lora_vec(*pr.B, op, i, pr.rb);
+    epilogue(op, i, *pr.A, pr.ra, va, pr.B, pr.rb, vb, p); // x[i] += …
+    xs[pr.ra] = xr[pr.ra];
+    ss += (double)xs[pr.ra] * (double)xs[pr.ra];
+    if (pr.B) {
+      xs[pr.rb] = xr[pr.rb];
+      ss += (double)xs[pr.rb] * (double)xs[pr.rb];
+    }
+  }
+  for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+  if (lane == 0) part[warp] = ss;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double t = 0.0;
+    for (int u = 0; u < nw; u++) t += part[u];
+    ssq = t;
+  }
+  cluster_sync(); // every block's sum of squares is in
+  double tot = 0.0;
+  for (int r = 0; r < C; r++) tot += dsmem_f64(&ssq, r);
+  const float inv = 1.0f / (float)sqrt((double)((float)(tot / (double)H) + eps)); // as inv_rms
+  for (int p = blockDim.x * c + threadIdx.x; p < P; p += blockDim.x * C)
+    for (int k = 2 * p; k < min(2 * p + 2, H); k++) out[(long long)i * H + k] = xs[k] = w[k] * (xs[k] * inv);
+  cluster_sync(); // every block's normed columns are in its shared memory
+  for (int k = threadIdx.x; k < H; k += blockDim.x) {
+    const int r = (k / 2 / blockDim.x) % C; // the block that finished column k's pair
+    if (r != c) xs[k] = dsmem_f32(&xs[k], r);
+  }
+  cluster_sync(); // the others have read this block's columns; xs holds the whole row
+  for (int o = c + C * warp; o < outs; o += C * nw) {
+    const int slot = o / sh.rmax, j = o % sh.rmax;
+    const float* a = ad >= 0 && sh.A[slot][ad] != nullptr && j < sh.rank[slot][ad] ? sh.A[slot][ad] + (long long)j * H : nullptr;
+    float s = 0.0f;
+    if (a != nullptr) { // the same for the whole warp
+      if (H % 4 == 0) {
+        const float4* a4 = (const float4*)a;
+        const float4* x4 = (const float4*)xs;
+        float s4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        int k = lane;
+        for (; k + 96 < H / 4; k += 128)
+#pragma unroll
+          for (int u = 0; u < 4; u++) {
+            const float4 av = __ldg(a4 + k + 32 * u), xv = x4[k + 32 * u];
+            s4[u] += av.x * xv.x + av.y * xv.y + av.z * xv.z + av.w * xv.w;
+          }
+        for (; k < H / 4; k += 32) {
+          const float4 av = __ldg(a4 + k), xv = x4[k];
+          s4[0] += av.x * xv.x + av.y * xv.y + av.z * xv.z + av.w * xv.w;
+        }
+        s = (s4[0] + s4[1]) + (s4[2] + s4[3]);
+      } else {
+        for (int k = lane; k < H; k += 32) s += __ldg(a + k) * xs[k];
+      }
+      s = warp_sum(s);
+    }
+    if (lane == 0) sh.t[(long long)i * sh.tStride + slot * sh.rmax + j] = s;
+  }
+#endif
+}
+
 // shrink_split: the LoRA shrink t[m, slot, j] = Σ_k A[adapter(m)][slot][j, k]·x[m, k]
 // with K split into chunks of SS_COLS columns: block (c, g) takes chunk c
 // and rows SS_ROWS·g …; for each adapter among its rows it stages that

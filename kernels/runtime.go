@@ -59,6 +59,13 @@ type Device struct {
 	// residNorm: decode batches finish o and down in the launch of the
 	// RMSNorm after them (resid_norm; QBENCH_NO_RESID_NORM=1 off).
 	residNorm bool
+	// residCluster (experiment): where resid_norm would not run (adapters,
+	// up to wideBatchMin rows), resid_norm_c with clusters of that many
+	// blocks a row (QBENCH_RESID_CLUSTER, default 4; 0 off; compute
+	// capability 9.0 and later); residClusterAll (QBENCH_RESID_CLUSTER_ALL=1)
+	// takes it wherever resid_norm would run too.
+	residCluster    int
+	residClusterAll bool
 	// splitWS is mmas_nf4's split-K workspace (the partial sums of a launch,
 	// which mmas_finish reads), and shrink_split's (shrink_sum reads them).
 	// The device's engines share it: their launches run in order on the one
@@ -131,6 +138,13 @@ func (d *Device) init(ordinal int) error {
 	d.denseWGMin = 16
 	d.wgSplitMin = wideBatchMin
 	d.residNorm = !envSet("QBENCH_NO_RESID_NORM")
+	d.residCluster, d.residClusterAll = 4, envSet("QBENCH_RESID_CLUSTER_ALL")
+	if n, err := strconv.Atoi(os.Getenv("QBENCH_RESID_CLUSTER")); err == nil && n >= 0 && n <= 8 {
+		d.residCluster = n
+	}
+	if major < 9 {
+		d.residCluster = 0
+	}
 	if n, err := strconv.Atoi(os.Getenv("QBENCH_WGSPLIT_MIN")); err == nil {
 		d.wgSplitMin = n
 	}
@@ -186,7 +200,7 @@ var kernelNames = map[string][]string{
 	"mma":           {"mmas_bf16_1", "mmas_bf16_2", "mmas_bf16_3", "mmas_bf16_4", "mmas_bf16_8", "mmas_nf4_1", "mmas_nf4_2", "mmas_nf4_3", "mmas_nf4_4", "mmas_nf4_8", "mmas_finish"},
 	"nf4_lut":       {"nf4_lut_1", "nf4_lut_2"},
 	"nf4_matmul":    append(gemvNames(), "lora_shrink", "layout"),
-	"rmsnorm":       {"rmsnorm", "rmsnorm_lora", "resid_norm", "embed", "shrink_split", "shrink_sum"},
+	"rmsnorm":       {"rmsnorm", "rmsnorm_lora", "resid_norm", "resid_norm_c", "embed", "shrink_split", "shrink_sum"},
 	"quantize":      {"nf4_quantize"},
 	"sample":        {"argmax", "target_logprob", "cand_slice", "cand_merge"},
 	"prefill":       {"prefill_nf4"},
@@ -331,6 +345,12 @@ func Read[T any](v []T, b Buf) error {
 // or descriptors (*gemvOp, *shrinkOp) passed by value. It must run on the
 // device's thread.
 func (d *Device) launch(name string, grid [3]int, block, shmem int, pdl bool, args ...any) error {
+	return d.launchEx(name, grid, block, shmem, pdl, 0, args...)
+}
+
+// launchEx is launch in thread-block clusters of clusterX blocks along x
+// (none: 0).
+func (d *Device) launchEx(name string, grid [3]int, block, shmem int, pdl bool, clusterX int, args ...any) error {
 	fn, ok := d.fns[name]
 	if !ok {
 		return fmt.Errorf("cuda: no kernel %q", name)
@@ -365,7 +385,7 @@ func (d *Device) launch(name string, grid [3]int, block, shmem int, pdl bool, ar
 			grid[k] = 1
 		}
 	}
-	if err := d.launchRaw(fn, grid, block, shmem, pdl, vals); err != nil {
+	if err := d.launchRaw(fn, grid, block, shmem, pdl, clusterX, vals); err != nil {
 		return fmt.Errorf("cuda: launching %s (grid %v, block %d): %v", name, grid, block, err)
 	}
 	if d.Debug {
