@@ -87,6 +87,16 @@ __device__ __forceinline__ float lora_vec(const struct Mat& a, const struct Gemv
 
 __device__ __forceinline__ float silu(float x) { return x * (1.0f / (1.0f + expf(-x))); }
 
+// rope_pair rotates the pair (j, j + headDim/2) of a q or k head of batch
+// row m, cos/sin from the embed kernel's table.
+__device__ __forceinline__ void rope_pair(const struct GemvOp& op, int m, int j, float& va, float& vb) {
+  const int half = op.headDim / 2;
+  const float c = op.rope[((long long)m * half + j) * 2], s = op.rope[((long long)m * half + j) * 2 + 1];
+  const float a = va, b = vb;
+  va = a * c - b * s;
+  vb = b * c + a * s;
+}
+
 // epilogue finishes rows (ra of matrix A, rb of matrix B) for batch row m;
 // va and vb already hold the LoRA terms.
 __device__ __forceinline__ void epilogue(const struct GemvOp& op, int m, const struct Mat& A, long long ra, float va,
@@ -107,14 +117,8 @@ __device__ __forceinline__ void epilogue(const struct GemvOp& op, int m, const s
     y[pair] = silu(va) * vb;
     break;
   case MODE_QKV: {
-    const int half = op.headDim / 2, j = (int)(ra % op.headDim);
     const struct RowMeta rm = op.rows[m];
-    if (&A != &op.mat[2]) { // q and k: RoPE on the pair (j, j+half), cos/sin from the embed kernel's table
-      const float c = op.rope[((long long)m * half + j) * 2], s = op.rope[((long long)m * half + j) * 2 + 1];
-      const float a = va, b = vb;
-      va = a * c - b * s;
-      vb = b * c + a * s;
-    }
+    if (&A != &op.mat[2]) rope_pair(op, m, (int)(ra % op.headDim), va, vb); // q and k
     if (&A == &op.mat[0]) {
       y[ra] = va;
       y[rb] = vb;
@@ -126,6 +130,32 @@ __device__ __forceinline__ void epilogue(const struct GemvOp& op, int m, const s
     break;
   }
   }
+}
+
+// split_sums: pair p's two outputs for batch row mm of a launch whose
+// splits partial sums (mp batch rows each, [split][row][2·pair]) are in ws —
+// added in split order (deterministic), four loads in flight.
+__device__ __forceinline__ float2 split_sums(const float* __restrict__ ws, int P, int mm, int p, long long splits, long long mp) {
+  const float* w = ws + (long long)mm * 2 * P + 2 * p;
+  const long long stride = mp * 2 * P;
+  float va = 0.0f, vb = 0.0f;
+  int sp = 0;
+  for (; sp + 4 <= splits; sp += 4) {
+    float2 v[4];
+#pragma unroll
+    for (int u = 0; u < 4; u++) v[u] = __ldcg((const float2*)(w + (sp + u) * stride));
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+      va += v[u].x;
+      vb += v[u].y;
+    }
+  }
+  for (; sp < splits; sp++) {
+    const float2 v = __ldcg((const float2*)(w + sp * stride));
+    va += v.x;
+    vb += v.y;
+  }
+  return make_float2(va, vb);
 }
 
 // A matrix's fields a pass over it needs, copied to registers once.
@@ -216,6 +246,20 @@ __device__ __forceinline__ int pairs_of(const struct GemvOp* op) {
   if (op->mode == MODE_GATEUP) return A->N;
   if (op->mode == MODE_QKV) return (op->mat[0].N + op->mat[1].N + op->mat[2].N) / 2;
   return (A->N + 1) / 2;
+}
+
+// pair_finish: pair p of batch row m — row mm of the launch whose split
+// partial sums are in ws (split_sums) — summed, plus its LoRA terms: the
+// values the epilogue takes (va for row pr.ra of pr.A, vb for pr.rb of
+// pr.B). False past the last pair.
+__device__ __forceinline__ bool pair_finish(const struct GemvOp& op, const float* __restrict__ ws, long long splits, long long mp, int mm,
+                                            int m, int p, PairRows& pr, float& va, float& vb) {
+  const float2 s = split_sums(ws, pairs_of(&op), mm, p, splits, mp);
+  pr = pair_rows(&op, p);
+  if (!pr.valid) return false;
+  va = s.x + lora_vec(*pr.A, op, m, pr.ra);
+  vb = s.y + (pr.B ? lora_vec(*pr.B, op, m, pr.rb) : 0.0f);
+  return true;
 }
 
 __device__ __forceinline__ uint32_t pack_bf16(float a, float b) {

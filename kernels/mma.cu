@@ -221,29 +221,9 @@ extern "C" __global__ void __launch_bounds__(256) mmas_finish(const __grid_const
   if (pair < P && m < M) lora_prefetch(pair_rows(&op, pair), op.rows[m].adapter); // B rows to L2 while the partial sums finish
   pdl_wait();
   if (pair >= P || m >= M) return;
-  const float* w = ws + (long long)mm * 2 * P + 2 * pair;
-  const long long stride = mp * 2 * P;
-  float va = 0.0f, vb = 0.0f;
-  int sp = 0;
-  for (; sp + 4 <= splits; sp += 4) { // four loads in flight, summed in order
-    float2 v[4];
-#pragma unroll
-    for (int u = 0; u < 4; u++) v[u] = __ldcg((const float2*)(w + (sp + u) * stride));
-#pragma unroll
-    for (int u = 0; u < 4; u++) {
-      va += v[u].x;
-      vb += v[u].y;
-    }
-  }
-  for (; sp < splits; sp++) {
-    const float2 v = __ldcg((const float2*)(w + sp * stride));
-    va += v.x;
-    vb += v.y;
-  }
-  const PairRows pr = pair_rows(&op, pair);
-  if (!pr.valid) return;
-  va += lora_vec(*pr.A, op, m, pr.ra);
-  if (pr.B) vb += lora_vec(*pr.B, op, m, pr.rb);
+  PairRows pr;
+  float va, vb;
+  if (!pair_finish(op, ws, splits, mp, mm, m, pair, pr, va, vb)) return;
   epilogue(op, m, *pr.A, pr.ra, va, pr.B, pr.rb, vb, pair);
 }
 

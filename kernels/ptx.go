@@ -63,13 +63,13 @@ var ptx_sample_90 string
 
 // modules lists each PTX module with the sha256 of the sources it was built from.
 var modules = []ptxModule{
-	{"attention", ptx_attention_80, ptx_attention_90, false, "f050ebcdfb8334aedc9b5bcec7186eaea206a92b9d348a80d44cc10378d71030", ""},
-	{"mma", ptx_mma_80, ptx_mma_90, false, "c8109f02a27bb7a728b5d10735fd4c35503d5d4890ac194c4e6d4e527f976150", ""},
-	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, false, "c70ff484e005252ffa2d5d75dcb23370c00d434aa7b1c847ff682cf718649776", ""},
-	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, false, "2ff28875c84b53230f79dd9b54171e474858fb1201ce216157366b5434805732", ""},
-	{"prefill", ptx_prefill_80, ptx_prefill_90, false, "d5fabcdb60e24aaf49b8a00c9ddeb562fbb47f4ba35d6f9949fa91860a3e6bb5", ""},
-	{"prefill_wgmma", ptx_prefill_wgmma_80, ptx_prefill_wgmma_90, true, "6af8b528c5f7b87764b07187e0b5e946c5a827475080b73a830a6acbc5460f0d", ptx_prefill_wgmma_90a},
-	{"quantize", ptx_quantize_80, ptx_quantize_90, false, "2e5278d24a68ec43cc7b252707e820622d672a0b70442b3e8cf8f030e580009d", ""},
-	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, false, "fdcc5c23c706868873d173babe98bf7c9d36f34ac858b27c376f7f5e6af44073", ""},
-	{"sample", ptx_sample_80, ptx_sample_90, false, "5b2c35e2043750cbc4f0158b477e3391d068c1497d3d28234fca5bd3da426fab", ""},
+	{"attention", ptx_attention_80, ptx_attention_90, false, "803f77d185303c9c151425d581a5642c2eff969700ceae884556e5f71c560f96", ""},
+	{"mma", ptx_mma_80, ptx_mma_90, false, "75b998110446c4d5fdfc58b0fcac125b17162261d84f94440128d4b2dbf393a5", ""},
+	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, false, "5897c5a85ad83cbfa3cb946bf3c9dbb9427a5e4ca3cb376c555a47161c1546ba", ""},
+	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, false, "b0f44c226f89f6a01bbe3db8f0bffe981ae4e337609f9a510e9f117d4575865f", ""},
+	{"prefill", ptx_prefill_80, ptx_prefill_90, false, "802e4a4d4e70ff2097d9672713dbbed23d5ac89971b15e5913e0f761fd417c4c", ""},
+	{"prefill_wgmma", ptx_prefill_wgmma_80, ptx_prefill_wgmma_90, true, "84db5540461bcff1434afdf389fe1eedbe16bc8fc34f690a1036762c5fdc9959", ptx_prefill_wgmma_90a},
+	{"quantize", ptx_quantize_80, ptx_quantize_90, false, "678e6b0956f1032a74129722ce9ca9faa6d3b58fa911f3b4020dbd3222bb44de", ""},
+	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, false, "09047e525c6efdfb0fc8349cf3b5a7e25be8be18da42c7ba13cef2a925cb353b", ""},
+	{"sample", ptx_sample_80, ptx_sample_90, false, "067fecc4b87ac1e2bd38124b2170e0a11c35b33cfa93d8f1eabc7cc4ed0b3a75", ""},
 }

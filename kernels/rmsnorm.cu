@@ -173,30 +173,10 @@ extern "C" __global__ void __launch_bounds__(1024) resid_norm(const __grid_const
     }
   pdl_wait(); // everything below may read what the previous kernel wrote
   float* xr = op.y + (long long)i * op.ldy;
-  const long long stride = mp * 2 * P;
   for (int p = threadIdx.x; p < P; p += blockDim.x) {
-    const float* wp = ws + (long long)i * 2 * P + 2 * p;
-    float va = 0.0f, vb = 0.0f;
-    int sp = 0;
-    for (; sp + 4 <= splits; sp += 4) { // four loads in flight, summed in order (as mmas_finish)
-      float2 v[4];
-#pragma unroll
-      for (int u = 0; u < 4; u++) v[u] = __ldcg((const float2*)(wp + (sp + u) * stride));
-#pragma unroll
-      for (int u = 0; u < 4; u++) {
-        va += v[u].x;
-        vb += v[u].y;
-      }
-    }
-    for (; sp < splits; sp++) {
-      const float2 v = __ldcg((const float2*)(wp + sp * stride));
-      va += v.x;
-      vb += v.y;
-    }
-    const PairRows pr = pair_rows(&op, p);
-    if (!pr.valid) continue;
-    va += lora_vec(*pr.A, op, i, pr.ra);
-    if (pr.B) vb += lora_vec(*pr.B, op, i, pr.rb);
+    PairRows pr;
+    float va, vb;
+    if (!pair_finish(op, ws, splits, mp, i, i, p, pr, va, vb)) continue;
     epilogue(op, i, *pr.A, pr.ra, va, pr.B, pr.rb, vb, p); // x[i] += …
     xs[pr.ra] = xr[pr.ra];
     if (pr.B) xs[pr.rb] = xr[pr.rb];
@@ -290,31 +270,11 @@ extern "C" __global__ void __launch_bounds__(256) resid_norm_c(const __grid_cons
     }
   pdl_wait(); // everything below may read what the previous kernel wrote
   float* xr = op.y + (long long)i * op.ldy;
-  const long long stride = mp * 2 * P;
   double ss = 0.0;
   for (int p = blockDim.x * c + threadIdx.x; p < P; p += blockDim.x * C) {
-    const float* wp = ws + (long long)i * 2 * P + 2 * p;
-    float va = 0.0f, vb = 0.0f;
-    int sp = 0;
-    for (; sp + 4 <= splits; sp += 4) { // four loads in flight, summed in order (as mmas_finish)
-      float2 v[4];
-#pragma unroll
-      for (int u = 0; u < 4; u++) v[u] = __ldcg((const float2*)(wp + (sp + u) * stride));
-#pragma unroll
-      for (int u = 0; u < 4; u++) {
-        va += v[u].x;
-        vb += v[u].y;
-      }
-    }
-    for (; sp < splits; sp++) {
-      const float2 v = __ldcg((const float2*)(wp + sp * stride));
-      va += v.x;
-      vb += v.y;
-    }
-    const PairRows pr = pair_rows(&op, p);
-    if (!pr.valid) continue;
-    va += lora_vec(*pr.A, op, i, pr.ra);
-    if (pr.B) vb += lora_vec(*pr.B, op, i, pr.rb);
+    PairRows pr;
+    float va, vb;
+    if (!pair_finish(op, ws, splits, mp, i, i, p, pr, va, vb)) continue;
     epilogue(op, i, *pr.A, pr.ra, va, pr.B, pr.rb, vb, p); // x[i] += …
     xs[pr.ra] = xr[pr.ra];
     ss += (double)xs[pr.ra] * (double)xs[pr.ra];
