@@ -2,35 +2,27 @@ package eval
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"html"
 	"math"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"unicode"
 
 	"github.com/qbench/qbench/qwen"
 	"github.com/qbench/qbench/tensor"
 )
 
-// writeReports writes summary.json, report.md and report.html into out,
-// side by side (each durable before its rename; see EvalOn).
+// writeReports writes summary.json, report.md and report.html into out.
 func writeReports(out string, s *Summary) error {
-	writes := []func() error{
-		func() error { return writeJSON(filepath.Join(out, "summary.json"), s) },
-		func() error { return writeText(filepath.Join(out, "report.md"), Markdown(s)) },
-		func() error { return writeText(filepath.Join(out, "report.html"), HTML(s)) },
+	if err := writeJSON(filepath.Join(out, "summary.json"), s); err != nil {
+		return err
 	}
-	errs := make([]error, len(writes))
-	var wg sync.WaitGroup
-	for i, w := range writes {
-		wg.Go(func() { errs[i] = w() })
+	if err := writeText(filepath.Join(out, "report.md"), Markdown(s)); err != nil {
+		return err
 	}
-	wg.Wait()
-	return errors.Join(errs...)
+	return writeText(filepath.Join(out, "report.html"), HTML(s))
 }
 
 func writeText(path, text string) error {

@@ -10,7 +10,6 @@ import (
 	"math"
 	"os"
 	"path/filepath"
-	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -149,20 +148,15 @@ func EvalOn(engines []qwen.Engine, tok *tokenizer.Tokenizer, qs []Question, set 
 		return &Summary{Variants: variants}, nil
 	}
 	sortResults(results, qs, variants)
-	// The results, in question order however the batches finished, are
-	// written (durably: fsync before the rename) while they are summarised.
-	resultsDone := make(chan error, 1)
-	go func() { resultsDone <- writeResultsFile(opt.Out, results) }()
+	if err := writeResults(opt.Out, set, results); err != nil { // in question order, however the batches finished
+		return nil, err
+	}
 	sum := Summarize(results, qs, variants, opt.Tie, opt.Seed)
 	var modelSHA string
 	if opt.ModelSHA256 != nil {
-		modelSHA, err = opt.ModelSHA256()
-	}
-	if rerr := <-resultsDone; rerr != nil {
-		return nil, rerr
-	}
-	if err != nil {
-		return nil, err
+		if modelSHA, err = opt.ModelSHA256(); err != nil {
+			return nil, err
+		}
 	}
 	c := e.Model().Config
 	sum.Repro = Repro{ModelSHA256: modelSHA, Version: opt.Version, Settings: set, Device: opt.Device, Date: time.Now().UTC().Format(time.RFC3339),
@@ -176,15 +170,12 @@ func EvalOn(engines []qwen.Engine, tok *tokenizer.Tokenizer, qs []Question, set 
 
 // runQueue answers the pending pairs in batches of batch, each engine
 // taking the next batch when it is free; every finished batch joins results
-// and is written out (with the settings) before the next is reported — but
-// the last, which the caller writes sorted.
+// and is written out (with the settings) before the next is reported.
 func runQueue(engines []qwen.Engine, tok *tokenizer.Tokenizer, items []item, variants []string, todo []pair, batch int,
 	set Settings, opt Options, results []Result) ([]Result, error) {
-	// The settings file exists from the start; written while the first
-	// batch runs (its fsync can wait on a busy disk), and before any
-	// batch's results.
-	initial := make(chan error, 1)
-	go func(rs []Result) { initial <- writeResults(opt.Out, set, rs) }(slices.Clone(results))
+	if err := writeResults(opt.Out, set, results); err != nil { // the settings file exists from the start
+		return nil, err
+	}
 	type done struct {
 		rs  []Result
 		err error
@@ -227,31 +218,13 @@ func runQueue(engines []qwen.Engine, tok *tokenizer.Tokenizer, items []item, var
 		}
 		results = append(results, d.rs...)
 		finished += len(d.rs)
-		if initial != nil {
-			err := <-initial
-			initial = nil
-			if err != nil {
-				first = err
-				close(stop)
-				continue
-			}
-		}
-		// Each batch's results are on disk before the next is reported
-		// (resume); the last batch's are written by EvalOn, sorted, at once.
-		if finished < len(todo) {
-			if err := writeResults(opt.Out, set, results); err != nil {
-				first = err
-				close(stop)
-				continue
-			}
+		if err := writeResults(opt.Out, set, results); err != nil {
+			first = err
+			close(stop)
+			continue
 		}
 		if opt.Progress != nil {
 			opt.Progress(finished, len(todo))
-		}
-	}
-	if initial != nil { // no batch came back
-		if err := <-initial; first == nil {
-			first = err
 		}
 	}
 	return results, first
@@ -623,11 +596,6 @@ func writeResults(out string, set Settings, results []Result) error {
 	if err := writeJSON(filepath.Join(out, settingsFile), set); err != nil {
 		return err
 	}
-	return writeResultsFile(out, results)
-}
-
-// writeResultsFile rewrites results.jsonl atomically.
-func writeResultsFile(out string, results []Result) error {
 	return tensor.WriteFileAtomic(filepath.Join(out, "results.jsonl"), func(f *os.File) error {
 		w := bufio.NewWriter(f)
 		enc := json.NewEncoder(w)
