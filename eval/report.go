@@ -26,7 +26,7 @@ func writeReports(out string, s *Summary) error {
 }
 
 func writeText(path, text string) error {
-	return tensor.WriteFileAtomic(path, func(f *os.File) error {
+	return tensor.ReplaceFile(path, func(f *os.File) error {
 		_, err := f.WriteString(text)
 		return err
 	})

@@ -596,7 +596,7 @@ func writeResults(out string, set Settings, results []Result) error {
 	if err := writeJSON(filepath.Join(out, settingsFile), set); err != nil {
 		return err
 	}
-	return tensor.WriteFileAtomic(filepath.Join(out, "results.jsonl"), func(f *os.File) error {
+	return tensor.ReplaceFile(filepath.Join(out, "results.jsonl"), func(f *os.File) error {
 		w := bufio.NewWriter(f)
 		enc := json.NewEncoder(w)
 		enc.SetEscapeHTML(false)
@@ -610,7 +610,7 @@ func writeResults(out string, set Settings, results []Result) error {
 }
 
 func writeJSON(path string, v any) error {
-	return tensor.WriteFileAtomic(path, func(f *os.File) error {
+	return tensor.ReplaceFile(path, func(f *os.File) error {
 		enc := json.NewEncoder(f)
 		enc.SetEscapeHTML(false)
 		enc.SetIndent("", "  ")

@@ -381,7 +381,17 @@ func Write(path string, tensors []*Tensor, metadata map[string]string) error {
 // WriteFileAtomic writes a file through fill into a temporary file in the same
 // directory, syncs it and renames it to path, so readers never see half a file.
 // The file is created 0644 less the umask, as files users write usually are.
-func WriteFileAtomic(path string, fill func(*os.File) error) error {
+func WriteFileAtomic(path string, fill func(*os.File) error) error { return writeAtomic(path, fill, true) }
+
+// ReplaceFile is WriteFileAtomic without the sync: readers and a crash of
+// the process still never see half a file, but a crash of the machine may
+// lose the newest version — for outputs that can be made again (an
+// evaluation's results and reports), where a sync would make the writer wait
+// for whatever else the disk is flushing (a checkpoint just written: up to a
+// second, measured).
+func ReplaceFile(path string, fill func(*os.File) error) error { return writeAtomic(path, fill, false) }
+
+func writeAtomic(path string, fill func(*os.File) error, sync bool) error {
 	var tmp *os.File
 	var err error
 	for range 100 {
@@ -398,9 +408,11 @@ func WriteFileAtomic(path string, fill func(*os.File) error) error {
 		tmp.Close()
 		return fmt.Errorf("%s: %w", path, err)
 	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
+	if sync {
+		if err := tmp.Sync(); err != nil {
+			tmp.Close()
+			return err
+		}
 	}
 	if err := tmp.Close(); err != nil {
 		return err

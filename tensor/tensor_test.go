@@ -249,3 +249,33 @@ func TestForChunks(t *testing.T) {
 		}
 	}
 }
+
+// TestWriteFileAtomic: both atomic writers replace a file whole, and a fill
+// that fails leaves the old file as it was and no temporary file behind.
+func TestWriteFileAtomic(t *testing.T) {
+	for name, write := range map[string]func(string, func(*os.File) error) error{"WriteFileAtomic": WriteFileAtomic, "ReplaceFile": ReplaceFile} {
+		dir := t.TempDir()
+		path := filepath.Join(dir, "out.txt")
+		for _, text := range []string{"first\n", "second, longer\n"} {
+			if err := write(path, func(f *os.File) error { _, err := f.WriteString(text); return err }); err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			if b, err := os.ReadFile(path); err != nil || string(b) != text {
+				t.Fatalf("%s: read %q, %v; want %q", name, b, err, text)
+			}
+		}
+		err := write(path, func(f *os.File) error {
+			f.WriteString("half")
+			return errors.New("disk full")
+		})
+		if err == nil || !strings.Contains(err.Error(), "disk full") || !strings.Contains(err.Error(), path) {
+			t.Errorf("%s: a failed fill returned %v", name, err)
+		}
+		if b, _ := os.ReadFile(path); string(b) != "second, longer\n" {
+			t.Errorf("%s: after a failed fill the file holds %q", name, b)
+		}
+		if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+			t.Errorf("%s: %d files left in the directory, want 1", name, len(ents))
+		}
+	}
+}
