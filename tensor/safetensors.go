@@ -381,7 +381,9 @@ func Write(path string, tensors []*Tensor, metadata map[string]string) error {
 // WriteFileAtomic writes a file through fill into a temporary file in the same
 // directory, syncs it and renames it to path, so readers never see half a file.
 // The file is created 0644 less the umask, as files users write usually are.
-func WriteFileAtomic(path string, fill func(*os.File) error) error { return writeAtomic(path, fill, true) }
+func WriteFileAtomic(path string, fill func(*os.File) error) error {
+	return writeAtomic(path, fill, true)
+}
 
 // ReplaceFile is WriteFileAtomic without the sync: readers and a crash of
 // the process still never see half a file, but a crash of the machine may
