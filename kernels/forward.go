@@ -152,7 +152,8 @@ func (f *steps) mat(label string, layer int, op matOp, rows int) {
 // adapters (3B, H200: batch 20 4,915 → 5,111 tok/s, 64 10,234 → 10,698),
 // and with them for batches of more than wideBatchMin rows (64: 8,227 →
 // 8,387); at 20 with adapters its block a row, reading every A row of the
-// shrinks, lost to rmsnorm_lora's many blocks (3,887 → 3,763).
+// shrinks, lost to rmsnorm_lora's many blocks (3,887 → 3,763), so there a
+// cluster of blocks takes each row (resid_norm_c: 3,874 → 4,007).
 func (f *steps) matNorm(label, fused, normLabel string, layer int, op matOp, rows int, out, w Buf, sh shrinkDesc, eps float32) {
 	if f.err != nil {
 		return
@@ -170,7 +171,7 @@ func (f *steps) matNorm(label, fused, normLabel string, layer int, op matOp, row
 		}
 	}
 	d := e.Dev
-	cluster := 0 // resid_norm_c (experiment) where resid_norm loses, or everywhere
+	cluster := 0 // resid_norm_c where resid_norm loses (or everywhere: tests)
 	if f.lora && rows <= wideBatchMin || d.residClusterAll {
 		cluster = d.residCluster
 	}

@@ -241,7 +241,7 @@ __device__ __forceinline__ double dsmem_f64(const double* p, uint32_t r) {
 }
 #endif
 
-// resid_norm_c (experiment): resid_norm with each row split over a
+// resid_norm_c: resid_norm with each row split over a
 // thread-block cluster of C = gridDim.x blocks (grid (C, rows), cluster (C,
 // 1, 1), C ≤ 8; compute capability 9.0): block (c, i) finishes row i's pairs
 // blockDim.x·(c + C·k) + thread, sums their squares (double), and the blocks

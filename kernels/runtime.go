@@ -59,11 +59,12 @@ type Device struct {
 	// residNorm: decode batches finish o and down in the launch of the
 	// RMSNorm after them (resid_norm; QBENCH_NO_RESID_NORM=1 off).
 	residNorm bool
-	// residCluster (experiment): where resid_norm would not run (adapters,
-	// up to wideBatchMin rows), resid_norm_c with clusters of that many
-	// blocks a row (QBENCH_RESID_CLUSTER, default 4; 0 off; compute
-	// capability 9.0 and later); residClusterAll (QBENCH_RESID_CLUSTER_ALL=1)
-	// takes it wherever resid_norm would run too.
+	// residCluster: where resid_norm would lose (adapters, up to
+	// wideBatchMin rows), resid_norm_c with clusters of that many blocks a
+	// row (QBENCH_RESID_CLUSTER, default 4 — 3B, H200, batch 20: 3,874 →
+	// 4,007 tok/s; 2 and 8 slower —; 0 off; compute capability 9.0 and
+	// later); residClusterAll (QBENCH_RESID_CLUSTER_ALL=1; tests) takes it
+	// wherever resid_norm would run too (slower without adapters).
 	residCluster    int
 	residClusterAll bool
 	// splitWS is mmas_nf4's split-K workspace (the partial sums of a launch,
