@@ -166,16 +166,17 @@ func (f *steps) matNorm(label, fused, normLabel string, layer int, op matOp, row
 	}
 	fins := 0
 	for _, c := range cs {
-		if c.name == "mmas_finish" {
+		if c.fin != nil {
 			fins++
 		}
 	}
+	last := cs[len(cs)-1].fin // the op's one finish, over its whole batch, fused below
 	d := e.Dev
 	cluster := 0 // resid_norm_c where resid_norm loses (or everywhere: tests)
 	if f.lora && rows <= wideBatchMin || d.residClusterAll {
 		cluster = d.residCluster
 	}
-	if !d.residNorm || fins != 1 || cs[len(cs)-1].name != "mmas_finish" || f.lora && (rows <= wideBatchMin && cluster == 0 || rows >= shrinkSplitMin) {
+	if !d.residNorm || fins != 1 || last == nil || last.m0 != 0 || last.n != rows || f.lora && (rows <= wideBatchMin && cluster == 0 || rows >= shrinkSplitMin) {
 		for _, c := range cs {
 			f.do(label, layer, c)
 		}
@@ -189,7 +190,7 @@ func (f *steps) matNorm(label, fused, normLabel string, layer int, op matOp, row
 	if f.lora {
 		s = sh.desc
 	}
-	f.do(fused, layer, residNormCall(cs[len(cs)-1], out, w, e.cfg.Hidden, eps, s, cluster))
+	f.do(fused, layer, residNormCall(last, out, w, e.cfg.Hidden, eps, s, cluster))
 }
 
 // norm is rmsnorm of x into out with the LoRA shrink of the modules reading

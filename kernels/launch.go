@@ -23,6 +23,17 @@ type call struct {
 	// clusterX > 0: thread-block clusters of that many blocks along x
 	// (resid_norm_c's blocks of a row, which meet in distributed shared memory).
 	clusterX int
+	// fin: an mmas_finish's parameters (finishCall), for a launch that
+	// takes its work over (residNormCall); nil for every other kernel.
+	fin *finish
+}
+
+// finish is what an mmas_finish launch finishes: batch rows m0 … m0+n−1 of
+// op (rows in all) from the splits partial sums, mp batch rows each, in ws.
+type finish struct {
+	op                      *gemvOp
+	rows, m0, n, splits, mp int
+	ws                      Buf
 }
 
 // run launches c on the device's stream (on its thread).
@@ -62,16 +73,15 @@ func rmsnormLoRACall(out, x, w Buf, hidden int, eps float32, shrink *shrinkOp, s
 // whole batch) fused with rmsnorm of the rows into out and the LoRA shrinks
 // of sh (nil: none), a block a row; with cluster > 0, resid_norm_c, a
 // cluster of that many blocks a row.
-func residNormCall(fin call, out, w Buf, hidden int, eps float32, sh *shrinkOp, cluster int) call {
+func residNormCall(fin *finish, out, w Buf, hidden int, eps float32, sh *shrinkOp, cluster int) call {
 	if sh == nil {
 		sh = &shrinkOp{}
 	}
-	op, rows, ws, splits, mp := fin.args[0], fin.args[1].(int), fin.args[3], fin.args[4], fin.args[5]
-	args := []any{op, ws, splits, mp, out, w, eps, sh}
+	args := []any{fin.op, fin.ws, fin.splits, fin.mp, out, w, eps, sh}
 	if cluster > 0 {
-		return call{name: "resid_norm_c", grid: [3]int{cluster, rows}, block: 256, shmem: 4 * hidden, clusterX: cluster, args: args}
+		return call{name: "resid_norm_c", grid: [3]int{cluster, fin.rows}, block: 256, shmem: 4 * hidden, clusterX: cluster, args: args}
 	}
-	return call{name: "resid_norm", grid: [3]int{rows}, block: 1024, shmem: 8 * hidden, args: args}
+	return call{name: "resid_norm", grid: [3]int{fin.rows}, block: 1024, shmem: 8 * hidden, args: args}
 }
 
 // shrinkCall: t[m, slot, j] = A[adapter(m)][slot][j]·x[m], a block per output.
@@ -503,7 +513,8 @@ func (d *Device) splitCalls(op *gemvOp, rows, m0, pairs, K int) ([]call, error) 
 // whose splits partial sums of mp rows each are in ws: a thread a (pair,
 // batch row).
 func finishCall(op *gemvOp, rows, m0, n, pairs, splits, mp int, ws Buf) call {
-	return call{name: "mmas_finish", grid: [3]int{(pairs + 255) / 256, n}, block: 256, args: []any{op, rows, m0, ws, splits, mp}}
+	return call{name: "mmas_finish", grid: [3]int{(pairs + 255) / 256, n}, block: 256, args: []any{op, rows, m0, ws, splits, mp},
+		fin: &finish{op, rows, m0, n, splits, mp, ws}}
 }
 
 // splitWSBytes is the split-K workspace one mmas_nf4 launch over a matrix
