@@ -145,6 +145,39 @@ extern "C" __global__ void rmsnorm_lora(float* out, const float* x, const float*
   if (lane == 0 && idx < op.nslots * op.rmax) op.t[(long long)i * op.tStride + slot * op.rmax + j] = s;
 }
 
+// shrink_out is shrink output o of sh (slot o / rmax, rank row j = o %
+// rmax) for batch row i of adapter ad, by one warp: t[i, slot·rmax + j] =
+// Σ_k A[slot][ad][j, k]·xn[k] over 16-byte loads, four in flight (zero
+// without an adapter or past the rank).
+__device__ __forceinline__ void shrink_out(const struct ShrinkOp& sh, int i, int ad, int o, const float* xn, int H, int lane) {
+  const int slot = o / sh.rmax, j = o % sh.rmax;
+  const float* a = ad >= 0 && sh.A[slot][ad] != nullptr && j < sh.rank[slot][ad] ? sh.A[slot][ad] + (long long)j * H : nullptr;
+  float s = 0.0f;
+  if (a != nullptr) { // the same for the whole warp
+    if (H % 4 == 0) {
+      const float4* a4 = (const float4*)a;
+      const float4* x4 = (const float4*)xn;
+      float s4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      int k = lane;
+      for (; k + 96 < H / 4; k += 128)
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+          const float4 av = __ldg(a4 + k + 32 * u), xv = x4[k + 32 * u];
+          s4[u] += av.x * xv.x + av.y * xv.y + av.z * xv.z + av.w * xv.w;
+        }
+      for (; k < H / 4; k += 32) {
+        const float4 av = __ldg(a4 + k), xv = x4[k];
+        s4[0] += av.x * xv.x + av.y * xv.y + av.z * xv.z + av.w * xv.w;
+      }
+      s = (s4[0] + s4[1]) + (s4[2] + s4[3]);
+    } else {
+      for (int k = lane; k < H; k += 32) s += __ldg(a + k) * xn[k];
+    }
+    s = warp_sum(s);
+  }
+  if (lane == 0) sh.t[(long long)i * sh.tStride + slot * sh.rmax + j] = s;
+}
+
 // resid_norm: a residual matrix op's mmas_finish (o or down, MODE_RESID) for
 // batch row i = blockIdx.x, fused with the RMSNorm after it and that norm's
 // LoRA shrinks (rmsnorm_lora's work) — one launch where there were two: each
@@ -186,34 +219,7 @@ extern "C" __global__ void __launch_bounds__(1024) resid_norm(const __grid_const
   float* xn = xs + H;
   for (int k = threadIdx.x; k < H; k += blockDim.x) out[(long long)i * H + k] = xn[k] = w[k] * (xs[k] * inv);
   __syncthreads();
-  for (int o = warp; o < outs; o += blockDim.x / 32) {
-    const int slot = o / sh.rmax, j = o % sh.rmax;
-    const float* a = ad >= 0 && sh.A[slot][ad] != nullptr && j < sh.rank[slot][ad] ? sh.A[slot][ad] + (long long)j * H : nullptr;
-    float s = 0.0f;
-    if (a != nullptr) { // the same for the whole warp
-      if (H % 4 == 0) {
-        const float4* a4 = (const float4*)a;
-        const float4* x4 = (const float4*)xn;
-        float s4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        int k = lane;
-        for (; k + 96 < H / 4; k += 128)
-#pragma unroll
-          for (int u = 0; u < 4; u++) {
-            const float4 av = __ldg(a4 + k + 32 * u), xv = x4[k + 32 * u];
-            s4[u] += av.x * xv.x + av.y * xv.y + av.z * xv.z + av.w * xv.w;
-          }
-        for (; k < H / 4; k += 32) {
-          const float4 av = __ldg(a4 + k), xv = x4[k];
-          s4[0] += av.x * xv.x + av.y * xv.y + av.z * xv.z + av.w * xv.w;
-        }
-        s = (s4[0] + s4[1]) + (s4[2] + s4[3]);
-      } else {
-        for (int k = lane; k < H; k += 32) s += __ldg(a + k) * xn[k];
-      }
-      s = warp_sum(s);
-    }
-    if (lane == 0) sh.t[(long long)i * sh.tStride + slot * sh.rmax + j] = s;
-  }
+  for (int o = warp; o < outs; o += blockDim.x / 32) shrink_out(sh, i, ad, o, xn, H, lane);
 }
 
 #if __CUDA_ARCH__ >= 900
@@ -303,34 +309,7 @@ extern "C" __global__ void __launch_bounds__(256) resid_norm_c(const __grid_cons
     if (r != c) xs[k] = dsmem_f32(&xs[k], r);
   }
   cluster_sync(); // the others have read this block's columns; xs holds the whole row
-  for (int o = c + C * warp; o < outs; o += C * nw) {
-    const int slot = o / sh.rmax, j = o % sh.rmax;
-    const float* a = ad >= 0 && sh.A[slot][ad] != nullptr && j < sh.rank[slot][ad] ? sh.A[slot][ad] + (long long)j * H : nullptr;
-    float s = 0.0f;
-    if (a != nullptr) { // the same for the whole warp
-      if (H % 4 == 0) {
-        const float4* a4 = (const float4*)a;
-        const float4* x4 = (const float4*)xs;
-        float s4[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        int k = lane;
-        for (; k + 96 < H / 4; k += 128)
-#pragma unroll
-          for (int u = 0; u < 4; u++) {
-            const float4 av = __ldg(a4 + k + 32 * u), xv = x4[k + 32 * u];
-            s4[u] += av.x * xv.x + av.y * xv.y + av.z * xv.z + av.w * xv.w;
-          }
-        for (; k < H / 4; k += 32) {
-          const float4 av = __ldg(a4 + k), xv = x4[k];
-          s4[0] += av.x * xv.x + av.y * xv.y + av.z * xv.z + av.w * xv.w;
-        }
-        s = (s4[0] + s4[1]) + (s4[2] + s4[3]);
-      } else {
-        for (int k = lane; k < H; k += 32) s += __ldg(a + k) * xs[k];
-      }
-      s = warp_sum(s);
-    }
-    if (lane == 0) sh.t[(long long)i * sh.tStride + slot * sh.rmax + j] = s;
-  }
+  for (int o = c + C * warp; o < outs; o += C * nw) shrink_out(sh, i, ad, o, xs, H, lane);
 #endif
 }
 
