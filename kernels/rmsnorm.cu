@@ -145,6 +145,15 @@ extern "C" __global__ void rmsnorm_lora(float* out, const float* x, const float*
   if (lane == 0 && idx < op.nslots * op.rmax) op.t[(long long)i * op.tStride + slot * op.rmax + j] = s;
 }
 
+// shrink_prefetch asks L2 for the A row of shrink output o of sh for
+// adapter ad, by one warp (a line a lane and step).
+__device__ __forceinline__ void shrink_prefetch(const struct ShrinkOp& sh, int ad, int o, int H, int lane) {
+  const int slot = o / sh.rmax, j = o % sh.rmax;
+  const float* a = sh.A[slot][ad];
+  if (a != nullptr && j < sh.rank[slot][ad])
+    for (int k = 32 * lane; k < H; k += 32 * 32) asm volatile("prefetch.global.L2 [%0];" ::"l"(a + (long long)j * H + k));
+}
+
 // shrink_out is shrink output o of sh (slot o / rmax, rank row j = o %
 // rmax) for batch row i of adapter ad, by one warp: t[i, slot·rmax + j] =
 // Σ_k A[slot][ad][j, k]·xn[k] over 16-byte loads, four in flight (zero
@@ -198,12 +207,7 @@ extern "C" __global__ void __launch_bounds__(1024) resid_norm(const __grid_const
   const int i = blockIdx.x, P = pairs_of(&op), H = op.mat[0].N, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int outs = sh.nslots * sh.rmax, ad = outs > 0 ? sh.rows[i].adapter : -1;
   if (ad >= 0) // the shrink's A rows into L2 while the partial sums finish (weights: no kernel's output)
-    for (int o = warp; o < outs; o += blockDim.x / 32) {
-      const int slot = o / sh.rmax, j = o % sh.rmax;
-      const float* a = sh.A[slot][ad];
-      if (a != nullptr && j < sh.rank[slot][ad])
-        for (int k = 32 * lane; k < H; k += 32 * 32) asm volatile("prefetch.global.L2 [%0];" ::"l"(a + (long long)j * H + k));
-    }
+    for (int o = warp; o < outs; o += blockDim.x / 32) shrink_prefetch(sh, ad, o, H, lane);
   pdl_wait(); // everything below may read what the previous kernel wrote
   float* xr = op.y + (long long)i * op.ldy;
   for (int p = threadIdx.x; p < P; p += blockDim.x) {
@@ -268,12 +272,7 @@ extern "C" __global__ void __launch_bounds__(256) resid_norm_c(const __grid_cons
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
   const int outs = sh.nslots * sh.rmax, ad = outs > 0 ? sh.rows[i].adapter : -1;
   if (ad >= 0) // this block's shrink A rows into L2 while the partial sums finish
-    for (int o = c + C * warp; o < outs; o += C * nw) {
-      const int slot = o / sh.rmax, j = o % sh.rmax;
-      const float* a = sh.A[slot][ad];
-      if (a != nullptr && j < sh.rank[slot][ad])
-        for (int k = 32 * lane; k < H; k += 32 * 32) asm volatile("prefetch.global.L2 [%0];" ::"l"(a + (long long)j * H + k));
-    }
+    for (int o = c + C * warp; o < outs; o += C * nw) shrink_prefetch(sh, ad, o, H, lane);
   pdl_wait(); // everything below may read what the previous kernel wrote
   float* xr = op.y + (long long)i * op.ldy;
   double ss = 0.0;
