@@ -387,10 +387,10 @@ func WriteFileAtomic(path string, fill func(*os.File) error) error {
 
 // ReplaceFile is WriteFileAtomic without the sync: readers and a crash of
 // the process still never see half a file, but a crash of the machine may
-// lose the newest version — for outputs that can be made again (an
-// evaluation's results and reports), where a sync would make the writer wait
-// for whatever else the disk is flushing (a checkpoint just written: up to a
-// second, measured).
+// lose the newest version (or, on some file systems, leave it empty) — for
+// outputs that can be made again (an evaluation's results and reports),
+// where a sync would make the writer wait for whatever else the disk is
+// flushing (a checkpoint just written: up to a second, measured).
 func ReplaceFile(path string, fill func(*os.File) error) error { return writeAtomic(path, fill, false) }
 
 func writeAtomic(path string, fill func(*os.File) error, sync bool) error {
