@@ -70,6 +70,6 @@ var modules = []ptxModule{
 	{"prefill", ptx_prefill_80, ptx_prefill_90, false, "802e4a4d4e70ff2097d9672713dbbed23d5ac89971b15e5913e0f761fd417c4c", ""},
 	{"prefill_wgmma", ptx_prefill_wgmma_80, ptx_prefill_wgmma_90, true, "84db5540461bcff1434afdf389fe1eedbe16bc8fc34f690a1036762c5fdc9959", ptx_prefill_wgmma_90a},
 	{"quantize", ptx_quantize_80, ptx_quantize_90, false, "678e6b0956f1032a74129722ce9ca9faa6d3b58fa911f3b4020dbd3222bb44de", ""},
-	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, false, "8460c23f2dd785576931d62e605ad8f34191a8f7d4f116a41e2445865620964d", ""},
+	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, false, "d3fbee21086771e8e926bb4ec58144521555b61c49237336627fc196a91de312", ""},
 	{"sample", ptx_sample_80, ptx_sample_90, false, "067fecc4b87ac1e2bd38124b2170e0a11c35b33cfa93d8f1eabc7cc4ed0b3a75", ""},
 }

@@ -15,14 +15,12 @@
 // M·headDim·4 written.
 #include "gemv.cuh"
 
-// inv_rms is 1/sqrt(mean(x²) + eps) of one row, the sum in double over the
-// block's threads; every thread of the block gets it.
-__device__ float inv_rms(const float* xr, long long H, float eps) {
+// block_sum is the sum of v over the block's threads (each warp's, then the
+// warps' in order); every thread of the block gets it.
+__device__ __forceinline__ double block_sum(double v) {
   __shared__ double part[32];
-  double ss = 0;
-  for (long long k = threadIdx.x; k < H; k += blockDim.x) ss += (double)xr[k] * (double)xr[k];
-  for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = ss;
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
   __syncthreads();
   if (threadIdx.x == 0) {
     double t = 0;
@@ -30,7 +28,21 @@ __device__ float inv_rms(const float* xr, long long H, float eps) {
     part[0] = t;
   }
   __syncthreads();
-  return 1.0f / (float)sqrt((double)((float)(part[0] / (double)H) + eps));
+  return part[0];
+}
+
+// rms_scale is 1/sqrt(ss/H + eps) for a row's sum of squares ss (the mean
+// rounded to fp32, as transformers computes it).
+__device__ __forceinline__ float rms_scale(double ss, long long H, float eps) {
+  return 1.0f / (float)sqrt((double)((float)(ss / (double)H) + eps));
+}
+
+// inv_rms is 1/sqrt(mean(x²) + eps) of one row, the sum in double over the
+// block's threads; every thread of the block gets it.
+__device__ float inv_rms(const float* xr, long long H, float eps) {
+  double ss = 0;
+  for (long long k = threadIdx.x; k < H; k += blockDim.x) ss += (double)xr[k] * (double)xr[k];
+  return rms_scale(block_sum(ss), H, eps);
 }
 
 extern "C" __global__ void rmsnorm(float* out, const float* x, const float* w, const int32_t* rows,
@@ -267,7 +279,7 @@ extern "C" __global__ void __launch_bounds__(256) resid_norm_c(const __grid_cons
 #if __CUDA_ARCH__ >= 900
   pdl_trigger();
   extern __shared__ float xs[]; // [H]: this block's columns after the residual add, then the normed row
-  __shared__ double part[8], ssq;
+  __shared__ double ssq;
   const int c = blockIdx.x, C = gridDim.x, i = blockIdx.y, P = pairs_of(&op), H = op.mat[0].N;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
   const int outs = sh.nslots * sh.rmax, ad = outs > 0 ? sh.rows[i].adapter : -1;
@@ -288,18 +300,12 @@ extern "C" __global__ void __launch_bounds__(256) resid_norm_c(const __grid_cons
       ss += (double)xs[pr.rb] * (double)xs[pr.rb];
     }
   }
-  for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-  if (lane == 0) part[warp] = ss;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    double t = 0.0;
-    for (int u = 0; u < nw; u++) t += part[u];
-    ssq = t;
-  }
+  ss = block_sum(ss);
+  if (threadIdx.x == 0) ssq = ss;
   cluster_sync(); // every block's sum of squares is in
   double tot = 0.0;
   for (int r = 0; r < C; r++) tot += dsmem_f64(&ssq, r);
-  const float inv = 1.0f / (float)sqrt((double)((float)(tot / (double)H) + eps)); // as inv_rms
+  const float inv = rms_scale(tot, H, eps);
   for (int p = blockDim.x * c + threadIdx.x; p < P; p += blockDim.x * C)
     for (int k = 2 * p; k < min(2 * p + 2, H); k++) out[(long long)i * H + k] = xs[k] = w[k] * (xs[k] * inv);
   cluster_sync(); // every block's normed columns are in its shared memory
