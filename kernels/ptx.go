@@ -65,7 +65,7 @@ var ptx_sample_90 string
 var modules = []ptxModule{
 	{"attention", ptx_attention_80, ptx_attention_90, false, "803f77d185303c9c151425d581a5642c2eff969700ceae884556e5f71c560f96", ""},
 	{"mma", ptx_mma_80, ptx_mma_90, false, "75b998110446c4d5fdfc58b0fcac125b17162261d84f94440128d4b2dbf393a5", ""},
-	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, false, "5897c5a85ad83cbfa3cb946bf3c9dbb9427a5e4ca3cb376c555a47161c1546ba", ""},
+	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, false, "3bddf71abeca560733d21de003068abb053d84e2efa2d0e51051e4320506a624", ""},
 	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, false, "b0f44c226f89f6a01bbe3db8f0bffe981ae4e337609f9a510e9f117d4575865f", ""},
 	{"prefill", ptx_prefill_80, ptx_prefill_90, false, "802e4a4d4e70ff2097d9672713dbbed23d5ac89971b15e5913e0f761fd417c4c", ""},
 	{"prefill_wgmma", ptx_prefill_wgmma_80, ptx_prefill_wgmma_90, true, "84db5540461bcff1434afdf389fe1eedbe16bc8fc34f690a1036762c5fdc9959", ptx_prefill_wgmma_90a},
