@@ -138,6 +138,11 @@ __device__ __forceinline__ void split_rows(const float* x, long long M, long lon
 // 128 tiles would leave half the card's block slots empty); the block that
 // arrives second at the tile's counter adds the first's 16·R sums from ws
 // [tiles][2][2][16] and finishes the tile.
+// bar_sync: barrier id of the n threads of a tile's warps (ids from 1;
+// __syncthreads is 0), so that the block's other tiles run on meanwhile
+// (gate/up, two warps a tile: batch 1 +1 %).
+__device__ __forceinline__ void bar_sync(int id, int n) { asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(n) : "memory"); }
+
 template <int R>
 __device__ void lut_body(const struct GemvOp* __restrict__ op, long long M, int wpp, int bpt, float* ws, int* count) {
   constexpr int PARTS = 3 * R;
@@ -198,14 +203,14 @@ __device__ void lut_body(const struct GemvOp* __restrict__ op, long long M, int 
           v[b][h] += __shfl_xor_sync(0xffffffffu, v[b][h], 1);
           v[b][h] += __shfl_xor_sync(0xffffffffu, v[b][h], 2);
         }
-      if (wpp > 1) { // the tile's warps meet in shared memory; its first warp finishes
+      if (wpp > 1) { // the tile's warps meet in shared memory (a barrier of their own); its first warp finishes
         if (t == 0)
 #pragma unroll
           for (int b = 0; b < 2; b++) {
             red[warp][b][g] = v[b][0];
             red[warp][b][g + 8] = v[b][1];
           }
-        __syncthreads();
+        bar_sync(1 + warp / wpp, 32 * wpp);
         if (part == 0)
 #pragma unroll
           for (int b = 0; b < 2; b++) {
@@ -215,7 +220,7 @@ __device__ void lut_body(const struct GemvOp* __restrict__ op, long long M, int 
               v[b][1] += red[warp + w][b][g + 8];
             }
           }
-        __syncthreads();
+        bar_sync(1 + warp / wpp, 32 * wpp);
       }
       // The LoRA expand of the tile's 16 rows × R batch rows, spread over
       // the warp: lane l takes fragment row l % 16 and, with R = 2, batch row

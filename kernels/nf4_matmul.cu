@@ -322,23 +322,41 @@ GEMV(16, 1)
 
 // lora_shrink: one block (1,024 threads: 4 columns each in flight) per (j, slot, m) output, the K-long dot
 // split over the block; rows without an adapter, and ranks below rmax, get
-// zeros. Bytes: rank·K·4 per adapter and slot read, M·K·4 of x.
-extern "C" __global__ void __launch_bounds__(1024) lora_shrink(const __grid_constant__ struct ShrinkOp op, long long M) {
+// zeros. Bytes: rank·K·4 per adapter and slot read, M·K·4 of x. A thread's
+// first 4 float4 of A (K ≤ 16,384: all of them) are loaded before the wait
+// and its x after it in one go: one round trip after the wait, not one a
+// float4 of A and x in turn (the down projection's K = 11,008: three). Two
+// blocks a multiprocessor (32 registers), as before.
+extern "C" __global__ void __launch_bounds__(1024, 2) lora_shrink(const __grid_constant__ struct ShrinkOp op, long long M) {
   pdl_trigger();
+  constexpr int U = 4;
   const int j = blockIdx.x, slot = blockIdx.y, m = blockIdx.z;
   const int ad = op.rows[m].adapter;
   float s = 0.0f;
   const bool live = ad >= 0 && op.A[slot][ad] != nullptr && j < op.rank[slot][ad];
   const float* a = live ? op.A[slot][ad] + (long long)j * op.K : nullptr;
-  // The first 16-byte load of A before the wait (A and the row metadata are
-  // no kernel's output).
-  const float4 a0 = live && (int)threadIdx.x * 4 < op.K ? *(const float4*)(a + threadIdx.x * 4) : make_float4(0, 0, 0, 0);
+  // A and the row metadata are no kernel's output.
+  float4 av[U];
+#pragma unroll
+  for (int u = 0; u < U; u++) {
+    const int k = (threadIdx.x + u * blockDim.x) * 4;
+    av[u] = live && k < op.K ? *(const float4*)(a + k) : make_float4(0, 0, 0, 0);
+  }
   pdl_wait(); // everything below may read what the previous kernel wrote
   if (live) {
     const float* x = op.x + (long long)m * op.K;
-    for (int k = threadIdx.x * 4; k < op.K; k += blockDim.x * 4) {
-      const float4 av = k == (int)threadIdx.x * 4 ? a0 : *(const float4*)(a + k), xv = *(const float4*)(x + k);
-      s += av.x * xv.x + av.y * xv.y + av.z * xv.z + av.w * xv.w;
+    float4 xv[U];
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int k = (threadIdx.x + u * blockDim.x) * 4;
+      xv[u] = k < op.K ? *(const float4*)(x + k) : make_float4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < U; u++)
+      if ((threadIdx.x + u * blockDim.x) * 4 < op.K) s += av[u].x * xv[u].x + av[u].y * xv[u].y + av[u].z * xv[u].z + av[u].w * xv[u].w;
+    for (int k = (threadIdx.x + U * blockDim.x) * 4; k < op.K; k += blockDim.x * 4) {
+      const float4 a4 = *(const float4*)(a + k), x4 = *(const float4*)(x + k);
+      s += a4.x * x4.x + a4.y * x4.y + a4.z * x4.z + a4.w * x4.w;
     }
     s = block_sum(s); // the condition above is the same for the whole block
   }
