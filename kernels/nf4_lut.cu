@@ -130,6 +130,11 @@ __device__ __forceinline__ void split_rows(const float* x, long long M, long lon
   }
 }
 
+// bar_sync: barrier id of the n threads of a tile's warps (ids from 1;
+// __syncthreads is 0), so that the block's other tiles run on meanwhile
+// (gate/up, two warps a tile: batch 1 +1 %).
+__device__ __forceinline__ void bar_sync(int id, int n) { asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(n) : "memory"); }
+
 // nf4_lut_<R>: grid = one wave of 256-thread blocks (persistent), wpp warps
 // per 16-row tile (1, 2, 4 or 8: split-K, met in shared memory in a fixed
 // order), R batch rows a pass (passes of R over M), dynamic shared memory
@@ -138,11 +143,6 @@ __device__ __forceinline__ void split_rows(const float* x, long long M, long lon
 // 128 tiles would leave half the card's block slots empty); the block that
 // arrives second at the tile's counter adds the first's 16·R sums from ws
 // [tiles][2][2][16] and finishes the tile.
-// bar_sync: barrier id of the n threads of a tile's warps (ids from 1;
-// __syncthreads is 0), so that the block's other tiles run on meanwhile
-// (gate/up, two warps a tile: batch 1 +1 %).
-__device__ __forceinline__ void bar_sync(int id, int n) { asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(n) : "memory"); }
-
 template <int R>
 __device__ void lut_body(const struct GemvOp* __restrict__ op, long long M, int wpp, int bpt, float* ws, int* count) {
   constexpr int PARTS = 3 * R;

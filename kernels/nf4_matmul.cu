@@ -320,8 +320,8 @@ GEMV(4, 2)
 GEMV(8, 1)
 GEMV(16, 1)
 
-// lora_shrink: one block (1,024 threads: 4 columns each in flight) per (j, slot, m) output, the K-long dot
-// split over the block; rows without an adapter, and ranks below rmax, get
+// lora_shrink: one block (1,024 threads) per (j, slot, m) output, the K-long
+// dot split over the block; rows without an adapter, and ranks below rmax, get
 // zeros. Bytes: rank·K·4 per adapter and slot read, M·K·4 of x. A thread's
 // first 4 float4 of A (K ≤ 16,384: all of them) are loaded before the wait
 // and its x after it in one go: one round trip after the wait, not one a
