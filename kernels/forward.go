@@ -2,6 +2,8 @@
 
 package kernels
 
+import "strings"
+
 // The steps of a forward pass, as the profile labels them.
 const (
 	stepEmbed     = "embed+rope table"
@@ -48,9 +50,10 @@ func (e *Engine) forward(p pass, t tail) error {
 	for i := range e.layers {
 		L := &e.layers[i]
 		// xn = rmsNorm(x)·input_layernorm. With adapters, extra blocks of the
-		// same launch compute the q/k/v LoRA shrinks A·xn.
+		// same launch compute the q/k/v LoRA shrinks A·xn; engines of one
+		// sequence without them norm inside the q/k/v launch (deferNorm).
 		if !normed {
-			f.norm(stepNormAttn, i, e.xn, L.inNorm, L.shQKV, eps, p.rows)
+			f.deferNorm(stepNormAttn, i, e.xn, L.inNorm, L.shQKV, eps, p.rows)
 		}
 		// q, k, v = xn·Wᵀ + b + LoRA expand; RoPE on q and k (the pairs j,
 		// j + headDim/2 meet in one thread); k and v straight into each row's
@@ -111,10 +114,35 @@ func (e *Engine) forward(p pass, t tail) error {
 
 // steps issues a pass's launches in order and keeps the first error.
 type steps struct {
-	e    *Engine
-	lora bool // the model has adapters
-	pdl  bool // launch as programmatic dependents (pass.pdl)
-	err  error
+	e       *Engine
+	lora    bool      // the model has adapters
+	pdl     bool      // launch as programmatic dependents (pass.pdl)
+	pending *normStep // a norm deferNorm held back for the next matrix launch
+	err     error
+}
+
+// normStep is a norm's parameters (steps.norm).
+type normStep struct {
+	label  string
+	layer  int
+	out, w Buf
+	sh     shrinkDesc
+	eps    float32
+	rows   int
+}
+
+// deferNorm is norm — run inside the next matrix launch where that is
+// nf4_lut with a block a tile (engines of one sequence without adapters:
+// each block norms x itself, the norm's launch and its gap gone; batch 1
+// 350 → 366 tok/s, H200), else before it (QBENCH_NO_NORM_FUSE=1: always).
+// With adapters the norm's launch also computes their shrinks, which cost
+// more inside the matrix kernel than the launch does (kernels/PERF.md).
+func (f *steps) deferNorm(label string, layer int, out, w Buf, sh shrinkDesc, eps float32, rows int) {
+	if f.lora || !f.e.lut || envSet("QBENCH_NO_NORM_FUSE") {
+		f.norm(label, layer, out, w, sh, eps, rows)
+		return
+	}
+	f.pending = &normStep{label, layer, out, w, sh, eps, rows}
 }
 
 // do runs c, or records it under label (and its layer, −1 outside the
@@ -122,6 +150,10 @@ type steps struct {
 func (f *steps) do(label string, layer int, c call) {
 	if f.err != nil {
 		return
+	}
+	if p := f.pending; p != nil { // a deferred norm no matrix launch took: before c
+		f.pending = nil
+		f.norm(p.label, p.layer, p.out, p.w, p.sh, p.eps, p.rows)
 	}
 	c.pdl = f.pdl
 	if p := f.e.prof; p != nil {
@@ -140,6 +172,11 @@ func (f *steps) mat(label string, layer int, op matOp, rows int) {
 	if err != nil {
 		f.err = err
 		return
+	}
+	if p := f.pending; p != nil && len(cs) == 1 && strings.HasPrefix(cs[0].name, "nf4_lut") {
+		if c, ok := withNorm(cs[0], f.e.x, p.w, p.eps); ok {
+			cs[0], f.pending = c, nil
+		}
 	}
 	for _, c := range cs {
 		f.do(label, layer, c)
@@ -180,7 +217,7 @@ func (f *steps) matNorm(label, fused, normLabel string, layer int, op matOp, row
 		for _, c := range cs {
 			f.do(label, layer, c)
 		}
-		f.norm(normLabel, layer, out, w, sh, eps, rows)
+		f.deferNorm(normLabel, layer, out, w, sh, eps, rows)
 		return
 	}
 	for _, c := range cs[:len(cs)-1] {

@@ -267,9 +267,22 @@ func (d *Device) matmulCall(kind kernelKind, op *gemvOp, rows, pairs, K int) (ca
 			bpt = 2
 			c.grid[0] = 2 * units
 		}
-		c.args = append(c.args, bpt, d.lutWS, d.lutCount)
+		c.args = append(c.args, bpt, d.lutWS, d.lutCount, Buf{}, float32(0)) // no norm (withNorm)
 	}
 	return c, nil
+}
+
+// withNorm is nf4_lut's launch c (one block a tile) with the RMSNorm of its
+// input fused in: x (the residual stream) normed by w and eps in each
+// block. False where c takes two blocks a tile.
+func withNorm(c call, x, w Buf, eps float32) (call, bool) {
+	if c.args[3] != 1 {
+		return c, false
+	}
+	op := *c.args[0].(*gemvOp)
+	op.X = uint64(x.Ptr)
+	c.args = append(append([]any{&op}, c.args[1:6]...), w, eps)
+	return c, true
 }
 
 // reserveLUT makes nf4_lut's two-blocks-a-tile meeting place hold tiles

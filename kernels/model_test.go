@@ -390,6 +390,63 @@ func TestDecodeStepsLoRA(t *testing.T) {
 	}
 }
 
+// TestFusedNorm: decode steps of an engine for one sequence without adapters
+// run the RMSNorms inside nf4_lut (deferNorm: no norm launch in the step)
+// and give the CPU reference's logits, as with the norms' own launches
+// (QBENCH_NO_NORM_FUSE=1).
+func TestFusedNorm(t *testing.T) {
+	d := device(t)
+	cfg := smallConfig()
+	m := SyntheticModel(cfg, rand.Uint64())
+	rng := rand.New(rand.NewPCG(rand.Uint64(), 6))
+	for _, off := range []string{"", "1"} {
+		t.Setenv("QBENCH_NO_NORM_FUSE", off)
+		e, err := NewEngine(d, m, 256, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e.layers[0].qkv.kind != kindLUTNF4 || e.layers[0].gateup.kind != kindLUTNF4 {
+			t.Fatalf("q/k/v on kernel %d, gate/up on %d, want nf4_lut (%d)", e.layers[0].qkv.kind, e.layers[0].gateup.kind, kindLUTNF4)
+		}
+		cpu := qwen.NewRunner(m)
+		gs, err := e.NewSeq(32, -1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cs := m.NewSeq(32, -1)
+		toks := []int{rng.IntN(cfg.Vocab), rng.IntN(cfg.Vocab), rng.IntN(cfg.Vocab)}
+		for step := 0; step < 6; step++ {
+			got, err := e.Forward([]*qwen.Seq{gs}, [][]int{toks}, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := cpu.Forward([]*qwen.Seq{cs}, [][]int{toks}, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r := relErr(got, want); r > 1e-4 {
+				t.Errorf("QBENCH_NO_NORM_FUSE=%q, step %d: logits relative error %.3g > 1e-4; %s", off, step, r, firstMismatch(got, want, 1e-4))
+			}
+			toks = []int{rng.IntN(cfg.Vocab)}
+		}
+		kt, err := e.ProfileStep([]*qwen.Seq{gs}, [][]int{toks}, 1, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		norms := 0
+		for _, k := range kt {
+			if k.Label == stepNormAttn || k.Label == stepNormMLP {
+				norms += k.Calls
+			}
+		}
+		if want := map[string]int{"": 0, "1": 2 * cfg.Layers}[off]; norms != want {
+			t.Errorf("QBENCH_NO_NORM_FUSE=%q: %d norm launches a step, want %d", off, norms, want)
+		}
+		e.Release(gs)
+		e.Close()
+	}
+}
+
 // TestResidNorm: decode steps whose o and down finishes run fused with the
 // next RMSNorm and its shrinks (resid_norm, a block a row; resid_norm_c, a
 // cluster a row where the device has clusters) give the logits of the

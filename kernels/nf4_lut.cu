@@ -112,14 +112,22 @@ __device__ __forceinline__ void run_step(const Raw& r, bool live, const MatRegs&
 // 605 → 547 µs a step at batch 1. Four loads in flight a thread, tried with
 // it, made the step slower.)
 template <int PARTS>
-__device__ __forceinline__ void split_rows(const float* x, long long M, long long m0, int K, int s0, int s1, uint2* xs) {
+__device__ __forceinline__ void split_rows(const float* x, long long M, long long m0, int K, int s0, int s1, const float* nw,
+                                           const float* inv, uint2* xs) {
   const int S = s1 - s0;
   for (int i = threadIdx.x; i < S * 64 * (PARTS / 3); i += blockDim.x) {
     const int row = i / (S * 64), it = i % (S * 64);
     const int s = s0 + it / 64, j = (it / 4) % 16, t = it % 4;
     const int c = 256 * s + 64 * t + 4 * j;
     float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    if (c < K && m0 + row < M) v = __ldg((const float4*)(x + (m0 + row) * K + c));
+    if (c < K && m0 + row < M) {
+      v = __ldg((const float4*)(x + (m0 + row) * K + c));
+      if (nw) { // the fused RMSNorm: rmsnorm's w·(x·inv), the same values
+        const float4 w = __ldg((const float4*)(nw + c));
+        const float r = inv[row];
+        v = make_float4(w.x * (v.x * r), w.y * (v.y * r), w.z * (v.z * r), w.w * (v.w * r));
+      }
+    }
     uint32_t hi[2], mid[2], lo[2];
     split3(v.x, v.y, hi[0], mid[0], lo[0]);
     split3(v.z, v.w, hi[1], mid[1], lo[1]);
@@ -128,6 +136,42 @@ __device__ __forceinline__ void split_rows(const float* x, long long M, long lon
     o[4] = make_uint2(mid[0], mid[1]);
     o[8] = make_uint2(lo[0], lo[1]);
   }
+}
+
+// The RMSNorm nf4_lut can apply to x itself (the engine's decode steps of
+// one sequence without adapters: the norm before q/k/v and before gate/up,
+// without a launch of its own; batch 1 350 → 366 tok/s, H200). With
+// adapters the norm's LoRA shrinks need the normed x of the whole row
+// before any tile's epilogue: computed by the tile blocks' own warps, by a
+// warp or a block an output in extra blocks at the grid's front (flags, or
+// {t, epoch} words), each lost to the norm's own launch (rmsnorm_lora;
+// batch 1 329 → 296, 325 → 314, 325 → 319: kernels/PERF.md).
+//
+// norm_rows: inv[r] = 1/sqrt(mean(x[m0 + r]²) + eps) for the pass's rows, the
+// sums in double as rmsnorm's inv_rms, over the block's threads (ends with
+// a barrier).
+template <int R>
+__device__ __forceinline__ void norm_rows(const float* x, long long M, long long m0, int K, float eps, float* inv) {
+  __shared__ double part[R][8];
+  double ss[R];
+#pragma unroll
+  for (int r = 0; r < R; r++) {
+    ss[r] = 0.0;
+    if (m0 + r < M)
+      for (int k = threadIdx.x; k < K; k += blockDim.x) {
+        const double v = __ldg(x + (m0 + r) * K + k);
+        ss[r] += v * v;
+      }
+    for (int o = 16; o > 0; o >>= 1) ss[r] += __shfl_xor_sync(0xffffffffu, ss[r], o);
+    if ((threadIdx.x & 31) == 0) part[r][threadIdx.x >> 5] = ss[r];
+  }
+  __syncthreads();
+  if (threadIdx.x < R) {
+    double t = 0;
+    for (int w = 0; w < (int)(blockDim.x >> 5); w++) t += part[threadIdx.x][w];
+    inv[threadIdx.x] = 1.0f / (float)sqrt((double)((float)(t / (double)K) + eps)); // rmsnorm.cu's rms_scale
+  }
+  __syncthreads();
 }
 
 // bar_sync: barrier id of the n threads of a tile's warps (ids from 1;
@@ -142,13 +186,15 @@ __device__ __forceinline__ void bar_sync(int id, int n) { asm volatile("bar.sync
 // (the launcher's choice for few tiles of long rows, the down projection:
 // 128 tiles would leave half the card's block slots empty); the block that
 // arrives second at the tile's counter adds the first's 16·R sums from ws
-// [tiles][2][2][16] and finishes the tile.
+// [tiles][2][2][16] and finishes the tile. With nw, x is normed first.
 template <int R>
-__device__ void lut_body(const struct GemvOp* __restrict__ op, long long M, int wpp, int bpt, float* ws, int* count) {
+__device__ void lut_body(const struct GemvOp* __restrict__ op, long long M, int wpp, int bpt, float* ws, int* count, const float* nw,
+                         float eps) {
   constexpr int PARTS = 3 * R;
   extern __shared__ uint2 xsm[];
   __shared__ float code[256];
   __shared__ float red[8][2][16]; // split-K partial sums: [warp][batch row][fragment row]
+  __shared__ float inv[R];        // the fused norm's scale of each row of the pass
   const struct Mat* A0 = &op->mat[0];
   if (A0->code)
     for (int i = threadIdx.x; i < 256; i += blockDim.x) code[i] = A0->code[i];
@@ -172,7 +218,8 @@ __device__ void lut_body(const struct GemvOp* __restrict__ op, long long M, int 
       cur = load_raw(mat_regs(p.A), mat_regs(p.B), p.ra, p.rb, K, sbeg, t);
     }
     pdl_wait(); // x, the LoRA shrink and the outputs the epilogue adds to come from earlier kernels
-    split_rows<PARTS>(op->x, M, m0, K, s0, s1, xsm);
+    if (nw) norm_rows<R>(op->x, M, m0, K, eps, inv);
+    split_rows<PARTS>(op->x, M, m0, K, s0, s1, nw, inv, xsm);
     __syncthreads();
     for (; tb < tiles; tb += stride) {
       const int tile = tb + warp / wpp, pair = tile * 8 + g;
@@ -271,11 +318,12 @@ __device__ void lut_body(const struct GemvOp* __restrict__ op, long long M, int 
   }
 }
 
-extern "C" __global__ void __launch_bounds__(256, 2) nf4_lut_1(const __grid_constant__ struct GemvOp op, long long M, long long wpp,
-                                                               long long bpt, float* ws, int* count) {
-  lut_body<1>(&op, M, (int)wpp, (int)bpt, ws, count);
-}
-extern "C" __global__ void __launch_bounds__(256, 2) nf4_lut_2(const __grid_constant__ struct GemvOp op, long long M, long long wpp,
-                                                               long long bpt, float* ws, int* count) {
-  lut_body<2>(&op, M, (int)wpp, (int)bpt, ws, count);
-}
+// nw (null: none), eps: the fused RMSNorm (above).
+#define LUT(R)                                                                                                            \
+  extern "C" __global__ void __launch_bounds__(256, 2)                                                                    \
+      nf4_lut_##R(const __grid_constant__ struct GemvOp op, long long M, long long wpp, long long bpt, float* ws, int* count, \
+                  const float* nw, float eps) {                                                                           \
+    lut_body<R>(&op, M, (int)wpp, (int)bpt, ws, count, nw, eps);                                                          \
+  }
+LUT(1)
+LUT(2)

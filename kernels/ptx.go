@@ -65,7 +65,7 @@ var ptx_sample_90 string
 var modules = []ptxModule{
 	{"attention", ptx_attention_80, ptx_attention_90, false, "803f77d185303c9c151425d581a5642c2eff969700ceae884556e5f71c560f96", ""},
 	{"mma", ptx_mma_80, ptx_mma_90, false, "75b998110446c4d5fdfc58b0fcac125b17162261d84f94440128d4b2dbf393a5", ""},
-	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, false, "d267695f0a62f8d1602b90dd5bf1c10f1005f3e5b4c01809ef237ec5646a6100", ""},
+	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, false, "3447ceb96f7ca9bfe7bc7df36b5edc3f6d255efa6d9cd007d55d69a9c1db2ade", ""},
 	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, false, "8e5062d928d22d61924d6d951318f874161dcfc4585f5170abb3cda2b28e7d4f", ""},
 	{"prefill", ptx_prefill_80, ptx_prefill_90, false, "802e4a4d4e70ff2097d9672713dbbed23d5ac89971b15e5913e0f761fd417c4c", ""},
 	{"prefill_wgmma", ptx_prefill_wgmma_80, ptx_prefill_wgmma_90, true, "84db5540461bcff1434afdf389fe1eedbe16bc8fc34f690a1036762c5fdc9959", ptx_prefill_wgmma_90a},
