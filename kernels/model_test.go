@@ -366,27 +366,35 @@ func TestDecodeStepsLoRA(t *testing.T) {
 				toks[i] = append(toks[i], rng.IntN(cfg.Vocab))
 			}
 		}
-		for step := 0; step < 6; step++ {
-			got, err := e.Forward(gs, toks, false)
-			if err != nil {
-				t.Fatal(err)
-			}
-			want, err := cpu.Forward(cs, toks, false)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if r := relErr(got, want); r > 1e-4 {
-				t.Errorf("batch %d, adapters %v, step %d: logits relative error %.3g > 1e-4; %s", c.batch, c.adapters, step, r, firstMismatch(got, want, 1e-4))
-			}
-			toks = make([][]int, n)
-			for i := range toks {
-				toks[i] = []int{rng.IntN(cfg.Vocab)}
-			}
-		}
+		stepsAgainstCPU(t, e, cpu, gs, cs, toks, rng, cfg.Vocab, fmt.Sprintf("batch %d, adapters %v", c.batch, c.adapters))
 		for _, s := range gs {
 			e.Release(s)
 		}
 		e.Close()
+	}
+}
+
+// stepsAgainstCPU runs six forward passes of the sequences gs on e and of
+// their CPU twins cs on cpu — first toks, then a random token a sequence —
+// and fails where the logits differ by more than 1e-4 (relative).
+func stepsAgainstCPU(t *testing.T, e *Engine, cpu *qwen.Runner, gs, cs []*qwen.Seq, toks [][]int, rng *rand.Rand, vocab int, what string) {
+	t.Helper()
+	for step := 0; step < 6; step++ {
+		got, err := e.Forward(gs, toks, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := cpu.Forward(cs, toks, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := relErr(got, want); r > 1e-4 {
+			t.Errorf("%s, step %d: logits relative error %.3g > 1e-4; %s", what, step, r, firstMismatch(got, want, 1e-4))
+		}
+		toks = make([][]int, len(gs))
+		for i := range toks {
+			toks[i] = []int{rng.IntN(vocab)}
+		}
 	}
 }
 
@@ -413,23 +421,9 @@ func TestFusedNorm(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		cs := m.NewSeq(32, -1)
-		toks := []int{rng.IntN(cfg.Vocab), rng.IntN(cfg.Vocab), rng.IntN(cfg.Vocab)}
-		for step := 0; step < 6; step++ {
-			got, err := e.Forward([]*qwen.Seq{gs}, [][]int{toks}, false)
-			if err != nil {
-				t.Fatal(err)
-			}
-			want, err := cpu.Forward([]*qwen.Seq{cs}, [][]int{toks}, false)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if r := relErr(got, want); r > 1e-4 {
-				t.Errorf("QBENCH_NO_NORM_FUSE=%q, step %d: logits relative error %.3g > 1e-4; %s", off, step, r, firstMismatch(got, want, 1e-4))
-			}
-			toks = []int{rng.IntN(cfg.Vocab)}
-		}
-		kt, err := e.ProfileStep([]*qwen.Seq{gs}, [][]int{toks}, 1, false)
+		toks := [][]int{{rng.IntN(cfg.Vocab), rng.IntN(cfg.Vocab), rng.IntN(cfg.Vocab)}}
+		stepsAgainstCPU(t, e, cpu, []*qwen.Seq{gs}, []*qwen.Seq{m.NewSeq(32, -1)}, toks, rng, cfg.Vocab, fmt.Sprintf("QBENCH_NO_NORM_FUSE=%q", off))
+		kt, err := e.ProfileStep([]*qwen.Seq{gs}, [][]int{{rng.IntN(cfg.Vocab)}}, 1, false)
 		if err != nil {
 			t.Fatal(err)
 		}
