@@ -28,7 +28,7 @@
 // Bytes per call: N·K/2 codes + N·K/64 absmax codes (+ nested), x once per
 // block from L2; per thread and step ~550 instructions for 128 weights, most
 // of them prmt: the kernel is bound by the integer pipe, not by memory.
-#include "gemv.cuh"
+#include "norm.cuh"
 
 // Raw is one thread's loads for one step: 32 bytes of codes of row ra's block
 // and 32 of row rb's, and what their scales are rebuilt from (the absmax code
@@ -147,29 +147,14 @@ __device__ __forceinline__ void split_rows(const float* x, long long M, long lon
 // {t, epoch} words), each lost to the norm's own launch (rmsnorm_lora;
 // batch 1 329 → 296, 325 → 314, 325 → 319: kernels/PERF.md).
 //
-// norm_rows: inv[r] = 1/sqrt(mean(x[m0 + r]²) + eps) for the pass's rows, the
-// sums in double as rmsnorm's inv_rms, over the block's threads (ends with
-// a barrier).
+// norm_rows: inv[r] = 1/sqrt(mean(x[m0 + r]²) + eps) for the pass's rows,
+// as rmsnorm computes it (inv_rms; ends with a barrier).
 template <int R>
 __device__ __forceinline__ void norm_rows(const float* x, long long M, long long m0, int K, float eps, float* inv) {
-  __shared__ double part[R][8];
-  double ss[R];
 #pragma unroll
   for (int r = 0; r < R; r++) {
-    ss[r] = 0.0;
-    if (m0 + r < M)
-      for (int k = threadIdx.x; k < K; k += blockDim.x) {
-        const double v = __ldg(x + (m0 + r) * K + k);
-        ss[r] += v * v;
-      }
-    for (int o = 16; o > 0; o >>= 1) ss[r] += __shfl_xor_sync(0xffffffffu, ss[r], o);
-    if ((threadIdx.x & 31) == 0) part[r][threadIdx.x >> 5] = ss[r];
-  }
-  __syncthreads();
-  if (threadIdx.x < R) {
-    double t = 0;
-    for (int w = 0; w < (int)(blockDim.x >> 5); w++) t += part[threadIdx.x][w];
-    inv[threadIdx.x] = 1.0f / (float)sqrt((double)((float)(t / (double)K) + eps)); // rmsnorm.cu's rms_scale
+    const float v = m0 + r < M ? inv_rms(x + (m0 + r) * K, K, eps) : 1.0f;
+    if (threadIdx.x == 0) inv[r] = v;
   }
   __syncthreads();
 }

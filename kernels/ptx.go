@@ -63,13 +63,13 @@ var ptx_sample_90 string
 
 // modules lists each PTX module with the sha256 of the sources it was built from.
 var modules = []ptxModule{
-	{"attention", ptx_attention_80, ptx_attention_90, false, "803f77d185303c9c151425d581a5642c2eff969700ceae884556e5f71c560f96", ""},
-	{"mma", ptx_mma_80, ptx_mma_90, false, "75b998110446c4d5fdfc58b0fcac125b17162261d84f94440128d4b2dbf393a5", ""},
-	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, false, "3447ceb96f7ca9bfe7bc7df36b5edc3f6d255efa6d9cd007d55d69a9c1db2ade", ""},
-	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, false, "8e5062d928d22d61924d6d951318f874161dcfc4585f5170abb3cda2b28e7d4f", ""},
-	{"prefill", ptx_prefill_80, ptx_prefill_90, false, "802e4a4d4e70ff2097d9672713dbbed23d5ac89971b15e5913e0f761fd417c4c", ""},
-	{"prefill_wgmma", ptx_prefill_wgmma_80, ptx_prefill_wgmma_90, true, "84db5540461bcff1434afdf389fe1eedbe16bc8fc34f690a1036762c5fdc9959", ptx_prefill_wgmma_90a},
-	{"quantize", ptx_quantize_80, ptx_quantize_90, false, "678e6b0956f1032a74129722ce9ca9faa6d3b58fa911f3b4020dbd3222bb44de", ""},
-	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, false, "d3fbee21086771e8e926bb4ec58144521555b61c49237336627fc196a91de312", ""},
-	{"sample", ptx_sample_80, ptx_sample_90, false, "067fecc4b87ac1e2bd38124b2170e0a11c35b33cfa93d8f1eabc7cc4ed0b3a75", ""},
+	{"attention", ptx_attention_80, ptx_attention_90, false, "849cec1a8a300fe905d09b6287b2c8d4cc2ab1e9cf5d41d99bd948fe44094659", ""},
+	{"mma", ptx_mma_80, ptx_mma_90, false, "4fecc56a9d95b9a029905a99ae96cc4155d2c4af001b78251e8bb6b4831d1818", ""},
+	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, false, "72d03c55b3391c942d1e44c3b01e9c857bcd06202c85d08e4d70626e6fb12656", ""},
+	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, false, "31149342cf3a8d65213f96626e662c8830071982e0fa5b749ec4dded0a0cadaf", ""},
+	{"prefill", ptx_prefill_80, ptx_prefill_90, false, "64bdf641396e47e7076741882aee2de82f6e4b4bb14bed5e0ab98fd3c9327aee", ""},
+	{"prefill_wgmma", ptx_prefill_wgmma_80, ptx_prefill_wgmma_90, true, "fef38d24df3572a8c101740ea87f49e6b2766110737502ee50a089853d50a555", ptx_prefill_wgmma_90a},
+	{"quantize", ptx_quantize_80, ptx_quantize_90, false, "800f6d11df9579d91c2a1507953e72ca6c4c3932ba71902411720113e42140fa", ""},
+	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, false, "6bb0d75ccf7e06e0219e7ab3329ff851017719c22c9f99fd847d98079f59ffa9", ""},
+	{"sample", ptx_sample_80, ptx_sample_90, false, "459bed247f0c34850b19e446f2e3b9b61c636b47ee4549c503430ac2c32b35d3", ""},
 }

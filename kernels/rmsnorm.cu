@@ -13,37 +13,7 @@
 // in fp32 and cos/sin in double rounded once, as the CPU reference does; the
 // q/k/v epilogues of every layer read it. Bytes: M·H·(2 or 4) read, M·H·4 +
 // M·headDim·4 written.
-#include "gemv.cuh"
-
-// block_sum is the sum of v over the block's threads (each warp's, then the
-// warps' in order); every thread of the block gets it.
-__device__ __forceinline__ double block_sum(double v) {
-  __shared__ double part[32];
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    double t = 0;
-    for (int j = 0; j < (int)(blockDim.x >> 5); j++) t += part[j];
-    part[0] = t;
-  }
-  __syncthreads();
-  return part[0];
-}
-
-// rms_scale is 1/sqrt(ss/H + eps) for a row's sum of squares ss (the mean
-// rounded to fp32, as transformers computes it).
-__device__ __forceinline__ float rms_scale(double ss, long long H, float eps) {
-  return 1.0f / (float)sqrt((double)((float)(ss / (double)H) + eps));
-}
-
-// inv_rms is 1/sqrt(mean(x²) + eps) of one row, the sum in double over the
-// block's threads; every thread of the block gets it.
-__device__ float inv_rms(const float* xr, long long H, float eps) {
-  double ss = 0;
-  for (long long k = threadIdx.x; k < H; k += blockDim.x) ss += (double)xr[k] * (double)xr[k];
-  return rms_scale(block_sum(ss), H, eps);
-}
+#include "norm.cuh"
 
 extern "C" __global__ void rmsnorm(float* out, const float* x, const float* w, const int32_t* rows,
                                    long long H, float eps) {

@@ -1,0 +1,35 @@
+// norm.cuh: the RMSNorm's scale, shared by rmsnorm.cu's kernels and
+// nf4_lut's fused norm (the same additions in the same order: the same
+// values).
+#pragma once
+#include "gemv.cuh"
+
+// block_sum is the sum of v over the block's threads (each warp's, then the
+// warps' in order); every thread of the block gets it.
+__device__ __forceinline__ double block_sum(double v) {
+  __shared__ double part[32];
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double t = 0;
+    for (int j = 0; j < (int)(blockDim.x >> 5); j++) t += part[j];
+    part[0] = t;
+  }
+  __syncthreads();
+  return part[0];
+}
+
+// rms_scale is 1/sqrt(ss/H + eps) for a row's sum of squares ss (the mean
+// rounded to fp32, as transformers computes it).
+__device__ __forceinline__ float rms_scale(double ss, long long H, float eps) {
+  return 1.0f / (float)sqrt((double)((float)(ss / (double)H) + eps));
+}
+
+// inv_rms is 1/sqrt(mean(x²) + eps) of one row, the sum in double over the
+// block's threads; every thread of the block gets it.
+__device__ float inv_rms(const float* xr, long long H, float eps) {
+  double ss = 0;
+  for (long long k = threadIdx.x; k < H; k += blockDim.x) ss += (double)xr[k] * (double)xr[k];
+  return rms_scale(block_sum(ss), H, eps);
+}
