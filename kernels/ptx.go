@@ -63,13 +63,13 @@ var ptx_sample_90 string
 
 // modules lists each PTX module with the sha256 of the sources it was built from.
 var modules = []ptxModule{
-	{"attention", ptx_attention_80, ptx_attention_90, false, "849cec1a8a300fe905d09b6287b2c8d4cc2ab1e9cf5d41d99bd948fe44094659", ""},
-	{"mma", ptx_mma_80, ptx_mma_90, false, "4fecc56a9d95b9a029905a99ae96cc4155d2c4af001b78251e8bb6b4831d1818", ""},
-	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, false, "72d03c55b3391c942d1e44c3b01e9c857bcd06202c85d08e4d70626e6fb12656", ""},
-	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, false, "31149342cf3a8d65213f96626e662c8830071982e0fa5b749ec4dded0a0cadaf", ""},
-	{"prefill", ptx_prefill_80, ptx_prefill_90, false, "64bdf641396e47e7076741882aee2de82f6e4b4bb14bed5e0ab98fd3c9327aee", ""},
-	{"prefill_wgmma", ptx_prefill_wgmma_80, ptx_prefill_wgmma_90, true, "fef38d24df3572a8c101740ea87f49e6b2766110737502ee50a089853d50a555", ptx_prefill_wgmma_90a},
-	{"quantize", ptx_quantize_80, ptx_quantize_90, false, "800f6d11df9579d91c2a1507953e72ca6c4c3932ba71902411720113e42140fa", ""},
-	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, false, "6bb0d75ccf7e06e0219e7ab3329ff851017719c22c9f99fd847d98079f59ffa9", ""},
-	{"sample", ptx_sample_80, ptx_sample_90, false, "459bed247f0c34850b19e446f2e3b9b61c636b47ee4549c503430ac2c32b35d3", ""},
+	{"attention", ptx_attention_80, ptx_attention_90, false, "54991a37369262aa77cacae452d05b197199d01d7babf39e0534ce5f6ba84fc8", ""},
+	{"mma", ptx_mma_80, ptx_mma_90, false, "2c21ff965596730c6c0d259b456e4bd3a459086ebfce9db2d92e904d621f897d", ""},
+	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, false, "4cc31e5ab31ffd000e4b630e6befb7a114cdad15f791f1b77bc5b8053dddc5ef", ""},
+	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, false, "76d55f55bd15a2e82dd632b0239e23d85c5f58be0c6eda561aa136f3ed931af4", ""},
+	{"prefill", ptx_prefill_80, ptx_prefill_90, false, "1a4f3d23a1a99e385cffa4023af7adc48230140baf895277509ad31bce6dce23", ""},
+	{"prefill_wgmma", ptx_prefill_wgmma_80, ptx_prefill_wgmma_90, true, "16d50ce4065ebc029f003566eb2ca367344f86dca1935fc7a76df6faa0e65f73", ptx_prefill_wgmma_90a},
+	{"quantize", ptx_quantize_80, ptx_quantize_90, false, "65cb6e444a2c6db60e1ee6dd501ef6bc1c027cbacefd18ff640a3f0095754cc8", ""},
+	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, false, "f4ef3173be82a9540dbef15da44024fca2073466e6efab9516e06624c78283c9", ""},
+	{"sample", ptx_sample_80, ptx_sample_90, false, "e5449e85cedf74249ed5d0d4c1b9b7f56912afc8c2876ce64f5a8745e6b79450", ""},
 }
