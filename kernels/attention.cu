@@ -109,10 +109,44 @@ extern "C" __global__ void __launch_bounds__(128) attn_split(float* part, const 
 }
 
 // combine_body merges head h of row m into att (and keeps the values in
-// av[] for the LoRA shrink when av is given).
+// av[] for the LoRA shrink when av is given). Up to CS splits, each split's
+// max and sum are loaded at once and its weight exp(m_s − max) computed
+// once; the sums run over s in order either way (more splits: the loop).
+constexpr int CS = 16;
 __device__ __forceinline__ void combine_body(float* att, const float* part, long long heads, long long hd, long long splits,
                                              int h, int m, float* av) {
   const float* p = part + ((long long)m * heads + h) * splits * (hd + 2);
+  if (splits <= CS) {
+    float ms[CS], ls[CS], e[CS];
+#pragma unroll
+    for (int s = 0; s < CS; s++)
+      if (s < splits) {
+        ms[s] = p[s * (hd + 2)];
+        ls[s] = p[s * (hd + 2) + 1];
+      }
+    float mx = -INFINITY, sum = 0.0f;
+#pragma unroll
+    for (int s = 0; s < CS; s++)
+      if (s < splits) mx = fmaxf(mx, ms[s]);
+#pragma unroll
+    for (int s = 0; s < CS; s++) {
+      e[s] = s < splits && ms[s] != -INFINITY ? expf(ms[s] - mx) : 0.0f;
+      if (s < splits && ms[s] != -INFINITY) sum += e[s] * ls[s];
+    }
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+      float v[CS];
+#pragma unroll
+      for (int s = 0; s < CS; s++)
+        if (s < splits) v[s] = p[s * (hd + 2) + 2 + d];
+      float acc = 0.0f;
+#pragma unroll
+      for (int s = 0; s < CS; s++)
+        if (s < splits && ms[s] != -INFINITY) acc += e[s] * v[s];
+      att[(long long)m * heads * hd + h * hd + d] = acc / sum;
+      if (av) av[d] = acc / sum;
+    }
+    return;
+  }
   float mx = -INFINITY;
   for (int s = 0; s < splits; s++) mx = fmaxf(mx, p[s * (hd + 2)]);
   float sum = 0.0f;

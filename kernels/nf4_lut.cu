@@ -110,31 +110,41 @@ __device__ __forceinline__ void run_step(const Raw& r, bool live, const MatRegs&
 // missing second row is zeros. (Only the block's steps: with two blocks a
 // tile each split all of x, the down projection's 44 KB at the 3B shape —
 // 605 → 547 µs a step at batch 1. Four loads in flight a thread, tried with
-// it, made the step slower.)
+// it, made the step slower; two here.)
 template <int PARTS>
 __device__ __forceinline__ void split_rows(const float* x, long long M, long long m0, int K, int s0, int s1, const float* nw,
                                            const float* inv, uint2* xs) {
-  const int S = s1 - s0;
-  for (int i = threadIdx.x; i < S * 64 * (PARTS / 3); i += blockDim.x) {
-    const int row = i / (S * 64), it = i % (S * 64);
-    const int s = s0 + it / 64, j = (it / 4) % 16, t = it % 4;
-    const int c = 256 * s + 64 * t + 4 * j;
-    float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    if (c < K && m0 + row < M) {
-      v = __ldg((const float4*)(x + (m0 + row) * K + c));
-      if (nw) { // the fused RMSNorm: rmsnorm's w·(x·inv), the same values
-        const float4 w = __ldg((const float4*)(nw + c));
-        const float r = inv[row];
-        v = make_float4(w.x * (v.x * r), w.y * (v.y * r), w.z * (v.z * r), w.w * (v.w * r));
+  constexpr int U = 2; // a thread's loads in flight at once (one a trip: two to six dependent round trips)
+  const int S = s1 - s0, n = S * 64 * (PARTS / 3);
+  for (int i0 = threadIdx.x; i0 < n; i0 += U * blockDim.x) {
+    float4 v[U], w[U];
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int i = i0 + u * blockDim.x, row = i / (S * 64), it = i % (S * 64);
+      const int c = 256 * (s0 + it / 64) + 64 * (it % 4) + 4 * ((it / 4) % 16);
+      v[u] = w[u] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      if (i < n && c < K && m0 + row < M) {
+        v[u] = __ldg((const float4*)(x + (m0 + row) * K + c));
+        if (nw) w[u] = __ldg((const float4*)(nw + c));
       }
     }
-    uint32_t hi[2], mid[2], lo[2];
-    split3(v.x, v.y, hi[0], mid[0], lo[0]);
-    split3(v.z, v.w, hi[1], mid[1], lo[1]);
-    uint2* o = xs + ((s * 16 + j) * PARTS + 3 * row) * 4 + t;
-    o[0] = make_uint2(hi[0], hi[1]);
-    o[4] = make_uint2(mid[0], mid[1]);
-    o[8] = make_uint2(lo[0], lo[1]);
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      const int i = i0 + u * blockDim.x, row = i / (S * 64), it = i % (S * 64);
+      const int s = s0 + it / 64, j = (it / 4) % 16, t = it % 4;
+      if (i >= n) break;
+      if (nw) { // the fused RMSNorm: rmsnorm's w·(x·inv), the same values
+        const float r = inv[row];
+        v[u] = make_float4(w[u].x * (v[u].x * r), w[u].y * (v[u].y * r), w[u].z * (v[u].z * r), w[u].w * (v[u].w * r));
+      }
+      uint32_t hi[2], mid[2], lo[2];
+      split3(v[u].x, v[u].y, hi[0], mid[0], lo[0]);
+      split3(v[u].z, v[u].w, hi[1], mid[1], lo[1]);
+      uint2* o = xs + ((s * 16 + j) * PARTS + 3 * row) * 4 + t;
+      o[0] = make_uint2(hi[0], hi[1]);
+      o[4] = make_uint2(mid[0], mid[1]);
+      o[8] = make_uint2(lo[0], lo[1]);
+    }
   }
 }
 

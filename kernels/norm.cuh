@@ -45,3 +45,22 @@ __device__ float inv_rms(const float* xr, long long H, float eps) {
   for (; k < H; k += blockDim.x) ss += (double)xr[k] * (double)xr[k];
   return rms_scale(block_sum(ss), H, eps);
 }
+
+// norm_out writes o[k] = w[k]·(x[k]·inv) for the block's k (rmsnorm's
+// values), a thread's loads 8 at a time, all in flight (as inv_rms).
+__device__ __forceinline__ void norm_out(float* o, const float* xr, const float* w, long long H, float inv) {
+  constexpr int U = 8;
+  const long long bd = blockDim.x;
+  long long k = threadIdx.x;
+  for (; k + (U - 1) * bd < H; k += U * bd) {
+    float a[U], b[U];
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+      a[u] = xr[k + u * bd];
+      b[u] = w[k + u * bd];
+    }
+#pragma unroll
+    for (int u = 0; u < U; u++) o[k + u * bd] = b[u] * (a[u] * inv);
+  }
+  for (; k < H; k += bd) o[k] = w[k] * (xr[k] * inv);
+}

@@ -63,13 +63,13 @@ var ptx_sample_90 string
 
 // modules lists each PTX module with the sha256 of the sources it was built from.
 var modules = []ptxModule{
-	{"attention", ptx_attention_80, ptx_attention_90, false, "54991a37369262aa77cacae452d05b197199d01d7babf39e0534ce5f6ba84fc8", ""},
-	{"mma", ptx_mma_80, ptx_mma_90, false, "2c21ff965596730c6c0d259b456e4bd3a459086ebfce9db2d92e904d621f897d", ""},
-	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, false, "4cc31e5ab31ffd000e4b630e6befb7a114cdad15f791f1b77bc5b8053dddc5ef", ""},
-	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, false, "76d55f55bd15a2e82dd632b0239e23d85c5f58be0c6eda561aa136f3ed931af4", ""},
-	{"prefill", ptx_prefill_80, ptx_prefill_90, false, "1a4f3d23a1a99e385cffa4023af7adc48230140baf895277509ad31bce6dce23", ""},
-	{"prefill_wgmma", ptx_prefill_wgmma_80, ptx_prefill_wgmma_90, true, "16d50ce4065ebc029f003566eb2ca367344f86dca1935fc7a76df6faa0e65f73", ptx_prefill_wgmma_90a},
-	{"quantize", ptx_quantize_80, ptx_quantize_90, false, "65cb6e444a2c6db60e1ee6dd501ef6bc1c027cbacefd18ff640a3f0095754cc8", ""},
-	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, false, "f4ef3173be82a9540dbef15da44024fca2073466e6efab9516e06624c78283c9", ""},
-	{"sample", ptx_sample_80, ptx_sample_90, false, "e5449e85cedf74249ed5d0d4c1b9b7f56912afc8c2876ce64f5a8745e6b79450", ""},
+	{"attention", ptx_attention_80, ptx_attention_90, false, "0186b84ad834a2d4e29b07c1db5cf1d4fd6c8a2444e20a4f5d4135fcb0254957", ""},
+	{"mma", ptx_mma_80, ptx_mma_90, false, "fef6ca85dbc0fd05fda3ef4758dda9fd7e90af9b5b03b90c886eecb703d549a1", ""},
+	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, false, "1186ff455d5b78274d12715df2acba731954caafdd5843b5c93c32b61680bfa4", ""},
+	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, false, "61aebfdcd0a84b10dc02b96500c660ecc51e35d5072a53d4953d6c3244babbc5", ""},
+	{"prefill", ptx_prefill_80, ptx_prefill_90, false, "354977ee66871994bbe870993c1024c55e55cdad33c8043f4c83492065f4c9f8", ""},
+	{"prefill_wgmma", ptx_prefill_wgmma_80, ptx_prefill_wgmma_90, true, "cef30ee1f9595220057f257f828e344af1ba180cbc4c2a47d95292456379b381", ptx_prefill_wgmma_90a},
+	{"quantize", ptx_quantize_80, ptx_quantize_90, false, "b6dd2d49acf46429393cb998290d071011bf4e5f79e665ef7d32a7d10001b376", ""},
+	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, false, "8c481962cf626643bf4134ef531541424f4541e38b729e087dc5c82694a8e291", ""},
+	{"sample", ptx_sample_80, ptx_sample_90, false, "f53c3e92417adb792fb724073c9a153f6aeb719b9e0873b9fbae162d4b5b00f3", ""},
 }

@@ -23,7 +23,7 @@ extern "C" __global__ void rmsnorm(float* out, const float* x, const float* w, c
   const float* xr = x + (long long)(rows ? rows[i] : i) * H;
   const float inv = inv_rms(xr, H, eps);
   float* o = out + (long long)i * H;
-  for (long long k = threadIdx.x; k < H; k += blockDim.x) o[k] = w[k] * (xr[k] * inv);
+  norm_out(o, xr, w, H, inv);
 }
 
 extern "C" __global__ void embed(float* x, const void* table, long long isBF16, const struct RowMeta* rows, long long H,
@@ -81,14 +81,14 @@ extern "C" __global__ void rmsnorm_lora(float* out, const float* x, const float*
   const float inv = inv_rms(xr, H, eps); // exactly as rmsnorm computes it
   if (blockIdx.y == 0) {
     float* o = out + (long long)i * H;
-    for (long long k = threadIdx.x; k < H; k += blockDim.x) o[k] = w[k] * (xr[k] * inv);
+    norm_out(o, xr, w, H, inv);
     return;
   }
   // One output a block (per 1, few rows): x and w are read beside A, the
   // normed values needed once; else they go through shared memory once.
   const bool direct = per == 1 && H % 4 == 0;
   if (!direct) {
-    for (long long k = threadIdx.x; k < H; k += blockDim.x) xn[k] = w[k] * (xr[k] * inv); // the same values
+    norm_out(xn, xr, w, H, inv); // the same values
     __syncthreads();
   }
   auto xn4 = [&](long long k) { // normed values 4k … 4k + 3
