@@ -17,19 +17,55 @@
 // Needs headDim % 4 == 0 and headDim ≤ 512.
 //
 // Versions: v1 — CHUNK 64, one position at a time (48 µs a launch at ~130
-// positions, H200); v2 (this file) — CHUNK 32, 4 positions in flight a warp.
+// positions, H200); v2 (attn_split) — CHUNK 32, 4 positions in flight a
+// warp; v3 (attn_split_kv, decode steps of few rows) — the chunk's K and V
+// copied into shared memory at once, before the wait where they can be.
 #include "common.cuh"
 
 #define CHUNK 32
 
-extern "C" __global__ void __launch_bounds__(128) attn_split(float* part, const float* q, const struct RowMeta* rows,
-    long long layer, long long heads, long long kvHeads, long long hd, long long splits) {
+// cp_async16 copies 16 bytes from global to shared memory without a
+// register (L2 only: the KV cache is read once a launch).
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"((unsigned)__cvta_generic_to_shared(smem)), "l"(gmem));
+}
+
+// stage_kv copies positions [a, b) of a head's K and V rows into kv
+// ([2][CHUNK][hd], position t at t − lo), every copy in flight at once.
+__device__ __forceinline__ void stage_kv(float* kv, const float* K, const float* V, long long kvDim, int hd, int lo, int a, int b) {
+  const int q4 = hd / 4, n = (b - a) * q4;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    const int t = a + i / q4, c = 4 * (i % q4);
+    cp_async16(kv + (t - lo) * hd + c, K + (long long)t * kvDim + c);
+    cp_async16(kv + (CHUNK + t - lo) * hd + c, V + (long long)t * kvDim + c);
+  }
+  asm volatile("cp.async.commit_group;\n" ::);
+}
+
+// split_body is attn_split (STAGE false: K and V read from global memory
+// after the wait, 4 positions and 8 at a time — six dependent round trips)
+// and attn_split_kv (STAGE: the chunk's K and V rows copied at once into
+// dynamic shared memory, 2·CHUNK·hd floats, 32 KB at hd 128). With early
+// set (each row the only new token of its sequence: decode steps) the
+// positions before the row's own were written by earlier passes, so
+// attn_split_kv copies them before the wait — while the q/k/v launch still
+// runs — and only the row's own position after it.
+template <bool STAGE>
+__device__ __forceinline__ void split_body(float* part, const float* q, const struct RowMeta* rows, long long layer, long long heads,
+                                           long long kvHeads, long long hd, long long splits, bool early) {
   pdl_trigger();
-  pdl_wait(); // everything below may read what the previous kernel wrote
+  extern __shared__ float4 kvsm[];
+  float* kv = (float*)kvsm;
   const int h = blockIdx.x, m = blockIdx.y, s = blockIdx.z;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const struct RowMeta rm = rows[m];
+  const struct RowMeta rm = rows[m]; // staged by the host before the pass
   const int n = rm.pos + 1, lo = s * CHUNK, hi = min(n, lo + CHUNK);
+  const long long kvDim = kvHeads * hd, g = h / (heads / kvHeads);
+  const float* K = rm.k + (layer * rm.cap) * kvDim + g * hd;
+  const float* V = rm.v + (layer * rm.cap) * kvDim + g * hd;
+  const int old = STAGE && early && lo < hi ? min(hi, n - 1) : lo; // [lo, old): written by earlier passes
+  if (old > lo) stage_kv(kv, K, V, kvDim, (int)hd, lo, lo, old);
+  pdl_wait(); // everything below may read what the previous kernel wrote
   float* out = part + (((long long)m * heads + h) * splits + s) * (hd + 2);
   if (lo >= hi) { // nothing to see in this split
     if (threadIdx.x == 0) {
@@ -39,10 +75,8 @@ extern "C" __global__ void __launch_bounds__(128) attn_split(float* part, const 
     for (int d = threadIdx.x; d < hd; d += blockDim.x) out[2 + d] = 0.0f;
     return;
   }
-  const long long kvDim = kvHeads * hd, g = h / (heads / kvHeads);
+  if (STAGE) stage_kv(kv, K, V, kvDim, (int)hd, lo, old, hi);
   const float* qh = q + (long long)m * heads * hd + h * hd;
-  const float* K = rm.k + (layer * rm.cap) * kvDim + g * hd;
-  const float* V = rm.v + (layer * rm.cap) * kvDim + g * hd;
   const float scale = 1.0f / sqrtf((float)hd);
   __shared__ float sc[CHUNK];
   __shared__ float red[4];
@@ -53,6 +87,14 @@ extern "C" __global__ void __launch_bounds__(128) attn_split(float* part, const 
     const int i = lane * 4 + c * 128;
     qv[c] = i < hd ? *(const float4*)(qh + i) : make_float4(0, 0, 0, 0);
   }
+  if (STAGE) {
+    asm volatile("cp.async.wait_group 0;\n" ::);
+    __syncthreads();
+  }
+  // Position t's K row at Ks + t·ks, its V row at Vs + t·ks.
+  const float* Ks = STAGE ? kv - (long long)lo * hd : K;
+  const float* Vs = STAGE ? kv + (CHUNK - lo) * hd : V;
+  const long long ks = STAGE ? hd : kvDim;
   for (int t0 = lo + warp * 4; t0 < hi; t0 += 16) {
     float d[4] = {0, 0, 0, 0};
 #pragma unroll
@@ -63,8 +105,8 @@ extern "C" __global__ void __launch_bounds__(128) attn_split(float* part, const 
         for (int c = 0; c < 4; c++) {
           const int i = lane * 4 + c * 128;
           if (i < hd) {
-            const float4 kv = *(const float4*)(K + (long long)t * kvDim + i);
-            d[u] += qv[c].x * kv.x + qv[c].y * kv.y + qv[c].z * kv.z + qv[c].w * kv.w;
+            const float4 kv4 = *(const float4*)(Ks + t * ks + i);
+            d[u] += qv[c].x * kv4.x + qv[c].y * kv4.y + qv[c].z * kv4.z + qv[c].w * kv4.w;
           }
         }
       }
@@ -101,11 +143,22 @@ extern "C" __global__ void __launch_bounds__(128) attn_split(float* part, const 
     int t = lo;
     for (; t + 8 <= hi; t += 8) {
 #pragma unroll
-      for (int u = 0; u < 8; u++) acc[u] += sc[t + u - lo] * V[(long long)(t + u) * kvDim + d];
+      for (int u = 0; u < 8; u++) acc[u] += sc[t + u - lo] * Vs[(t + u) * ks + d];
     }
-    for (; t < hi; t++) acc[0] += sc[t - lo] * V[(long long)t * kvDim + d];
+    for (; t < hi; t++) acc[0] += sc[t - lo] * Vs[t * ks + d];
     out[2 + d] = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
   }
+}
+
+extern "C" __global__ void __launch_bounds__(128) attn_split(float* part, const float* q, const struct RowMeta* rows, long long layer,
+                                                            long long heads, long long kvHeads, long long hd, long long splits) {
+  split_body<false>(part, q, rows, layer, heads, kvHeads, hd, splits, false);
+}
+
+extern "C" __global__ void __launch_bounds__(128) attn_split_kv(float* part, const float* q, const struct RowMeta* rows, long long layer,
+                                                               long long heads, long long kvHeads, long long hd, long long splits,
+                                                               long long early) {
+  split_body<true>(part, q, rows, layer, heads, kvHeads, hd, splits, early != 0);
 }
 
 // combine_body merges head h of row m into att (and keeps the values in

@@ -66,7 +66,7 @@ func (e *Engine) forward(p pass, t tail) error {
 		if p.tiles > 0 {
 			f.do(stepAttn, i, attnFlashCall(e.att, e.q, e.meta, e.tiles, i, c.Heads, c.KVHeads, c.HeadDim, p.tiles))
 		} else {
-			f.do(stepAttn, i, attnSplitCall(e.part, e.q, e.meta, i, c.Heads, c.KVHeads, c.HeadDim, p.splits, p.rows))
+			f.do(stepAttn, i, attnSplitCall(e.part, e.q, e.meta, i, c.Heads, c.KVHeads, c.HeadDim, p.splits, p.rows, p.oneEach))
 		}
 		// x += att·W_oᵀ + LoRA (its shrink A·att first): the residual add
 		// is the epilogue of the matrix kernel. Decode steps compute the

@@ -425,8 +425,7 @@ func TestRMSNormAndAttention(t *testing.T) {
 	poss := []int{0, 70, 130}
 	kvDim := kvHeads * hd
 	q := randSlice(rng, len(poss)*heads*hd, 1)
-	var Ks, Vs [][]float32
-	var att []float32
+	var Ks, Vs, atts [][]float32
 	err = d.Do(func() error {
 		var meta []rowMeta
 		var bufs []Buf
@@ -449,25 +448,41 @@ func TestRMSNormAndAttention(t *testing.T) {
 				d.Free(&bufs[i])
 			}
 		}()
-		d.Poison(ab)
-		if err := d.run(attnSplitCall(pb, qb, mb, 1, heads, kvHeads, hd, splits, len(poss))); err != nil {
-			return err
+		// attn_split, then attn_split_kv with all positions copied after the
+		// kernel's wait, and with the rows' earlier positions before it (early).
+		defer func(r int) { attnKVRows = r }(attnKVRows)
+		for i, early := range []bool{false, false, true} {
+			attnKVRows = 0
+			if i > 0 {
+				attnKVRows = len(poss)
+			}
+			d.Poison(pb)
+			d.Poison(ab)
+			if err := d.run(attnSplitCall(pb, qb, mb, 1, heads, kvHeads, hd, splits, len(poss), early)); err != nil {
+				return err
+			}
+			if err := d.run(attnCombineCall(ab, pb, heads, hd, splits, len(poss))); err != nil {
+				return err
+			}
+			a := make([]float32, len(poss)*heads*hd)
+			if err := Read(a, ab); err != nil {
+				return err
+			}
+			atts = append(atts, a)
 		}
-		if err := d.run(attnCombineCall(ab, pb, heads, hd, splits, len(poss))); err != nil {
-			return err
-		}
-		att = make([]float32, len(poss)*heads*hd)
-		return Read(att, ab)
+		return nil
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	for m, p := range poss {
-		off := 1 * capTok * kvDim // layer 1
-		want := RefAttention(q[m*heads*hd:(m+1)*heads*hd], Ks[m][off:], Vs[m][off:], p, heads, kvHeads, hd)
-		g := att[m*heads*hd : (m+1)*heads*hd]
-		if r := relErr(g, want); r > fp32Tol {
-			t.Errorf("attention row %d (pos %d): relative error %.3g; %s", m, p, r, firstMismatch(g, want, fp32Tol))
+	for i, att := range atts {
+		for m, p := range poss {
+			off := 1 * capTok * kvDim // layer 1
+			want := RefAttention(q[m*heads*hd:(m+1)*heads*hd], Ks[m][off:], Vs[m][off:], p, heads, kvHeads, hd)
+			g := att[m*heads*hd : (m+1)*heads*hd]
+			if r := relErr(g, want); r > fp32Tol {
+				t.Errorf("attention (%s) row %d (pos %d): relative error %.3g; %s", []string{"attn_split", "attn_split_kv", "attn_split_kv early"}[i], m, p, r, firstMismatch(g, want, fp32Tol))
+			}
 		}
 	}
 }

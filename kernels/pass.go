@@ -18,6 +18,9 @@ type pass struct {
 	// tokens), if more than splits.
 	reserve int
 	tiles   int // attn_flash tiles (hostTile), or 0: flash-decoding (attn_split + attn_combine)
+	// oneEach: every sequence has one new token in the pass (decode steps),
+	// so no row reads cache slots another row of the pass writes.
+	oneEach bool
 	// pdl: launch the pass's kernels as programmatic dependents — for decode
 	// steps, where it measured faster (H200: batch 1 +3 % with an adapter,
 	// +9 % without; batch 20 +4 %, 64 +2 %); prefill passes measured slower
@@ -52,7 +55,7 @@ func (e *Engine) prepare(seqs []*qwen.Seq, tokens [][]int, all bool) (pass, erro
 		}
 		maxLen = max(maxLen, s.Len+len(tokens[i]))
 	}
-	p := pass{rows: rows, nHead: len(e.hostIdx), splits: (maxLen + attnChunk - 1) / attnChunk}
+	p := pass{rows: rows, nHead: len(e.hostIdx), splits: (maxLen + attnChunk - 1) / attnChunk, oneEach: rows == len(seqs)}
 	e.hostTile = e.hostTile[:0]
 	if e.flash(rows, len(seqs)) {
 		e.hostTile = flashTiles(e.hostTile, tokens)

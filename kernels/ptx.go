@@ -63,7 +63,7 @@ var ptx_sample_90 string
 
 // modules lists each PTX module with the sha256 of the sources it was built from.
 var modules = []ptxModule{
-	{"attention", ptx_attention_80, ptx_attention_90, false, "0186b84ad834a2d4e29b07c1db5cf1d4fd6c8a2444e20a4f5d4135fcb0254957", ""},
+	{"attention", ptx_attention_80, ptx_attention_90, false, "1ddf4cae43cec872091805df3567923a80e4dd0c9c89db490ea8f4a73ddd3291", ""},
 	{"mma", ptx_mma_80, ptx_mma_90, false, "fef6ca85dbc0fd05fda3ef4758dda9fd7e90af9b5b03b90c886eecb703d549a1", ""},
 	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, false, "1186ff455d5b78274d12715df2acba731954caafdd5843b5c93c32b61680bfa4", ""},
 	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, false, "61aebfdcd0a84b10dc02b96500c660ecc51e35d5072a53d4953d6c3244babbc5", ""},

@@ -185,7 +185,7 @@ func (d *Device) init(ordinal int) error {
 				return fmt.Errorf("cuda: kernel %s in %s: %v", name, m.name, err)
 			}
 			d.fns[name] = fn
-			if strings.HasPrefix(name, "nf4_lut_") || strings.HasPrefix(name, "mmas_") || strings.HasPrefix(name, "prefill_") || strings.HasPrefix(name, "dense_") || strings.HasPrefix(name, "wgmma_") || strings.HasPrefix(name, "attn_flash_") || name == "shrink_split" { // x in dynamic shared memory, up to the device's limit
+			if strings.HasPrefix(name, "nf4_lut_") || strings.HasPrefix(name, "mmas_") || strings.HasPrefix(name, "prefill_") || strings.HasPrefix(name, "dense_") || strings.HasPrefix(name, "wgmma_") || strings.HasPrefix(name, "attn_flash_") || name == "shrink_split" || name == "attn_split_kv" { // x in dynamic shared memory, up to the device's limit
 				if err := setMaxShmem(fn, d.maxShmem); err != nil {
 					return fmt.Errorf("cuda: %s: %v", name, err)
 				}
@@ -197,7 +197,7 @@ func (d *Device) init(ordinal int) error {
 
 // kernelNames lists the entry points of each module.
 var kernelNames = map[string][]string{
-	"attention":     {"attn_split", "attn_combine", "attn_combine_lora", "attn_flash_64", "attn_flash_128"},
+	"attention":     {"attn_split", "attn_split_kv", "attn_combine", "attn_combine_lora", "attn_flash_64", "attn_flash_128"},
 	"mma":           {"mmas_bf16_1", "mmas_bf16_2", "mmas_bf16_3", "mmas_bf16_4", "mmas_bf16_8", "mmas_nf4_1", "mmas_nf4_2", "mmas_nf4_3", "mmas_nf4_4", "mmas_nf4_8", "mmas_finish"},
 	"nf4_lut":       {"nf4_lut_1", "nf4_lut_2"},
 	"nf4_matmul":    append(gemvNames(), "lora_shrink", "layout"),
