@@ -117,11 +117,7 @@ func shrinkWSBytes(outs, k, rows int) int64 {
 func attnSplitCall(part, q, meta Buf, layer, heads, kvHeads, hd, splits, rows int, early bool) call {
 	c := call{name: "attn_split", grid: [3]int{heads, rows, splits}, block: 128, args: []any{part, q, meta, layer, heads, kvHeads, hd, splits}}
 	if rows <= attnKVRows {
-		e := 0
-		if early {
-			e = 1
-		}
-		c.name, c.shmem, c.args = "attn_split_kv", 2*attnChunk*hd*4, append(c.args, e)
+		c.name, c.shmem, c.args = "attn_split_kv", 2*attnChunk*hd*4, append(c.args, boolInt(early))
 	}
 	return c
 }
