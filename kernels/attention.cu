@@ -233,7 +233,6 @@ extern "C" __global__ void __launch_bounds__(128) attn_combine(float* att, const
 // writes zeros. sh is the o shrink (one slot, K = heads·hd).
 extern "C" __global__ void __launch_bounds__(128) attn_combine_lora(float* att, const float* part, long long heads, long long hd,
     long long splits, const __grid_constant__ struct ShrinkOp sh, float* tp, int* count) {
-  pdl_trigger();
   __shared__ float av[512];
   __shared__ bool last;
   const int h = blockIdx.x, m = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -255,6 +254,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_combine_lora(float* att, 
   };
   load(0, 0);
   pdl_wait(); // everything below may read what the previous kernel wrote
+  pdl_trigger(); // the next launch let in only now (rmsnorm_lora's note)
   combine_body(att, part, heads, hd, splits, h, m, av);
   __syncthreads();
   for (int j0 = 0; j0 < sh.rmax; j0 += 16) {
@@ -286,6 +286,64 @@ extern "C" __global__ void __launch_bounds__(128) attn_combine_lora(float* att, 
     sh.t[(long long)m * sh.tStride + j] = v;
   }
   if (threadIdx.x == 0) count[m] = 0;
+}
+
+// attn_combine_lora_c is attn_combine_lora for rows whose heads (at most 16)
+// form a thread-block cluster (grid (heads, M), cluster (heads, 1, 1);
+// compute capability 9.0): each head block keeps its partial dots in shared
+// memory and head 0's block adds them in head order from distributed shared
+// memory — the same sums as attn_combine_lora's, without its fence, counter
+// and second global round trip. rmax ≤ 64.
+extern "C" __global__ void __launch_bounds__(128) attn_combine_lora_c(float* att, const float* part, long long heads, long long hd,
+                                                                     long long splits, const __grid_constant__ struct ShrinkOp sh) {
+#if __CUDA_ARCH__ >= 900
+  __shared__ float av[512];
+  __shared__ float tp[64]; // this head's partial dots
+  const int h = blockIdx.x, m = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int ad = sh.rows[m].adapter;
+  const float* A = ad >= 0 ? sh.A[0][ad] : nullptr;
+  const int rank = A ? sh.rank[0][ad] : 0;
+  float a[4][4];
+  auto load = [&](int j0, int d0) {
+#pragma unroll
+    for (int jj = 0; jj < 4; jj++)
+#pragma unroll
+      for (int dd = 0; dd < 4; dd++) {
+        const int j = j0 + warp + 4 * jj, d = d0 + lane + 32 * dd;
+        a[jj][dd] = j < rank && d < hd ? __ldg(A + (long long)j * sh.K + h * hd + d) : 0.0f;
+      }
+  };
+  load(0, 0);
+  pdl_wait(); // everything below may read what the previous kernel wrote
+  pdl_trigger(); // the next launch let in only now (rmsnorm_lora's note)
+  combine_body(att, part, heads, hd, splits, h, m, av);
+  __syncthreads();
+  for (int j0 = 0; j0 < sh.rmax; j0 += 16) {
+    float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int d0 = 0; d0 < hd; d0 += 128) {
+      if (j0 > 0 || d0 > 0) load(j0, d0);
+#pragma unroll
+      for (int jj = 0; jj < 4; jj++)
+#pragma unroll
+        for (int dd = 0; dd < 4; dd++)
+          if (d0 + lane + 32 * dd < hd) s[jj] += a[jj][dd] * av[d0 + lane + 32 * dd];
+    }
+#pragma unroll
+    for (int jj = 0; jj < 4; jj++) {
+      const int j = j0 + warp + 4 * jj;
+      const float v = warp_sum(s[jj]);
+      if (lane == 0 && j < sh.rmax) tp[j] = v;
+    }
+  }
+  cluster_sync(); // every head's partials are in its shared memory
+  if (h == 0)
+    for (int j = threadIdx.x; j < sh.rmax; j += blockDim.x) {
+      float v = 0.0f;
+      for (int r = 0; r < heads; r++) v += dsmem_f32(&tp[j], r);
+      sh.t[(long long)m * sh.tStride + j] = v;
+    }
+  cluster_sync(); // head 0 has read the others' shared memory
+#endif
 }
 
 // attn_flash_<D>: causal attention of prefill passes: flash attention on the

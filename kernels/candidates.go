@@ -101,7 +101,7 @@ func (e *Engine) ForwardCandidates(seqs []*qwen.Seq, tokens [][]int, req []qwen.
 	if err != nil {
 		return nil, err
 	}
-	if _, err := e.run(seqs, tokens, false, tailCandidates); err != nil {
+	if _, err := e.run(seqs, tokens, false, tailCandidates, nil); err != nil {
 		return nil, err
 	}
 	counts, ids, vals := make([]int32, n), make([]int32, n*candMax), make([]float32, n*candMax)

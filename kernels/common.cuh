@@ -81,9 +81,11 @@ struct ShrinkOp {
 // Programmatic dependent launch (Hopper, PTX built for compute_90; a no-op
 // in the compute_80 build). A kernel launched as a programmatic dependent
 // starts as soon as every block of its predecessor has called pdl_trigger or
-// exited: the small kernels trigger at their top, so the matrix kernel after
-// them is launched and fetches its first weights (its independent prologue)
-// while they run; the persistent matrix kernels never trigger, so their
+// exited: the small kernels trigger at their top (rmsnorm_lora, lora_shrink
+// and the attention combines just after their wait: measured faster), so the
+// matrix kernel after them is launched and fetches its first weights (its
+// independent prologue) while they run; the persistent matrix kernels never
+// trigger, so their
 // dependents start as they exit (triggering earlier let the next kernel's
 // blocks take multiprocessors the matrix kernel's own late blocks needed:
 // kernels/PERF.md, v9). pdl_wait then blocks until the predecessor grid has
@@ -100,6 +102,31 @@ __device__ __forceinline__ void pdl_wait() {
   asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
 }
+
+#if __CUDA_ARCH__ >= 900
+// The thread-block cluster's barrier (every thread of every block of the
+// cluster; memory operations before it are visible to all after it), and a
+// value of another block's shared memory: the one at shared address a of
+// this block's, in the block of rank r.
+__device__ __forceinline__ void cluster_sync() {
+  asm volatile("barrier.cluster.arrive.aligned;\nbarrier.cluster.wait.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ uint32_t dsmem_addr(const void* p, uint32_t r) {
+  uint32_t a;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(a) : "r"((uint32_t)__cvta_generic_to_shared(p)), "r"(r));
+  return a;
+}
+__device__ __forceinline__ float dsmem_f32(const float* p, uint32_t r) {
+  float v;
+  asm volatile("ld.shared::cluster.f32 %0, [%1];\n" : "=f"(v) : "r"(dsmem_addr(p, r)));
+  return v;
+}
+__device__ __forceinline__ double dsmem_f64(const double* p, uint32_t r) {
+  double v;
+  asm volatile("ld.shared::cluster.f64 %0, [%1];\n" : "=d"(v) : "r"(dsmem_addr(p, r)));
+  return v;
+}
+#endif
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll

@@ -12,6 +12,9 @@ static CUresult qb_shmem_optin(int* v, int ordinal) {
 static CUresult qb_set_max_shmem(void* fn, int bytes) {
 	return cuFuncSetAttribute((CUfunction)fn, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, bytes);
 }
+static CUresult qb_allow_wide_clusters(void* fn) {
+	return cuFuncSetAttribute((CUfunction)fn, CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1);
+}
 static CUresult qb_launch_kernel(void* fn, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned shmem,
                                  CUstream s, void** params, int pdl, unsigned cx) {
 	if (!pdl && cx == 0) return cuLaunchKernel((CUfunction)fn, gx, gy, gz, bx, 1, 1, shmem, s, params, NULL);
@@ -122,6 +125,15 @@ func (d *Device) launchRaw(fn cu.Function, grid [3]int, block, shmem int, pdl bo
 		d.rawStream(), (*unsafe.Pointer)(unsafe.Add(d.args.mem, ptrs)), C.int(boolInt(pdl)), C.uint(clusterX))
 	if r != C.CUDA_SUCCESS {
 		return fmt.Errorf("error %d", int(r))
+	}
+	return nil
+}
+
+// allowWideClusters lets fn's launches take clusters of more than 8 blocks
+// (up to 16 on Hopper).
+func allowWideClusters(fn cu.Function) error {
+	if r := C.qb_allow_wide_clusters(fnHandle(fn)); r != C.CUDA_SUCCESS {
+		return fmt.Errorf("cuFuncSetAttribute(non-portable cluster size): error %d", int(r))
 	}
 	return nil
 }

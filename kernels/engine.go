@@ -4,6 +4,7 @@ package kernels
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/qbench/qbench/qwen"
 )
@@ -39,6 +40,7 @@ type Engine struct {
 	oPart, oCount              Buf // attn_combine_lora's per-head o shrink partials [rows, heads, rmax] and row counters [rows] int32
 	meta, headIdx, ids, logits Buf // [rows] rowMeta; [head rows] int32; [head rows] int32; [head rows, vocab]
 	lp                         Buf // [rows] target log-probabilities
+	argWS                      argmaxWS
 	part                       Buf // attention partials [rows, heads, splits, headDim+2]
 	tiles                      Buf // [rows][2] int32 {first row, rows}: attn_flash's tiles of a prefill pass
 	cand                       candBufs
@@ -50,6 +52,10 @@ type Engine struct {
 	embed16  []uint16                // the embedding as bf16, likewise
 	hostMeta []rowMeta
 	hostIdx  []int32
+	// nextMeta is the metadata the last greedy decode step's argmax left on
+	// the device (advanced: valid until the next pass; run).
+	nextMeta []rowMeta
+	advanced bool
 	hostTile []int32
 	hostIDs  []int32
 	out      []float32
@@ -148,7 +154,7 @@ func (e *Engine) Forward(seqs []*qwen.Seq, tokens [][]int, all bool) ([]float32,
 		head = rows
 	}
 	if rows <= e.MaxRows && head <= e.maxHead {
-		n, err := e.run(seqs, tokens, all, tailNone)
+		n, err := e.run(seqs, tokens, all, tailNone, nil)
 		if err != nil {
 			return nil, err
 		}
@@ -163,7 +169,7 @@ func (e *Engine) Forward(seqs []*qwen.Seq, tokens [][]int, all bool) ([]float32,
 	for i, s := range seqs {
 		for lo := 0; lo < len(tokens[i]); lo += chunk {
 			hi := min(lo+chunk, len(tokens[i]))
-			n, err := e.run([]*qwen.Seq{s}, [][]int{tokens[i][lo:hi]}, all, tailNone)
+			n, err := e.run([]*qwen.Seq{s}, [][]int{tokens[i][lo:hi]}, all, tailNone, nil)
 			if err != nil {
 				return nil, err
 			}
@@ -200,17 +206,18 @@ func (e *Engine) readLogits(n int, dst []float32) ([]float32, error) {
 	return dst, nil
 }
 
-// ForwardArgmax implements qwen.GreedyEngine: only the ids come back.
+// ForwardArgmax implements qwen.GreedyEngine: only the ids come back, read
+// in the same turn of the device's thread as the launch.
 func (e *Engine) ForwardArgmax(seqs []*qwen.Seq, tokens [][]int) ([]int, error) {
-	n, err := e.run(seqs, tokens, false, tailArgmax)
+	var ids []int32
+	n, err := e.run(seqs, tokens, false, tailArgmax, func(n int) error {
+		if cap(e.hostIDs) < n {
+			e.hostIDs = make([]int32, n)
+		}
+		ids = e.hostIDs[:n]
+		return Read(ids, e.ids)
+	})
 	if err != nil {
-		return nil, err
-	}
-	if cap(e.hostIDs) < n {
-		e.hostIDs = make([]int32, n)
-	}
-	ids := e.hostIDs[:n]
-	if err := e.Dev.Do(func() error { return Read(ids, e.ids) }); err != nil {
 		return nil, err
 	}
 	out := make([]int, n)
@@ -219,6 +226,15 @@ func (e *Engine) ForwardArgmax(seqs []*qwen.Seq, tokens [][]int) ([]int, error) 
 			return nil, fmt.Errorf("forward: non-finite logits for sequence %d (NaN or infinite weights? the CPU engine names the layer)", i)
 		}
 		out[i] = int(v)
+	}
+	// A decode step's argmax advanced the rows' metadata on the device:
+	// the step that feeds each sequence the id it picked needs no staging.
+	if n == len(seqs) && len(e.hostMeta) == n {
+		e.nextMeta = append(e.nextMeta[:0], e.hostMeta...)
+		for i := range e.nextMeta {
+			e.nextMeta[i].Tok, e.nextMeta[i].Pos = ids[i], e.nextMeta[i].Pos+1
+		}
+		e.advanced = true
 	}
 	return out, nil
 }
@@ -259,7 +275,7 @@ func (e *Engine) TargetLogProbsBatch(seqs []*qwen.Seq, tokens, targets [][]int) 
 	// pass runs the rows of ps (tokens ts, targets gs) and appends each
 	// sequence's log-probabilities to out[idx[k]].
 	pass := func(idx []int, ps []*qwen.Seq, ts, gs [][]int) error {
-		n, err := e.run(ps, ts, true, tailNone)
+		n, err := e.run(ps, ts, true, tailNone, nil)
 		if err != nil {
 			return err
 		}
@@ -336,12 +352,21 @@ func (e *Engine) TargetLogProbsBatch(seqs []*qwen.Seq, tokens, targets [][]int) 
 // run stages the metadata of one pass and launches it, with t after the
 // logits: a replayed graph for decode steps of fewer than directRows rows,
 // direct launches otherwise. It returns the rows of logits; the caller's
-// Read of them (or of the ids) waits for the pass.
-func (e *Engine) run(seqs []*qwen.Seq, tokens [][]int, all bool, t tail) (nHead int, err error) {
+// Read of them (or of the ids) waits for the pass. read, if not nil, runs
+// on the device's thread right after the launch, with the rows of logits.
+//
+// A decode step that continues the last greedy one exactly — the same
+// rows, each sequence fed the id that step picked — skips staging: the
+// last step's argmax left the metadata advanced on the device, and the
+// host's copy of it would only wait for the stream and copy the same bytes.
+func (e *Engine) run(seqs []*qwen.Seq, tokens [][]int, all bool, t tail, read func(n int) error) (nHead int, err error) {
+	advanced := e.advanced
+	e.advanced = false
 	p, err := e.prepare(seqs, tokens, all)
 	if err != nil {
 		return 0, err
 	}
+	onDevice := advanced && p.rows == len(seqs) && slices.Equal(e.hostMeta, e.nextMeta)
 	decode := !all && p.rows == len(seqs)
 	p.pdl = decode
 	graph := decode && p.rows < directRows
@@ -354,22 +379,31 @@ func (e *Engine) run(seqs []*qwen.Seq, tokens [][]int, all bool, t tail) (nHead 
 		p.splits = p.reserve
 	}
 	err = e.Dev.Do(func() error {
-		if err := e.stage(p); err != nil {
+		if err := e.stage(p, !onDevice); err != nil {
 			return err
 		}
 		if !graph { // no wait here: the caller's Read of the results waits for the pass
-			return e.forward(p, t)
-		}
-		key := graphKey{p.rows, p.splits, t}
-		g := e.graphs[key]
-		if g == nil {
-			var err error
-			if g, err = e.Dev.Capture(func() error { return e.forward(p, t) }); err != nil {
+			if err := e.forward(p, t); err != nil {
 				return err
 			}
-			e.graphs[key] = g
+		} else {
+			key := graphKey{p.rows, p.splits, t}
+			g := e.graphs[key]
+			if g == nil {
+				var err error
+				if g, err = e.Dev.Capture(func() error { return e.forward(p, t) }); err != nil {
+					return err
+				}
+				e.graphs[key] = g
+			}
+			if err := e.Dev.Launch(g); err != nil {
+				return err
+			}
 		}
-		return e.Dev.Launch(g)
+		if read != nil {
+			return read(p.nHead)
+		}
+		return nil
 	})
 	if err != nil {
 		return 0, err

@@ -42,6 +42,7 @@ const (
 func (e *Engine) forward(p pass, t tail) error {
 	c := e.cfg
 	eps := float32(c.RMSEps)
+	e.advanced = false // this pass moves the metadata on (ForwardArgmax)
 	f := &steps{e: e, lora: len(e.m.Adapters) > 0, pdl: p.pdl}
 	// Runner.embed: each row's token embedding into the residual stream x,
 	// and the cos/sin of its RoPE angles.
@@ -74,6 +75,8 @@ func (e *Engine) forward(p pass, t tail) error {
 		switch {
 		case p.tiles > 0:
 			f.shrink(stepShrinkO, i, L.shO, p.rows)
+		case f.lora && p.rows <= combineClusterRows && e.Dev.combineCluster && c.Heads <= 16 && e.rmax <= 64:
+			f.do(stepCombineO, i, attnCombineLoRACCall(e.att, e.part, c.Heads, c.HeadDim, p.splits, p.rows, L.shO.desc))
 		case f.lora && p.rows < shrinkSplitMin:
 			f.do(stepCombineO, i, attnCombineLoRACall(e.att, e.part, c.Heads, c.HeadDim, p.splits, p.rows, L.shO.desc, e.oPart, e.oCount))
 		default:
@@ -102,8 +105,12 @@ func (e *Engine) forward(p pass, t tail) error {
 	f.do(stepFinalNorm, -1, rmsnormCall(e.xnHead, e.x, e.norm, e.headIdx, c.Hidden, eps, p.nHead))
 	f.mat(stepHead, -1, e.head, p.nHead)
 	switch t {
-	case tailArgmax:
-		f.do(stepArgmax, -1, argmaxCall(e.ids, e.logits, c.Vocab, p.nHead))
+	case tailArgmax: // a decode step also advances the rows' metadata for the next one (Engine.run)
+		adv := Buf{}
+		if p.oneEach {
+			adv = e.meta
+		}
+		f.do(stepArgmax, -1, argmaxCall(e.ids, e.logits, c.Vocab, p.nHead, e.argWS, adv))
 	case tailCandidates:
 		cb, S := &e.cand, e.candSlices()
 		f.do(stepCands, -1, candSliceCall(e.logits, c.Vocab, cb.seen, cb.off, cb.penalty, cb.k, cb.key, cb.sid, cb.info, S, p.nHead))
@@ -258,6 +265,12 @@ func (f *steps) shrink(label string, layer int, sh shrinkDesc, rows int) {
 	}
 	f.do(label, layer, shrinkCall(sh.desc, f.e.rmax, sh.slots, rows))
 }
+
+// combineClusterRows is the most rows whose attention combine meets the o
+// shrink's head partials in a cluster (attn_combine_lora_c): H200, 3B with
+// adapters, against attn_combine_lora's counter: batch 1 +1 %, 20 +0.5 %,
+// 64 −1.5 % (kernels/PERF.md, fifteenth session).
+const combineClusterRows = 32
 
 // shrinkSplitMin is the fewest rows whose shrinks take shrink_split (decode
 // steps measured slower with it: few blocks and a second launch).

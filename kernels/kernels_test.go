@@ -564,10 +564,10 @@ func TestFlashAttention(t *testing.T) {
 func TestArgmax(t *testing.T) {
 	d := device(t)
 	rng := rand.New(rand.NewPCG(rand.Uint64(), 5))
-	for _, V := range []int{151936, 1001} { // rows of float4s, and of single floats
+	for _, V := range []int{151936, 1001, 10001} { // rows of float4s (38 slices), and of single floats (1 and 3)
 		const M = 6
 		l := randSlice(rng, M*V, 1)
-		l[0*V+777], l[0*V+900] = 50, 50 // a tie across threads: the lower index wins
+		l[0*V+777], l[0*V+900], l[0*V+V-5] = 50, 50, 50 // ties across threads and slices: the lower index wins
 		l[1*V+V-1] = 60
 		l[2*V+0] = 70
 		l[3*V+9], l[3*V+8] = 40, 40 // a tie in one 16-byte load
@@ -577,19 +577,49 @@ func TestArgmax(t *testing.T) {
 		err := d.Do(func() error {
 			lb, _ := Upload(d, l, "logits")
 			ib, _ := d.Alloc(M*4, "ids")
-			defer func() { d.Free(&lb); d.Free(&ib) }()
-			d.Poison(ib)
-			if err := d.run(argmaxCall(ib, lb, V, M)); err != nil {
+			var ws argmaxWS
+			ws.v, _ = d.Alloc(M*argmaxMaxSlices*4, "argmax slices")
+			ws.i, _ = d.Alloc(M*argmaxMaxSlices*4, "argmax slices")
+			ws.count, _ = Upload(d, make([]int32, M), "argmax counters")
+			meta := make([]rowMeta, M)
+			for i := range meta {
+				meta[i] = rowMeta{Tok: 5, Pos: int32(10 * i), Adapter: -1, Cap: 99, K: 1, V: 2}
+			}
+			mb, _ := Upload(d, meta, "row metadata")
+			defer func() {
+				d.Free(&lb)
+				d.Free(&ib)
+				d.Free(&ws.v)
+				d.Free(&ws.i)
+				d.Free(&ws.count)
+				d.Free(&mb)
+			}()
+			ids = make([]int32, M)
+			for rep := range 2 { // the counters left at zero for the next launch
+				d.Poison(ib)
+				if err := d.run(argmaxCall(ib, lb, V, M, ws, mb)); err != nil {
+					return err
+				}
+				if err := Read(ids, ib); err != nil {
+					return err
+				}
+				if !slices.Equal(ids, want) {
+					return fmt.Errorf("V %d, launch %d: argmax = %v, want %v", V, rep, ids, want)
+				}
+			}
+			got := make([]rowMeta, M) // advanced twice: each row's id, its position + 2
+			if err := Read(got, mb); err != nil {
 				return err
 			}
-			ids = make([]int32, M)
-			return Read(ids, ib)
+			for i := range got {
+				if w := (rowMeta{Tok: want[i], Pos: int32(10*i + 2), Adapter: -1, Cap: 99, K: 1, V: 2}); got[i] != w {
+					return fmt.Errorf("V %d: row %d metadata advanced to %+v, want %+v", V, i, got[i], w)
+				}
+			}
+			return nil
 		})
 		if err != nil {
 			t.Fatal(err)
-		}
-		if !slices.Equal(ids, want) {
-			t.Errorf("V %d: argmax = %v, want %v", V, ids, want)
 		}
 	}
 }

@@ -140,6 +140,13 @@ func attnCombineLoRACall(att, part Buf, heads, hd, splits, rows int, sh *shrinkO
 	return call{name: "attn_combine_lora", grid: [3]int{heads, rows}, block: 128, args: []any{att, part, heads, hd, splits, sh, tp, count}}
 }
 
+// attnCombineLoRACCall is attnCombineLoRACall with each row's heads (at most
+// 16) a thread-block cluster that adds the heads' partials in distributed
+// shared memory (attn_combine_lora_c; compute capability 9.0, rmax ≤ 64).
+func attnCombineLoRACCall(att, part Buf, heads, hd, splits, rows int, sh *shrinkOp) call {
+	return call{name: "attn_combine_lora_c", grid: [3]int{heads, rows}, block: 128, clusterX: heads, args: []any{att, part, heads, hd, splits, sh}}
+}
+
 const attnChunk = 32 // CHUNK in attention.cu: positions per attn_split block
 
 // attnFlashCall: the causal attention of a prefill pass, a block per (tile
@@ -165,9 +172,20 @@ func layoutCall(out Buf) call {
 	return call{name: "layout", grid: [3]int{1}, block: 1, args: []any{out}}
 }
 
-// argmaxCall: ids[m] = argmax of logits row m (the lowest index on ties).
-func argmaxCall(ids, logits Buf, vocab, rows int) call {
-	return call{name: "argmax", grid: [3]int{rows}, block: 1024, args: []any{ids, logits, vocab}}
+// argmaxWS is argmax's scratch: each slice's best value and index [rows,
+// argmaxMaxSlices], and a counter a row (zeros; each launch leaves them so).
+type argmaxWS struct{ v, i, count Buf }
+
+const argmaxMaxSlices = 64
+
+// argmaxSlices is how many blocks scan a row of vocab logits: a round of
+// four 16-byte loads a thread of 256 each.
+func argmaxSlices(vocab int) int { return min(argmaxMaxSlices, max(1, (vocab+4095)/4096)) }
+
+// argmaxCall: ids[m] = argmax of logits row m (the lowest index on ties);
+// adv (Ptr 0: none) the pass's row metadata, advanced for the next decode step.
+func argmaxCall(ids, logits Buf, vocab, rows int, ws argmaxWS, adv Buf) call {
+	return call{name: "argmax", grid: [3]int{argmaxSlices(vocab), rows}, block: 256, args: []any{ids, logits, vocab, ws.v, ws.i, ws.count, adv}}
 }
 
 // candSliceCall: the penalty on each row's seen tokens, then each slice's

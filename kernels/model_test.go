@@ -330,7 +330,8 @@ func TestTwoEngines(t *testing.T) {
 // rows of two adapters of different ranks (16 and 40: rmax 40 takes three
 // rounds of 16 outputs, and zeros past the smaller rank) and rows without
 // one, in engines for one sequence and for batches (3 rows: graphs; 17:
-// direct launches, directRows).
+// direct launches, directRows); the o shrink's heads met in a cluster
+// (attn_combine_lora_c, on Hopper) and through a counter.
 func TestDecodeStepsLoRA(t *testing.T) {
 	d := device(t)
 	cfg := smallConfig()
@@ -343,10 +344,15 @@ func TestDecodeStepsLoRA(t *testing.T) {
 		more[i] = i%3 - 1
 	}
 	copy(many, more)
+	defer func(cc bool) { d.combineCluster = cc }(d.combineCluster)
+	cluster := d.combineCluster
 	for _, c := range []struct {
-		batch    int
-		adapters []int
-	}{{1, []int{1}}, {1, []int{0}}, {1, []int{-1}}, {4, []int{0, -1, 1}}, {32, many}, {40, more}} { // 40: decode steps finish o and down in resid_norm
+		batch     int
+		adapters  []int
+		noCluster bool
+	}{{1, []int{1}, false}, {1, []int{0}, false}, {1, []int{-1}, false}, {1, []int{1}, true}, {4, []int{0, -1, 1}, false}, {4, []int{0, -1, 1}, true},
+		{32, many, false}, {40, more, false}} { // 40: decode steps finish o and down in resid_norm
+		d.combineCluster = cluster && !c.noCluster
 		n := len(c.adapters)
 		e, err := NewEngine(d, m, 256, c.batch)
 		if err != nil {
@@ -366,7 +372,7 @@ func TestDecodeStepsLoRA(t *testing.T) {
 				toks[i] = append(toks[i], rng.IntN(cfg.Vocab))
 			}
 		}
-		stepsAgainstCPU(t, e, cpu, gs, cs, toks, rng, cfg.Vocab, fmt.Sprintf("batch %d, adapters %v", c.batch, c.adapters))
+		stepsAgainstCPU(t, e, cpu, gs, cs, toks, rng, cfg.Vocab, fmt.Sprintf("batch %d, adapters %v, combine cluster %v", c.batch, c.adapters, d.combineCluster))
 		for _, s := range gs {
 			e.Release(s)
 		}

@@ -328,7 +328,6 @@ GEMV(16, 1)
 // float4 of A and x in turn (the down projection's K = 11,008: three). Two
 // blocks a multiprocessor (32 registers), as before.
 extern "C" __global__ void __launch_bounds__(1024, 2) lora_shrink(const __grid_constant__ struct ShrinkOp op, long long M) {
-  pdl_trigger();
   constexpr int U = 4;
   const int j = blockIdx.x, slot = blockIdx.y, m = blockIdx.z;
   const int ad = op.rows[m].adapter;
@@ -343,6 +342,7 @@ extern "C" __global__ void __launch_bounds__(1024, 2) lora_shrink(const __grid_c
     av[u] = live && k < op.K ? *(const float4*)(a + k) : make_float4(0, 0, 0, 0);
   }
   pdl_wait(); // everything below may read what the previous kernel wrote
+  pdl_trigger(); // the next launch let in only now (rmsnorm_lora's note)
   if (live) {
     const float* x = op.x + (long long)m * op.K;
     float4 xv[U];

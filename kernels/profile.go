@@ -54,7 +54,7 @@ func (e *Engine) ProfileStep(seqs []*qwen.Seq, tokens [][]int, copyGBs float64, 
 	const reps = 10
 	var out []KernelTime
 	err = e.Dev.Do(func() error {
-		if err := e.stage(ps); err != nil {
+		if err := e.stage(ps, true); err != nil {
 			return err
 		}
 		p := &profile{}
@@ -204,7 +204,7 @@ func (e *Engine) DecodeRate(seqs []*qwen.Seq, steps int, graphs bool) (float64, 
 		}
 		p.pdl = true
 		err = e.Dev.Do(func() error {
-			if err := e.stage(p); err != nil {
+			if err := e.stage(p, true); err != nil {
 				return err
 			}
 			if err := e.forward(p, tailArgmax); err != nil {

@@ -63,13 +63,13 @@ var ptx_sample_90 string
 
 // modules lists each PTX module with the sha256 of the sources it was built from.
 var modules = []ptxModule{
-	{"attention", ptx_attention_80, ptx_attention_90, false, "1ddf4cae43cec872091805df3567923a80e4dd0c9c89db490ea8f4a73ddd3291", ""},
-	{"mma", ptx_mma_80, ptx_mma_90, false, "fef6ca85dbc0fd05fda3ef4758dda9fd7e90af9b5b03b90c886eecb703d549a1", ""},
-	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, false, "1186ff455d5b78274d12715df2acba731954caafdd5843b5c93c32b61680bfa4", ""},
-	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, false, "61aebfdcd0a84b10dc02b96500c660ecc51e35d5072a53d4953d6c3244babbc5", ""},
-	{"prefill", ptx_prefill_80, ptx_prefill_90, false, "354977ee66871994bbe870993c1024c55e55cdad33c8043f4c83492065f4c9f8", ""},
-	{"prefill_wgmma", ptx_prefill_wgmma_80, ptx_prefill_wgmma_90, true, "cef30ee1f9595220057f257f828e344af1ba180cbc4c2a47d95292456379b381", ptx_prefill_wgmma_90a},
-	{"quantize", ptx_quantize_80, ptx_quantize_90, false, "b6dd2d49acf46429393cb998290d071011bf4e5f79e665ef7d32a7d10001b376", ""},
-	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, false, "8c481962cf626643bf4134ef531541424f4541e38b729e087dc5c82694a8e291", ""},
-	{"sample", ptx_sample_80, ptx_sample_90, false, "f53c3e92417adb792fb724073c9a153f6aeb719b9e0873b9fbae162d4b5b00f3", ""},
+	{"attention", ptx_attention_80, ptx_attention_90, false, "4c2764b807d782da5d3b04ace4e1f9818b52c4777583030e194169214e813949", ""},
+	{"mma", ptx_mma_80, ptx_mma_90, false, "5042d19b287423910776be1d7daa60c47ddfbbc5942a39d13b934f7d8bfe4dad", ""},
+	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, false, "7b8e6ff1d7bdda431fdb95b5a5c54d965bb2ffb6e4906262a5785a1a2503061f", ""},
+	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, false, "212596aadf927ed88ca1c3a318618fa8f6f2bf4ea66f5b0367747268e1527002", ""},
+	{"prefill", ptx_prefill_80, ptx_prefill_90, false, "4a53cfd478e55a7993a0c32cd2ba2f7b2bede9264cb4020b1dbed9e09c901fc7", ""},
+	{"prefill_wgmma", ptx_prefill_wgmma_80, ptx_prefill_wgmma_90, true, "7a5a6454b091141709164095d7b8b104b5aeffae7c6aac62096a776db91580da", ptx_prefill_wgmma_90a},
+	{"quantize", ptx_quantize_80, ptx_quantize_90, false, "9e86b24fc1f34ac431700ab4ce675909efb7b4fb30e3821249d7e14a37fcbe18", ""},
+	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, false, "deef3dcdb8e29e9999c58139bf68754b555fc0a64dfaaf95f2b1ded6118e4606", ""},
+	{"sample", ptx_sample_80, ptx_sample_90, false, "1dc7a1ad09ef5599c002198bd1e82004684e5fb1304a85a61724b0ebb24719c6", ""},
 }

@@ -57,7 +57,6 @@ extern "C" __global__ void embed(float* x, const void* table, long long isBF16, 
 // a launch on an H200; 8 always: 448, but 7 blocks at batch 1.)
 extern "C" __global__ void rmsnorm_lora(float* out, const float* x, const float* w, long long H, float eps,
                                         const __grid_constant__ struct ShrinkOp op, long long per) {
-  pdl_trigger();
   extern __shared__ float xn[]; // [H]: row i normed, for the shrink blocks
   __shared__ float part[8];
   const int i = blockIdx.x;
@@ -70,30 +69,60 @@ extern "C" __global__ void rmsnorm_lora(float* out, const float* x, const float*
   const bool live = blockIdx.y > 0 && idx < op.nslots * op.rmax && ad >= 0 && op.A[slot][ad] != nullptr && j < op.rank[slot][ad];
   const float* a = live ? op.A[slot][ad] + (long long)j * H : nullptr;
   const long long step = 32 * wpo; // float4s between a warp's loads
-  float4 a0[4];
+  // One output a block (per 1, few rows): x and w are read beside A, the
+  // normed values needed once; else they go through shared memory once.
+  // The direct path's first four 16-byte loads of w, like A's, and the norm
+  // block's first NW values of w are loaded before the wait too (w is no
+  // kernel's output): the normalisation then waits on x alone.
+  const bool direct = per == 1 && H % 4 == 0;
+  float4 a0[4], w0[4];
 #pragma unroll
   for (int u = 0; u < 4; u++) {
     const long long k = lane + 32 * q + step * u;
     a0[u] = live && H % 4 == 0 && k < H / 4 ? __ldg((const float4*)a + k) : make_float4(0, 0, 0, 0);
+    w0[u] = live && direct && k < H / 4 ? __ldg((const float4*)w + k) : make_float4(0, 0, 0, 0);
   }
+  constexpr int NW = 8;
+  float wn[NW];
+  if (blockIdx.y == 0)
+#pragma unroll
+    for (int u = 0; u < NW; u++) {
+      const long long k = threadIdx.x + u * (long long)blockDim.x;
+      wn[u] = k < H ? __ldg(w + k) : 0.0f;
+    }
   pdl_wait(); // everything below may read what the previous kernel wrote
+  // The next launch is let in only now: its blocks, resident beside these
+  // while they wait, measured slower at the top (batch 1 with adapters
+  // +1.5 %, H200, kernels/PERF.md fifteenth session).
+  pdl_trigger();
   const float* xr = x + (long long)i * H;
   const float inv = inv_rms(xr, H, eps); // exactly as rmsnorm computes it
   if (blockIdx.y == 0) {
     float* o = out + (long long)i * H;
-    norm_out(o, xr, w, H, inv);
+    if (H > NW * (long long)blockDim.x) {
+      norm_out(o, xr, w, H, inv);
+      return;
+    }
+    float xv[NW]; // norm_out's values, w from before the wait
+#pragma unroll
+    for (int u = 0; u < NW; u++) {
+      const long long k = threadIdx.x + u * (long long)blockDim.x;
+      xv[u] = k < H ? xr[k] : 0.0f;
+    }
+#pragma unroll
+    for (int u = 0; u < NW; u++) {
+      const long long k = threadIdx.x + u * (long long)blockDim.x;
+      if (k < H) o[k] = wn[u] * (xv[u] * inv);
+    }
     return;
   }
-  // One output a block (per 1, few rows): x and w are read beside A, the
-  // normed values needed once; else they go through shared memory once.
-  const bool direct = per == 1 && H % 4 == 0;
   if (!direct) {
     norm_out(xn, xr, w, H, inv); // the same values
     __syncthreads();
   }
-  auto xn4 = [&](long long k) { // normed values 4k … 4k + 3
+  auto xn4 = [&](long long k, bool pre, float4 wp) { // normed values 4k … 4k + 3 (pre: w's are wp, loaded before the wait)
     if (!direct) return ((const float4*)xn)[k];
-    const float4 xv = __ldg((const float4*)xr + k), wv = __ldg((const float4*)w + k);
+    const float4 xv = __ldg((const float4*)xr + k), wv = pre ? wp : __ldg((const float4*)w + k);
     return make_float4(wv.x * (xv.x * inv), wv.y * (xv.y * inv), wv.z * (xv.z * inv), wv.w * (xv.w * inv));
   };
   float s = 0.0f;
@@ -105,11 +134,12 @@ extern "C" __global__ void rmsnorm_lora(float* out, const float* x, const float*
       for (; k + 3 * step < H / 4; k += 4 * step)
 #pragma unroll
         for (int u = 0; u < 4; u++) {
-          const float4 av = k == lane + 32 * q ? a0[u] : __ldg(a4 + k + step * u), xv = xn4(k + step * u);
+          const bool first = k == lane + 32 * q;
+          const float4 av = first ? a0[u] : __ldg(a4 + k + step * u), xv = xn4(k + step * u, first, w0[u]);
           s4[u] += av.x * xv.x + av.y * xv.y + av.z * xv.z + av.w * xv.w;
         }
       for (; k < H / 4; k += step) {
-        const float4 av = __ldg(a4 + k), xv = xn4(k);
+        const float4 av = __ldg(a4 + k), xv = xn4(k, false, w0[0]);
         s4[0] += av.x * xv.x + av.y * xv.y + av.z * xv.z + av.w * xv.w;
       }
       s = (s4[0] + s4[1]) + (s4[2] + s4[3]);
@@ -208,30 +238,6 @@ extern "C" __global__ void __launch_bounds__(1024) resid_norm(const __grid_const
   for (int o = warp; o < outs; o += blockDim.x / 32) shrink_out(sh, i, ad, o, xn, H, lane);
 }
 
-#if __CUDA_ARCH__ >= 900
-// The thread-block cluster's barrier (every thread of every block of the
-// cluster; memory operations before it are visible to all after it), and a
-// value of another block's shared memory: the one at shared address a of
-// this block's, in the block of rank r.
-__device__ __forceinline__ void cluster_sync() {
-  asm volatile("barrier.cluster.arrive.aligned;\nbarrier.cluster.wait.aligned;\n" ::: "memory");
-}
-__device__ __forceinline__ uint32_t dsmem_addr(const void* p, uint32_t r) {
-  uint32_t a;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(a) : "r"((uint32_t)__cvta_generic_to_shared(p)), "r"(r));
-  return a;
-}
-__device__ __forceinline__ float dsmem_f32(const float* p, uint32_t r) {
-  float v;
-  asm volatile("ld.shared::cluster.f32 %0, [%1];\n" : "=f"(v) : "r"(dsmem_addr(p, r)));
-  return v;
-}
-__device__ __forceinline__ double dsmem_f64(const double* p, uint32_t r) {
-  double v;
-  asm volatile("ld.shared::cluster.f64 %0, [%1];\n" : "=d"(v) : "r"(dsmem_addr(p, r)));
-  return v;
-}
-#endif
 
 // resid_norm_c: resid_norm with each row split over a
 // thread-block cluster of C = gridDim.x blocks (grid (C, rows), cluster (C,

@@ -1,36 +1,49 @@
 // sample.cu: greedy token choice on the device, so only ids come back.
 //
-// argmax: one block per row of logits [M, V]; the largest value, the lowest
-// index on ties (as torch.argmax and the CPU reference), or −1 when the row
-// holds a NaN or infinite logit (the engine reports it). Bytes: M·V·4.
+// argmax: ids[m] = the index of row m's largest logit [M, V], the lowest on
+// ties (as torch.argmax and the CPU reference), or −1 when the row holds a
+// NaN or infinite logit (the engine reports it). Grid (S, M): block (s, m)
+// scans slice s of row m (16-byte loads, four in flight a thread) into
+// wsv/wsi [M][S]; the row's last block to finish (count[m], which it resets)
+// takes the slices' bests in slice order — the lowest index on ties, as one
+// scan would. (A block a row took 15 µs of a batch-1 step at V = 151,936,
+// H200; S blocks read it at once.) adv, where not null, is the rows' metadata
+// of a decode step, advanced for the next one (tok = the id, pos + 1): a next
+// step fed exactly these ids needs no copy from the host (Engine.run).
+// Bytes: M·V·4.
 #include "common.cuh"
 
-extern "C" __global__ void __launch_bounds__(1024) argmax(int32_t* ids, const float* logits, long long V) {
+// better: (v, i) beats (best, idx) — larger, or equal and lower.
+__device__ __forceinline__ bool better(float v, int i, float best, int idx) { return v > best || (v == best && i < idx); }
+
+extern "C" __global__ void __launch_bounds__(256) argmax(int32_t* ids, const float* logits, long long V, float* wsv, int* wsi,
+                                                         int* count, struct RowMeta* adv) {
   pdl_trigger();
   pdl_wait(); // everything below may read what the previous kernel wrote
-  const float* row = logits + (long long)blockIdx.x * V;
+  const int S = gridDim.x, sl = blockIdx.x, m = blockIdx.y;
+  const float* row = logits + (long long)m * V;
   float best = -INFINITY;
   int idx = 0x7fffffff;
   bool bad = false; // a NaN or infinite logit: the row has no meaningful argmax
   auto see = [&](float v, int i) {
     bad |= !isfinite(v);
-    if (v > best || (v == best && i < idx)) {
+    if (better(v, i, best, idx)) {
       best = v;
       idx = i;
     }
   };
-  if (V % 4 == 0) { // rows 16-byte aligned: four 16-byte loads in flight a thread (one at a time: 36 µs for a row of 151,936, H200)
+  if (V % 4 == 0) { // rows 16-byte aligned
     const float4* r4 = (const float4*)row;
-    const int n4 = (int)(V / 4);
-    for (int i0 = threadIdx.x; i0 < n4; i0 += 4 * blockDim.x) {
+    const int n4 = (int)(V / 4), lo = (int)((long long)n4 * sl / S), hi = (int)((long long)n4 * (sl + 1) / S);
+    for (int i0 = lo + threadIdx.x; i0 < hi; i0 += 4 * blockDim.x) {
       float4 u[4];
 #pragma unroll
       for (int k = 0; k < 4; k++)
-        if (i0 + k * (int)blockDim.x < n4) u[k] = __ldg(r4 + i0 + k * blockDim.x);
+        if (i0 + k * (int)blockDim.x < hi) u[k] = __ldg(r4 + i0 + k * blockDim.x);
 #pragma unroll
       for (int k = 0; k < 4; k++) {
         const int i = i0 + k * blockDim.x;
-        if (i < n4) {
+        if (i < hi) {
           see(u[k].x, 4 * i);
           see(u[k].y, 4 * i + 1);
           see(u[k].z, 4 * i + 2);
@@ -39,15 +52,17 @@ extern "C" __global__ void __launch_bounds__(1024) argmax(int32_t* ids, const fl
       }
     }
   } else {
-    for (int i = threadIdx.x; i < V; i += blockDim.x) see(row[i], i);
+    const int lo = (int)(V * sl / S), hi = (int)(V * (sl + 1) / S);
+    for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) see(row[i], i);
   }
   bad = __syncthreads_or(bad);
-  __shared__ float bv[32];
-  __shared__ int bi[32];
+  __shared__ float bv[8];
+  __shared__ int bi[8];
+  __shared__ bool last;
   for (int o = 16; o > 0; o >>= 1) {
     const float v = __shfl_xor_sync(0xffffffffu, best, o);
     const int j = __shfl_xor_sync(0xffffffffu, idx, o);
-    if (v > best || (v == best && j < idx)) {
+    if (better(v, j, best, idx)) {
       best = v;
       idx = j;
     }
@@ -59,13 +74,37 @@ extern "C" __global__ void __launch_bounds__(1024) argmax(int32_t* ids, const fl
   }
   __syncthreads();
   if (threadIdx.x == 0) {
-    for (int w = 1; w < (int)(blockDim.x >> 5); w++) {
-      if (bv[w] > best || (bv[w] == best && bi[w] < idx)) {
+    for (int w = 1; w < (int)(blockDim.x >> 5); w++)
+      if (better(bv[w], bi[w], best, idx)) {
         best = bv[w];
         idx = bi[w];
       }
+    wsv[m * S + sl] = best;
+    wsi[m * S + sl] = bad ? -1 : idx;
+    __threadfence(); // the slice's best is visible before the count says so
+    last = atomicAdd(count + m, 1) == S - 1;
+  }
+  __syncthreads();
+  if (!last || threadIdx.x != 0) return;
+  __threadfence();
+  best = -INFINITY;
+  idx = 0x7fffffff;
+  bad = false;
+  for (int s = 0; s < S; s++) { // slice order: an earlier slice's equal value has the lower index
+    const float v = __ldcg(wsv + m * S + s);
+    const int i = __ldcg(wsi + m * S + s);
+    bad |= i < 0;
+    if (better(v, i, best, idx)) {
+      best = v;
+      idx = i;
     }
-    ids[blockIdx.x] = bad ? -1 : idx;
+  }
+  count[m] = 0; // for the next launch
+  const int id = bad ? -1 : idx;
+  ids[m] = id;
+  if (adv) {
+    adv[m].tok = id;
+    adv[m].pos += 1;
   }
 }
 

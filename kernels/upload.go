@@ -493,6 +493,13 @@ func (e *Engine) upload() error {
 	if e.oCount, err = uploadTo(e, make([]int32, R), "LoRA o shrink counters"); err != nil {
 		return err
 	}
+	H := int64(e.maxHead)
+	if err := e.allocWords([]words{{&e.argWS.v, H * argmaxMaxSlices, "argmax slices"}, {&e.argWS.i, H * argmaxMaxSlices, "argmax slices"}}); err != nil {
+		return err
+	}
+	if e.argWS.count, err = uploadTo(e, make([]int32, H), "argmax counters"); err != nil {
+		return err
+	}
 	if e.invFreq, err = uploadTo(e, qwen.RopeInvFreq(c), "RoPE frequencies"); err != nil {
 		return err
 	}
