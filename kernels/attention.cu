@@ -224,21 +224,16 @@ extern "C" __global__ void __launch_bounds__(128) attn_combine(float* att, const
   combine_body(att, part, heads, hd, splits, blockIdx.x, blockIdx.y, nullptr);
 }
 
-// attn_combine_lora is attn_combine with the o_proj LoRA shrink of decode
-// steps folded in (one launch a layer fewer): head h's block also computes
-// the partial dots A[j, h·hd … h·hd + hd)·att of its row's adapter into
-// tp[m, h, j]; the last of the row's head blocks to finish (a counter a row,
-// reset by it for the next pass) adds the heads' partials in head order —
-// the same sum whichever block is last — into t[m, j], zeros where lora_shrink
-// writes zeros. sh is the o shrink (one slot, K = heads·hd).
-extern "C" __global__ void __launch_bounds__(128) attn_combine_lora(float* att, const float* part, long long heads, long long hd,
-    long long splits, const __grid_constant__ struct ShrinkOp sh, float* tp, int* count) {
-  __shared__ float av[512];
-  __shared__ bool last;
+// combine_dots is attn_combine for head h of row m (into att, and av in
+// shared memory) followed by the o_proj LoRA shrink's partial dots of the
+// head, A[j, h·hd … h·hd + hd)·att for the row's adapter, into dst[j] (j <
+// rmax; zeros past the rank and without an adapter). A's values for this
+// head's columns, warp w taking outputs w, w + 4, …: 16 outputs × 128
+// columns a round, the first round's loads issued before the wait (A and
+// the row metadata are not written by kernels).
+__device__ __forceinline__ void combine_dots(float* att, const float* part, long long heads, long long hd, long long splits,
+                                             const struct ShrinkOp& sh, float* av, float* dst) {
   const int h = blockIdx.x, m = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  // A's values for this head's columns, warp w taking outputs w, w + 4, …:
-  // 16 outputs × 128 columns a round, the first round's loads issued before
-  // the wait (A and the row metadata are not written by kernels).
   const int ad = sh.rows[m].adapter;
   const float* A = ad >= 0 ? sh.A[0][ad] : nullptr;
   const int rank = A ? sh.rank[0][ad] : 0;
@@ -271,9 +266,24 @@ extern "C" __global__ void __launch_bounds__(128) attn_combine_lora(float* att, 
     for (int jj = 0; jj < 4; jj++) {
       const int j = j0 + warp + 4 * jj;
       const float v = warp_sum(s[jj]);
-      if (lane == 0 && j < sh.rmax) tp[((long long)m * heads + h) * sh.rmax + j] = v;
+      if (lane == 0 && j < sh.rmax) dst[j] = v;
     }
   }
+}
+
+// attn_combine_lora is attn_combine with the o_proj LoRA shrink of decode
+// steps folded in (one launch a layer fewer): head h's block also computes
+// its partial dots (combine_dots) into tp[m, h, j]; the last of the row's
+// head blocks to finish (a counter a row, reset by it for the next pass)
+// adds the heads' partials in head order — the same sum whichever block is
+// last — into t[m, j], zeros where lora_shrink writes zeros. sh is the o
+// shrink (one slot, K = heads·hd).
+extern "C" __global__ void __launch_bounds__(128) attn_combine_lora(float* att, const float* part, long long heads, long long hd,
+    long long splits, const __grid_constant__ struct ShrinkOp sh, float* tp, int* count) {
+  __shared__ float av[512];
+  __shared__ bool last;
+  const int h = blockIdx.x, m = blockIdx.y;
+  combine_dots(att, part, heads, hd, splits, sh, av, tp + ((long long)m * heads + h) * sh.rmax);
   __threadfence(); // the partials are visible before the count says so
   __syncthreads();
   if (threadIdx.x == 0) last = atomicAdd(count + m, 1) == heads - 1;
@@ -299,42 +309,8 @@ extern "C" __global__ void __launch_bounds__(128) attn_combine_lora_c(float* att
 #if __CUDA_ARCH__ >= 900
   __shared__ float av[512];
   __shared__ float tp[64]; // this head's partial dots
-  const int h = blockIdx.x, m = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int ad = sh.rows[m].adapter;
-  const float* A = ad >= 0 ? sh.A[0][ad] : nullptr;
-  const int rank = A ? sh.rank[0][ad] : 0;
-  float a[4][4];
-  auto load = [&](int j0, int d0) {
-#pragma unroll
-    for (int jj = 0; jj < 4; jj++)
-#pragma unroll
-      for (int dd = 0; dd < 4; dd++) {
-        const int j = j0 + warp + 4 * jj, d = d0 + lane + 32 * dd;
-        a[jj][dd] = j < rank && d < hd ? __ldg(A + (long long)j * sh.K + h * hd + d) : 0.0f;
-      }
-  };
-  load(0, 0);
-  pdl_wait(); // everything below may read what the previous kernel wrote
-  pdl_trigger(); // the next launch let in only now (rmsnorm_lora's note)
-  combine_body(att, part, heads, hd, splits, h, m, av);
-  __syncthreads();
-  for (int j0 = 0; j0 < sh.rmax; j0 += 16) {
-    float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    for (int d0 = 0; d0 < hd; d0 += 128) {
-      if (j0 > 0 || d0 > 0) load(j0, d0);
-#pragma unroll
-      for (int jj = 0; jj < 4; jj++)
-#pragma unroll
-        for (int dd = 0; dd < 4; dd++)
-          if (d0 + lane + 32 * dd < hd) s[jj] += a[jj][dd] * av[d0 + lane + 32 * dd];
-    }
-#pragma unroll
-    for (int jj = 0; jj < 4; jj++) {
-      const int j = j0 + warp + 4 * jj;
-      const float v = warp_sum(s[jj]);
-      if (lane == 0 && j < sh.rmax) tp[j] = v;
-    }
-  }
+  const int h = blockIdx.x, m = blockIdx.y;
+  combine_dots(att, part, heads, hd, splits, sh, av, tp);
   cluster_sync(); // every head's partials are in its shared memory
   if (h == 0)
     for (int j = threadIdx.x; j < sh.rmax; j += blockDim.x) {
