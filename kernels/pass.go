@@ -67,11 +67,11 @@ func (e *Engine) prepare(seqs []*qwen.Seq, tokens [][]int, all bool) (pass, erro
 	return p, nil
 }
 
-// stage sizes the attention scratch and, with copy, copies the pass's row
+// stage sizes the attention scratch and, with write, copies the pass's row
 // metadata and head-row list to the device (on its thread), once the previous
 // pass is done with them (the copies do not wait for the non-blocking stream).
-func (e *Engine) stage(p pass, copy bool) error {
-	if !copy {
+func (e *Engine) stage(p pass, write bool) error {
+	if !write {
 		return e.ensurePart(p.rows, max(p.splits, p.reserve))
 	}
 	if err := e.Dev.Sync(); err != nil {
