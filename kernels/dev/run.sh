@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds and runs the standalone kernel benchmarks of kernels/dev on the GPU
 # machine (nvcc there), with SASS instruction counts of the inner loops:
-# BENCHES="nf4_gemv nf4_mma_batch nf4_gemm attn_prefill topk_candidates grid_barrier" picks them (default nf4_gemv).
+# BENCHES="nf4_gemv nf4_mma_batch nf4_gemm attn_prefill topk_candidates grid_barrier mlp_step" picks them (default nf4_gemv).
 # Logs go to $OUT. sass.py counts one kernel's instructions without a GPU.
 # sm_90a: nf4_gemm's v4 uses wgmma (Hopper's architecture-specific features).
 set -uo pipefail
