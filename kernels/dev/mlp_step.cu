@@ -162,8 +162,8 @@ __device__ void down_finish(int tile, int half, float ya, float yb, float* x, fl
   const float* o = ws + (tile * 2 + (half ^ 1)) * 16;
   const float va = half == 0 ? ya + __ldcg(o + g) : __ldcg(o + g) + ya; // half 0's sum first, whichever finishes last
   const float vb = half == 0 ? yb + __ldcg(o + g + 8) : __ldcg(o + g + 8) + yb;
-  x[tile * 16 + g] += va;
-  x[tile * 16 + g + 8] += vb;
+  x[tile * 16 + g] = __ldcg(x + tile * 16 + g) + va; // through L2: the other block of the tile may have written it last
+  x[tile * 16 + g + 8] = __ldcg(x + tile * 16 + g + 8) + vb;
   if (lane == 0) count[tile] = 0;
 }
 
