@@ -306,7 +306,8 @@ struct HostLayer {
 static float deq(const std::vector<uint8_t>& codes, const std::vector<uint8_t>& q, const std::vector<float>& nested, const float* dmap,
                  float offset, size_t e) {
   const uint8_t byte = codes[e / 2];
-  const float s = dmap[q[e / 64]] * nested[e / 64 / 256] + offset; // fp32 product, then fp32 add
+  const float p = dmap[q[e / 64]] * nested[e / 64 / 256] + 0.0f; // fp32 product (nf4_gemv.cu's reference), then the add
+  const float s = p + offset;
   return bf16_round(NF4_HOST[e % 2 ? byte & 15 : byte >> 4] * s);
 }
 
