@@ -23,6 +23,9 @@
 //       45 KB) copied into shared memory (cp.async) between its last gate/up
 //       tile and the barrier — during the gate/up launch's part-filled last
 //       round — so the down phase waits on no DRAM load.
+//   v4  v3 with the next layer's first gate/up loads issued before the
+//       barrier that ends a layer (as nf4_lut issues its first before its
+//       wait).
 // Prediction (kernels/PERF.md, fifteenth session): v1 ≈ 38 µs; v3 ≈ 30 µs.
 #include "nf4_v4.cuh"
 #include <math.h>
@@ -109,16 +112,25 @@ __device__ __forceinline__ void tile_sums(const float* tot, float* red, float& y
   __syncthreads();
 }
 
+// gateup_first is this warp's first gate/up step's raw loads.
+__device__ __forceinline__ Raw gateup_first(const Layer& L) {
+  constexpr int tpb = 8 / GU_KP, per = (GU_S + GU_KP - 1) / GU_KP;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+  const int tile = blockIdx.x * tpb + warp / GU_KP;
+  Raw r{};
+  if (tile < 2 * I / 16) r = load_raw(L.gu, tile * 16 + g, tile * 16 + g + 8, warp % GU_KP * per, t, H / 64);
+  return r;
+}
+
 // gateup_phase: act = silu(W_gate·xn)·(W_up·xn), the block's tiles (tiles
 // of 8 pairs, GU_KP warps each, a round of the grid at a time), xn normed
-// by every block itself.
-__device__ void gateup_phase(const Layer& L, const float* code, const float* x, float* act, uint2* xs, float* red) {
+// by every block itself; first: the first step's loads if already issued.
+__device__ void gateup_phase(const Layer& L, const float* code, const float* x, float* act, uint2* xs, float* red, const Raw* first) {
   constexpr int tpb = 8 / GU_KP, per = (GU_S + GU_KP - 1) / GU_KP;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3, part = warp % GU_KP;
   const int tiles = 2 * I / 16, nblk = H / 64, sbeg = part * per, send = min(GU_S, sbeg + per);
   int tb = blockIdx.x * tpb;
-  Raw cur{};
-  if (tb + warp / GU_KP < tiles) cur = load_raw(L.gu, (tb + warp / GU_KP) * 16 + g, (tb + warp / GU_KP) * 16 + g + 8, sbeg, t, nblk);
+  Raw cur = first ? *first : gateup_first(L);
   const float inv = inv_rms(x, red);
   split_x(x, L.w, inv, H, 0, GU_S, xs);
   __syncthreads();
@@ -261,7 +273,7 @@ __global__ void __launch_bounds__(256, 2) k_gateup(Layer L, const float* x, floa
   extern __shared__ uint2 smem[];
   __shared__ float code[256], red[8 * 16];
   load_code(L.gu.code, code);
-  gateup_phase(L, code, x, act, smem, red);
+  gateup_phase(L, code, x, act, smem, red, nullptr);
 }
 __global__ void __launch_bounds__(256, 2) k_down(Layer L, const float* act, float* x, float* ws, int* count) {
   extern __shared__ uint2 smem[];
@@ -271,8 +283,10 @@ __global__ void __launch_bounds__(256, 2) k_down(Layer L, const float* act, floa
   down_phase(L, code, act, x, smem, red, ws, count, blockIdx.x);
 }
 
-// v2 (fetch false) and v3: all layers in one launch.
-template <bool FETCH>
+// v2 (FETCH, AHEAD false), v3 (FETCH) and v4 (both: the next layer's first
+// gate/up loads issued before the barrier that ends a layer): all layers in
+// one launch.
+template <bool FETCH, bool AHEAD>
 __global__ void __launch_bounds__(256, 2) k_persist(const Layer* layers, int nl, float* x, float* act, float* ws, int* count, unsigned* bar) {
   extern __shared__ uint2 smem[];
   __shared__ float code[256], red[8 * 16];
@@ -280,16 +294,18 @@ __global__ void __launch_bounds__(256, 2) k_persist(const Layer* layers, int nl,
   float* dsc = (float*)(dc + DC_BYTES);
   const int items = 2 * H / 16;
   unsigned n = 0;
+  Raw first{};
   for (int l = 0; l < nl; l++) {
     const Layer L = layers[l];
     load_code(L.gu.code, code); // every layer's maps are the same here; loaded as an engine would
-    gateup_phase(L, code, x, act, smem, red);
+    gateup_phase(L, code, x, act, smem, red, AHEAD && l > 0 ? &first : nullptr);
     if (FETCH && blockIdx.x < items) down_fetch(L, code, blockIdx.x, dc, dsc);
     grid_barrier(bar, ++n);
     if (blockIdx.x < items) {
       if (FETCH) down_phase_smem(act, x, smem, red, ws, count, blockIdx.x, dc, dsc);
       else down_phase(L, code, act, x, smem, red, ws, count, blockIdx.x);
     }
+    if (AHEAD && l + 1 < nl) first = gateup_first(layers[l + 1]);
     grid_barrier(bar, ++n);
   }
 }
@@ -398,11 +414,11 @@ int main() {
   const int guShm = GU_S * 16 * 3 * 4 * 8, dnShm = DN_HALF * 16 * 3 * 4 * 8;
   CK(cudaFuncSetAttribute(k_gateup, cudaFuncAttributeMaxDynamicSharedMemorySize, guShm));
   CK(cudaFuncSetAttribute(k_down, cudaFuncAttributeMaxDynamicSharedMemorySize, dnShm));
-  CK(cudaFuncSetAttribute(k_persist<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM));
-  CK(cudaFuncSetAttribute(k_persist<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM));
+  const void* persist[] = {(const void*)k_persist<false, false>, (const void*)k_persist<true, false>, (const void*)k_persist<true, true>};
+  for (const void* f : persist) CK(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM));
   int occGU = 0, occP = 0;
   CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occGU, k_gateup, 256, guShm));
-  CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occP, k_persist<true>, 256, SMEM));
+  CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occP, k_persist<true, true>, 256, SMEM));
   const int gridGU = std::min(2 * I / 16 / (8 / GU_KP), occGU * SMs), gridP = occP * SMs;
   printf("gate/up grid %d (%d an SM), persistent grid %d (%d an SM, %d bytes of shared memory a block)\n", gridGU, occGU, gridP, occP, SMEM);
   cudaStream_t st;
@@ -417,10 +433,10 @@ int main() {
     }
     CK(cudaMemsetAsync(dbar, 0, 4, st));
     void* args[] = {(void*)&dlayers, (void*)&nl, (void*)&dx, (void*)&dact, (void*)&dws, (void*)&dcount, (void*)&dbar};
-    CK(cudaLaunchCooperativeKernel(v == 2 ? (const void*)k_persist<false> : (const void*)k_persist<true>, gridP, 256, args, SMEM, st));
+    CK(cudaLaunchCooperativeKernel(persist[v - 2], gridP, 256, args, SMEM, st));
   };
   printf("\n%-4s %12s %12s %12s %8s\n", "ver", "us a layer", "GB/s", "% of copy", "max err");
-  for (int v = 1; v <= 3; v++) {
+  for (int v = 1; v <= 4; v++) {
     // Check: CHECK_LAYERS layers from x0, x's bytes poisoned first.
     CK(cudaMemset(dact, 0xff, I * 4));
     CK(cudaMemcpy(dx, x0.data(), H * 4, cudaMemcpyHostToDevice));
