@@ -53,9 +53,8 @@ type Engine struct {
 	hostMeta []rowMeta
 	hostIdx  []int32
 	// nextMeta is the metadata the last greedy decode step's argmax left on
-	// the device (advanced: valid until the next pass; run).
+	// the device; empty once another pass has run (run).
 	nextMeta []rowMeta
-	advanced bool
 	hostTile []int32
 	hostIDs  []int32
 	out      []float32
@@ -234,7 +233,6 @@ func (e *Engine) ForwardArgmax(seqs []*qwen.Seq, tokens [][]int) ([]int, error) 
 		for i := range e.nextMeta {
 			e.nextMeta[i].Tok, e.nextMeta[i].Pos = ids[i], e.nextMeta[i].Pos+1
 		}
-		e.advanced = true
 	}
 	return out, nil
 }
@@ -360,13 +358,12 @@ func (e *Engine) TargetLogProbsBatch(seqs []*qwen.Seq, tokens, targets [][]int) 
 // last step's argmax left the metadata advanced on the device, and the
 // host's copy of it would only wait for the stream and copy the same bytes.
 func (e *Engine) run(seqs []*qwen.Seq, tokens [][]int, all bool, t tail, read func(n int) error) (nHead int, err error) {
-	advanced := e.advanced
-	e.advanced = false
 	p, err := e.prepare(seqs, tokens, all)
 	if err != nil {
 		return 0, err
 	}
-	onDevice := advanced && p.rows == len(seqs) && slices.Equal(e.hostMeta, e.nextMeta)
+	onDevice := len(e.nextMeta) > 0 && p.rows == len(seqs) && slices.Equal(e.hostMeta, e.nextMeta)
+	e.nextMeta = e.nextMeta[:0]
 	decode := !all && p.rows == len(seqs)
 	p.pdl = decode
 	graph := decode && p.rows < directRows

@@ -42,7 +42,7 @@ const (
 func (e *Engine) forward(p pass, t tail) error {
 	c := e.cfg
 	eps := float32(c.RMSEps)
-	e.advanced = false // this pass moves the metadata on (ForwardArgmax)
+	e.nextMeta = e.nextMeta[:0] // this pass moves the metadata on (ForwardArgmax)
 	f := &steps{e: e, lora: len(e.m.Adapters) > 0, pdl: p.pdl}
 	// Runner.embed: each row's token embedding into the residual stream x,
 	// and the cos/sin of its RoPE angles.
