@@ -31,13 +31,14 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
 }
 
 // stage_kv copies positions [a, b) of a head's K and V rows into kv
-// ([2][CHUNK][hd], position t at t − lo), every copy in flight at once.
+// ([2][C][hd], position t at t − lo), every copy in flight at once.
+template <int C = CHUNK>
 __device__ __forceinline__ void stage_kv(float* kv, const float* K, const float* V, long long kvDim, int hd, int lo, int a, int b) {
   const int q4 = hd / 4, n = (b - a) * q4;
   for (int i = threadIdx.x; i < n; i += blockDim.x) {
     const int t = a + i / q4, c = 4 * (i % q4);
     cp_async16(kv + (t - lo) * hd + c, K + (long long)t * kvDim + c);
-    cp_async16(kv + (CHUNK + t - lo) * hd + c, V + (long long)t * kvDim + c);
+    cp_async16(kv + (C + t - lo) * hd + c, V + (long long)t * kvDim + c);
   }
   asm volatile("cp.async.commit_group;\n" ::);
 }
@@ -320,6 +321,184 @@ extern "C" __global__ void __launch_bounds__(128) attn_combine_lora_c(float* att
     }
   cluster_sync(); // head 0 has read the others' shared memory
 #endif
+}
+
+// attn_decode_c and attn_decode_lora_c: the attention of decode steps of
+// short sequences in one launch (attn_split_kv + a combine in two): grid
+// (heads, M), a row's heads one thread-block cluster (compute capability
+// 9.0; heads ≤ 16, heads/kvHeads ≤ 8, hd ≤ 128), 256 threads. The blocks of
+// KV head g's group (heads/kvHeads of them, G) split its positions: block j
+// of the group takes [j·P, (j + 1)·P), P = ⌈n/G⌉, DK at a time in shared
+// memory, and computes there the partial softmax of every query head of
+// the group (warp w: head g·G + w) — K and V read once a group, not once a
+// head. Then block h merges head h's G partials in split order from
+// distributed shared memory, as combine_body does, into att; with lora, it
+// also computes head h's partial dots of the o_proj LoRA shrink and block 0
+// adds the heads' in head order into t (as attn_combine_lora_c). Each row
+// is the only new token of its sequence: the positions before its own were
+// written by earlier passes, so the first slice's K and V are copied before
+// the wait. Dynamic shared memory 2·DK·hd floats.
+#define DK 64
+template <bool LORA>
+__device__ __forceinline__ void decode_body(float* att, const float* q, const struct RowMeta* rows, long long layer, long long heads,
+                                            long long kvHeads, long long hd, const struct ShrinkOp* sh) {
+#if __CUDA_ARCH__ >= 900
+  extern __shared__ float4 kvsm[];
+  float* kv = (float*)kvsm;
+  __shared__ float sc[8][DK];        // a warp's scores, then weights, of the slice
+  __shared__ __align__(16) float part[8][4 + 128]; // head g·G + w's partial: max, sum of exp, -, -, un-normalised output
+  __shared__ float av[128];          // head h's output (the shrink's input)
+  __shared__ float tp[64];           // head h's partial dots of the o shrink
+  const int h = blockIdx.x, m = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int G = (int)(heads / kvHeads), g = h / G, j = h % G;
+  const struct RowMeta rm = rows[m]; // staged by the host, or advanced by the last step's argmax
+  const int n = rm.pos + 1, P = (n + G - 1) / G, lo = min(n, j * P), hi = min(n, lo + P);
+  const long long kvDim = kvHeads * hd;
+  const float* K = rm.k + (layer * rm.cap) * kvDim + g * hd;
+  const float* V = rm.v + (layer * rm.cap) * kvDim + g * hd;
+  // The o shrink's A for head h's columns, outputs warp + 8·jj, dims lane + 32·dd: the first round before the wait.
+  const float* A = nullptr;
+  int rank = 0;
+  float a[2][4];
+  auto load = [&](int j0) {
+#pragma unroll
+    for (int jj = 0; jj < 2; jj++)
+#pragma unroll
+      for (int dd = 0; dd < 4; dd++) {
+        const int r = j0 + warp + 8 * jj, d = lane + 32 * dd;
+        a[jj][dd] = r < rank && d < hd ? __ldg(A + (long long)r * sh->K + h * hd + d) : 0.0f;
+      }
+  };
+  if (LORA) {
+    const int ad = sh->rows[m].adapter;
+    A = ad >= 0 ? sh->A[0][ad] : nullptr;
+    rank = A ? sh->rank[0][ad] : 0;
+    load(0);
+  }
+  if (lo < hi) stage_kv<DK>(kv, K, V, kvDim, (int)hd, lo, lo, min(min(hi, lo + DK), n - 1)); // written by earlier passes
+  pdl_wait(); // everything below may read what the previous kernel wrote
+  pdl_trigger(); // the next launch let in only now (rmsnorm_lora's note)
+  const bool mine = warp < G;
+  float4 qv = make_float4(0.0f, 0.0f, 0.0f, 0.0f), acc = qv;
+  if (mine && 4 * lane < hd) qv = *(const float4*)(q + ((long long)m * heads + g * G + warp) * hd + 4 * lane);
+  const float scale = 1.0f / sqrtf((float)hd);
+  float mx = -INFINITY, sum = 0.0f;
+  for (int a0 = lo; a0 < hi; a0 += DK) {
+    const int b0 = min(hi, a0 + DK);
+    if (a0 > lo) {
+      __syncthreads(); // the last slice is read
+      stage_kv<DK>(kv, K, V, kvDim, (int)hd, a0, a0, b0);
+    } else if (b0 == n) {
+      stage_kv<DK>(kv, K, V, kvDim, (int)hd, a0, n - 1, n); // the row's own position, written by the q/k/v launch
+    }
+    asm volatile("cp.async.wait_group 0;\n" ::);
+    __syncthreads();
+    if (mine) {
+      const float* Ks = kv - (long long)a0 * hd;
+      const float* Vs = kv + (DK - a0) * hd;
+      for (int t0 = a0; t0 < b0; t0 += 4) {
+        float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+        for (int u = 0; u < 4; u++)
+          if (t0 + u < b0 && 4 * lane < hd) {
+            const float4 k4 = *(const float4*)(Ks + (t0 + u) * hd + 4 * lane);
+            d[u] = qv.x * k4.x + qv.y * k4.y + qv.z * k4.z + qv.w * k4.w;
+          }
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+          const float v = warp_sum(d[u]);
+          if (lane == 0 && t0 + u < b0) sc[warp][t0 + u - a0] = v * scale;
+        }
+      }
+      __syncwarp();
+      float s0 = lane < b0 - a0 ? sc[warp][lane] : -INFINITY, s1 = lane + 32 < b0 - a0 ? sc[warp][lane + 32] : -INFINITY;
+      const float mn = fmaxf(mx, warp_max(fmaxf(s0, s1))), corr = expf(mx - mn); // the slice is not empty: mn is finite
+      s0 = lane < b0 - a0 ? expf(s0 - mn) : 0.0f;
+      s1 = lane + 32 < b0 - a0 ? expf(s1 - mn) : 0.0f;
+      sum = sum * corr + warp_sum(s0 + s1);
+      mx = mn;
+      __syncwarp();
+      if (lane < b0 - a0) sc[warp][lane] = s0;
+      if (lane + 32 < b0 - a0) sc[warp][lane + 32] = s1;
+      __syncwarp();
+      acc = make_float4(acc.x * corr, acc.y * corr, acc.z * corr, acc.w * corr);
+      if (4 * lane < hd)
+        for (int t = a0; t < b0; t++) {
+          const float e = sc[warp][t - a0];
+          const float4 v4 = *(const float4*)(Vs + t * hd + 4 * lane);
+          acc = make_float4(acc.x + e * v4.x, acc.y + e * v4.y, acc.z + e * v4.z, acc.w + e * v4.w);
+        }
+    }
+  }
+  if (mine) {
+    if (lane == 0) {
+      part[warp][0] = mx;
+      part[warp][1] = sum;
+    }
+    if (4 * lane < hd) *(float4*)&part[warp][4 + 4 * lane] = acc;
+  }
+  cluster_sync(); // every block's partials are in its shared memory
+  // Head h = g·G + j: its partials are slot j of the group's blocks g·G … g·G + G − 1.
+  if (threadIdx.x < hd) {
+    const int d = threadIdx.x;
+    float ms[8], e[8];
+    float big = -INFINITY, tot = 0.0f, o = 0.0f;
+#pragma unroll
+    for (int s = 0; s < 8; s++)
+      if (s < G) {
+        ms[s] = dsmem_f32(&part[j][0], g * G + s);
+        big = fmaxf(big, ms[s]);
+      }
+#pragma unroll
+    for (int s = 0; s < 8; s++)
+      if (s < G) {
+        e[s] = ms[s] != -INFINITY ? expf(ms[s] - big) : 0.0f;
+        if (ms[s] != -INFINITY) {
+          tot += e[s] * dsmem_f32(&part[j][1], g * G + s);
+          o += e[s] * dsmem_f32(&part[j][4 + d], g * G + s);
+        }
+      }
+    att[((long long)m * heads + h) * hd + d] = o / tot;
+    av[d] = o / tot;
+  }
+  if (LORA) {
+    __syncthreads(); // av is whole
+    for (int j0 = 0; j0 < sh->rmax; j0 += 16) {
+      if (j0 > 0) load(j0);
+      float s[2] = {0.0f, 0.0f};
+#pragma unroll
+      for (int jj = 0; jj < 2; jj++)
+#pragma unroll
+        for (int dd = 0; dd < 4; dd++)
+          if (lane + 32 * dd < hd) s[jj] += a[jj][dd] * av[lane + 32 * dd];
+#pragma unroll
+      for (int jj = 0; jj < 2; jj++) {
+        const int r = j0 + warp + 8 * jj;
+        const float v = warp_sum(s[jj]);
+        if (lane == 0 && r < sh->rmax) tp[r] = v;
+      }
+    }
+    cluster_sync(); // every head's partial dots are in its shared memory
+    if (h == 0)
+      for (int r = threadIdx.x; r < sh->rmax; r += blockDim.x) {
+        float v = 0.0f;
+        for (int b = 0; b < heads; b++) v += dsmem_f32(&tp[r], b);
+        sh->t[(long long)m * sh->tStride + r] = v;
+      }
+  }
+  cluster_sync(); // the others are done with this block's shared memory
+#endif
+}
+
+extern "C" __global__ void __launch_bounds__(256) attn_decode_c(float* att, const float* q, const struct RowMeta* rows, long long layer,
+                                                               long long heads, long long kvHeads, long long hd) {
+  decode_body<false>(att, q, rows, layer, heads, kvHeads, hd, nullptr);
+}
+
+extern "C" __global__ void __launch_bounds__(256) attn_decode_lora_c(float* att, const float* q, const struct RowMeta* rows, long long layer,
+                                                                    long long heads, long long kvHeads, long long hd,
+                                                                    const __grid_constant__ struct ShrinkOp sh) {
+  decode_body<true>(att, q, rows, layer, heads, kvHeads, hd, &sh);
 }
 
 // attn_flash_<D>: causal attention of prefill passes: flash attention on the

@@ -12,6 +12,7 @@ const (
 	stepAttn      = "attention"
 	stepCombine   = "attention combine"
 	stepCombineO  = "attention combine+lora_shrink o"
+	stepAttnO     = "attention+lora_shrink o"
 	stepShrinkO   = "lora_shrink o"
 	stepO         = "gemv o_proj+residual"
 	stepNormMLP   = "rmsnorm (+lora_shrink gate/up)"
@@ -62,17 +63,27 @@ func (e *Engine) forward(p pass, t tail) error {
 		f.mat(stepQKV, i, L.qkv, p.rows)
 		// att = softmax(q·Kᵀ/√headDim)·V over each row's cache, GQA: in
 		// prefill passes a block per tile of a sequence's rows (flash
-		// attention), else split over chunks of positions, then the chunks
+		// attention); in decode steps of short sequences a row's heads one
+		// cluster, each KV head's positions split over its query heads'
+		// blocks and merged in shared memory (with the o shrink A·att
+		// below); else split over chunks of positions, then the chunks
 		// combined (flash-decoding).
-		if p.tiles > 0 {
+		decode := e.attnDecode(p, f.lora)
+		switch {
+		case p.tiles > 0:
 			f.do(stepAttn, i, attnFlashCall(e.att, e.q, e.meta, e.tiles, i, c.Heads, c.KVHeads, c.HeadDim, p.tiles))
-		} else {
+		case decode && f.lora:
+			f.do(stepAttnO, i, attnDecodeCall(e.att, e.q, e.meta, i, c.Heads, c.KVHeads, c.HeadDim, p.rows, L.shO.desc))
+		case decode:
+			f.do(stepAttn, i, attnDecodeCall(e.att, e.q, e.meta, i, c.Heads, c.KVHeads, c.HeadDim, p.rows, nil))
+		default:
 			f.do(stepAttn, i, attnSplitCall(e.part, e.q, e.meta, i, c.Heads, c.KVHeads, c.HeadDim, p.splits, p.rows, p.oneEach))
 		}
 		// x += att·W_oᵀ + LoRA (its shrink A·att first): the residual add
 		// is the epilogue of the matrix kernel. Decode steps compute the
 		// shrink in the launch that combines the attention splits.
 		switch {
+		case decode: // done with the attention
 		case p.tiles > 0:
 			f.shrink(stepShrinkO, i, L.shO, p.rows)
 		case f.lora && p.rows <= combineClusterRows && e.Dev.combineCluster && c.Heads <= 16 && e.rmax <= 64:

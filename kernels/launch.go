@@ -149,6 +149,37 @@ func attnCombineLoRACCall(att, part Buf, heads, hd, splits, rows int, sh *shrink
 
 const attnChunk = 32 // CHUNK in attention.cu: positions per attn_split block
 
+// attnDecodeCall: the attention of a decode step in one launch, a row's
+// heads one cluster (attn_decode_c; with sh, attn_decode_lora_c, which also
+// computes the o_proj LoRA shrink into sh's t, as attn_combine_lora_c).
+func attnDecodeCall(att, q, meta Buf, layer, heads, kvHeads, hd, rows int, sh *shrinkOp) call {
+	c := call{name: "attn_decode_c", grid: [3]int{heads, rows}, block: 256, shmem: 2 * attnDecodeKeys * hd * 4, clusterX: heads,
+		args: []any{att, q, meta, layer, heads, kvHeads, hd}}
+	if sh != nil {
+		c.name, c.args = "attn_decode_lora_c", append(c.args, sh)
+	}
+	return c
+}
+
+const attnDecodeKeys = 64 // DK in attention.cu: the positions attn_decode_c holds at once
+
+// attnDecode reports whether the attention of pass p runs as attnDecodeCall:
+// decode steps of at most attnDecodeRows rows whose sequences reach at most
+// attnDecodeMax positions (the kernel takes any length, in slices of
+// attnDecodeKeys, but its one cluster a row has fewer blocks than
+// attn_split's grid from there), on devices with wide clusters, for the
+// shapes it is built for (heads ≤ 16, ≤ 8 query heads a KV head, head size
+// ≤ 128, LoRA rank ≤ 64).
+func (e *Engine) attnDecode(p pass, lora bool) bool {
+	c := e.cfg
+	return p.tiles == 0 && p.oneEach && p.rows <= attnDecodeRows && p.splits*attnChunk <= attnDecodeMax && e.Dev.combineCluster &&
+		c.Heads <= 16 && c.Heads%c.KVHeads == 0 && c.Heads/c.KVHeads <= 8 && c.HeadDim <= 128 && c.HeadDim%4 == 0 && (!lora || e.rmax <= 64)
+}
+
+// attnDecodeRows and attnDecodeMax bound attnDecode (QBENCH_ATTN_DECODE_ROWS,
+// QBENCH_ATTN_DECODE_MAX; kernels/PERF.md, sixteenth session).
+var attnDecodeRows, attnDecodeMax = envInt("QBENCH_ATTN_DECODE_ROWS", 1), envInt("QBENCH_ATTN_DECODE_MAX", 512)
+
 // attnFlashCall: the causal attention of a prefill pass, a block per (tile
 // of up to flashRows rows of one sequence, head), straight into att.
 func attnFlashCall(att, q, meta, tiles Buf, layer, heads, kvHeads, hd, ntiles int) call {

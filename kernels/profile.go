@@ -290,10 +290,13 @@ func (e *Engine) traffic(label string, layer int, p pass) int64 {
 		return norm(e.layers[layer+1].shQKV)
 	case stepQKV:
 		return L.qkv.weights + R*H*4 + R*(qDim+2*kvDim)*4
-	case stepAttn: // each row's K and V up to its position, once per KV head
+	case stepAttn, stepAttnO: // each row's K and V up to its position, once per KV head (+ the o shrink's A)
 		var b int64
 		for _, r := range e.hostMeta {
 			b += 2 * int64(r.Pos+1) * kvDim * 4
+		}
+		if label == stepAttnO {
+			b += L.shO.bytes
 		}
 		return b
 	case stepCombine:

@@ -68,8 +68,10 @@ type Device struct {
 	residCluster    int
 	residClusterAll bool
 	// combineCluster: decode steps' attention combine with the o shrink
-	// takes a row's heads as one cluster (attn_combine_lora_c; compute
-	// capability 9.0; QBENCH_NO_COMBINE_CLUSTER=1 off).
+	// takes a row's heads as one cluster (attn_combine_lora_c), and short
+	// decode steps' attention takes them as one (attn_decode_c, attnDecode);
+	// compute capability 9.0, clusters of up to 16 blocks;
+	// QBENCH_NO_COMBINE_CLUSTER=1 off.
 	combineCluster bool
 	// splitWS is mmas_nf4's split-K workspace (the partial sums of a launch,
 	// which mmas_finish reads), and shrink_split's (shrink_sum reads them).
@@ -190,10 +192,10 @@ func (d *Device) init(ordinal int) error {
 				return fmt.Errorf("cuda: kernel %s in %s: %v", name, m.name, err)
 			}
 			d.fns[name] = fn
-			if name == "attn_combine_lora_c" && d.combineCluster && allowWideClusters(fn) != nil {
+			if strings.HasSuffix(name, "_c") && strings.HasPrefix(name, "attn_") && d.combineCluster && allowWideClusters(fn) != nil {
 				d.combineCluster = false // a driver without wide clusters: attn_combine_lora
 			}
-			if strings.HasPrefix(name, "nf4_lut_") || strings.HasPrefix(name, "mmas_") || strings.HasPrefix(name, "prefill_") || strings.HasPrefix(name, "dense_") || strings.HasPrefix(name, "wgmma_") || strings.HasPrefix(name, "attn_flash_") || name == "shrink_split" || name == "attn_split_kv" { // x in dynamic shared memory, up to the device's limit
+			if strings.HasPrefix(name, "nf4_lut_") || strings.HasPrefix(name, "mmas_") || strings.HasPrefix(name, "prefill_") || strings.HasPrefix(name, "dense_") || strings.HasPrefix(name, "wgmma_") || strings.HasPrefix(name, "attn_flash_") || name == "shrink_split" || name == "attn_split_kv" || strings.HasPrefix(name, "attn_decode") { // x in dynamic shared memory, up to the device's limit
 				if err := setMaxShmem(fn, d.maxShmem); err != nil {
 					return fmt.Errorf("cuda: %s: %v", name, err)
 				}
@@ -205,7 +207,7 @@ func (d *Device) init(ordinal int) error {
 
 // kernelNames lists the entry points of each module.
 var kernelNames = map[string][]string{
-	"attention":     {"attn_split", "attn_split_kv", "attn_combine", "attn_combine_lora", "attn_combine_lora_c", "attn_flash_64", "attn_flash_128"},
+	"attention":     {"attn_split", "attn_split_kv", "attn_combine", "attn_combine_lora", "attn_combine_lora_c", "attn_decode_c", "attn_decode_lora_c", "attn_flash_64", "attn_flash_128"},
 	"mma":           {"mmas_bf16_1", "mmas_bf16_2", "mmas_bf16_3", "mmas_bf16_4", "mmas_bf16_8", "mmas_nf4_1", "mmas_nf4_2", "mmas_nf4_3", "mmas_nf4_4", "mmas_nf4_8", "mmas_finish"},
 	"nf4_lut":       {"nf4_lut_1", "nf4_lut_2"},
 	"nf4_matmul":    append(gemvNames(), "lora_shrink", "layout"),
