@@ -299,6 +299,21 @@ extern "C" __global__ void __launch_bounds__(128) attn_combine_lora(float* att, 
   if (threadIdx.x == 0) count[m] = 0;
 }
 
+#if __CUDA_ARCH__ >= 900
+// head_sum is Σ_r p[r] over blocks r < heads (≤ 16) of the cluster, in
+// order: all the loads in flight at once (a loop with a load a trip would
+// wait out a distributed-shared-memory round trip a head).
+__device__ __forceinline__ float head_sum(const float* p, int heads) {
+  float v[16];
+#pragma unroll
+  for (int r = 0; r < 16; r++) v[r] = r < heads ? dsmem_f32(p, r) : 0.0f;
+  float s = 0.0f;
+#pragma unroll
+  for (int r = 0; r < 16; r++) s += v[r];
+  return s;
+}
+#endif
+
 // attn_combine_lora_c is attn_combine_lora for rows whose heads (at most 16)
 // form a thread-block cluster (grid (heads, M), cluster (heads, 1, 1);
 // compute capability 9.0): each head block keeps its partial dots in shared
@@ -313,13 +328,10 @@ extern "C" __global__ void __launch_bounds__(128) attn_combine_lora_c(float* att
   const int h = blockIdx.x, m = blockIdx.y;
   combine_dots(att, part, heads, hd, splits, sh, av, tp);
   cluster_sync(); // every head's partials are in its shared memory
-  if (h == 0)
-    for (int j = threadIdx.x; j < sh.rmax; j += blockDim.x) {
-      float v = 0.0f;
-      for (int r = 0; r < heads; r++) v += dsmem_f32(&tp[j], r);
-      sh.t[(long long)m * sh.tStride + j] = v;
-    }
+  const bool sums = h == 0 && threadIdx.x < sh.rmax; // rmax ≤ 64: a thread an output
+  const float v = sums ? head_sum(tp + threadIdx.x, (int)heads) : 0.0f;
   cluster_sync(); // head 0 has read the others' shared memory
+  if (sums) sh.t[(long long)m * sh.tStride + threadIdx.x] = v; // after the barrier: its fence waits for no store
 #endif
 }
 
@@ -422,12 +434,23 @@ __device__ __forceinline__ void decode_body(float* att, const float* q, const st
       if (lane + 32 < b0 - a0) sc[warp][lane + 32] = s1;
       __syncwarp();
       acc = make_float4(acc.x * corr, acc.y * corr, acc.z * corr, acc.w * corr);
-      if (4 * lane < hd)
-        for (int t = a0; t < b0; t++) {
-          const float e = sc[warp][t - a0];
-          const float4 v4 = *(const float4*)(Vs + t * hd + 4 * lane);
-          acc = make_float4(acc.x + e * v4.x, acc.y + e * v4.y, acc.z + e * v4.z, acc.w + e * v4.w);
+      float4 a2 = make_float4(0.0f, 0.0f, 0.0f, 0.0f); // the odd positions: two dependency chains
+      if (4 * lane < hd) {
+        int t = a0;
+#pragma unroll 2
+        for (; t + 1 < b0; t += 2) {
+          const float e0 = sc[warp][t - a0], e1 = sc[warp][t + 1 - a0];
+          const float4 v0 = *(const float4*)(Vs + t * hd + 4 * lane), v1 = *(const float4*)(Vs + (t + 1) * hd + 4 * lane);
+          acc = make_float4(acc.x + e0 * v0.x, acc.y + e0 * v0.y, acc.z + e0 * v0.z, acc.w + e0 * v0.w);
+          a2 = make_float4(a2.x + e1 * v1.x, a2.y + e1 * v1.y, a2.z + e1 * v1.z, a2.w + e1 * v1.w);
         }
+        if (t < b0) {
+          const float e0 = sc[warp][t - a0];
+          const float4 v0 = *(const float4*)(Vs + t * hd + 4 * lane);
+          acc = make_float4(acc.x + e0 * v0.x, acc.y + e0 * v0.y, acc.z + e0 * v0.z, acc.w + e0 * v0.w);
+        }
+      }
+      acc = make_float4(acc.x + a2.x, acc.y + a2.y, acc.z + a2.z, acc.w + a2.w);
     }
   }
   if (mine) {
@@ -439,27 +462,30 @@ __device__ __forceinline__ void decode_body(float* att, const float* q, const st
   }
   cluster_sync(); // every block's partials are in its shared memory
   // Head h = g·G + j: its partials are slot j of the group's blocks g·G … g·G + G − 1.
+  // Its outputs (and t) are stored after the last cluster barrier, whose
+  // fences then wait for no global store.
+  float out = 0.0f, tv = 0.0f;
   if (threadIdx.x < hd) {
     const int d = threadIdx.x;
-    float ms[8], e[8];
+    float ms[8], ls[8], os[8]; // every load in flight at once
+#pragma unroll
+    for (int s = 0; s < 8; s++) {
+      ms[s] = s < G ? dsmem_f32(&part[j][0], g * G + s) : -INFINITY;
+      ls[s] = s < G ? dsmem_f32(&part[j][1], g * G + s) : 0.0f;
+      os[s] = s < G ? dsmem_f32(&part[j][4 + d], g * G + s) : 0.0f;
+    }
     float big = -INFINITY, tot = 0.0f, o = 0.0f;
 #pragma unroll
-    for (int s = 0; s < 8; s++)
-      if (s < G) {
-        ms[s] = dsmem_f32(&part[j][0], g * G + s);
-        big = fmaxf(big, ms[s]);
-      }
+    for (int s = 0; s < 8; s++) big = fmaxf(big, ms[s]);
 #pragma unroll
     for (int s = 0; s < 8; s++)
-      if (s < G) {
-        e[s] = ms[s] != -INFINITY ? expf(ms[s] - big) : 0.0f;
-        if (ms[s] != -INFINITY) {
-          tot += e[s] * dsmem_f32(&part[j][1], g * G + s);
-          o += e[s] * dsmem_f32(&part[j][4 + d], g * G + s);
-        }
+      if (ms[s] != -INFINITY) {
+        const float e = expf(ms[s] - big);
+        tot += e * ls[s];
+        o += e * os[s];
       }
-    att[((long long)m * heads + h) * hd + d] = o / tot;
-    av[d] = o / tot;
+    out = o / tot;
+    av[d] = out;
   }
   if (LORA) {
     __syncthreads(); // av is whole
@@ -479,14 +505,11 @@ __device__ __forceinline__ void decode_body(float* att, const float* q, const st
       }
     }
     cluster_sync(); // every head's partial dots are in its shared memory
-    if (h == 0)
-      for (int r = threadIdx.x; r < sh->rmax; r += blockDim.x) {
-        float v = 0.0f;
-        for (int b = 0; b < heads; b++) v += dsmem_f32(&tp[r], b);
-        sh->t[(long long)m * sh->tStride + r] = v;
-      }
+    if (h == 0 && threadIdx.x < sh->rmax) tv = head_sum(tp + threadIdx.x, (int)heads);
   }
   cluster_sync(); // the others are done with this block's shared memory
+  if (threadIdx.x < hd) att[((long long)m * heads + h) * hd + threadIdx.x] = out;
+  if (LORA && h == 0 && threadIdx.x < sh->rmax) sh->t[(long long)m * sh->tStride + threadIdx.x] = tv;
 #endif
 }
 

@@ -178,7 +178,7 @@ func (e *Engine) attnDecode(p pass, lora bool) bool {
 
 // attnDecodeRows and attnDecodeMax bound attnDecode (QBENCH_ATTN_DECODE_ROWS,
 // QBENCH_ATTN_DECODE_MAX; kernels/PERF.md, sixteenth session).
-var attnDecodeRows, attnDecodeMax = envInt("QBENCH_ATTN_DECODE_ROWS", 1), envInt("QBENCH_ATTN_DECODE_MAX", 512)
+var attnDecodeRows, attnDecodeMax = envInt("QBENCH_ATTN_DECODE_ROWS", 32), envInt("QBENCH_ATTN_DECODE_MAX", 512)
 
 // attnFlashCall: the causal attention of a prefill pass, a block per (tile
 // of up to flashRows rows of one sequence, head), straight into att.
