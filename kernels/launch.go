@@ -166,19 +166,25 @@ const attnDecodeKeys = 64 // DK in attention.cu: the positions attn_decode_c hol
 // attnDecode reports whether the attention of pass p runs as attnDecodeCall:
 // decode steps of at most attnDecodeRows rows whose sequences reach at most
 // attnDecodeMax positions (the kernel takes any length, in slices of
-// attnDecodeKeys, but its one cluster a row has fewer blocks than
-// attn_split's grid from there), on devices with wide clusters, for the
-// shapes it is built for (heads ≤ 16, ≤ 8 query heads a KV head, head size
-// ≤ 128, LoRA rank ≤ 64).
+// attnDecodeKeys, but a block's serial work grows with it: 3B, batch 1,
+// 384 + 64 positions, 384 against 402 tok/s without adapters; ~200, its
+// gain below), but not a single row with adapters (lora: attn_split_kv +
+// attn_combine_lora_c measured as fast or faster there, 357–361 against
+// 353–358 tok/s at 3B: the o shrink's dots after the merge lengthen the
+// one launch by ~3 µs), on devices with wide clusters, for the shapes it is
+// built for (heads ≤ 16, ≤ 8 query heads a KV head, head size ≤ 128, LoRA
+// rank ≤ 64). H200, 3B, adapter on / off: batch 1 off +1.5 %, 4 +2 / +4 %,
+// 8 +2 / +3 %, 20 +5–6 / +7 %, 32 +3 / +6 %; 64 −2 / +2 % (kernels/PERF.md,
+// sixteenth session).
 func (e *Engine) attnDecode(p pass, lora bool) bool {
 	c := e.cfg
-	return p.tiles == 0 && p.oneEach && p.rows <= attnDecodeRows && p.splits*attnChunk <= attnDecodeMax && e.Dev.combineCluster &&
+	return p.tiles == 0 && p.oneEach && p.rows <= attnDecodeRows && (p.rows > 1 || !lora) && p.splits*attnChunk <= attnDecodeMax && e.Dev.combineCluster &&
 		c.Heads <= 16 && c.Heads%c.KVHeads == 0 && c.Heads/c.KVHeads <= 8 && c.HeadDim <= 128 && c.HeadDim%4 == 0 && (!lora || e.rmax <= 64)
 }
 
 // attnDecodeRows and attnDecodeMax bound attnDecode (QBENCH_ATTN_DECODE_ROWS,
 // QBENCH_ATTN_DECODE_MAX; kernels/PERF.md, sixteenth session).
-var attnDecodeRows, attnDecodeMax = envInt("QBENCH_ATTN_DECODE_ROWS", 32), envInt("QBENCH_ATTN_DECODE_MAX", 512)
+var attnDecodeRows, attnDecodeMax = envInt("QBENCH_ATTN_DECODE_ROWS", 32), envInt("QBENCH_ATTN_DECODE_MAX", 256)
 
 // attnFlashCall: the causal attention of a prefill pass, a block per (tile
 // of up to flashRows rows of one sequence, head), straight into att.

@@ -331,9 +331,9 @@ func TestTwoEngines(t *testing.T) {
 // rounds of 16 outputs, and zeros past the smaller rank) and rows without
 // one, in engines for one sequence and for batches (3 rows: graphs; 17:
 // direct launches, directRows); the o shrink's heads met in a cluster
-// (attn_combine_lora_c, on Hopper) and through a counter; the attention in
-// one launch (attn_decode_lora_c, on Hopper: batch 1, and batch 4 with
-// attnDecodeRows raised) and split.
+// (attn_combine_lora_c, on Hopper: batch 1) and through a counter; the
+// attention in one launch with the o shrink (attn_decode_lora_c, on Hopper:
+// batches 4 and 32).
 func TestDecodeStepsLoRA(t *testing.T) {
 	d := device(t)
 	cfg := smallConfig()
@@ -346,19 +346,15 @@ func TestDecodeStepsLoRA(t *testing.T) {
 		more[i] = i%3 - 1
 	}
 	copy(many, more)
-	defer func(cc bool, r int) { d.combineCluster, attnDecodeRows = cc, r }(d.combineCluster, attnDecodeRows)
-	cluster, decodeRows := d.combineCluster, attnDecodeRows
+	defer func(cc bool) { d.combineCluster = cc }(d.combineCluster)
+	cluster := d.combineCluster
 	for _, c := range []struct {
 		batch     int
 		adapters  []int
 		noCluster bool
-		attnRows  int // attnDecodeRows, if not 0
-	}{{1, []int{1}, false, 0}, {1, []int{0}, false, 0}, {1, []int{-1}, false, 0}, {1, []int{1}, true, 0}, {4, []int{0, -1, 1}, false, 0},
-		{4, []int{0, -1, 1}, false, 4}, {4, []int{0, -1, 1}, true, 0}, {32, many, false, 0}, {40, more, false, 0}} { // 40: decode steps finish o and down in resid_norm
-		d.combineCluster, attnDecodeRows = cluster && !c.noCluster, decodeRows
-		if c.attnRows > 0 {
-			attnDecodeRows = c.attnRows
-		}
+	}{{1, []int{1}, false}, {1, []int{0}, false}, {1, []int{-1}, false}, {1, []int{1}, true}, {4, []int{0, -1, 1}, false}, {4, []int{0, -1, 1}, true},
+		{32, many, false}, {40, more, false}} { // 40: decode steps finish o and down in resid_norm
+		d.combineCluster = cluster && !c.noCluster
 		n := len(c.adapters)
 		e, err := NewEngine(d, m, 256, c.batch)
 		if err != nil {
@@ -378,7 +374,7 @@ func TestDecodeStepsLoRA(t *testing.T) {
 				toks[i] = append(toks[i], rng.IntN(cfg.Vocab))
 			}
 		}
-		stepsAgainstCPU(t, e, cpu, gs, cs, toks, rng, cfg.Vocab, fmt.Sprintf("batch %d, adapters %v, combine cluster %v, attnDecodeRows %d", c.batch, c.adapters, d.combineCluster, attnDecodeRows))
+		stepsAgainstCPU(t, e, cpu, gs, cs, toks, rng, cfg.Vocab, fmt.Sprintf("batch %d, adapters %v, combine cluster %v, attention in one launch %v", c.batch, c.adapters, d.combineCluster, e.attnDecode(pass{rows: n, oneEach: true, splits: 1}, true)))
 		for _, s := range gs {
 			e.Release(s)
 		}
