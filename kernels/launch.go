@@ -164,21 +164,30 @@ func attnDecodeCall(att, q, meta Buf, layer, heads, kvHeads, hd, rows int, sh *s
 const attnDecodeKeys = 64 // DK in attention.cu: the positions attn_decode_c holds at once
 
 // attnDecode reports whether the attention of pass p runs as attnDecodeCall:
-// decode steps of at most attnDecodeRows rows whose sequences reach at most
-// attnDecodeMax positions (the kernel takes any length, in slices of
-// attnDecodeKeys, but a block's serial work grows with it: 3B, batch 1,
-// 384 + 64 positions, 384 against 402 tok/s without adapters; ~200, its
-// gain below), but not a single row with adapters (lora: attn_split_kv +
-// attn_combine_lora_c measured as fast or faster there, 357–361 against
-// 353–358 tok/s at 3B: the o shrink's dots after the merge lengthen the
-// one launch by ~3 µs), on devices with wide clusters, for the shapes it is
-// built for (heads ≤ 16, ≤ 8 query heads a KV head, head size ≤ 128, LoRA
-// rank ≤ 64). H200, 3B, adapter on / off: batch 1 off +1.5 %, 4 +2 / +4 %,
-// 8 +2 / +3 %, 20 +5–6 / +7 %, 32 +3 / +6 %; 64 −2 / +2 % (kernels/PERF.md,
-// sixteenth session).
+// decode steps of at most attnDecodeRows rows, on devices with wide
+// clusters, for the shapes the kernel is built for (heads ≤ 16, ≤ 8 query
+// heads a KV head, head size ≤ 128, LoRA rank ≤ 64), but not
+//   - a single row with adapters: attn_split_kv + attn_combine_lora_c
+//     measured as fast or faster there (H200, 3B: 357–361 against 353–358
+//     tok/s; the o shrink's dots after the merge lengthen the one launch by
+//     ~3 µs);
+//   - sequences of more than attnDecodeMax positions (2× that from 16 rows):
+//     the kernel takes any length, in slices of attnDecodeKeys, but its
+//     blocks' serial work grows with it, and under 16 rows its clusters do
+//     not fill the card (batch 1, 352 positions: 396 against 409 tok/s
+//     without adapters; batch 20, 352 positions: 3,933 / 5,091 against 3,697
+//     / 4,545).
+//
+// H200, 3B, ~200 positions, adapter on / off: batch 1 off +2–3 %, 4 +2 / +4 %,
+// 8 +2 / +3 %, 20 +6 / +7 %, 32 +3 / +6 %; 64 −2 / +2 %, so not there
+// (kernels/PERF.md, sixteenth session).
 func (e *Engine) attnDecode(p pass, lora bool) bool {
 	c := e.cfg
-	return p.tiles == 0 && p.oneEach && p.rows <= attnDecodeRows && (p.rows > 1 || !lora) && p.splits*attnChunk <= attnDecodeMax && e.Dev.combineCluster &&
+	maxPos := attnDecodeMax
+	if p.rows >= 16 {
+		maxPos *= 2
+	}
+	return p.tiles == 0 && p.oneEach && p.rows <= attnDecodeRows && (p.rows > 1 || !lora) && p.splits*attnChunk <= maxPos && e.Dev.combineCluster &&
 		c.Heads <= 16 && c.Heads%c.KVHeads == 0 && c.Heads/c.KVHeads <= 8 && c.HeadDim <= 128 && c.HeadDim%4 == 0 && (!lora || e.rmax <= 64)
 }
 
