@@ -1,5 +1,7 @@
-// attention.cu: causal grouped-query attention over each row's KV cache,
-// split-K ("flash-decoding") in two kernels.
+// attention.cu: causal grouped-query attention over each row's KV cache:
+// split-K ("flash-decoding") in two kernels; for decode steps of short
+// sequences in one (attn_decode_c, below); for prefill passes flash
+// attention on the tensor cores (attn_flash_<D>, at the end).
 //
 // attn_split: grid (heads, M, splits), block 128 (4 warps). Block (h, m, s)
 // takes positions [s·CHUNK, min((s+1)·CHUNK, pos(m)+1)) of row m's sequence
@@ -19,7 +21,9 @@
 // Versions: v1 — CHUNK 64, one position at a time (48 µs a launch at ~130
 // positions, H200); v2 (attn_split) — CHUNK 32, 4 positions in flight a
 // warp; v3 (attn_split_kv, decode steps of few rows) — the chunk's K and V
-// copied into shared memory at once, before the wait where they can be.
+// copied into shared memory at once, before the wait where they can be; v4
+// (attn_decode_c, decode steps of up to 32 rows) — split and combine in one
+// launch, a row's heads one cluster (batch 20 +6 %, kernels/PERF.md).
 #include "common.cuh"
 
 #define CHUNK 32

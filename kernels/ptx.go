@@ -63,7 +63,7 @@ var ptx_sample_90 string
 
 // modules lists each PTX module with the sha256 of the sources it was built from.
 var modules = []ptxModule{
-	{"attention", ptx_attention_80, ptx_attention_90, false, "41993a99e39c463187a8d3518e4f4864375d98c119ab19e9f674048ee0a2d9ac", ""},
+	{"attention", ptx_attention_80, ptx_attention_90, false, "cde2c91800c52523cb02ed3d00e90f0eed33858924936d2f678260493d8da29b", ""},
 	{"mma", ptx_mma_80, ptx_mma_90, false, "5042d19b287423910776be1d7daa60c47ddfbbc5942a39d13b934f7d8bfe4dad", ""},
 	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, false, "7b8e6ff1d7bdda431fdb95b5a5c54d965bb2ffb6e4906262a5785a1a2503061f", ""},
 	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, false, "212596aadf927ed88ca1c3a318618fa8f6f2bf4ea66f5b0367747268e1527002", ""},
