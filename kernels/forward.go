@@ -81,7 +81,8 @@ func (e *Engine) forward(p pass, t tail) error {
 		}
 		// x += att·W_oᵀ + LoRA (its shrink A·att first): the residual add
 		// is the epilogue of the matrix kernel. Decode steps compute the
-		// shrink in the launch that combines the attention splits.
+		// shrink in the attention's one launch, or in the launch that
+		// combines its splits.
 		switch {
 		case decode: // done with the attention
 		case p.tiles > 0:
