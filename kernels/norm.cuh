@@ -64,3 +64,15 @@ __device__ __forceinline__ void norm_out(float* o, const float* xr, const float*
   }
   for (; k < H; k += bd) o[k] = w[k] * (xr[k] * inv);
 }
+
+// norm_out with w's values already in wn (wn[u] is w at k = threadIdx.x +
+// u·blockDim, loaded by the caller before its wait; H ≤ 8·blockDim).
+__device__ __forceinline__ void norm_out(float* o, const float* xr, const float (&wn)[8], long long H, float inv) {
+  const long long bd = blockDim.x, k = threadIdx.x;
+  float a[8];
+#pragma unroll
+  for (int u = 0; u < 8; u++) a[u] = k + u * bd < H ? xr[k + u * bd] : 0.0f;
+#pragma unroll
+  for (int u = 0; u < 8; u++)
+    if (k + u * bd < H) o[k + u * bd] = wn[u] * (a[u] * inv);
+}

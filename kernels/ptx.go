@@ -63,13 +63,13 @@ var ptx_sample_90 string
 
 // modules lists each PTX module with the sha256 of the sources it was built from.
 var modules = []ptxModule{
-	{"attention", ptx_attention_80, ptx_attention_90, false, "cde2c91800c52523cb02ed3d00e90f0eed33858924936d2f678260493d8da29b", ""},
-	{"mma", ptx_mma_80, ptx_mma_90, false, "5042d19b287423910776be1d7daa60c47ddfbbc5942a39d13b934f7d8bfe4dad", ""},
-	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, false, "7b8e6ff1d7bdda431fdb95b5a5c54d965bb2ffb6e4906262a5785a1a2503061f", ""},
-	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, false, "212596aadf927ed88ca1c3a318618fa8f6f2bf4ea66f5b0367747268e1527002", ""},
-	{"prefill", ptx_prefill_80, ptx_prefill_90, false, "4a53cfd478e55a7993a0c32cd2ba2f7b2bede9264cb4020b1dbed9e09c901fc7", ""},
-	{"prefill_wgmma", ptx_prefill_wgmma_80, ptx_prefill_wgmma_90, true, "7a5a6454b091141709164095d7b8b104b5aeffae7c6aac62096a776db91580da", ptx_prefill_wgmma_90a},
-	{"quantize", ptx_quantize_80, ptx_quantize_90, false, "9e86b24fc1f34ac431700ab4ce675909efb7b4fb30e3821249d7e14a37fcbe18", ""},
-	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, false, "deef3dcdb8e29e9999c58139bf68754b555fc0a64dfaaf95f2b1ded6118e4606", ""},
-	{"sample", ptx_sample_80, ptx_sample_90, false, "1dc7a1ad09ef5599c002198bd1e82004684e5fb1304a85a61724b0ebb24719c6", ""},
+	{"attention", ptx_attention_80, ptx_attention_90, false, "75d3ac423876f3a7644970393f65765b41c7a7c73bb9d1edf048aca26f3fd45b", ""},
+	{"mma", ptx_mma_80, ptx_mma_90, false, "c2b0d0a9ea0fa0769b15f58658961f4294a8d8ad1514318b0aca2b140d977519", ""},
+	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, false, "7cde19a6184bcc40c30d2e18e4af91e286049b937a7096c063b6fc4765281e5d", ""},
+	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, false, "85cdd498f8b704c8da1bd4ad77cc5eee93efbd346eff0eacdf4a3af5e58a7353", ""},
+	{"prefill", ptx_prefill_80, ptx_prefill_90, false, "7c32343080416c2583dbe24e91d82246b4cc9a4dc4c8c5b2b14ba3b639345876", ""},
+	{"prefill_wgmma", ptx_prefill_wgmma_80, ptx_prefill_wgmma_90, true, "fbf8b6419f56821a52c7b2ecee3d3fad85c3d12fb0c75e0732bc3e90b1c9ac6e", ptx_prefill_wgmma_90a},
+	{"quantize", ptx_quantize_80, ptx_quantize_90, false, "d921440349e4d21818255708acd17f0ef1e85d377e3ecc80756bff1c2367a557", ""},
+	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, false, "46960f06a758223d3045147f71d58809a3c7054d81e621e59e1f7a2fb6ed8b23", ""},
+	{"sample", ptx_sample_80, ptx_sample_90, false, "14fc1228b26a09f122b3c3a563e0a28fad9178d83d2e95c8282ae87ad1998ee9", ""},
 }

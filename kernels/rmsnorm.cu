@@ -99,21 +99,10 @@ extern "C" __global__ void rmsnorm_lora(float* out, const float* x, const float*
   const float inv = inv_rms(xr, H, eps); // exactly as rmsnorm computes it
   if (blockIdx.y == 0) {
     float* o = out + (long long)i * H;
-    if (H > NW * (long long)blockDim.x) {
+    if (H > NW * (long long)blockDim.x)
       norm_out(o, xr, w, H, inv);
-      return;
-    }
-    float xv[NW]; // norm_out's values, w from before the wait
-#pragma unroll
-    for (int u = 0; u < NW; u++) {
-      const long long k = threadIdx.x + u * (long long)blockDim.x;
-      xv[u] = k < H ? xr[k] : 0.0f;
-    }
-#pragma unroll
-    for (int u = 0; u < NW; u++) {
-      const long long k = threadIdx.x + u * (long long)blockDim.x;
-      if (k < H) o[k] = wn[u] * (xv[u] * inv);
-    }
+    else
+      norm_out(o, xr, wn, H, inv); // w from before the wait
     return;
   }
   if (!direct) {
