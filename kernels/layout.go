@@ -58,7 +58,7 @@ func room(t []byte, n int) []byte {
 	return t[:n]
 }
 
-// flashRows is the rows of an attn_flash tile (FQ in attention.cu).
+// flashRows is the rows of an attn_flash tile (FQ in attn_flash.cu).
 const flashRows = 64
 
 // flashTiles appends to t the attn_flash tiles {first row, rows} of a pass

@@ -10,6 +10,12 @@ var ptx_attention_80 string
 //go:embed ptx/attention.sm90.ptx
 var ptx_attention_90 string
 
+//go:embed ptx/attn_flash.sm80.ptx
+var ptx_attn_flash_80 string
+
+//go:embed ptx/attn_flash.sm90.ptx
+var ptx_attn_flash_90 string
+
 //go:embed ptx/mma.sm80.ptx
 var ptx_mma_80 string
 
@@ -63,7 +69,8 @@ var ptx_sample_90 string
 
 // modules lists each PTX module with the sha256 of the sources it was built from.
 var modules = []ptxModule{
-	{"attention", ptx_attention_80, ptx_attention_90, false, "75d3ac423876f3a7644970393f65765b41c7a7c73bb9d1edf048aca26f3fd45b", ""},
+	{"attention", ptx_attention_80, ptx_attention_90, false, "66938262151e33e3d1139084172f7d5f3b0406224db6011ee50d8bb24636131f", ""},
+	{"attn_flash", ptx_attn_flash_80, ptx_attn_flash_90, false, "242666ac41483706c3322709a333249fb97dd531064b1cc153bb88ec503c101f", ""},
 	{"mma", ptx_mma_80, ptx_mma_90, false, "c2b0d0a9ea0fa0769b15f58658961f4294a8d8ad1514318b0aca2b140d977519", ""},
 	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, false, "7cde19a6184bcc40c30d2e18e4af91e286049b937a7096c063b6fc4765281e5d", ""},
 	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, false, "85cdd498f8b704c8da1bd4ad77cc5eee93efbd346eff0eacdf4a3af5e58a7353", ""},

@@ -212,7 +212,8 @@ func (d *Device) init(ordinal int) error {
 
 // kernelNames lists the entry points of each module.
 var kernelNames = map[string][]string{
-	"attention":     {"attn_split", "attn_split_kv", "attn_combine", "attn_combine_lora", "attn_combine_lora_c", "attn_decode_c", "attn_decode_lora_c", "attn_flash_64", "attn_flash_128"},
+	"attention":     {"attn_split", "attn_split_kv", "attn_combine", "attn_combine_lora", "attn_combine_lora_c", "attn_decode_c", "attn_decode_lora_c"},
+	"attn_flash":    {"attn_flash_64", "attn_flash_128"},
 	"mma":           {"mmas_bf16_1", "mmas_bf16_2", "mmas_bf16_3", "mmas_bf16_4", "mmas_bf16_8", "mmas_nf4_1", "mmas_nf4_2", "mmas_nf4_3", "mmas_nf4_4", "mmas_nf4_8", "mmas_finish"},
 	"nf4_lut":       {"nf4_lut_1", "nf4_lut_2"},
 	"nf4_matmul":    append(gemvNames(), "lora_shrink", "layout"),
