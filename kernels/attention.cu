@@ -228,51 +228,69 @@ extern "C" __global__ void __launch_bounds__(128) attn_combine(float* att, const
   combine_body(att, part, heads, hd, splits, blockIdx.x, blockIdx.y, nullptr);
 }
 
-// combine_dots is attn_combine for head h of row m (into att, and av in
-// shared memory) followed by the o_proj LoRA shrink's partial dots of the
-// head, A[j, h·hd … h·hd + hd)·att for the row's adapter, into dst[j] (j <
-// rmax; zeros past the rank and without an adapter). A's values for this
-// head's columns, warp w taking outputs w, w + 4, …: 16 outputs × 128
-// columns a round, the first round's loads issued before the wait (A and
-// the row metadata are not written by kernels).
-__device__ __forceinline__ void combine_dots(float* att, const float* part, long long heads, long long hd, long long splits,
-                                             const struct ShrinkOp& sh, float* av, float* dst) {
-  const int h = blockIdx.x, m = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int ad = sh.rows[m].adapter;
-  const float* A = ad >= 0 ? sh.A[0][ad] : nullptr;
-  const int rank = A ? sh.rank[0][ad] : 0;
-  float a[4][4];
-  auto load = [&](int j0, int d0) {
+// HeadDots is the o_proj LoRA shrink's partial dots of one head's columns,
+// A[j, h·hd … h·hd + hd)·av for the row's adapter ad (zeros past its rank
+// and without one; hd ≤ 512), over a block of NW warps: warp w takes
+// outputs w, w + NW, … (16 a round), lane l the columns l + 32·dd of each
+// 128. load(0, 0) issues the first round's loads, before the kernel's wait
+// where it can be (A and the row metadata are no kernel's output); run
+// writes dst[j], j < rmax, once av (the head's values) is in shared memory.
+template <int NW>
+struct HeadDots {
+  const float* A = nullptr;
+  long long K = 0;
+  int rank = 0, col = 0, hd = 0;
+  float a[16 / NW][4];
+  __device__ __forceinline__ void init(const struct ShrinkOp& sh, int ad, int h, int hd_) {
+    A = ad >= 0 ? sh.A[0][ad] : nullptr;
+    rank = A ? sh.rank[0][ad] : 0;
+    K = sh.K, col = h * hd_, hd = hd_;
+  }
+  __device__ __forceinline__ void load(int j0, int d0) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
 #pragma unroll
-    for (int jj = 0; jj < 4; jj++)
+    for (int jj = 0; jj < 16 / NW; jj++)
 #pragma unroll
       for (int dd = 0; dd < 4; dd++) {
-        const int j = j0 + warp + 4 * jj, d = d0 + lane + 32 * dd;
-        a[jj][dd] = j < rank && d < hd ? __ldg(A + (long long)j * sh.K + h * hd + d) : 0.0f;
+        const int j = j0 + warp + NW * jj, d = d0 + lane + 32 * dd;
+        a[jj][dd] = j < rank && d < hd ? __ldg(A + (long long)j * K + col + d) : 0.0f;
       }
-  };
-  load(0, 0);
+  }
+  __device__ __forceinline__ void run(const float* av, int rmax, float* dst) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    for (int j0 = 0; j0 < rmax; j0 += 16) {
+      float s[16 / NW] = {};
+      for (int d0 = 0; d0 < hd; d0 += 128) {
+        if (j0 > 0 || d0 > 0) load(j0, d0);
+#pragma unroll
+        for (int jj = 0; jj < 16 / NW; jj++)
+#pragma unroll
+          for (int dd = 0; dd < 4; dd++)
+            if (d0 + lane + 32 * dd < hd) s[jj] += a[jj][dd] * av[d0 + lane + 32 * dd];
+      }
+#pragma unroll
+      for (int jj = 0; jj < 16 / NW; jj++) {
+        const int j = j0 + warp + NW * jj;
+        const float v = warp_sum(s[jj]);
+        if (lane == 0 && j < rmax) dst[j] = v;
+      }
+    }
+  }
+};
+
+// combine_dots is attn_combine for head h of row m (into att, and av in
+// shared memory) followed by the head's o shrink dots (HeadDots) into dst.
+__device__ __forceinline__ void combine_dots(float* att, const float* part, long long heads, long long hd, long long splits,
+                                             const struct ShrinkOp& sh, float* av, float* dst) {
+  const int h = blockIdx.x, m = blockIdx.y;
+  HeadDots<4> dots;
+  dots.init(sh, sh.rows[m].adapter, h, (int)hd);
+  dots.load(0, 0);
   pdl_wait(); // everything below may read what the previous kernel wrote
   pdl_trigger(); // the next launch let in only now (rmsnorm_lora's note)
   combine_body(att, part, heads, hd, splits, h, m, av);
   __syncthreads();
-  for (int j0 = 0; j0 < sh.rmax; j0 += 16) {
-    float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    for (int d0 = 0; d0 < hd; d0 += 128) {
-      if (j0 > 0 || d0 > 0) load(j0, d0);
-#pragma unroll
-      for (int jj = 0; jj < 4; jj++)
-#pragma unroll
-        for (int dd = 0; dd < 4; dd++)
-          if (d0 + lane + 32 * dd < hd) s[jj] += a[jj][dd] * av[d0 + lane + 32 * dd];
-    }
-#pragma unroll
-    for (int jj = 0; jj < 4; jj++) {
-      const int j = j0 + warp + 4 * jj;
-      const float v = warp_sum(s[jj]);
-      if (lane == 0 && j < sh.rmax) dst[j] = v;
-    }
-  }
+  dots.run(av, sh.rmax, dst);
 }
 
 // attn_combine_lora is attn_combine with the o_proj LoRA shrink of decode
@@ -371,24 +389,10 @@ __device__ __forceinline__ void decode_body(float* att, const float* q, const st
   const long long kvDim = kvHeads * hd;
   const float* K = rm.k + (layer * rm.cap) * kvDim + g * hd;
   const float* V = rm.v + (layer * rm.cap) * kvDim + g * hd;
-  // The o shrink's A for head h's columns, outputs warp + 8·jj, dims lane + 32·dd: the first round before the wait.
-  const float* A = nullptr;
-  int rank = 0;
-  float a[2][4];
-  auto load = [&](int j0) {
-#pragma unroll
-    for (int jj = 0; jj < 2; jj++)
-#pragma unroll
-      for (int dd = 0; dd < 4; dd++) {
-        const int r = j0 + warp + 8 * jj, d = lane + 32 * dd;
-        a[jj][dd] = r < rank && d < hd ? __ldg(A + (long long)r * sh->K + h * hd + d) : 0.0f;
-      }
-  };
+  HeadDots<8> dots; // the o shrink's, its first round before the wait
   if (LORA) {
-    const int ad = sh->rows[m].adapter;
-    A = ad >= 0 ? sh->A[0][ad] : nullptr;
-    rank = A ? sh->rank[0][ad] : 0;
-    load(0);
+    dots.init(*sh, sh->rows[m].adapter, h, (int)hd);
+    dots.load(0, 0);
   }
   if (lo < hi) stage_kv<DK>(kv, K, V, kvDim, (int)hd, lo, lo, min(min(hi, lo + DK), n - 1)); // written by earlier passes
   pdl_wait(); // everything below may read what the previous kernel wrote
@@ -492,21 +496,7 @@ __device__ __forceinline__ void decode_body(float* att, const float* q, const st
   }
   if (LORA) {
     __syncthreads(); // av is whole
-    for (int j0 = 0; j0 < sh->rmax; j0 += 16) {
-      if (j0 > 0) load(j0);
-      float s[2] = {0.0f, 0.0f};
-#pragma unroll
-      for (int jj = 0; jj < 2; jj++)
-#pragma unroll
-        for (int dd = 0; dd < 4; dd++)
-          if (lane + 32 * dd < hd) s[jj] += a[jj][dd] * av[lane + 32 * dd];
-#pragma unroll
-      for (int jj = 0; jj < 2; jj++) {
-        const int r = j0 + warp + 8 * jj;
-        const float v = warp_sum(s[jj]);
-        if (lane == 0 && r < sh->rmax) tp[r] = v;
-      }
-    }
+    dots.run(av, sh->rmax, tp);
     cluster_sync(); // every head's partial dots are in its shared memory
     if (h == 0 && threadIdx.x < sh->rmax) tv = head_sum(tp + threadIdx.x, (int)heads);
   }

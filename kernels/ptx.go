@@ -69,7 +69,7 @@ var ptx_sample_90 string
 
 // modules lists each PTX module with the sha256 of the sources it was built from.
 var modules = []ptxModule{
-	{"attention", ptx_attention_80, ptx_attention_90, false, "66938262151e33e3d1139084172f7d5f3b0406224db6011ee50d8bb24636131f", ""},
+	{"attention", ptx_attention_80, ptx_attention_90, false, "87d37791490deefa2d7d90841dd4c90b170ccd28d7fc31108bf6ba7738a73c7e", ""},
 	{"attn_flash", ptx_attn_flash_80, ptx_attn_flash_90, false, "242666ac41483706c3322709a333249fb97dd531064b1cc153bb88ec503c101f", ""},
 	{"mma", ptx_mma_80, ptx_mma_90, false, "c2b0d0a9ea0fa0769b15f58658961f4294a8d8ad1514318b0aca2b140d977519", ""},
 	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, false, "7cde19a6184bcc40c30d2e18e4af91e286049b937a7096c063b6fc4765281e5d", ""},
