@@ -7,8 +7,8 @@
 // Where things live: engine.go (lifecycle and the qwen.Engine API),
 // upload.go (weights and descriptors onto the device), pass.go (a pass's
 // per-row metadata), forward.go (the forward pass, step for step beside
-// qwen/forward.go), launch.go (one typed launcher per kernel: all launch
-// geometry), layout.go (host re-layouts of NF4 codes), candidates.go
+// qwen/forward.go), launch.go and attn_launch.go (one typed launcher per
+// kernel: all launch geometry; the attention's in the second), layout.go (host re-layouts of NF4 codes), candidates.go
 // (sampling on the device: the penalty and each row's top-k candidates),
 // profile.go (per-kernel timing and byte accounting), reference.go (CPU
 // references of the kernels).
