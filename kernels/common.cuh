@@ -85,13 +85,16 @@ struct ShrinkOp {
 // and the attention combines just after their wait: measured faster), so the
 // matrix kernel after them is launched and fetches its first weights (its
 // independent prologue) while they run; the persistent matrix kernels never
-// trigger, so their
-// dependents start as they exit (triggering earlier let the next kernel's
-// blocks take multiprocessors the matrix kernel's own late blocks needed:
-// kernels/PERF.md, v9). pdl_wait then blocks until the predecessor grid has
-// finished and its writes are visible. Every kernel calls pdl_wait
-// in every thread before reading anything a predecessor wrote, so the
-// ordering is transitive along the whole pass.
+// trigger, so their dependents start as they exit (triggering earlier let the
+// next kernel's blocks take multiprocessors the matrix kernel's own late
+// blocks needed: kernels/PERF.md, v9) — but for mmas_nf4, which triggers just
+// after its wait, so that its finish launches and computes its LoRA terms
+// while it runs. pdl_wait then blocks until the predecessor grid has finished
+// and its writes are visible. Every kernel calls pdl_wait in every thread
+// before reading anything its predecessor wrote, so the ordering is
+// transitive along the whole pass; a kernel whose predecessor triggers only
+// after its own wait (mmas_nf4) may read, before its wait, what the launches
+// before that predecessor wrote.
 __device__ __forceinline__ void pdl_trigger() {
 #if __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");

@@ -227,25 +227,22 @@ __device__ __forceinline__ PairRows pair_rows(const struct GemvOp* op, int pair)
   return p;
 }
 
-// lora_prefetch asks L2 for the LoRA B rows of pair p (its A- and B-row) for
-// adapter ad, so that an epilogue reading them after a main loop finds them
-// there instead of in DRAM (a rank of 16 is 64 bytes: one line).
-__device__ __forceinline__ void lora_prefetch(const PairRows& p, int ad) {
-  if (ad < 0 || !p.valid) return;
-  const struct Mat* m[2] = {p.A, p.B};
-  const long long r[2] = {p.ra, p.rb};
-#pragma unroll
-  for (int i = 0; i < 2; i++)
-    if (m[i] && m[i]->loraSlot >= 0 && m[i]->loraB[ad])
-      asm volatile("prefetch.global.L2 [%0];" ::"l"(m[i]->loraB[ad] + r[i] * m[i]->loraRank[ad]));
-}
-
 // pairs is how many pairs an op has (see pair_rows).
 __device__ __forceinline__ int pairs_of(const struct GemvOp* op) {
   const struct Mat* A = &op->mat[0];
   if (op->mode == MODE_GATEUP) return A->N;
   if (op->mode == MODE_QKV) return (op->mat[0].N + op->mat[1].N + op->mat[2].N) / 2;
   return (A->N + 1) / 2;
+}
+
+// pair_lora: pair p's LoRA terms for batch row m (la for row pr.ra of pr.A,
+// lb for pr.rb of pr.B; 0 without an adapter). False past the last pair.
+__device__ __forceinline__ bool pair_lora(const struct GemvOp& op, int m, int p, PairRows& pr, float& la, float& lb) {
+  pr = pair_rows(&op, p);
+  if (!pr.valid) return false;
+  la = lora_vec(*pr.A, op, m, pr.ra);
+  lb = pr.B ? lora_vec(*pr.B, op, m, pr.rb) : 0.0f;
+  return true;
 }
 
 // pair_finish: pair p of batch row m — row mm of the launch whose split
@@ -255,10 +252,10 @@ __device__ __forceinline__ int pairs_of(const struct GemvOp* op) {
 __device__ __forceinline__ bool pair_finish(const struct GemvOp& op, const float* __restrict__ ws, long long splits, long long mp, int mm,
                                             int m, int p, PairRows& pr, float& va, float& vb) {
   const float2 s = split_sums(ws, pairs_of(&op), mm, p, splits, mp);
-  pr = pair_rows(&op, p);
-  if (!pr.valid) return false;
-  va = s.x + lora_vec(*pr.A, op, m, pr.ra);
-  vb = s.y + (pr.B ? lora_vec(*pr.B, op, m, pr.rb) : 0.0f);
+  float la, lb;
+  if (!pair_lora(op, m, p, pr, la, lb)) return false;
+  va = s.x + la;
+  vb = s.y + lb;
   return true;
 }
 

@@ -162,6 +162,12 @@ __device__ void mmas_body(const struct GemvOp* __restrict__ op, int M, int m0, f
   if (A0->code)
     for (int i = threadIdx.x; i < 256; i += T) code[i] = A0->code[i];
   pdl_wait(); // x, the partials' workspace and the outputs come after earlier kernels
+  // The finish after this launch let in now, not at its exit (the only matrix
+  // kernel that does: its blocks fill the register file, so the finish's
+  // cannot sit beside them), and only after the wait: every launch before this
+  // one has finished, so the finish may read their outputs — the LoRA shrinks'
+  // t — before its own wait.
+  pdl_trigger();
   stage_x<MP>(sx, op->x, M, m0, K, kbeg, steps);
   __syncthreads();
   const uint32_t* xl = sx + ((lane >> 3) * MP + (lane & 7)) * 4; // this lane's ldmatrix row at (s, j) = 0, n-tile 0
@@ -218,13 +224,16 @@ __device__ void mmas_body(const struct GemvOp* __restrict__ op, int M, int m0, f
 extern "C" __global__ void __launch_bounds__(256) mmas_finish(const __grid_constant__ struct GemvOp op, long long M, long long m0,
                                                               const float* __restrict__ ws, long long splits, long long mp) {
   const int P = pairs_of(&op), pair = blockIdx.x * blockDim.x + threadIdx.x, mm = blockIdx.y, m = (int)m0 + mm;
-  if (pair < P && m < M) lora_prefetch(pair_rows(&op, pair), op.rows[m].adapter); // B rows to L2 while the partial sums finish
-  pdl_wait();
-  if (pair >= P || m >= M) return;
+  // The LoRA terms before the wait, while the product runs: their t comes
+  // from a launch before it, finished once the product is past its own wait,
+  // which is where mmas_nf4 lets this launch in (wgmma_split_64 at its exit).
   PairRows pr;
-  float va, vb;
-  if (!pair_finish(op, ws, splits, mp, mm, m, pair, pr, va, vb)) return;
-  epilogue(op, m, *pr.A, pr.ra, va, pr.B, pr.rb, vb, pair);
+  float la, lb;
+  const bool live = pair < P && m < M && pair_lora(op, m, pair, pr, la, lb);
+  pdl_wait();
+  if (!live) return;
+  const float2 s = split_sums(ws, P, mm, pair, splits, mp);
+  epilogue(op, m, *pr.A, pr.ra, s.x + la, pr.B, pr.rb, s.y + lb, pair);
 }
 
 // MINB blocks a multiprocessor: 2 (≤ 128 registers) up to NT = 3; 1 for NT =

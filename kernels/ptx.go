@@ -69,14 +69,14 @@ var ptx_sample_90 string
 
 // modules lists each PTX module with the sha256 of the sources it was built from.
 var modules = []ptxModule{
-	{"attention", ptx_attention_80, ptx_attention_90, false, "87d37791490deefa2d7d90841dd4c90b170ccd28d7fc31108bf6ba7738a73c7e", ""},
-	{"attn_flash", ptx_attn_flash_80, ptx_attn_flash_90, false, "242666ac41483706c3322709a333249fb97dd531064b1cc153bb88ec503c101f", ""},
-	{"mma", ptx_mma_80, ptx_mma_90, false, "c2b0d0a9ea0fa0769b15f58658961f4294a8d8ad1514318b0aca2b140d977519", ""},
-	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, false, "7cde19a6184bcc40c30d2e18e4af91e286049b937a7096c063b6fc4765281e5d", ""},
-	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, false, "85cdd498f8b704c8da1bd4ad77cc5eee93efbd346eff0eacdf4a3af5e58a7353", ""},
-	{"prefill", ptx_prefill_80, ptx_prefill_90, false, "7c32343080416c2583dbe24e91d82246b4cc9a4dc4c8c5b2b14ba3b639345876", ""},
-	{"prefill_wgmma", ptx_prefill_wgmma_80, ptx_prefill_wgmma_90, true, "fbf8b6419f56821a52c7b2ecee3d3fad85c3d12fb0c75e0732bc3e90b1c9ac6e", ptx_prefill_wgmma_90a},
-	{"quantize", ptx_quantize_80, ptx_quantize_90, false, "d921440349e4d21818255708acd17f0ef1e85d377e3ecc80756bff1c2367a557", ""},
-	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, false, "46960f06a758223d3045147f71d58809a3c7054d81e621e59e1f7a2fb6ed8b23", ""},
-	{"sample", ptx_sample_80, ptx_sample_90, false, "14fc1228b26a09f122b3c3a563e0a28fad9178d83d2e95c8282ae87ad1998ee9", ""},
+	{"attention", ptx_attention_80, ptx_attention_90, false, "2d74444ab3fcf3bc94745bc45be6c914ae57f07baf39a58335dcf500c13950fd", ""},
+	{"attn_flash", ptx_attn_flash_80, ptx_attn_flash_90, false, "aab5ffc31e4175985024d8fa35a494999e4688a3127f43dd2f84aee10ae3e0a0", ""},
+	{"mma", ptx_mma_80, ptx_mma_90, false, "0618fc0dd9005e3fbf4a919b0899de5132855d14717e986810557191d10fd2bc", ""},
+	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, false, "76ae8cd12b5ae0110436ca974a8763bcc6f345cae4e666757381d395c4fd0821", ""},
+	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, false, "acc2dd47cc172c3db771f7b81d3c666b89e0944746523b85d56535e3a49b091d", ""},
+	{"prefill", ptx_prefill_80, ptx_prefill_90, false, "53bfe2f491e76a63d4d3f711b5afcd5f5e30c164af17185e460b25d7bc630026", ""},
+	{"prefill_wgmma", ptx_prefill_wgmma_80, ptx_prefill_wgmma_90, true, "c38e5e959209b2ef960b6cccdd15e884541cc62de41a32bc45def7efa8997428", ptx_prefill_wgmma_90a},
+	{"quantize", ptx_quantize_80, ptx_quantize_90, false, "3d725740c7c7d93911a4987fcf2f74b3c7cf6dddb49ed9393f9f44e214e0d900", ""},
+	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, false, "93677513eabb0bc3ce69cdc11ad7c2f20a5a08d59a7c33f6b3e5eec6db6cad62", ""},
+	{"sample", ptx_sample_80, ptx_sample_90, false, "84e76d099f0d81bbcb180f2db93a7e644a5623caf85e36e53bf4f3f8914fba4a", ""},
 }

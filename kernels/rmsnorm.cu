@@ -250,14 +250,21 @@ extern "C" __global__ void __launch_bounds__(256) resid_norm_c(const __grid_cons
   const int outs = sh.nslots * sh.rmax, ad = outs > 0 ? sh.rows[i].adapter : -1;
   if (ad >= 0) // this block's shrink A rows into L2 while the partial sums finish
     for (int o = c + C * warp; o < outs; o += C * nw) shrink_prefetch(sh, ad, o, H, lane);
+  // The first pair's LoRA terms before the wait (mmas_finish's note: t comes
+  // from a launch finished before the product let this one in).
+  const int p0 = blockDim.x * c + threadIdx.x;
+  PairRows pr0;
+  float la0, lb0;
+  const bool live0 = p0 < P && pair_lora(op, i, p0, pr0, la0, lb0);
   pdl_wait(); // everything below may read what the previous kernel wrote
   float* xr = op.y + (long long)i * op.ldy;
   double ss = 0.0;
-  for (int p = blockDim.x * c + threadIdx.x; p < P; p += blockDim.x * C) {
-    PairRows pr;
-    float va, vb;
-    if (!pair_finish(op, ws, splits, mp, i, i, p, pr, va, vb)) continue;
-    epilogue(op, i, *pr.A, pr.ra, va, pr.B, pr.rb, vb, p); // x[i] += …
+  for (int p = p0; p < P; p += blockDim.x * C) {
+    PairRows pr = pr0;
+    float la = la0, lb = lb0;
+    if (p == p0 ? !live0 : !pair_lora(op, i, p, pr, la, lb)) continue;
+    const float2 s = split_sums(ws, P, i, p, splits, mp);
+    epilogue(op, i, *pr.A, pr.ra, s.x + la, pr.B, pr.rb, s.y + lb, p); // x[i] += …
     xs[pr.ra] = xr[pr.ra];
     ss += (double)xs[pr.ra] * (double)xs[pr.ra];
     if (pr.B) {
