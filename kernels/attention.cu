@@ -390,11 +390,11 @@ __device__ __forceinline__ void decode_body(float* att, const float* q, const st
   const float* K = rm.k + (layer * rm.cap) * kvDim + g * hd;
   const float* V = rm.v + (layer * rm.cap) * kvDim + g * hd;
   HeadDots<8> dots; // the o shrink's, its first round before the wait
-  if (LORA) {
-    dots.init(*sh, sh->rows[m].adapter, h, (int)hd);
+  if (lo < hi) stage_kv<DK>(kv, K, V, kvDim, (int)hd, lo, lo, min(min(hi, lo + DK), n - 1)); // written by earlier passes
+  if (LORA) { // after the copies are issued, with the adapter from rm (sh's rows are rows): the warp waits on A's address, not they
+    dots.init(*sh, rm.adapter, h, (int)hd);
     dots.load(0, 0);
   }
-  if (lo < hi) stage_kv<DK>(kv, K, V, kvDim, (int)hd, lo, lo, min(min(hi, lo + DK), n - 1)); // written by earlier passes
   pdl_wait(); // everything below may read what the previous kernel wrote
   pdl_trigger(); // the next launch let in only now (rmsnorm_lora's note)
   const bool mine = warp < G;

@@ -69,7 +69,7 @@ var ptx_sample_90 string
 
 // modules lists each PTX module with the sha256 of the sources it was built from.
 var modules = []ptxModule{
-	{"attention", ptx_attention_80, ptx_attention_90, false, "2d74444ab3fcf3bc94745bc45be6c914ae57f07baf39a58335dcf500c13950fd", ""},
+	{"attention", ptx_attention_80, ptx_attention_90, false, "439b1c02004ee274e7c7ff27b86a64dec65af705cb4cb7d8b9e026852e93e684", ""},
 	{"attn_flash", ptx_attn_flash_80, ptx_attn_flash_90, false, "aab5ffc31e4175985024d8fa35a494999e4688a3127f43dd2f84aee10ae3e0a0", ""},
 	{"mma", ptx_mma_80, ptx_mma_90, false, "0618fc0dd9005e3fbf4a919b0899de5132855d14717e986810557191d10fd2bc", ""},
 	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, false, "76ae8cd12b5ae0110436ca974a8763bcc6f345cae4e666757381d395c4fd0821", ""},
