@@ -87,14 +87,14 @@ struct ShrinkOp {
 // independent prologue) while they run; the persistent matrix kernels never
 // trigger, so their dependents start as they exit (triggering earlier let the
 // next kernel's blocks take multiprocessors the matrix kernel's own late
-// blocks needed: kernels/PERF.md, v9) — but for mmas_nf4, which triggers just
-// after its wait, so that its finish launches and computes its LoRA terms
-// while it runs. pdl_wait then blocks until the predecessor grid has finished
-// and its writes are visible. Every kernel calls pdl_wait in every thread
-// before reading anything its predecessor wrote, so the ordering is
-// transitive along the whole pass; a kernel whose predecessor triggers only
-// after its own wait (mmas_nf4) may read, before its wait, what the launches
-// before that predecessor wrote.
+// blocks needed: kernels/PERF.md, v9) — but for the split-K products
+// (mmas_nf4, wgmma_split_64), which trigger just after their wait, so that
+// their finish launches and computes its LoRA terms while they run. pdl_wait
+// then blocks until the predecessor grid has finished and its writes are
+// visible. Every kernel calls pdl_wait in every thread before reading
+// anything its predecessor wrote, so the ordering is transitive along the
+// whole pass; a kernel whose predecessor triggers only after its own wait may
+// read, before its wait, what the launches before that predecessor wrote.
 __device__ __forceinline__ void pdl_trigger() {
 #if __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");

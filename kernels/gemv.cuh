@@ -245,18 +245,29 @@ __device__ __forceinline__ bool pair_lora(const struct GemvOp& op, int m, int p,
   return true;
 }
 
-// pair_finish: pair p of batch row m — row mm of the launch whose split
-// partial sums are in ws (split_sums) — summed, plus its LoRA terms: the
-// values the epilogue takes (va for row pr.ra of pr.A, vb for pr.rb of
-// pr.B). False past the last pair.
-__device__ __forceinline__ bool pair_finish(const struct GemvOp& op, const float* __restrict__ ws, long long splits, long long mp, int mm,
-                                            int m, int p, PairRows& pr, float& va, float& vb) {
-  const float2 s = split_sums(ws, pairs_of(&op), mm, p, splits, mp);
+// PreLora holds the LoRA terms of a thread's first pair p0 of batch row m,
+// computed before its kernel's wait where the product before that kernel
+// lets it in only after the product's own wait (mmas_nf4, wgmma_split_64):
+// their t comes from a launch that has finished by then. pre_pair gives pair
+// p's terms, from pre for p0 (false past the last pair).
+struct PreLora {
+  int p0;
+  bool live;
+  PairRows pr;
   float la, lb;
-  if (!pair_lora(op, m, p, pr, la, lb)) return false;
-  va = s.x + la;
-  vb = s.y + lb;
-  return true;
+};
+
+__device__ __forceinline__ PreLora pre_lora(const struct GemvOp& op, int m, int p0) {
+  PreLora q;
+  q.p0 = p0;
+  q.live = p0 < pairs_of(&op) && pair_lora(op, m, p0, q.pr, q.la, q.lb);
+  return q;
+}
+
+__device__ __forceinline__ bool pre_pair(const PreLora& q, const struct GemvOp& op, int m, int p, PairRows& pr, float& la, float& lb) {
+  if (p != q.p0) return pair_lora(op, m, p, pr, la, lb);
+  pr = q.pr, la = q.la, lb = q.lb;
+  return q.live;
 }
 
 __device__ __forceinline__ uint32_t pack_bf16(float a, float b) {

@@ -162,11 +162,11 @@ __device__ void mmas_body(const struct GemvOp* __restrict__ op, int M, int m0, f
   if (A0->code)
     for (int i = threadIdx.x; i < 256; i += T) code[i] = A0->code[i];
   pdl_wait(); // x, the partials' workspace and the outputs come after earlier kernels
-  // The finish after this launch let in now, not at its exit (the only matrix
-  // kernel that does: its blocks fill the register file, so the finish's
-  // cannot sit beside them), and only after the wait: every launch before this
-  // one has finished, so the finish may read their outputs — the LoRA shrinks'
-  // t — before its own wait.
+  // The finish after this launch let in now, not at its exit (as
+  // wgmma_split_64; the other matrix kernels never trigger: its blocks fill
+  // the register file, so the finish's cannot sit beside them), and only
+  // after the wait: every launch before this one has finished, so the finish
+  // may read their outputs — the LoRA shrinks' t — before its own wait.
   pdl_trigger();
   stage_x<MP>(sx, op->x, M, m0, K, kbeg, steps);
   __syncthreads();
@@ -224,16 +224,12 @@ __device__ void mmas_body(const struct GemvOp* __restrict__ op, int M, int m0, f
 extern "C" __global__ void __launch_bounds__(256) mmas_finish(const __grid_constant__ struct GemvOp op, long long M, long long m0,
                                                               const float* __restrict__ ws, long long splits, long long mp) {
   const int P = pairs_of(&op), pair = blockIdx.x * blockDim.x + threadIdx.x, mm = blockIdx.y, m = (int)m0 + mm;
-  // The LoRA terms before the wait, while the product runs: their t comes
-  // from a launch before it, finished once the product is past its own wait,
-  // which is where mmas_nf4 lets this launch in (wgmma_split_64 at its exit).
-  PairRows pr;
-  float la, lb;
-  const bool live = pair < P && m < M && pair_lora(op, m, pair, pr, la, lb);
+  if (m >= M) return;
+  const PreLora pre = pre_lora(op, m, pair); // while the product runs (PreLora's note)
   pdl_wait();
-  if (!live) return;
+  if (!pre.live) return;
   const float2 s = split_sums(ws, P, mm, pair, splits, mp);
-  epilogue(op, m, *pr.A, pr.ra, s.x + la, pr.B, pr.rb, s.y + lb, pair);
+  epilogue(op, m, *pre.pr.A, pre.pr.ra, s.x + pre.la, pre.pr.B, pre.pr.rb, s.y + pre.lb, pair);
 }
 
 // MINB blocks a multiprocessor: 2 (≤ 128 registers) up to NT = 3; 1 for NT =

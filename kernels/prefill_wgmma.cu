@@ -160,7 +160,7 @@ __device__ __forceinline__ void pw_mmas(float (&acc)[NX / 2], uint64_t a, uint64
 // 2·NX·128 bytes after 1,024-byte alignment); code: the 256 floats the
 // double quantisation's codes map to, loaded by the caller (synchronised
 // here). 256 threads.
-template <int NX>
+template <int NX, bool TRIG = false>
 __device__ __forceinline__ void pw_main(const struct GemvOp& op, const uint16_t* __restrict__ xh, const uint16_t* __restrict__ xl,
                                         int rows, int kb0, int kb1, uint8_t* smraw, const float* code, float (&acc)[NX / 2]) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -212,6 +212,7 @@ __device__ __forceinline__ void pw_main(const struct GemvOp& op, const uint16_t*
   Raw r;
   load_w(r, kb0); // the weights: in flight before the wait
   pdl_wait();     // x's planes and the outputs come after earlier kernels
+  if (TRIG) pdl_trigger(); // its finish let in now, after the wait (as mmas_nf4: PreLora in gemv.cuh)
   load_x(0, kb0);
   __syncthreads(); // code[] is written
   store_w(0, r);
@@ -470,7 +471,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) wgmma_split_64(const __grid
   if (A0->code)
     for (int i = threadIdx.x; i < 256; i += blockDim.x) code[i] = A0->code[i];
   float acc[32];
-  pw_main<64>(op, xh, xl, M, kb0, kb1, smraw, code, acc);
+  pw_main<64, true>(op, xh, xl, M, kb0, kb1, smraw, code, acc);
   float* w = ws + (long long)blockIdx.z * 64 * 2 * P;
 #pragma unroll
   for (int i = 0; i < 8; i++)

@@ -69,14 +69,14 @@ var ptx_sample_90 string
 
 // modules lists each PTX module with the sha256 of the sources it was built from.
 var modules = []ptxModule{
-	{"attention", ptx_attention_80, ptx_attention_90, false, "439b1c02004ee274e7c7ff27b86a64dec65af705cb4cb7d8b9e026852e93e684", ""},
-	{"attn_flash", ptx_attn_flash_80, ptx_attn_flash_90, false, "aab5ffc31e4175985024d8fa35a494999e4688a3127f43dd2f84aee10ae3e0a0", ""},
-	{"mma", ptx_mma_80, ptx_mma_90, false, "0618fc0dd9005e3fbf4a919b0899de5132855d14717e986810557191d10fd2bc", ""},
-	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, false, "76ae8cd12b5ae0110436ca974a8763bcc6f345cae4e666757381d395c4fd0821", ""},
-	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, false, "acc2dd47cc172c3db771f7b81d3c666b89e0944746523b85d56535e3a49b091d", ""},
-	{"prefill", ptx_prefill_80, ptx_prefill_90, false, "53bfe2f491e76a63d4d3f711b5afcd5f5e30c164af17185e460b25d7bc630026", ""},
-	{"prefill_wgmma", ptx_prefill_wgmma_80, ptx_prefill_wgmma_90, true, "c38e5e959209b2ef960b6cccdd15e884541cc62de41a32bc45def7efa8997428", ptx_prefill_wgmma_90a},
-	{"quantize", ptx_quantize_80, ptx_quantize_90, false, "3d725740c7c7d93911a4987fcf2f74b3c7cf6dddb49ed9393f9f44e214e0d900", ""},
-	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, false, "93677513eabb0bc3ce69cdc11ad7c2f20a5a08d59a7c33f6b3e5eec6db6cad62", ""},
-	{"sample", ptx_sample_80, ptx_sample_90, false, "84e76d099f0d81bbcb180f2db93a7e644a5623caf85e36e53bf4f3f8914fba4a", ""},
+	{"attention", ptx_attention_80, ptx_attention_90, false, "47128c7a703bec1b12f76987ca0ba13b1b6b42d025ffe259eca13c3f8f3d8887", ""},
+	{"attn_flash", ptx_attn_flash_80, ptx_attn_flash_90, false, "7da4f0f474ab398d62739ceb0e6ad77eb6b2b664d0b6e9012a8d410518d640d9", ""},
+	{"mma", ptx_mma_80, ptx_mma_90, false, "5ea4ea63463fd499b67559fec80a978aa2c5de6fde42f425bdc6277be8751f43", ""},
+	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, false, "fc791c963f25db9d2600a0d4bb571450b208fb6bf69602388327e9f819f79a3f", ""},
+	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, false, "be3f541566cf8a63b4f811e71ddda201af85f0bb2872667d974ffeaa8a4713e9", ""},
+	{"prefill", ptx_prefill_80, ptx_prefill_90, false, "4a8e3c58e5eb2d8dea816f7241849e2a408b75a246926ed0bcfcfda685d56882", ""},
+	{"prefill_wgmma", ptx_prefill_wgmma_80, ptx_prefill_wgmma_90, true, "6b00554b5a6897ddc960a4d2c2bb409405c327163364476b8a17a25f4b203986", ptx_prefill_wgmma_90a},
+	{"quantize", ptx_quantize_80, ptx_quantize_90, false, "11df07db403f6ea71f29a77067653519d767df2148eb8fefb85667e469b8640c", ""},
+	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, false, "0d68c2994cf52316c1c38bd666ddb2af3dbaff6c810bc536049a587ede329d91", ""},
+	{"sample", ptx_sample_80, ptx_sample_90, false, "a5bd87abbeb7386447ca967582be2e8087ab15e0e377d5ebcfd7dc36ed281001", ""},
 }

@@ -209,13 +209,15 @@ extern "C" __global__ void __launch_bounds__(1024) resid_norm(const __grid_const
   const int outs = sh.nslots * sh.rmax, ad = outs > 0 ? sh.rows[i].adapter : -1;
   if (ad >= 0) // the shrink's A rows into L2 while the partial sums finish (weights: no kernel's output)
     for (int o = warp; o < outs; o += blockDim.x / 32) shrink_prefetch(sh, ad, o, H, lane);
+  const PreLora pre = pre_lora(op, i, threadIdx.x); // before the wait (PreLora's note)
   pdl_wait(); // everything below may read what the previous kernel wrote
   float* xr = op.y + (long long)i * op.ldy;
   for (int p = threadIdx.x; p < P; p += blockDim.x) {
     PairRows pr;
-    float va, vb;
-    if (!pair_finish(op, ws, splits, mp, i, i, p, pr, va, vb)) continue;
-    epilogue(op, i, *pr.A, pr.ra, va, pr.B, pr.rb, vb, p); // x[i] += …
+    float la, lb;
+    if (!pre_pair(pre, op, i, p, pr, la, lb)) continue;
+    const float2 s = split_sums(ws, P, i, p, splits, mp);
+    epilogue(op, i, *pr.A, pr.ra, s.x + la, pr.B, pr.rb, s.y + lb, p); // x[i] += …
     xs[pr.ra] = xr[pr.ra];
     if (pr.B) xs[pr.rb] = xr[pr.rb];
   }
@@ -250,19 +252,14 @@ extern "C" __global__ void __launch_bounds__(256) resid_norm_c(const __grid_cons
   const int outs = sh.nslots * sh.rmax, ad = outs > 0 ? sh.rows[i].adapter : -1;
   if (ad >= 0) // this block's shrink A rows into L2 while the partial sums finish
     for (int o = c + C * warp; o < outs; o += C * nw) shrink_prefetch(sh, ad, o, H, lane);
-  // The first pair's LoRA terms before the wait (mmas_finish's note: t comes
-  // from a launch finished before the product let this one in).
-  const int p0 = blockDim.x * c + threadIdx.x;
-  PairRows pr0;
-  float la0, lb0;
-  const bool live0 = p0 < P && pair_lora(op, i, p0, pr0, la0, lb0);
+  const PreLora pre = pre_lora(op, i, blockDim.x * c + threadIdx.x); // before the wait (PreLora's note)
   pdl_wait(); // everything below may read what the previous kernel wrote
   float* xr = op.y + (long long)i * op.ldy;
   double ss = 0.0;
-  for (int p = p0; p < P; p += blockDim.x * C) {
-    PairRows pr = pr0;
-    float la = la0, lb = lb0;
-    if (p == p0 ? !live0 : !pair_lora(op, i, p, pr, la, lb)) continue;
+  for (int p = pre.p0; p < P; p += blockDim.x * C) {
+    PairRows pr;
+    float la, lb;
+    if (!pre_pair(pre, op, i, p, pr, la, lb)) continue;
     const float2 s = split_sums(ws, P, i, p, splits, mp);
     epilogue(op, i, *pr.A, pr.ra, s.x + la, pr.B, pr.rb, s.y + lb, p); // x[i] += …
     xs[pr.ra] = xr[pr.ra];
