@@ -27,17 +27,7 @@
 //       into shared memory in fragment order; one mma.m16n8k16 does 256
 //       weights; the next step's raw loads are in flight during a step; two
 //       accumulator chains a step are added into fp32 totals (the error grew
-//       with K without). (v4b, 3 blocks an SM: PERF.md.)
-//   v7  v4 with part of the lookups through a shared pair table: a code byte
-//       (two weights) indexes a 256-entry table of (NF4[hi], NF4[lo]) fp32
-//       pairs, replicated once a lane (entry B of lane l at 256·B + 8·l: the
-//       32 lanes always hit 32 different banks, whatever the codes), so a
-//       lookup is one prmt (the address: lane·8 | byte << 8), one 8-byte
-//       shared load, two fp32 multiplies by the block's scale and one pack
-//       to bf16x2 — bitsandbytes' value, as make_lut's — against ~2.5 integer
-//       instructions a weight for the register tables. The load/store pipe
-//       takes the table's half of the work, the integer pipe the rest:
-//       v7-T is T of each step's 4 (row, half) lookup groups from the table.
+//       with K without). v4b: 3 blocks an SM (80 registers).
 #include "nf4_v4.cuh" // Q, Raw, load_raw, run_raw, mma_layout, rnd (and common.cuh)
 #include <string.h>
 #include <time.h>
@@ -96,72 +86,13 @@ __global__ void __launch_bounds__(256) gemv_v1(Q q, const float* __restrict__ x,
 // chains per step, added into fp32 totals after each step (shorter tensor-core
 // accumulation chains: the fp32 error of v2/v3 grew with K). Its step (Raw,
 // load_raw, run_raw): nf4_v4.cuh.
-// tab_pair: the bf16x2 fragment of code byte k of w at scale sc, from the
-// pair table. The table starts at a 64 KB boundary of the shared window, so
-// that one prmt makes the whole address from the code byte and lane8 (the
-// table's address with this lane's column 8·lane in its low byte): bytes 0,
-// 2, 3 from lane8, byte 1 the code byte.
-__device__ __forceinline__ uint32_t tab_pair(uint32_t w, int k, uint32_t lane8, float sc) {
-  float2 v;
-  asm("ld.shared.v2.f32 {%0, %1}, [%2];" : "=f"(v.x), "=f"(v.y) : "r"(prmt(w, lane8, 0x7604u | (k << 4))));
-  return pack_bf16(__fmul_rn(v.x, sc), __fmul_rn(v.y, sc));
-}
-
-// run_codes_tab: run_codes with lookup groups (a h0, a h1, b h0, b h1) below
-// TAB from the pair table.
-template <int TAB>
-__device__ __forceinline__ void run_codes_tab(uint4 a0_, uint4 a1_, uint4 b0_, uint4 b1_, float sa, float sb, const uint2* xb,
-                                              uint32_t lane8, float* tot) {
-  Lut la{}, lb{};
-  if (TAB < 2) la = make_lut(sa);
-  if (TAB < 4) lb = make_lut(sb);
-  float c0[4] = {0.0f, 0.0f, 0.0f, 0.0f}, c1[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-  for (int w = 0; w < 8; w++) {
-    const uint32_t wa = word(w < 4 ? a0_ : a1_, w & 3), wb = word(w < 4 ? b0_ : b1_, w & 3);
-    const uint32_t sa7 = wa & 0x77777777u, ha = ((wa >> 1) & 0x44444444u) | 0x32103210u;
-    const uint32_t sb7 = wb & 0x77777777u, hb = ((wb >> 1) & 0x44444444u) | 0x32103210u;
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
-      const int j = 2 * w + h;
-      uint32_t a0, a1, a2, a3;
-      if (h < TAB) {
-        a0 = tab_pair(wa, 2 * h, lane8, sa);
-        a2 = tab_pair(wa, 2 * h + 1, lane8, sa);
-      } else {
-        lookup4(la, sa7 >> (16 * h), ha >> (16 * h), a0, a2);
-      }
-      if (2 + h < TAB) {
-        a1 = tab_pair(wb, 2 * h, lane8, sb);
-        a3 = tab_pair(wb, 2 * h + 1, lane8, sb);
-      } else {
-        lookup4(lb, sb7 >> (16 * h), hb >> (16 * h), a1, a3);
-      }
-      const uint2 b = xb[j * 12];
-      mma16816(h ? c1 : c0, a0, a1, a2, a3, b.x, b.y);
-    }
-  }
-#pragma unroll
-  for (int i = 0; i < 4; i++) tot[i] += c0[i] + c1[i];
-}
-
-// v7 (TAB > 0) needs 128 KB of dynamic shared memory + x's: the table at the
-// first 64 KB boundary of the window, x before it if it fits, else after.
-template <int KP, int MINB, int TAB, int NW>
-__global__ void __launch_bounds__(NW * 32, MINB) gemv_v4(Q q, const float* __restrict__ x, float* __restrict__ y) {
-  extern __shared__ uint2 dsm[];
+template <int KP, int MINB>
+__global__ void __launch_bounds__(256, MINB) gemv_v4(Q q, const float* __restrict__ x, float* __restrict__ y) {
+  extern __shared__ uint2 xsm[]; // [S][16][3][4] x split in fragment order
   __shared__ float code[256];
-  __shared__ float red[NW][16];
-  uint2* xsm = dsm; // [S][16][3][4] x split in fragment order
-  uint32_t tab = 0; // v7: the table's shared-window address
-  if (TAB) {
-    const uint32_t base = (uint32_t)__cvta_generic_to_shared(dsm), gap = (0x10000u - (base & 0xffffu)) & 0xffffu;
-    tab = base + gap;
-    const uint32_t xbytes = ((q.K / 64 + 3) / 4) * 64 * 3 * 8;
-    if (xbytes > gap) xsm = dsm + (gap + 0x10000u) / 8;
-  }
+  __shared__ float red[8][16];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3, g3 = g % 3;
-  const int part = warp % KP, tpb = NW / KP;
+  const int part = warp % KP, tpb = 8 / KP;
   const int K = q.K, nblk = K / 64, S = (nblk + 3) / 4, tiles = q.N / 16;
   const int per = (S + KP - 1) / KP, sbeg = min(S, part * per), send = min(S, sbeg + per);
   int tb = blockIdx.x * tpb;
@@ -169,13 +100,8 @@ __global__ void __launch_bounds__(NW * 32, MINB) gemv_v4(Q q, const float* __res
   int tile = tb + warp / KP;
   Raw cur{};
   if (tile < tiles && sbeg < send) cur = load_raw(q, tile * 16 + g, tile * 16 + g + 8, sbeg, t, nblk);
-  for (int i = threadIdx.x; i < 256; i += NW * 32) code[i] = q.code[i];
-  if (TAB)
-    for (int i = threadIdx.x; i < 8192; i += NW * 32) { // entry i >> 5, lane i & 31: a warp's index is uniform
-      const float a = NF4_TABLE[i >> 9], b = NF4_TABLE[(i >> 5) & 15];
-      asm volatile("st.shared.v2.f32 [%0], {%1, %2};" ::"r"(tab + 8 * i), "f"(a), "f"(b));
-    }
-  for (int i = threadIdx.x; i < S * 64; i += NW * 32) {
+  code[threadIdx.x] = q.code[threadIdx.x];
+  for (int i = threadIdx.x; i < S * 64; i += 256) {
     const int s = i / 64, j = (i / 4) % 16, tt = i % 4;
     const int c = 256 * s + 64 * tt + 4 * j;
     float4 v = make_float4(0, 0, 0, 0);
@@ -200,13 +126,7 @@ __global__ void __launch_bounds__(NW * 32, MINB) gemv_v4(Q q, const float* __res
         if (s + 1 < send) nxt = load_raw(q, ra, rb, s + 1, t, nblk);
         else if (tb + gridDim.x * tpb + warp / KP < tiles && sbeg < send) // the next tile's first step
           nxt = load_raw(q, ra + 16 * gridDim.x * tpb, rb + 16 * gridDim.x * tpb, sbeg, t, nblk);
-        if (TAB) {
-          const bool live = 4 * s + t < nblk;
-          run_codes_tab<TAB>(cur.a0, cur.a1, cur.b0, cur.b1, raw_scale(q, code, cur.qa, cur.na, live),
-                             raw_scale(q, code, cur.qb, cur.nb, live), xsm + (s * 16 * 3 + g3) * 4 + t, tab | (8 * lane), tot);
-        } else {
-          run_raw(cur, 4 * s + t < nblk, q, code, xsm, s, g3, t, tot);
-        }
+        run_raw(cur, 4 * s + t < nblk, q, code, xsm, s, g3, t, tot);
         cur = nxt;
       }
     }
@@ -338,12 +258,11 @@ int main(int argc, char** argv) {
     struct Ver {
       const char* name;
       int kp; // warps per 16-row tile; 0 = v1
-      int tab; // v7: lookup groups from the pair table
     };
-    std::vector<Ver> vers = {{"v1", 0, 0}};
+    std::vector<Ver> vers = {{"v1", 0}};
     for (int kp : {1, 2, 4, 8}) {
-      vers.push_back({"v4", kp, 0});
-      for (int tab : {2, 3, 4}) vers.push_back({tab == 2 ? "v7-2" : tab == 3 ? "v7-3" : "v7-4", kp, tab});
+      vers.push_back({"v4", kp});
+      vers.push_back({"v4b", kp});
     }
     for (const Ver& v : vers) {
       auto launch = [&](int r) {
@@ -352,23 +271,19 @@ int main(int argc, char** argv) {
           gemv_v1<<<std::min(N / 8 + 1, SMs * 8), 256, 0, stream>>>(q, dx, dy);
           return;
         }
-        // v4: x split into dynamic shared memory, 2 blocks an SM; v7: the pair table before it.
-        // v7: 16 warps a block (one block an SM: 128 KB + x of shared memory).
-        const int nw = v.tab ? 16 : 8, tpb = nw / v.kp, tiles = N / 16, shm = S * 64 * 3 * 8 + (v.tab ? 0x20000 : 0);
+        // v4: x split into dynamic shared memory; 2 or (v4b) 3 blocks an SM.
+        const int tpb = 8 / v.kp, tiles = N / 16, shm = S * 64 * 3 * 8;
+        const bool b3 = v.name[2] == 'b';
         const void* fn = nullptr;
-#define PICK4(KP)                                                                                                       \
-  if (v.kp == KP)                                                                                                       \
-    fn = v.tab == 0   ? (const void*)gemv_v4<KP, 2, 0, 8>                                                               \
-         : v.tab == 2 ? (const void*)gemv_v4<KP, 1, 2, 16>                                                              \
-         : v.tab == 3 ? (const void*)gemv_v4<KP, 1, 3, 16>                                                              \
-                      : (const void*)gemv_v4<KP, 1, 4, 16>;
+#define PICK4(KP) \
+  if (v.kp == KP) fn = b3 ? (const void*)gemv_v4<KP, 3> : (const void*)gemv_v4<KP, 2>;
         PICK4(1) PICK4(2) PICK4(4) PICK4(8)
         int occ = 0;
         CK(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, shm));
-        CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, fn, nw * 32, shm));
+        CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, fn, 256, shm));
         const int grid = std::min((tiles + tpb - 1) / tpb, occ * SMs);
         void* args[] = {(void*)&q, (void*)&dx, (void*)&dy};
-        CK(cudaLaunchKernel(fn, grid, nw * 32, args, shm, stream));
+        CK(cudaLaunchKernel(fn, grid, 256, args, shm, stream));
       };
       // Check on fresh poison.
       CK(cudaMemset(dy, 0xff, N * 4)); // NaN
