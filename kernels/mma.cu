@@ -162,11 +162,11 @@ __device__ void mmas_body(const struct GemvOp* __restrict__ op, int M, int m0, f
   if (A0->code)
     for (int i = threadIdx.x; i < 256; i += T) code[i] = A0->code[i];
   pdl_wait(); // x, the partials' workspace and the outputs come after earlier kernels
-  // The finish after this launch let in now, not at its exit (as
-  // wgmma_split_64; the other matrix kernels never trigger: its blocks fill
-  // the register file, so the finish's cannot sit beside them), and only
-  // after the wait: every launch before this one has finished, so the finish
-  // may read their outputs — the LoRA shrinks' t — before its own wait.
+  // The finish after this launch let in now, not at its exit, as
+  // wgmma_split_64 does (the other matrix kernels never trigger; these
+  // blocks fill the register file, so the finish's cannot sit beside them),
+  // and only after the wait: every launch before this one has finished, so
+  // the finish may read their outputs — the LoRA shrinks' t — before its own.
   pdl_trigger();
   stage_x<MP>(sx, op->x, M, m0, K, kbeg, steps);
   __syncthreads();

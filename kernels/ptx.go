@@ -71,7 +71,7 @@ var ptx_sample_90 string
 var modules = []ptxModule{
 	{"attention", ptx_attention_80, ptx_attention_90, false, "47128c7a703bec1b12f76987ca0ba13b1b6b42d025ffe259eca13c3f8f3d8887", ""},
 	{"attn_flash", ptx_attn_flash_80, ptx_attn_flash_90, false, "7da4f0f474ab398d62739ceb0e6ad77eb6b2b664d0b6e9012a8d410518d640d9", ""},
-	{"mma", ptx_mma_80, ptx_mma_90, false, "5ea4ea63463fd499b67559fec80a978aa2c5de6fde42f425bdc6277be8751f43", ""},
+	{"mma", ptx_mma_80, ptx_mma_90, false, "05fc4dcdc143404597e5a0a28b0e6e54be09c6ec51865a730da103885f279aa5", ""},
 	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, false, "fc791c963f25db9d2600a0d4bb571450b208fb6bf69602388327e9f819f79a3f", ""},
 	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, false, "be3f541566cf8a63b4f811e71ddda201af85f0bb2872667d974ffeaa8a4713e9", ""},
 	{"prefill", ptx_prefill_80, ptx_prefill_90, false, "4a8e3c58e5eb2d8dea816f7241849e2a408b75a246926ed0bcfcfda685d56882", ""},
