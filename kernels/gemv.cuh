@@ -98,9 +98,11 @@ __device__ __forceinline__ void rope_pair(const struct GemvOp& op, int m, int j,
 }
 
 // epilogue finishes rows (ra of matrix A, rb of matrix B) for batch row m;
-// va and vb already hold the LoRA terms.
-__device__ __forceinline__ void epilogue(const struct GemvOp& op, int m, const struct Mat& A, long long ra, float va,
-                         const struct Mat* B, long long rb, float vb, long long pair) {
+// va and vb already hold the LoRA terms. It returns the values it stored at
+// ra and rb of a MODE_STORE or MODE_RESID output (the residual add's new
+// row: resid_norm keeps it without reading it back).
+__device__ __forceinline__ float2 epilogue(const struct GemvOp& op, int m, const struct Mat& A, long long ra, float va,
+                                           const struct Mat* B, long long rb, float vb, long long pair) {
   va += A.bias ? A.bias[ra] : 0.0f;
   if (B) vb += B->bias ? B->bias[rb] : 0.0f;
   float* y = op.y + (long long)m * op.ldy;
@@ -110,8 +112,8 @@ __device__ __forceinline__ void epilogue(const struct GemvOp& op, int m, const s
     if (B) y[rb] = vb;
     break;
   case MODE_RESID:
-    y[ra] += va;
-    if (B) y[rb] += vb;
+    y[ra] = va = y[ra] + va;
+    if (B) y[rb] = vb = y[rb] + vb;
     break;
   case MODE_GATEUP:
     y[pair] = silu(va) * vb;
@@ -130,6 +132,7 @@ __device__ __forceinline__ void epilogue(const struct GemvOp& op, int m, const s
     break;
   }
   }
+  return make_float2(va, vb);
 }
 
 // split_sums: pair p's two outputs for batch row mm of a launch whose

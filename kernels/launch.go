@@ -79,7 +79,7 @@ func residNormCall(fin *finish, out, w Buf, hidden int, eps float32, sh *shrinkO
 	}
 	args := []any{fin.op, fin.ws, fin.splits, fin.mp, out, w, eps, sh}
 	if cluster > 0 {
-		return call{name: "resid_norm_c", grid: [3]int{cluster, fin.rows}, block: 256, shmem: 4 * hidden, clusterX: cluster, args: args}
+		return call{name: "resid_norm_c", grid: [3]int{cluster, fin.rows}, block: 256, shmem: 4 * (hidden + int(sh.NSlots*sh.Rmax)), clusterX: cluster, args: args}
 	}
 	return call{name: "resid_norm", grid: [3]int{fin.rows}, block: 1024, shmem: 8 * hidden, args: args}
 }

@@ -69,14 +69,14 @@ var ptx_sample_90 string
 
 // modules lists each PTX module with the sha256 of the sources it was built from.
 var modules = []ptxModule{
-	{"attention", ptx_attention_80, ptx_attention_90, false, "47128c7a703bec1b12f76987ca0ba13b1b6b42d025ffe259eca13c3f8f3d8887", ""},
-	{"attn_flash", ptx_attn_flash_80, ptx_attn_flash_90, false, "7da4f0f474ab398d62739ceb0e6ad77eb6b2b664d0b6e9012a8d410518d640d9", ""},
-	{"mma", ptx_mma_80, ptx_mma_90, false, "05fc4dcdc143404597e5a0a28b0e6e54be09c6ec51865a730da103885f279aa5", ""},
-	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, false, "fc791c963f25db9d2600a0d4bb571450b208fb6bf69602388327e9f819f79a3f", ""},
-	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, false, "be3f541566cf8a63b4f811e71ddda201af85f0bb2872667d974ffeaa8a4713e9", ""},
-	{"prefill", ptx_prefill_80, ptx_prefill_90, false, "4a8e3c58e5eb2d8dea816f7241849e2a408b75a246926ed0bcfcfda685d56882", ""},
-	{"prefill_wgmma", ptx_prefill_wgmma_80, ptx_prefill_wgmma_90, true, "6b00554b5a6897ddc960a4d2c2bb409405c327163364476b8a17a25f4b203986", ptx_prefill_wgmma_90a},
-	{"quantize", ptx_quantize_80, ptx_quantize_90, false, "11df07db403f6ea71f29a77067653519d767df2148eb8fefb85667e469b8640c", ""},
-	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, false, "0d68c2994cf52316c1c38bd666ddb2af3dbaff6c810bc536049a587ede329d91", ""},
-	{"sample", ptx_sample_80, ptx_sample_90, false, "a5bd87abbeb7386447ca967582be2e8087ab15e0e377d5ebcfd7dc36ed281001", ""},
+	{"attention", ptx_attention_80, ptx_attention_90, false, "21a555411c337d3b16ddcb978d735089a7358441cf5646330b68737b2ff52bf3", ""},
+	{"attn_flash", ptx_attn_flash_80, ptx_attn_flash_90, false, "6d85dc4ad2d1f342b1d6b7bc7c84e9f3ed57827be32a985ccf69545845fff806", ""},
+	{"mma", ptx_mma_80, ptx_mma_90, false, "4241cb36df6a1a7a3bc64458319fa1991a1b2bf416ba14ec7010ef003aea161c", ""},
+	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, false, "f2aee06973b88448bc73b1364abe8e467b9703b23d567a8b156c3ec55d75c9ad", ""},
+	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, false, "60bf45fe770381da9f75f7e5001c7d3fb44b39f45c670e5363ba152d325cdba8", ""},
+	{"prefill", ptx_prefill_80, ptx_prefill_90, false, "e1ddc0d193e8af5c2ee3a1d6949bc50cbd772abb871f12c2378d3248bf16c4db", ""},
+	{"prefill_wgmma", ptx_prefill_wgmma_80, ptx_prefill_wgmma_90, true, "952142422bae2bc375003de3746f88e398ae78e35cbf79e3d126290ae5b3a202", ptx_prefill_wgmma_90a},
+	{"quantize", ptx_quantize_80, ptx_quantize_90, false, "59679976883d531dec70230f6dd4c6b79157b8b84f35db377cabde582ec5d3fc", ""},
+	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, false, "53ecb7720841bcbeb4a2cfb1b3b225d10c07a45ee0dfbbae9f8faec3d7c04f39", ""},
+	{"sample", ptx_sample_80, ptx_sample_90, false, "8a59e91c5b1f84b4353bdb82cf115339cc8df68403960028c45f1243ba178894", ""},
 }

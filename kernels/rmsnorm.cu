@@ -211,15 +211,14 @@ extern "C" __global__ void __launch_bounds__(1024) resid_norm(const __grid_const
     for (int o = warp; o < outs; o += blockDim.x / 32) shrink_prefetch(sh, ad, o, H, lane);
   const PreLora pre = pre_lora(op, i, threadIdx.x); // before the wait (PreLora's note)
   pdl_wait(); // everything below may read what the previous kernel wrote
-  float* xr = op.y + (long long)i * op.ldy;
   for (int p = threadIdx.x; p < P; p += blockDim.x) {
     PairRows pr;
     float la, lb;
     if (!pre_pair(pre, op, i, p, pr, la, lb)) continue;
     const float2 s = split_sums(ws, P, i, p, splits, mp);
-    epilogue(op, i, *pr.A, pr.ra, s.x + la, pr.B, pr.rb, s.y + lb, p); // x[i] += …
-    xs[pr.ra] = xr[pr.ra];
-    if (pr.B) xs[pr.rb] = xr[pr.rb];
+    const float2 v = epilogue(op, i, *pr.A, pr.ra, s.x + la, pr.B, pr.rb, s.y + lb, p); // x[i] += …
+    xs[pr.ra] = v.x;
+    if (pr.B) xs[pr.rb] = v.y;
   }
   __syncthreads();
   const float inv = inv_rms(xs, H, eps); // as rmsnorm computes it
@@ -230,60 +229,111 @@ extern "C" __global__ void __launch_bounds__(1024) resid_norm(const __grid_const
 }
 
 
-// resid_norm_c: resid_norm with each row split over a
-// thread-block cluster of C = gridDim.x blocks (grid (C, rows), cluster (C,
-// 1, 1), C ≤ 8; compute capability 9.0): block (c, i) finishes row i's pairs
-// blockDim.x·(c + C·k) + thread, sums their squares (double), and the blocks
-// add the C sums in rank order from distributed shared memory; each normalises
-// its columns into out and its shared memory, gathers the others' from theirs,
-// and computes the shrink outputs c, c + C, … of sh — so the shrinks' A rows
-// stream through C multiprocessors a row instead of one (resid_norm at batch
-// 20 with adapters: 20 blocks, 393 KB of A each). 4·H bytes of dynamic
-// shared memory.
+// resid_norm_c: resid_norm with each row split over a thread-block cluster
+// of C = gridDim.x blocks (grid (C, rows), cluster (C, 1, 1), C ≤ 8; compute
+// capability 9.0): block (c, i) finishes row i's pairs blockDim.x·(c + C·k) +
+// thread — runs of 2·blockDim.x columns —, sums their squares (double) and
+// computes every shrink output's partial dot over its columns of w·x: the
+// shrink of the normed row is t = Σ_k A[j, k]·w[k]·x[k]·inv = inv·Σ_c (block
+// c's dot), so the blocks need each other only for the sums. After one
+// cluster barrier each adds the C sums of squares in rank order, normalises
+// its columns into out, and computes the outputs c, c + C, … of t from the C
+// dots in rank order (the shrinks' A rows stream through C multiprocessors a
+// row, each block reading its columns of them). Dynamic shared memory 4·H
+// bytes and 4 a shrink output (sh.nslots·sh.rmax).
 extern "C" __global__ void __launch_bounds__(256) resid_norm_c(const __grid_constant__ struct GemvOp op, const float* __restrict__ ws,
                                                                long long splits, long long mp, float* out, const float* w, float eps,
                                                                const __grid_constant__ struct ShrinkOp sh) {
 #if __CUDA_ARCH__ >= 900
   pdl_trigger();
-  extern __shared__ float xs[]; // [H]: this block's columns after the residual add, then the normed row
+  extern __shared__ float xs[]; // [H]: this block's columns after the residual add; then [outs] its partial dots
   __shared__ double ssq;
   const int c = blockIdx.x, C = gridDim.x, i = blockIdx.y, P = pairs_of(&op), H = op.mat[0].N;
+  constexpr int run = 512; // columns of one of this block's runs: 2·blockDim.x, 256 threads (the launch's)
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
   const int outs = sh.nslots * sh.rmax, ad = outs > 0 ? sh.rows[i].adapter : -1;
-  if (ad >= 0) // this block's shrink A rows into L2 while the partial sums finish
-    for (int o = c + C * warp; o < outs; o += C * nw) shrink_prefetch(sh, ad, o, H, lane);
+  float* dots = xs + H;
+  auto arow = [&](int o) -> const float* { // output o's A row (null: none, or past the rank)
+    const int slot = o / sh.rmax, j = o % sh.rmax;
+    return ad >= 0 && sh.A[slot][ad] != nullptr && j < sh.rank[slot][ad] ? sh.A[slot][ad] + (long long)j * H : nullptr;
+  };
+  if (ad >= 0) // this block's columns of the A rows into L2 while the partial sums finish (a line a lane)
+    for (int o = warp; o < outs; o += nw)
+      if (const float* a = arow(o))
+        for (int k0 = run * c; k0 < H; k0 += run * C)
+          if (k0 + 32 * lane < min(H, k0 + run)) asm volatile("prefetch.global.L2 [%0];" ::"l"(a + k0 + 32 * lane));
   const PreLora pre = pre_lora(op, i, blockDim.x * c + threadIdx.x); // before the wait (PreLora's note)
   pdl_wait(); // everything below may read what the previous kernel wrote
-  float* xr = op.y + (long long)i * op.ldy;
   double ss = 0.0;
   for (int p = pre.p0; p < P; p += blockDim.x * C) {
     PairRows pr;
     float la, lb;
     if (!pre_pair(pre, op, i, p, pr, la, lb)) continue;
     const float2 s = split_sums(ws, P, i, p, splits, mp);
-    epilogue(op, i, *pr.A, pr.ra, s.x + la, pr.B, pr.rb, s.y + lb, p); // x[i] += …
-    xs[pr.ra] = xr[pr.ra];
-    ss += (double)xs[pr.ra] * (double)xs[pr.ra];
+    const float2 v = epilogue(op, i, *pr.A, pr.ra, s.x + la, pr.B, pr.rb, s.y + lb, p); // x[i] += …
+    xs[pr.ra] = v.x;
+    ss += (double)v.x * (double)v.x;
     if (pr.B) {
-      xs[pr.rb] = xr[pr.rb];
-      ss += (double)xs[pr.rb] * (double)xs[pr.rb];
+      xs[pr.rb] = v.y;
+      ss += (double)v.y * (double)v.y;
     }
   }
-  ss = block_sum(ss);
+  ss = block_sum(ss); // ends with a barrier: xs holds this block's columns
   if (threadIdx.x == 0) ssq = ss;
-  cluster_sync(); // every block's sum of squares is in
+  // The partial dots: a warp takes outputs warp, warp + 8, … three at a time,
+  // a lane the columns 4·lane + 128·u (u < 4) of each of the block's runs of
+  // 512, every load of a run (w, and A for the three outputs) in flight
+  // together.
+  constexpr int U = 4, G = 3;
+  for (int o0 = warp; o0 < outs; o0 += G * nw) {
+    const float* a[G];
+    float d[G];
+#pragma unroll
+    for (int g = 0; g < G; g++) {
+      a[g] = o0 + g * nw < outs ? arow(o0 + g * nw) : nullptr;
+      d[g] = 0.0f;
+    }
+    for (int k0 = run * c; k0 < H; k0 += run * C) {
+      float4 wv[U], av[G][U];
+#pragma unroll
+      for (int u = 0; u < U; u++) {
+        const int k = k0 + 4 * lane + 128 * u;
+        wv[u] = k < H ? __ldg((const float4*)(w + k)) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+        for (int g = 0; g < G; g++) av[g][u] = a[g] && k < H ? __ldg((const float4*)(a[g] + k)) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      }
+#pragma unroll
+      for (int u = 0; u < U; u++) {
+        const int k = k0 + 4 * lane + 128 * u;
+        if (k >= H) continue;
+        const float4 x = make_float4(wv[u].x * xs[k], wv[u].y * xs[k + 1], wv[u].z * xs[k + 2], wv[u].w * xs[k + 3]);
+#pragma unroll
+        for (int g = 0; g < G; g++) d[g] += av[g][u].x * x.x + av[g][u].y * x.y + av[g][u].z * x.z + av[g][u].w * x.w;
+      }
+    }
+#pragma unroll
+    for (int g = 0; g < G; g++) {
+      const float s = warp_sum(d[g]);
+      if (lane == 0 && o0 + g * nw < outs) dots[o0 + g * nw] = s;
+    }
+  }
+  cluster_sync(); // every block's sum of squares and dots are in
   double tot = 0.0;
   for (int r = 0; r < C; r++) tot += dsmem_f64(&ssq, r);
   const float inv = rms_scale(tot, H, eps);
   for (int p = blockDim.x * c + threadIdx.x; p < P; p += blockDim.x * C)
-    for (int k = 2 * p; k < min(2 * p + 2, H); k++) out[(long long)i * H + k] = xs[k] = w[k] * (xs[k] * inv);
-  cluster_sync(); // every block's normed columns are in its shared memory
-  for (int k = threadIdx.x; k < H; k += blockDim.x) {
-    const int r = (k / 2 / blockDim.x) % C; // the block that finished column k's pair
-    if (r != c) xs[k] = dsmem_f32(&xs[k], r);
+    for (int k = 2 * p; k < min(2 * p + 2, H); k++) out[(long long)i * H + k] = w[k] * (xs[k] * inv);
+  for (int o = c + C * threadIdx.x; o < outs; o += C * blockDim.x) {
+    float v[8];
+#pragma unroll
+    for (int r = 0; r < 8; r++) v[r] = r < C ? dsmem_f32(&dots[o], r) : 0.0f; // in flight together
+    float s = 0.0f;
+#pragma unroll
+    for (int r = 0; r < 8; r++)
+      if (r < C) s += v[r]; // rank order
+    sh.t[(long long)i * sh.tStride + o] = inv * s;
   }
-  cluster_sync(); // the others have read this block's columns; xs holds the whole row
-  for (int o = c + C * warp; o < outs; o += C * nw) shrink_out(sh, i, ad, o, xs, H, lane);
+  cluster_sync(); // the others are done with this block's shared memory
 #endif
 }
 
