@@ -27,12 +27,6 @@
 
 #define CHUNK 32
 
-// cp_async16 copies 16 bytes from global to shared memory without a
-// register (L2 only: the KV cache is read once a launch).
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"((unsigned)__cvta_generic_to_shared(smem)), "l"(gmem));
-}
-
 // stage_kv copies positions [a, b) of a head's K and V rows into kv
 // ([2][C][hd], position t at t − lo), every copy in flight at once.
 template <int C = CHUNK>

@@ -159,3 +159,18 @@ __device__ __forceinline__ float block_sum(float v) {
 
 // bf16 bits → float, exact.
 __device__ __forceinline__ float bf16f(uint16_t b) { return __uint_as_float(((uint32_t)b) << 16); }
+
+// cp_async16 copies 16 bytes from global to shared memory without a
+// register (L2 only).
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"((unsigned)__cvta_generic_to_shared(smem)), "l"(gmem));
+}
+
+// cp_async_wait_after waits for this thread's copies (which it may then read
+// without a barrier) only once dep — any bits of values loaded meanwhile —
+// has arrived: ptxas would otherwise move the wait above loads issued after
+// the copies, and the two trips run one after the other.
+__device__ __forceinline__ void cp_async_wait_after(uint32_t dep) {
+  asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %0, 0;\n cp.async.commit_group;\n @p cp.async.wait_group 0;\n @!p cp.async.wait_group 0;\n}\n" ::"r"(dep)
+               : "memory");
+}

@@ -135,30 +135,41 @@ __device__ __forceinline__ float2 epilogue(const struct GemvOp& op, int m, const
   return make_float2(va, vb);
 }
 
-// split_sums: pair p's two outputs for batch row mm of a launch whose
+// split_sums_u: pair p's two outputs for batch row mm of a launch whose
 // splits partial sums (mp batch rows each, [split][row][2·pair]) are in ws —
-// added in split order (deterministic), four loads in flight.
-__device__ __forceinline__ float2 split_sums(const float* __restrict__ ws, int P, int mm, int p, long long splits, long long mp) {
+// added in split order (deterministic), U loads in flight: no predicates on
+// them (past the last split a chunk reloads it, unused), else ptxas issues
+// them a few at a time between the adds.
+template <int U>
+__device__ __forceinline__ float2 split_sums_u(const float* __restrict__ ws, int P, int mm, int p, long long splits, long long mp) {
   const float* w = ws + (long long)mm * 2 * P + 2 * p;
-  const long long stride = mp * 2 * P;
+  const int stride = (int)(mp * 2 * P), n = (int)splits; // splits·stride < 2^31 (splitWSBytes)
   float va = 0.0f, vb = 0.0f;
-  int sp = 0;
-  for (; sp + 4 <= splits; sp += 4) {
-    float2 v[4];
+  for (int sp = 0; sp < n; sp += U) {
+    float2 v[U];
 #pragma unroll
-    for (int u = 0; u < 4; u++) v[u] = __ldcg((const float2*)(w + (sp + u) * stride));
+    for (int u = 0; u < U; u++) v[u] = __ldcg((const float2*)(w + min(sp + u, n - 1) * stride));
+    if (sp + U <= n) {
 #pragma unroll
-    for (int u = 0; u < 4; u++) {
-      va += v[u].x;
-      vb += v[u].y;
+      for (int u = 0; u < U; u++) va += v[u].x, vb += v[u].y;
+    } else {
+#pragma unroll
+      for (int u = 0; u < U; u++)
+        if (sp + u < n) va += v[u].x, vb += v[u].y;
     }
   }
-  for (; sp < splits; sp++) {
-    const float2 v = __ldcg((const float2*)(w + sp * stride));
-    va += v.x;
-    vb += v.y;
-  }
   return make_float2(va, vb);
+}
+
+// split_sums is split_sums_u with the launch's splits in as few dependent
+// L2 round trips as UMAX loads in flight allow: the down projection's 43
+// splits at the 3B shape in 3 at UMAX 16 (11 four at a time), q/k/v's and
+// o's 8 in one, gate/up's 4 in one without reloads.
+template <int UMAX>
+__device__ __forceinline__ float2 split_sums(const float* __restrict__ ws, int P, int mm, int p, long long splits, long long mp) {
+  if (splits <= 4) return split_sums_u<4>(ws, P, mm, p, splits, mp);
+  if (UMAX <= 8 || splits <= 8) return split_sums_u<8>(ws, P, mm, p, splits, mp);
+  return split_sums_u<UMAX>(ws, P, mm, p, splits, mp);
 }
 
 // A matrix's fields a pass over it needs, copied to registers once.

@@ -218,17 +218,21 @@ __device__ void mmas_body(const struct GemvOp* __restrict__ op, int M, int m0, f
   }
 }
 
-// mmas_finish: for batch row m0 + blockIdx.y and pair p (a thread each), the
-// sum of mmas_nf4's partials in split order (deterministic), the LoRA terms
-// and the epilogue. mp is the launch's 8·NT.
+// mmas_finish: for batch row m0 + mm and pair p (a thread each), the sum of
+// mmas_nf4's partials in split order (deterministic), the LoRA terms and the
+// epilogue. mp is the launch's 8·NT. A block takes 256/rpb pairs × rpb batch
+// rows (rpb 1, 2, 4 or 8; a warp one row): with rpb 8 the rows of a block
+// read each pair's LoRA B rows once from L2 and from L1 after (gate/up at
+// batch 20: 1.4 MB of B rows read 20 times at rpb 1).
 extern "C" __global__ void __launch_bounds__(256) mmas_finish(const __grid_constant__ struct GemvOp op, long long M, long long m0,
-                                                              const float* __restrict__ ws, long long splits, long long mp) {
-  const int P = pairs_of(&op), pair = blockIdx.x * blockDim.x + threadIdx.x, mm = blockIdx.y, m = (int)m0 + mm;
-  if (m >= M) return;
+                                                              const float* __restrict__ ws, long long splits, long long mp, long long rpb) {
+  const int per = 256 / (int)rpb, P = pairs_of(&op);
+  const int pair = blockIdx.x * per + threadIdx.x % per, mm = blockIdx.y * (int)rpb + threadIdx.x / per, m = (int)m0 + mm;
+  if (m >= M || mm >= mp) return;
   const PreLora pre = pre_lora(op, m, pair); // while the product runs (PreLora's note)
   pdl_wait();
   if (!pre.live) return;
-  const float2 s = split_sums(ws, P, mm, pair, splits, mp);
+  const float2 s = split_sums<8>(ws, P, mm, pair, splits, mp);
   epilogue(op, m, *pre.pr.A, pre.pr.ra, s.x + pre.la, pre.pr.B, pre.pr.rb, s.y + pre.lb, pair);
 }
 

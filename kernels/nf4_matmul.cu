@@ -320,43 +320,46 @@ GEMV(4, 2)
 GEMV(8, 1)
 GEMV(16, 1)
 
-// lora_shrink: one block (1,024 threads) per (j, slot, m) output, the K-long
+// lora_shrink: one block (256 threads) per (j, slot, m) output, the K-long
 // dot split over the block; rows without an adapter, and ranks below rmax, get
-// zeros. Bytes: rank·K·4 per adapter and slot read, M·K·4 of x. A thread's
-// first 4 float4 of A (K ≤ 16,384: all of them) are loaded before the wait
-// and its x after it in one go: one round trip after the wait, not one a
-// float4 of A and x in turn (the down projection's K = 11,008: three). Two
-// blocks a multiprocessor (32 registers), as before.
-extern "C" __global__ void __launch_bounds__(1024, 2) lora_shrink(const __grid_constant__ struct ShrinkOp op, long long M) {
-  constexpr int U = 4;
-  const int j = blockIdx.x, slot = blockIdx.y, m = blockIdx.z;
+// zeros. Bytes: rank·K·4 per adapter and slot read, M·K·4 of x. The block
+// copies its A row into shared memory (cp.async, K·4 bytes of dynamic shared
+// memory) before the wait, then loads x, twelve 16-byte pieces a thread in
+// flight (the down projection's K = 11,008 in one go): one round trip after
+// the wait. (Until the eighteenth session A was held in registers by 1,024
+// threads, two blocks a multiprocessor: 320 blocks at batch 20 were two
+// waves; now five blocks fit an H200 multiprocessor.)
+extern "C" __global__ void __launch_bounds__(256) lora_shrink(const __grid_constant__ struct ShrinkOp op, long long M) {
+  constexpr int U = 12;
+  extern __shared__ float4 as[]; // [K/4]: the A row
+  const int j = blockIdx.x, slot = blockIdx.y, m = blockIdx.z, n4 = op.K / 4;
   const int ad = op.rows[m].adapter;
   float s = 0.0f;
   const bool live = ad >= 0 && op.A[slot][ad] != nullptr && j < op.rank[slot][ad];
   const float* a = live ? op.A[slot][ad] + (long long)j * op.K : nullptr;
-  // A and the row metadata are no kernel's output.
-  float4 av[U];
-#pragma unroll
-  for (int u = 0; u < U; u++) {
-    const int k = (threadIdx.x + u * blockDim.x) * 4;
-    av[u] = live && k < op.K ? *(const float4*)(a + k) : make_float4(0, 0, 0, 0);
-  }
+  if (live) // A and the row metadata are no kernel's output
+    for (int q = threadIdx.x; q < n4; q += blockDim.x) cp_async16(&as[q], a + 4 * q);
   pdl_wait(); // everything below may read what the previous kernel wrote
   pdl_trigger(); // the next launch let in only now (rmsnorm_lora's note)
   if (live) {
     const float* x = op.x + (long long)m * op.K;
-    float4 xv[U];
+    for (int q0 = threadIdx.x; q0 < n4; q0 += U * blockDim.x) {
+      float4 xv[U];
 #pragma unroll
-    for (int u = 0; u < U; u++) {
-      const int k = (threadIdx.x + u * blockDim.x) * 4;
-      xv[u] = k < op.K ? *(const float4*)(x + k) : make_float4(0, 0, 0, 0);
-    }
+      for (int u = 0; u < U; u++) {
+        const int q = q0 + u * blockDim.x;
+        xv[u] = q < n4 ? *(const float4*)(x + 4 * q) : make_float4(0, 0, 0, 0);
+      }
+      uint32_t dep = 0;
 #pragma unroll
-    for (int u = 0; u < U; u++)
-      if ((threadIdx.x + u * blockDim.x) * 4 < op.K) s += av[u].x * xv[u].x + av[u].y * xv[u].y + av[u].z * xv[u].z + av[u].w * xv[u].w;
-    for (int k = (threadIdx.x + U * blockDim.x) * 4; k < op.K; k += blockDim.x * 4) {
-      const float4 a4 = *(const float4*)(a + k), x4 = *(const float4*)(x + k);
-      s += a4.x * x4.x + a4.y * x4.y + a4.z * x4.z + a4.w * x4.w;
+      for (int u = 0; u < U; u++) dep |= __float_as_uint(xv[u].x);
+      cp_async_wait_after(dep); // this thread's own pieces of A, once x is in
+#pragma unroll
+      for (int u = 0; u < U; u++)
+        if (q0 + u * blockDim.x < n4) {
+          const float4 av = as[q0 + u * blockDim.x];
+          s += av.x * xv[u].x + av.y * xv[u].y + av.z * xv[u].z + av.w * xv[u].w;
+        }
     }
     s = block_sum(s); // the condition above is the same for the whole block
   }

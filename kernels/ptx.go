@@ -69,14 +69,14 @@ var ptx_sample_90 string
 
 // modules lists each PTX module with the sha256 of the sources it was built from.
 var modules = []ptxModule{
-	{"attention", ptx_attention_80, ptx_attention_90, false, "21a555411c337d3b16ddcb978d735089a7358441cf5646330b68737b2ff52bf3", ""},
-	{"attn_flash", ptx_attn_flash_80, ptx_attn_flash_90, false, "6d85dc4ad2d1f342b1d6b7bc7c84e9f3ed57827be32a985ccf69545845fff806", ""},
-	{"mma", ptx_mma_80, ptx_mma_90, false, "4241cb36df6a1a7a3bc64458319fa1991a1b2bf416ba14ec7010ef003aea161c", ""},
-	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, false, "f2aee06973b88448bc73b1364abe8e467b9703b23d567a8b156c3ec55d75c9ad", ""},
-	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, false, "60bf45fe770381da9f75f7e5001c7d3fb44b39f45c670e5363ba152d325cdba8", ""},
-	{"prefill", ptx_prefill_80, ptx_prefill_90, false, "e1ddc0d193e8af5c2ee3a1d6949bc50cbd772abb871f12c2378d3248bf16c4db", ""},
-	{"prefill_wgmma", ptx_prefill_wgmma_80, ptx_prefill_wgmma_90, true, "952142422bae2bc375003de3746f88e398ae78e35cbf79e3d126290ae5b3a202", ptx_prefill_wgmma_90a},
-	{"quantize", ptx_quantize_80, ptx_quantize_90, false, "59679976883d531dec70230f6dd4c6b79157b8b84f35db377cabde582ec5d3fc", ""},
-	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, false, "53ecb7720841bcbeb4a2cfb1b3b225d10c07a45ee0dfbbae9f8faec3d7c04f39", ""},
-	{"sample", ptx_sample_80, ptx_sample_90, false, "8a59e91c5b1f84b4353bdb82cf115339cc8df68403960028c45f1243ba178894", ""},
+	{"attention", ptx_attention_80, ptx_attention_90, false, "867a90094af03400a67701008c04d24d5e57fcd656f553a2e8455bd883f7b4a7", ""},
+	{"attn_flash", ptx_attn_flash_80, ptx_attn_flash_90, false, "56df34eb62e3ce49d804a8e3a4b2c86a19e0221d8b15255862d62ab674b439fe", ""},
+	{"mma", ptx_mma_80, ptx_mma_90, false, "720fc8fac9e352903fbe98a5ee00b6f69c3d4dbc42003cad23211ce158544628", ""},
+	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, false, "63d409c36f87d85441199dd916f111d9cded29c0cc92aab06bf0d522bbd17679", ""},
+	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, false, "43d7abba07a20fcd0a14313065c558a22a0330c128ffcb177d9878e228b700a0", ""},
+	{"prefill", ptx_prefill_80, ptx_prefill_90, false, "4361b981d5e25985ca1a380e47ba0e5e71320a06426963ae248ede7367b6d551", ""},
+	{"prefill_wgmma", ptx_prefill_wgmma_80, ptx_prefill_wgmma_90, true, "faf22f57f05c5391ea92fb68a2319a0485002bf2a14a6bbd10e603b73ad328a2", ptx_prefill_wgmma_90a},
+	{"quantize", ptx_quantize_80, ptx_quantize_90, false, "c58e41f989528c49badd5abc4d654c284dc9aa678d5588eb0b5b58bcb254900e", ""},
+	{"rmsnorm", ptx_rmsnorm_80, ptx_rmsnorm_90, false, "8f239b84e5ed26e3d030586ec080d2ed7cb3b6a1bcc48796fec8f519676aff9c", ""},
+	{"sample", ptx_sample_80, ptx_sample_90, false, "aa81ada2a4576a2e7dcf617a28f92696d2d9484effd7ea7d835215acbf1bde34", ""},
 }

@@ -215,7 +215,7 @@ extern "C" __global__ void __launch_bounds__(1024) resid_norm(const __grid_const
     PairRows pr;
     float la, lb;
     if (!pre_pair(pre, op, i, p, pr, la, lb)) continue;
-    const float2 s = split_sums(ws, P, i, p, splits, mp);
+    const float2 s = split_sums<8>(ws, P, i, p, splits, mp);
     const float2 v = epilogue(op, i, *pr.A, pr.ra, s.x + la, pr.B, pr.rb, s.y + lb, p); // x[i] += …
     xs[pr.ra] = v.x;
     if (pr.B) xs[pr.rb] = v.y;
@@ -269,7 +269,7 @@ extern "C" __global__ void __launch_bounds__(256) resid_norm_c(const __grid_cons
     PairRows pr;
     float la, lb;
     if (!pre_pair(pre, op, i, p, pr, la, lb)) continue;
-    const float2 s = split_sums(ws, P, i, p, splits, mp);
+    const float2 s = split_sums<16>(ws, P, i, p, splits, mp);
     const float2 v = epilogue(op, i, *pr.A, pr.ra, s.x + la, pr.B, pr.rb, s.y + lb, p); // x[i] += …
     xs[pr.ra] = v.x;
     ss += (double)v.x * (double)v.x;
