@@ -209,7 +209,9 @@ func (f *steps) mat(label string, layer int, op matOp, rows int) {
 // and with them for batches of more than wideBatchMin rows (64: 8,227 →
 // 8,387); at 20 with adapters its block a row, reading every A row of the
 // shrinks, lost to rmsnorm_lora's many blocks (3,887 → 3,763), so there a
-// cluster of blocks takes each row (resid_norm_c: 3,874 → 4,007).
+// cluster of blocks takes each row (resid_norm_c: 3,874 → 4,007) — and
+// without adapters too, since its split sums take 16 loads at a time
+// (batch 8 2,696 → 2,814, 20 5,550 → 5,660, 32 6,906 → 6,980).
 func (f *steps) matNorm(label, fused, normLabel string, layer int, op matOp, rows int, out, w Buf, sh shrinkDesc, eps float32) {
 	if f.err != nil {
 		return
@@ -228,8 +230,8 @@ func (f *steps) matNorm(label, fused, normLabel string, layer int, op matOp, row
 	}
 	last := cs[len(cs)-1].fin // the op's one finish, over its whole batch, fused below
 	d := e.Dev
-	cluster := 0 // resid_norm_c where resid_norm loses (or everywhere: tests)
-	if f.lora && rows <= wideBatchMin || d.residClusterAll {
+	cluster := 0 // resid_norm_c up to wideBatchMin rows (or everywhere: tests)
+	if rows <= wideBatchMin || d.residClusterAll {
 		cluster = d.residCluster
 	}
 	if !d.residNorm || fins != 1 || last == nil || last.m0 != 0 || last.n != rows || f.lora && (rows <= wideBatchMin && cluster == 0 || rows >= shrinkSplitMin) {

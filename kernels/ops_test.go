@@ -145,6 +145,64 @@ func checkRMSNormLoRA(t *testing.T, d *Device, e *Engine, x, w []float32, ls []*
 	}
 }
 
+// TestLoRAShrinkLong checks lora_shrink on rows longer than one round of
+// its loads and than 48 KB of shared memory (the 7B shape's down projection,
+// K = 18,944) against a float64 reference: rows without an adapter and ranks
+// past an adapter's get zeros.
+func TestLoRAShrinkLong(t *testing.T) {
+	d := device(t)
+	rng := rand.New(rand.NewPCG(rand.Uint64(), 9))
+	const K, rmax = 18944, 4
+	adapters := []int{0, -1, 1}
+	M := len(adapters)
+	x := randSlice(rng, M*K, 1)
+	ls := []*qwen.Linear{{Name: "down_proj", In: K, Out: 8, LoRA: []*lora.Module{{Rank: 4, In: K, A: randSlice(rng, 4*K, 0.1)}, {Rank: 2, In: K, A: randSlice(rng, 2*K, 0.1)}}}}
+	e := &Engine{Dev: d, rmax: rmax}
+	defer e.Close()
+	meta := make([]rowMeta, M)
+	for m, a := range adapters {
+		meta[m].Adapter = int32(a)
+	}
+	got := make([]float32, M*rmax)
+	err := d.Do(func() error {
+		var err error
+		if e.meta, err = uploadTo(e, meta, "meta"); err != nil {
+			return err
+		}
+		xb, _ := uploadTo(e, x, "x")
+		tb, _ := e.alloc(int64(M*rmax*4), "t")
+		d.Poison(tb)
+		sh, err := e.uploadShrink(ls, xb, tb, K)
+		if err != nil {
+			return err
+		}
+		if err := d.run(shrinkCall(sh.desc, rmax, 1, M)); err != nil {
+			return err
+		}
+		return Read(got, tb)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := make([]float32, M*rmax)
+	for m, a := range adapters {
+		if a < 0 {
+			continue
+		}
+		mod := ls[0].LoRA[a]
+		for j := 0; j < mod.Rank; j++ {
+			var acc float64
+			for k := 0; k < K; k++ {
+				acc += float64(mod.A[j*K+k]) * float64(x[m*K+k])
+			}
+			want[m*rmax+j] = float32(acc)
+		}
+	}
+	if r := relErr(got, want); r > fp32Tol {
+		t.Errorf("lora_shrink at K = %d vs float64 reference: relative error %.3g; %s", K, r, firstMismatch(got, want, fp32Tol))
+	}
+}
+
 // TestEmbed checks the embedding gather (bf16 and fp32 tables) and the RoPE
 // table against the CPU's arithmetic.
 func TestEmbed(t *testing.T) {

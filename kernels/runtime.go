@@ -195,7 +195,7 @@ func (d *Device) init(ordinal int) error {
 			if strings.HasSuffix(name, "_c") && strings.HasPrefix(name, "attn_") && d.combineCluster && allowWideClusters(fn) != nil {
 				d.combineCluster = false // a driver without wide clusters: attn_combine_lora
 			}
-			if strings.HasPrefix(name, "nf4_lut_") || strings.HasPrefix(name, "mmas_") || strings.HasPrefix(name, "prefill_") || strings.HasPrefix(name, "dense_") || strings.HasPrefix(name, "wgmma_") || strings.HasPrefix(name, "attn_flash_") || name == "shrink_split" || name == "attn_split_kv" { // x in dynamic shared memory, up to the device's limit
+			if strings.HasPrefix(name, "nf4_lut_") || strings.HasPrefix(name, "mmas_") || strings.HasPrefix(name, "prefill_") || strings.HasPrefix(name, "dense_") || strings.HasPrefix(name, "wgmma_") || strings.HasPrefix(name, "attn_flash_") || name == "shrink_split" || name == "attn_split_kv" || name == "lora_shrink" { // x in dynamic shared memory, up to the device's limit
 				if err := setMaxShmem(fn, d.maxShmem); err != nil {
 					return fmt.Errorf("cuda: %s: %v", name, err)
 				}
