@@ -83,7 +83,7 @@ type Device struct {
 	// lutWS, lutCount: where nf4_lut's two blocks of a tile meet (reserveLUT).
 	lutWS, lutCount Buf
 	// splitSteps, when 1, 2 or 4, forces the steps of K an mmas_nf4 block takes
-	// (the launcher's choice otherwise); tests set it.
+	// (the launcher's choice otherwise); tests set it, QBENCH_SPLIT_STEPS too.
 	splitSteps int
 }
 
@@ -155,6 +155,9 @@ func (d *Device) init(ordinal int) error {
 	}
 	if n, err := strconv.Atoi(os.Getenv("QBENCH_WGSPLIT_MIN")); err == nil {
 		d.wgSplitMin = n
+	}
+	if n := envInt("QBENCH_SPLIT_STEPS", 0); n == 1 || n == 2 || n == 4 { // experiments: mmas_nf4's S for every matrix
+		d.splitSteps = n
 	}
 	for _, m := range modules {
 		// The PTX to load: compute_80's, or compute_90's on Hopper (sm_90a
