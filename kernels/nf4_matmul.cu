@@ -328,7 +328,7 @@ GEMV(16, 1)
 // flight (the down projection's K = 11,008 in one go): one round trip after
 // the wait. (Until the eighteenth session A was held in registers by 1,024
 // threads, two blocks a multiprocessor: 320 blocks at batch 20 were two
-// waves; now five blocks fit an H200 multiprocessor.)
+// waves; now three fit a multiprocessor, by their 79 registers.)
 extern "C" __global__ void __launch_bounds__(256) lora_shrink(const __grid_constant__ struct ShrinkOp op, long long M) {
   constexpr int U = 12;
   extern __shared__ float4 as[]; // [K/4]: the A row

@@ -73,7 +73,7 @@ var modules = []ptxModule{
 	{"attn_flash", ptx_attn_flash_80, ptx_attn_flash_90, false, "56df34eb62e3ce49d804a8e3a4b2c86a19e0221d8b15255862d62ab674b439fe", ""},
 	{"mma", ptx_mma_80, ptx_mma_90, false, "720fc8fac9e352903fbe98a5ee00b6f69c3d4dbc42003cad23211ce158544628", ""},
 	{"nf4_lut", ptx_nf4_lut_80, ptx_nf4_lut_90, false, "63d409c36f87d85441199dd916f111d9cded29c0cc92aab06bf0d522bbd17679", ""},
-	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, false, "43d7abba07a20fcd0a14313065c558a22a0330c128ffcb177d9878e228b700a0", ""},
+	{"nf4_matmul", ptx_nf4_matmul_80, ptx_nf4_matmul_90, false, "0cd469795a62619336c713919e965a916af0257e6dc54382e8f3f5b46b02ba7d", ""},
 	{"prefill", ptx_prefill_80, ptx_prefill_90, false, "4361b981d5e25985ca1a380e47ba0e5e71320a06426963ae248ede7367b6d551", ""},
 	{"prefill_wgmma", ptx_prefill_wgmma_80, ptx_prefill_wgmma_90, true, "faf22f57f05c5391ea92fb68a2319a0485002bf2a14a6bbd10e603b73ad328a2", ptx_prefill_wgmma_90a},
 	{"quantize", ptx_quantize_80, ptx_quantize_90, false, "c58e41f989528c49badd5abc4d654c284dc9aa678d5588eb0b5b58bcb254900e", ""},
